@@ -1,0 +1,248 @@
+//! Body types that stream between client and registry without buffering: each frame is passed
+//! on as it arrives, so memory stays flat whatever the size of a layer.
+//!
+//! The wrappers only count bytes, note activity for the idle timeout, and finish the access
+//! log record when the response is done (or dropped half-way, which is logged as aborted).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use crate::log::AccessRecord;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Progress of one request/response exchange, shared by both body directions.
+#[derive(Debug)]
+pub struct Exchange {
+    started: Instant,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    last_activity_ms: AtomicU64,
+    completed: AtomicBool,
+}
+
+impl Exchange {
+    pub fn new() -> Arc<Exchange> {
+        Arc::new(Exchange {
+            started: Instant::now(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            completed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// True once the response body reached its end (rather than being cut).
+    pub fn completed(&self) -> bool {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once neither direction has moved a byte for `limit`. An idle timeout, not a
+    /// total one: an upload that keeps sending never trips it however long it takes.
+    pub async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+            let deadline = self.started + last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+pin_project! {
+    /// The client's request body on its way to the registry.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        exchange: Arc<Exchange>,
+    }
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, exchange: Arc<Exchange>) -> Self {
+        RequestBody { inner, exchange }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(frame)) = &frame {
+            if let Some(data) = frame.data_ref() {
+                this.exchange
+                    .bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            this.exchange.touch();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type Inner = Either<Incoming, Either<Full<Bytes>, Empty<Bytes>>>;
+
+pin_project! {
+    /// What the gate sends to the client: the registry's streamed body, or a small body the
+    /// gate made itself (errors, redirects).
+    pub struct ResponseBody {
+        #[pin]
+        inner: Inner,
+        idle: Option<Idle>,
+        exchange: Option<Arc<Exchange>>,
+        // Dropped with the body: that is when the request is over and the line is written.
+        record: Option<AccessRecord>,
+    }
+}
+
+struct Idle {
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the registry sent no data for {0:?}; transfer aborted")]
+pub struct UpstreamIdle(Duration);
+
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> Self {
+        Self::new(Either::Right(Either::Left(Full::new(bytes))))
+    }
+
+    pub fn empty() -> Self {
+        Self::new(Either::Right(Either::Right(Empty::new())))
+    }
+
+    /// The registry's body, aborted if it stalls for `idle_limit`.
+    pub fn upstream(inner: Incoming, exchange: Arc<Exchange>, idle_limit: Duration) -> Self {
+        ResponseBody {
+            inner: Either::Left(inner),
+            idle: Some(Idle {
+                limit: idle_limit,
+                timer: Box::pin(tokio::time::sleep(idle_limit)),
+            }),
+            exchange: Some(exchange),
+            record: None,
+        }
+    }
+
+    fn new(inner: Inner) -> Self {
+        ResponseBody {
+            inner,
+            idle: None,
+            exchange: None,
+            record: None,
+        }
+    }
+
+    /// Attaches the access log record, written when this body finishes or is dropped.
+    pub fn with_record(mut self, record: AccessRecord) -> Self {
+        let exchange = record.exchange().clone();
+        if self.inner.is_end_stream() {
+            exchange.completed.store(true, Ordering::Relaxed);
+        }
+        self.exchange = Some(exchange);
+        self.record = Some(record);
+        self
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Pending => {
+                if let Some(idle) = this.idle {
+                    if idle.timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(Box::new(UpstreamIdle(idle.limit)))));
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(frame) => {
+                if let Some(idle) = this.idle {
+                    let next = tokio::time::Instant::now() + idle.limit;
+                    idle.timer.as_mut().reset(next);
+                }
+                if let Some(exchange) = this.exchange {
+                    match &frame {
+                        Some(Ok(f)) => {
+                            if let Some(data) = f.data_ref() {
+                                exchange
+                                    .bytes_out
+                                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                            }
+                            exchange.touch();
+                            // hyper stops polling a body that says it has ended, so the
+                            // final `None` may never come.
+                            if this.inner.is_end_stream() {
+                                exchange.completed.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        None => exchange.completed.store(true, Ordering::Relaxed),
+                        Some(Err(_)) => {}
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,387 @@
+//! The validated, immutable configuration: every value parsed, every default applied, every
+//! path made absolute against the config file's directory.
+//!
+//! Loading never stops at the first problem: `Config::load` reports every bad key at once, so
+//! `registry-gate check` can list them all like `nginx -t`. Reading certificate files is not
+//! done here (that is `tls`); this module only says where they are.
+
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use raw::RawConfig;
+
+/// Defaults shared with the documentation in `proxy.toml.example`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:5000";
+/// The recipes' `proxy_read_timeout 900`: long enough for a registry that is slow to commit a
+/// large layer, and an idle timeout, so it never caps a long transfer that keeps moving.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(900);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// A TLS handshake needs a few round trips; a peer that has not finished in this time is
+/// holding a connection slot, not negotiating.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a client to send a complete request head (slowloris defence).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request heads larger than this get 431. Registry requests carry small heads; 64 KiB leaves
+/// room for large bearer tokens.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// One problem with the configuration, naming where it is and, where possible, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: [{key}]: {message}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from; `None` when running on built-in defaults.
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub tls: TlsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Peers whose X-Forwarded-* headers are believed and extended rather than replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_grace: Duration,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub target: UpstreamTarget,
+    /// `scheme://authority` the registry sees itself as; a `Location` starting with it is
+    /// rewritten to the public origin.
+    pub origin: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// Operator-provided PEM files (certbot, cert-manager, a corporate CA).
+    Files { cert: PathBuf, key: PathBuf },
+    /// Nothing configured: a CA and server certificate generated into `dir` on first start.
+    Generated,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub source: TlsSource,
+    /// Where generated material lives.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `info,registry_gate=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// Loads `path`, or the built-in defaults when there is no file.
+    pub fn load(path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        let Some(path) = path else {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            return Config::from_raw(RawConfig::default(), None, &cwd);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }]
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        Config::parse(&text, Some(path), &base)
+    }
+
+    /// Parses TOML text; `path` is only used in messages and as the config's identity.
+    pub fn parse(text: &str, path: Option<&Path>, base: &Path) -> Result<Config, Vec<ConfigError>> {
+        let shown = display_path(path);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            vec![ConfigError::Syntax {
+                path: shown.clone(),
+                message: e.to_string().trim_end().replace('\n', "\n    "),
+            }]
+        })?;
+        Config::from_raw(raw, path, base)
+    }
+
+    fn from_raw(
+        raw: RawConfig,
+        path: Option<&Path>,
+        base: &Path,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let mut v = Validator {
+            path: display_path(path),
+            errors: Vec::new(),
+        };
+
+        let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = v.check("server.listen", listen_text.parse::<SocketAddr>().map_err(|_| {
+            format!("{listen_text:?} is not an address:port such as \"0.0.0.0:443\" or \"[::]:443\"")
+        }));
+        let trusted_proxies = raw
+            .server
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| v.check("server.trusted_proxies", parse_cidr(s)))
+            .collect();
+        let server = ServerConfig {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
+            trusted_proxies,
+            shutdown_grace: v.duration("server.shutdown_grace", &raw.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
+            handshake_timeout: v.duration("server.handshake_timeout", &raw.server.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT),
+            header_timeout: v.duration("server.header_timeout", &raw.server.header_timeout, DEFAULT_HEADER_TIMEOUT),
+            max_header_bytes: match raw.server.max_header_bytes {
+                Some(n) if n < 8192 => {
+                    v.fail("server.max_header_bytes", format!("{n} is too small to hold a request head; use at least 8192"));
+                    DEFAULT_MAX_HEADER_BYTES
+                }
+                Some(n) => n,
+                None => DEFAULT_MAX_HEADER_BYTES,
+            },
+        };
+
+        let url = raw.upstream.url.as_deref().unwrap_or(DEFAULT_UPSTREAM);
+        let parsed = v.check("upstream.url", parse_upstream(url, base));
+        let (target, origin) = parsed.unwrap_or((
+            UpstreamTarget::Tcp { host: "127.0.0.1".into(), port: 5000 },
+            DEFAULT_UPSTREAM.into(),
+        ));
+        let upstream = UpstreamConfig {
+            target,
+            origin,
+            connect_timeout: v.duration("upstream.connect_timeout", &raw.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+            read_timeout: v.duration("upstream.read_timeout", &raw.upstream.read_timeout, DEFAULT_READ_TIMEOUT),
+        };
+
+        let dir = base.join(raw.tls.dir.as_deref().unwrap_or("certs"));
+        let source = match (raw.tls.cert, raw.tls.key) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert: base.join(cert), key: base.join(key) },
+            (None, None) => TlsSource::Generated,
+            (Some(_), None) => {
+                v.fail("tls.key", "tls.cert is set but tls.key is not: set both, or neither to use a generated certificate".into());
+                TlsSource::Generated
+            }
+            (None, Some(_)) => {
+                v.fail("tls.cert", "tls.key is set but tls.cert is not: set both, or neither to use a generated certificate".into());
+                TlsSource::Generated
+            }
+        };
+        let tls = TlsConfig { source, dir };
+
+        let level = raw.log.level.unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            v.fail("log.level", format!("{level:?} is not a log filter ({e}); use error, warn, info, debug or trace"));
+        }
+        let format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                v.fail("log.format", format!("{other:?} is not a log format; use \"text\" or \"json\""));
+                LogFormat::Text
+            }
+        };
+        let log = LogConfig { level, format };
+
+        if !v.errors.is_empty() {
+            return Err(v.errors);
+        }
+        Ok(Config {
+            source: path.map(Path::to_path_buf),
+            server,
+            upstream,
+            tls,
+            log,
+        })
+    }
+}
+
+fn display_path(path: Option<&Path>) -> String {
+    path.map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(built-in defaults)".into())
+}
+
+/// Collects errors while letting validation go on with a placeholder value.
+struct Validator {
+    path: String,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn fail(&mut self, key: &'static str, message: String) {
+        self.errors.push(ConfigError::Invalid {
+            path: self.path.clone(),
+            key,
+            message,
+        });
+    }
+
+    fn check<T>(&mut self, key: &'static str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|m| self.fail(key, m)).ok()
+    }
+
+    fn duration(&mut self, key: &'static str, value: &Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => self.check(key, parse_duration(text)).unwrap_or(default),
+        }
+    }
+}
+
+/// Durations are written as in the recipes' spirit: `"900s"`, `"15m"`, `"1h 30m"`, `"500ms"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write it like \"900s\", \"15m\" or \"500ms\""))
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or CIDR such as \"10.0.0.0/8\" or \"192.0.2.7\""))
+}
+
+fn parse_upstream(url: &str, base: &Path) -> Result<(UpstreamTarget, String), String> {
+    if let Some(path) = url.strip_prefix("unix://") {
+        if path.is_empty() {
+            return Err(format!("{url:?} names no socket; write \"unix:///run/registry.sock\""));
+        }
+        // The registry on a unix socket still builds URLs from Host; its own origin never
+        // appears in a Location, so there is nothing to rewrite.
+        return Ok((UpstreamTarget::Unix(base.join(path)), "http://localhost".into()));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL ({e}); write \"http://127.0.0.1:5000\" or \"unix:///run/registry.sock\""))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "{url:?}: only http:// and unix:// upstreams are supported (the registry sits behind the gate on a trusted link)"
+        ));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("{url:?}: the upstream URL must not have a path; the registry serves /v2/ at its root"));
+    }
+    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let origin = format!("http://{}", uri.authority().map(|a| a.as_str()).unwrap_or(""));
+    Ok((UpstreamTarget::Tcp { host, port }, origin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(text, Some(Path::new("/etc/gate/proxy.toml")), Path::new("/etc/gate"))
+    }
+
+    fn messages(r: Result<Config, Vec<ConfigError>>) -> Vec<String> {
+        match r {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = parse("").expect("defaults are valid");
+        assert_eq!(c.server.listen, "0.0.0.0:443".parse().expect("addr"));
+        assert_eq!(c.upstream.target, UpstreamTarget::Tcp { host: "127.0.0.1".into(), port: 5000 });
+        assert_eq!(c.upstream.origin, "http://127.0.0.1:5000");
+        assert_eq!(c.upstream.read_timeout, Duration::from_secs(900));
+        assert_eq!(c.tls.dir, PathBuf::from("/etc/gate/certs"));
+        assert!(matches!(c.tls.source, TlsSource::Generated));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let c = parse("[tls]\ncert = \"c.pem\"\nkey = \"/abs/k.pem\"\n[upstream]\nurl = \"unix://run/r.sock\"").expect("valid");
+        match c.tls.source {
+            TlsSource::Files { cert, key } => {
+                assert_eq!(cert, PathBuf::from("/etc/gate/c.pem"));
+                assert_eq!(key, PathBuf::from("/abs/k.pem"));
+            }
+            TlsSource::Generated => panic!("files expected"),
+        }
+        assert_eq!(c.upstream.target, UpstreamTarget::Unix("/etc/gate/run/r.sock".into()));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let m = messages(parse("[server]\nlisten = \"127.0.0.1:8443\"\nlisen = \"x\"\n"));
+        assert_eq!(m.len(), 1);
+        assert!(m[0].contains("line 3"), "{}", m[0]);
+        assert!(m[0].contains("lisen"), "{}", m[0]);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let m = messages(parse(
+            "[server]\nlisten = \"nope\"\nshutdown_grace = \"soon\"\n[upstream]\nurl = \"https://x\"\n[tls]\ncert = \"c.pem\"\n[log]\nformat = \"xml\"\n",
+        ));
+        let all = m.join("\n");
+        for key in ["server.listen", "server.shutdown_grace", "upstream.url", "tls.key", "log.format"] {
+            assert!(all.contains(key), "{key} missing from:\n{all}");
+        }
+        assert!(all.contains("/etc/gate/proxy.toml"), "{all}");
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        assert_eq!(parse_duration("900s"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("900").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_accept_plain_addresses() {
+        let c = parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]").expect("valid");
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert!(c.server.trusted_proxies[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().expect("ip")));
+    }
+}

@@ -1,0 +1,54 @@
+//! The serde mirror of `proxy.toml`: field names, defaults-as-absent and nothing else.
+//!
+//! No logic lives here and nothing outside `config/` sees these types; `config::Config` is
+//! the validated form. `deny_unknown_fields` everywhere, so a typo is an error, never a
+//! silently ignored (and possibly access-widening) setting.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub shutdown_grace: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub max_header_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}

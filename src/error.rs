@@ -1,0 +1,126 @@
+//! Errors that end a request inside the gate, and the one place that turns them into an HTTP
+//! status and the registry's JSON error envelope.
+//!
+//! Docker and skopeo print the `message` of the first error in the envelope, so the messages
+//! are written for the person at the terminal.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ResponseBody;
+
+/// The registry API version header every `/v2/` response carries; docker checks it on the ping.
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub const API_VERSION: &str = "registry/2.0";
+
+/// Who is at fault: decides the log level and, later, which metrics counter moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The request is malformed or not a form the gate will forward.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No connection to the registry could be made.
+    #[error("the registry behind the gate is unreachable: {0}")]
+    UpstreamUnreachable(String),
+    /// The registry accepted the request but went silent for longer than the read timeout.
+    #[error("the registry behind the gate did not answer in time")]
+    UpstreamTimeout,
+    /// The exchange with the registry broke after it started.
+    #[error("the registry behind the gate failed: {0}")]
+    UpstreamFailed(String),
+}
+
+impl GateError {
+    pub fn side(&self) -> Side {
+        match self {
+            GateError::BadRequest(_) => Side::Client,
+            GateError::UpstreamUnreachable(_)
+            | GateError::UpstreamTimeout
+            | GateError::UpstreamFailed(_) => Side::Upstream,
+        }
+    }
+
+    /// Status and registry error code (from the distribution spec's code table).
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            GateError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+            GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
+            GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    /// The one mapping from a gate error to what the client receives. Details that would help
+    /// an attacker map the inside (addresses, OS errors) go to the log, not the body.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let (status, code) = self.status_and_code();
+        let message = match self {
+            GateError::BadRequest(why) => format!("bad request: {why}"),
+            GateError::UpstreamUnreachable(_) => "the registry behind the gate is unreachable".into(),
+            GateError::UpstreamTimeout => "the registry behind the gate did not answer in time".into(),
+            GateError::UpstreamFailed(_) => "the registry behind the gate failed to answer".into(),
+        };
+        registry_error(status, code, &message)
+    }
+}
+
+/// A response in the registry's error envelope: `{"errors":[{"code","message","detail"}]}`.
+pub fn registry_error(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "errors": [{ "code": code, "message": message, "detail": null }]
+    })
+    .to_string();
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    headers.insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn parts(e: GateError) -> (StatusCode, serde_json::Value, Option<HeaderValue>) {
+        let r = e.to_response();
+        let status = r.status();
+        let version = r.headers().get(API_VERSION_HEADER).cloned();
+        let bytes = r.into_body().collect().await.expect("full body").to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("json"), version)
+    }
+
+    #[tokio::test]
+    async fn each_error_maps_to_its_status_and_code() {
+        let cases = [
+            (GateError::BadRequest("x"), 400, "UNSUPPORTED"),
+            (GateError::UpstreamUnreachable("refused".into()), 502, "UNAVAILABLE"),
+            (GateError::UpstreamTimeout, 504, "UNAVAILABLE"),
+            (GateError::UpstreamFailed("reset".into()), 502, "UNAVAILABLE"),
+        ];
+        for (e, status, code) in cases {
+            let (s, json, version) = parts(e).await;
+            assert_eq!(s.as_u16(), status);
+            assert_eq!(json["errors"][0]["code"], code);
+            assert!(json["errors"][0]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert_eq!(version.as_ref().map(|v| v.as_bytes()), Some(API_VERSION.as_bytes()));
+        }
+    }
+
+    #[tokio::test]
+    async fn upstream_details_stay_out_of_the_body() {
+        let (_, json, _) = parts(GateError::UpstreamUnreachable("connect 10.1.2.3:5000: refused".into())).await;
+        assert!(!json.to_string().contains("10.1.2.3"));
+    }
+}

@@ -1,0 +1,128 @@
+//! registry-gate: one binary in front of a private Docker registry that terminates TLS,
+//! checks who is asking, and streams every request unbuffered to the registry.
+//!
+//! # Layout
+//! - `cli`: the command line.
+//! - `config`: `proxy.toml` parsed (`config::raw`) and validated (`config::Config`).
+//! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
+//! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
+//! - `pipeline`: the path of one request, top to bottom.
+//! - `forward`: the pooled upstream client and the header rewriting.
+//! - `body`: streaming body wrappers (byte counts, idle timeout, access log on completion).
+//! - `error`: gate errors and the registry JSON error envelope.
+//! - `log`: tracing setup and the access log record.
+//! - `state`: the reloadable snapshot shared by all connections.
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod log;
+pub mod pipeline;
+pub mod server;
+pub mod state;
+pub mod tls;
+
+use std::sync::Arc;
+
+use cli::{Cli, Command};
+use config::{Config, TlsSource};
+
+/// Exit codes, documented in the README.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_BAD_CONFIG: i32 = 2;
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run_cli(cli: Cli) -> i32 {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config.as_deref()),
+        Command::Check => check(cli.config.as_deref()),
+    }
+}
+
+fn run(config_path: Option<&std::path::Path>) -> i32 {
+    let provider = tls::provider();
+    let prepared = match state::prepare(config_path, &provider) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("registry-gate: {e}");
+            }
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    log::init(&prepared.config.log);
+    if let Some(generated) = &prepared.tls.generated {
+        tracing::info!(
+            ca = %generated.ca_cert.display(),
+            cert = %generated.cert.display(),
+            created = generated.created,
+            "serving a certificate from the gate's own CA; clients must trust the CA file"
+        );
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("registry-gate: cannot start the async runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match server::bind(prepared.config.server.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("registry-gate: {e}");
+                return EXIT_BAD_CONFIG;
+            }
+        };
+        let shared = Arc::new(state::Shared::new(&prepared, provider));
+        match server::run(shared, listener).await {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("registry-gate: {e}");
+                EXIT_FAILURE
+            }
+        }
+    })
+}
+
+/// Like `nginx -t`: everything `run` would load, loaded, without listening or writing.
+fn check(config_path: Option<&std::path::Path>) -> i32 {
+    let provider = tls::provider();
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("registry-gate: {e}");
+            }
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let certificate = match &config.tls.source {
+        TlsSource::Files { cert, key } => match tls::load(&config.tls, &[], &provider) {
+            Ok(_) => format!("certificate {} with key {}", cert.display(), key.display()),
+            Err(e) => {
+                eprintln!("registry-gate: {e}");
+                return EXIT_BAD_CONFIG;
+            }
+        },
+        TlsSource::Generated => format!("generated certificate in {}", config.tls.dir.display()),
+    };
+    let source = config
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
+    println!(
+        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}",
+        config.server.listen,
+        match &config.upstream.target {
+            config::UpstreamTarget::Tcp { .. } => config.upstream.origin.clone(),
+            config::UpstreamTarget::Unix(p) => format!("unix://{}", p.display()),
+        }
+    );
+    EXIT_OK
+}

@@ -1,0 +1,158 @@
+//! Listening: the accept loop, the TLS handshake (bounded in time), HTTP/1.1 and HTTP/2
+//! connections served by hyper, and the shutdown that lets transfers in flight finish.
+//!
+//! Signals: SIGTERM and SIGINT start a graceful shutdown; SIGHUP reloads configuration and
+//! certificates. What happens to one request is `pipeline`'s business, not this module's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pipeline::{self, ConnInfo};
+use crate::state::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Binds the listening socket, so that a port in use is reported before anything else runs.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        let hint = match source.kind() {
+            std::io::ErrorKind::AddrInUse => " (another process is listening there; stop it or change [server] listen)",
+            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+            _ => "",
+        };
+        ServerError::Bind { addr, source, hint }
+    })
+}
+
+/// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
+pub async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), ServerError> {
+    let tls = TlsAcceptor::from(crate::tls::server_config(shared.certs(), shared.provider())?);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    spawn_signal_handlers(shared.clone(), stop_tx)?;
+
+    let graceful = GracefulShutdown::new();
+    let local = listener.local_addr().ok();
+    tracing::info!(listen = ?local, "registry-gate listening");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let tls = tls.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        serve_connection(shared, tls, stream, peer, watcher).await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+            _ = stop_rx.changed() => break,
+        }
+    }
+    drop(listener);
+
+    let grace = shared.snapshot().config.server.shutdown_grace;
+    tracing::info!(in_flight = graceful.count(), grace = ?grace, "shutting down: no new connections, draining");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections finished"),
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace expired; closing remaining connections"),
+    }
+    Ok(())
+}
+
+/// Pause after a failed accept, so a persistent error does not burn a core.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    tls: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let Ok(local) = stream.local_addr() else { return };
+    let _ = stream.set_nodelay(true);
+    let server = shared.snapshot().config.server.clone();
+
+    let tls_stream = match tokio::time::timeout(server.handshake_timeout, tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+
+    let conn = ConnInfo { peer, local };
+    let service = service_fn(move |request| pipeline::handle(shared.clone(), conn, request));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout)
+        .max_buf_size(server.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(server.max_header_bytes as u32)
+        // Large windows let one stream move layers at full speed instead of waiting on
+        // WINDOW_UPDATE round trips.
+        .adaptive_window(true);
+    let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+fn spawn_signal_handlers(shared: Arc<Shared>, stop: watch::Sender<bool>) -> Result<(), ServerError> {
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match shared.reload().await {
+                    Ok(()) => tracing::info!("configuration and certificates reloaded"),
+                    Err(errors) => {
+                        for e in &errors {
+                            tracing::error!(error = %e, "reload refused; the running configuration stays");
+                        }
+                    }
+                },
+            }
+        }
+        let _ = stop.send(true);
+    });
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Reads operator-provided PEM certificate chains and private keys into a rustls
+//! `CertifiedKey`, checking that the key belongs to the leaf certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::TlsError;
+
+/// Loads `cert` (PEM chain, leaf first) and `key` (PKCS#8, PKCS#1 RSA or SEC1 EC).
+pub fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = read_chain(cert)?;
+    let key_der = read_key(key)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| TlsError::Key {
+            path: key.to_path_buf(),
+            message: format!("unusable private key: {e}"),
+        })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(|_| TlsError::Mismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    })?;
+    Ok(Arc::new(certified))
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |message: String| TlsError::Cert {
+        path: path.to_path_buf(),
+        message,
+    };
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| bad(pem_message(e)))?;
+    let chain = iter
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(pem_message(e)))?;
+    if chain.is_empty() {
+        return Err(bad(
+            "no CERTIFICATE block found; expected a PEM chain with the server certificate first"
+                .into(),
+        ));
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.to_path_buf(),
+        message: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "no PRIVATE KEY block found; expected PKCS#8, PKCS#1 (RSA) or SEC1 (EC) PEM".into()
+            }
+            other => pem_message(other),
+        },
+    })
+}
+
+fn pem_message(e: rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) => format!("cannot read: {io}"),
+        other => format!("not valid PEM: {other}"),
+    }
+}

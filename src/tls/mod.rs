@@ -1,0 +1,112 @@
+//! TLS termination: which certificate is served, with which protocol versions and suites.
+//!
+//! The certificate lives in a `CertStore` that the rustls resolver reads on every handshake,
+//! so a renewed certificate is swapped in without restarting and without touching existing
+//! connections. This module knows nothing about HTTP.
+
+mod files;
+pub mod selfsigned;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::{TlsConfig, TlsSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    Cert { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("{key}: the private key does not belong to the certificate in {cert} (is the chain's first certificate the server's own?)")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("generating a certificate failed: {0}")]
+    Generate(String),
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider for every TLS use in the gate: aws-lc-rs, whose AES-GCM and ECDSA are
+/// the fastest available to rustls.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The certificate currently served; replaced whole on reload.
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertStore {
+    pub fn new(initial: Arc<CertifiedKey>) -> Self {
+        CertStore {
+            current: ArcSwap::new(initial),
+        }
+    }
+
+    pub fn replace(&self, next: Arc<CertifiedKey>) {
+        self.current.store(next);
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The certificate material a configuration names, loaded and checked.
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    /// Set when the gate generated its own CA: where clients find the CA to trust.
+    pub generated: Option<selfsigned::Generated>,
+}
+
+/// Loads (or, with no files configured, generates) the server certificate.
+pub fn load(
+    config: &TlsConfig,
+    extra_ips: &[std::net::IpAddr],
+    provider: &CryptoProvider,
+) -> Result<Loaded, TlsError> {
+    match &config.source {
+        TlsSource::Files { cert, key } => Ok(Loaded {
+            key: files::load_certified_key(cert, key, provider)?,
+            generated: None,
+        }),
+        TlsSource::Generated => {
+            let generated = selfsigned::ensure(&config.dir, extra_ips)?;
+            let key = files::load_certified_key(&generated.cert, &generated.key, provider)?;
+            Ok(Loaded {
+                key,
+                generated: Some(generated),
+            })
+        }
+    }
+}
+
+/// TLS 1.2 and 1.3 only (rustls offers nothing older and only AEAD suites with forward
+/// secrecy), ALPN for HTTP/2 and HTTP/1.1, session tickets for cheap resumption.
+pub fn server_config(
+    store: Arc<CertStore>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(Arc::new(config))
+}

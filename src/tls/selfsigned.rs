@@ -1,0 +1,165 @@
+//! Generates the zero-config certificate material: a local CA and a server certificate
+//! signed by it, as the all-in-one registry images do, so that a first start needs no
+//! openssl. Existing files are reused; a key is never overwritten.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use super::TlsError;
+
+/// Paths of the generated material inside `[tls] dir`.
+pub struct Generated {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// True when this call created the server certificate (first start).
+    pub created: bool,
+}
+
+/// Validity of generated certificates. Generated ones are for private deployments where the
+/// CA is distributed by hand; re-distributing it often is the bigger risk.
+const CA_DAYS: i64 = 3650;
+const SERVER_DAYS: i64 = 825;
+
+/// Makes sure `dir` holds `ca.pem`, `ca-key.pem`, `cert.pem` and `key.pem`, creating what is
+/// missing. `extra_ips` are added as SANs beside localhost, the host name and loopback.
+pub fn ensure(dir: &Path, extra_ips: &[IpAddr]) -> Result<Generated, TlsError> {
+    let out = Generated {
+        ca_cert: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        created: false,
+    };
+    if out.cert.exists() && out.key.exists() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let ca_key_path = dir.join("ca-key.pem");
+    let (ca_cert, ca_key) = if out.ca_cert.exists() && ca_key_path.exists() {
+        load_ca(&out.ca_cert, &ca_key_path)?
+    } else {
+        let (cert, key) = new_ca()?;
+        write_atomic(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_atomic(&out.ca_cert, cert.pem().as_bytes(), 0o644)?;
+        (cert, key)
+    };
+
+    let mut names = vec!["localhost".to_string()];
+    if let Some(host) = host_name() {
+        if host != "localhost" {
+            names.push(host);
+        }
+    }
+    let mut params = CertificateParams::new(names).map_err(gen_err)?;
+    let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    ips.extend(extra_ips.iter().filter(|ip| !ip.is_unspecified()));
+    ips.dedup();
+    params
+        .subject_alt_names
+        .extend(ips.into_iter().map(SanType::IpAddress));
+    params.distinguished_name = dn("registry-gate server");
+    params.is_ca = IsCa::NoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = now() - days(1);
+    params.not_after = now() + days(SERVER_DAYS);
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = params
+        .signed_by(&key, &ca_cert, &ca_key)
+        .map_err(gen_err)?;
+    write_atomic(&out.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_atomic(&out.cert, cert.pem().as_bytes(), 0o644)?;
+    Ok(Generated {
+        created: true,
+        ..out
+    })
+}
+
+fn new_ca() -> Result<(rcgen::Certificate, KeyPair), TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+    params.distinguished_name = dn("registry-gate local CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = now() - days(1);
+    params.not_after = now() + days(CA_DAYS);
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = params.self_signed(&key).map_err(gen_err)?;
+    Ok((cert, key))
+}
+
+fn load_ca(cert: &Path, key: &Path) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
+    let key_pem = std::fs::read_to_string(key).map_err(|e| io_err(key, e))?;
+    let cert_pem = std::fs::read_to_string(cert).map_err(|e| io_err(cert, e))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Key {
+        path: key.to_path_buf(),
+        message: format!("unusable CA key: {e}"),
+    })?;
+    let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| TlsError::Cert {
+        path: cert.to_path_buf(),
+        message: format!("unusable CA certificate: {e}"),
+    })?;
+    // Re-signing the CA's own parameters yields an issuer with the same name and key, which is
+    // all that signing a leaf needs.
+    let ca = params.self_signed(&key).map_err(gen_err)?;
+    Ok((ca, key))
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "registry-gate");
+    dn
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn days(n: i64) -> time::Duration {
+    time::Duration::days(n)
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+fn gen_err(e: rcgen::Error) -> TlsError {
+    TlsError::Generate(e.to_string())
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> TlsError {
+    TlsError::Write {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Writes through a temporary file, fsync and rename, so a crash or a full disk never leaves a
+/// half-written key behind.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(path, e)
+    })
+}

@@ -1,0 +1,244 @@
+//! The `registry-gate` binary under test: writes its `proxy.toml` and PKI, spawns it with
+//! stderr in a log file, and gives tests its pid, log, exit status and peak memory.
+//! Killed on drop; a failing test gets the gate's log printed.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::client::{HttpsClient, Proto};
+use super::pki::Pki;
+use super::{accepts_tcp, free_port, read_text, run, wait_until, write_file};
+
+/// The gate must accept TCP this soon after spawn.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The binary under test, built by cargo for this test crate.
+pub fn gate_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_registry-gate"))
+}
+
+/// What goes into `proxy.toml`, beyond the listen address and TLS files `Gate::start` fills
+/// in. Builder-style so a test states only what it cares about.
+#[derive(Clone, Debug)]
+pub struct GateConfig {
+    pub upstream: String,
+    pub shutdown_grace: String,
+    pub read_timeout: String,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub log_format: String,
+    /// Raw TOML appended after the generated tables (new tables only: TOML forbids
+    /// reopening one).
+    pub extra_toml: String,
+}
+
+impl GateConfig {
+    pub fn new(upstream_url: impl Into<String>) -> GateConfig {
+        GateConfig {
+            upstream: upstream_url.into(),
+            shutdown_grace: "30s".into(),
+            read_timeout: "900s".into(),
+            trusted_proxies: None,
+            log_format: "text".into(),
+            extra_toml: String::new(),
+        }
+    }
+
+    pub fn shutdown_grace(mut self, grace: &str) -> Self {
+        self.shutdown_grace = grace.into();
+        self
+    }
+
+    pub fn trusted_proxies(mut self, nets: &[&str]) -> Self {
+        self.trusted_proxies = Some(nets.iter().map(|n| n.to_string()).collect());
+        self
+    }
+
+    pub fn log_format(mut self, format: &str) -> Self {
+        self.log_format = format.into();
+        self
+    }
+
+    pub fn extra_toml(mut self, toml: &str) -> Self {
+        self.extra_toml = toml.into();
+        self
+    }
+
+    /// The file's text. `cert` and `key` are written as given, so relative paths exercise
+    /// resolution against the config file's directory.
+    pub fn to_toml(&self, listen: SocketAddr, cert: &str, key: &str) -> String {
+        let trusted = match &self.trusted_proxies {
+            Some(nets) => format!("trusted_proxies = {nets:?}\n"),
+            None => String::new(),
+        };
+        format!(
+            "[server]\n\
+             listen = \"{listen}\"\n\
+             shutdown_grace = \"{grace}\"\n\
+             {trusted}\
+             \n[upstream]\n\
+             url = \"{upstream}\"\n\
+             connect_timeout = \"5s\"\n\
+             read_timeout = \"{read_timeout}\"\n\
+             \n[tls]\n\
+             cert = \"{cert}\"\n\
+             key = \"{key}\"\n\
+             \n[log]\n\
+             level = \"info\"\n\
+             format = \"{format}\"\n\
+             {extra}",
+            grace = self.shutdown_grace,
+            upstream = self.upstream,
+            read_timeout = self.read_timeout,
+            format = self.log_format,
+            extra = self.extra_toml,
+        )
+    }
+}
+
+pub struct Gate {
+    child: Child,
+    pub addr: SocketAddr,
+    pub pki: Pki,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Gate {
+    /// Generates a PKI in `<tmp>/gate/pki`, writes `<tmp>/gate/proxy.toml` (TLS paths
+    /// relative to it) and runs `registry-gate run --config` until it accepts TCP.
+    pub fn start(tmp: &Path, config: GateConfig) -> Gate {
+        let dir = tmp.join("gate");
+        let pki = Pki::localhost(&dir.join("pki"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config_path = dir.join("proxy.toml");
+        write_file(
+            &config_path,
+            config.to_toml(addr, "pki/cert.pem", "pki/key.pem"),
+        );
+
+        let log_path = dir.join("gate.log");
+        let log = File::create(&log_path).expect("create gate log");
+        let child = gate_command()
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn registry-gate");
+
+        let mut gate = Gate {
+            child,
+            addr,
+            pki,
+            config_path,
+            log_path,
+            exit: None,
+        };
+        let up = wait_until(START_TIMEOUT, || gate.try_exit().is_none() && accepts_tcp(addr));
+        if !up {
+            // Drop prints the log only while panicking; say what happened first.
+            panic!(
+                "registry-gate did not accept TCP on {addr} within {START_TIMEOUT:?} (exit: {:?})",
+                gate.try_exit()
+            );
+        }
+        gate
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `127.0.0.1:PORT`, the registry name clients use.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `https://127.0.0.1:PORT<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+
+    /// An HTTPS client trusting this gate's CA.
+    pub fn client(&self, proto: Proto) -> HttpsClient {
+        HttpsClient::new(&self.pki.ca_pem, proto)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the gate wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        read_text(&self.log_path)
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let out = run(Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string()));
+        assert!(
+            out.status.success(),
+            "kill -{name} {}: {}",
+            self.pid(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The exit status if the gate has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("try_wait on the gate");
+        }
+        self.exit
+    }
+
+    /// Waits up to `timeout` for the gate to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Peak resident set size (VmHWM) in KiB, read from /proc while the gate runs.
+    pub fn vm_hwm_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = read_text(Path::new(&path));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM line in {path}:\n{status}"))
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- registry-gate log ({}, exit {:?}) ---\n{}",
+                self.addr,
+                self.exit,
+                self.log()
+            );
+        }
+    }
+}

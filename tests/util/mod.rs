@@ -1,0 +1,173 @@
+//! Test harness: starts the real processes an integration test needs (the gate binary, a
+//! `docker-registry`, `dockerd`, a recording upstream) and the real clients that talk to them.
+//!
+//! Every helper owns what it starts: ports come from `free_port`, files live in the test's own
+//! `TempDir`, and `Drop` kills the child. Nothing here skips a test: a missing tool is a panic
+//! naming the package to install (STYLE.md, convention 13).
+//!
+//! Layout:
+//! - `pki`      a CA and a server certificate per test (rcgen), written as PEM
+//! - `gate`     the `registry-gate` binary: config file, spawn, log, signals, memory
+//! - `registry` `docker-registry serve` on TCP or a unix socket
+//! - `recorder` an HTTP/1.1 upstream that records what the gate forwards
+//! - `client`   an HTTPS client trusting the test CA, streaming pseudo-random bodies
+//! - `docker`   a private `dockerd` and its CLI
+//! - `image`    OCI image layouts made by hand, and `skopeo`
+
+// Each test file compiles its own copy of this module and uses only part of it.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod docker;
+pub mod gate;
+pub mod image;
+pub mod pki;
+pub mod recorder;
+pub mod registry;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// A port on 127.0.0.1 that nobody listened on a moment ago. The kernel hands out ephemeral
+/// ports in sequence, so the window for another test to take it before our child binds is
+/// small; a child that loses the race fails loudly at start-up, not silently.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    listener.local_addr().expect("local_addr of a bound listener").port()
+}
+
+/// A fresh directory for one test. It sits directly under /tmp with a short name because
+/// unix socket paths (dockerd, registry) must stay under 108 bytes.
+pub fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("rg")
+        .tempdir_in("/tmp")
+        .expect("create a temp dir under /tmp")
+}
+
+/// Panics with the install command when `tool` is not on PATH; a test never skips silently.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|out| out.status.success())
+        .unwrap_or(false);
+    if !found {
+        panic!(
+            "{tool} not found: run `apt-get install -y {package}` (or scripts/install-test-deps.sh)"
+        );
+    }
+}
+
+/// Polls `ready` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when something accepts TCP connections on `addr`.
+pub fn accepts_tcp(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Runs a command to completion, panicking (with the command line) only if it cannot start.
+pub fn run(command: &mut Command) -> Output {
+    command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"))
+}
+
+/// stdout and stderr of a finished command, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Reads a whole (small) text file, naming it when that fails.
+pub fn read_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+}
+
+/// Writes a file, naming it when that fails.
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
+    std::fs::write(path, contents).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `sha256:<hex>` of a byte slice, the registry's digest form.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+/// A deterministic, fast byte generator (xorshift64*): bodies of any size without holding
+/// them, reproducible from the seed so both ends can agree on the content.
+#[derive(Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        // Zero is xorshift's fixed point.
+        XorShift(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Fills `buf` completely. A partial last word is dropped, so a stream is the same however
+    /// it is cut only if every piece but the last has a length that is a multiple of 8.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut chunks = buf.chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let last = self.next_u64().to_le_bytes();
+            rest.copy_from_slice(&last[..rest.len()]);
+        }
+    }
+}
+
+/// sha256 and length of `len` pseudo-random bytes from `seed`, computed without holding them;
+/// what a client must know before a monolithic `PUT ?digest=`.
+pub fn pseudo_random_digest(seed: u64, len: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut rng = XorShift::new(seed);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    format!("sha256:{}", hex(&hasher.finalize()))
+}
