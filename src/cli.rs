@@ -6,11 +6,21 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "registry-gate", version, about = "TLS, authentication and access rules in front of a Docker registry, in one binary")]
+#[command(
+    name = "registry-gate",
+    version,
+    about = "TLS, authentication and access rules in front of a Docker registry, in one binary"
+)]
 pub struct Cli {
     /// Configuration file (TOML). Without one the gate runs on built-in defaults: listen on
     /// 0.0.0.0:443, registry at http://127.0.0.1:5000, a generated certificate in ./certs.
-    #[arg(short, long, global = true, env = "REGISTRY_GATE_CONFIG", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "REGISTRY_GATE_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]

@@ -4,10 +4,13 @@
 //! Docker and skopeo print the `message` of the first error in the envelope, so the messages
 //! are written for the person at the terminal.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
+use crate::registry_path::{Action, Rejection};
 
 /// The registry API version header every `/v2/` response carries; docker checks it on the ping.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -25,6 +28,25 @@ pub enum GateError {
     /// The request is malformed or not a form the gate will forward.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The path or method is not one the gate can classify; never forwarded.
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// No (valid) credentials; the client is challenged.
+    #[error("authentication required ({reason})")]
+    Unauthorized { realm: String, reason: &'static str },
+    /// Too many failed logins from this address.
+    #[error("too many failed logins; retry after {0:?}")]
+    Throttled(Duration),
+    /// Authenticated, but the rules do not allow this.
+    #[error("{user} may not {action} {repository}")]
+    Denied {
+        user: String,
+        action: Action,
+        repository: String,
+    },
+    /// `[server] read_only`: writes are refused.
+    #[error("the registry is read-only")]
+    ReadOnly,
     /// No connection to the registry could be made.
     #[error("the registry behind the gate is unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -39,7 +61,12 @@ pub enum GateError {
 impl GateError {
     pub fn side(&self) -> Side {
         match self {
-            GateError::BadRequest(_) => Side::Client,
+            GateError::BadRequest(_)
+            | GateError::Rejected(_)
+            | GateError::Unauthorized { .. }
+            | GateError::Throttled(_)
+            | GateError::Denied { .. }
+            | GateError::ReadOnly => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_) => Side::Upstream,
@@ -50,6 +77,22 @@ impl GateError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             GateError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            GateError::Rejected(Rejection::MethodNotAllowed) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
+            }
+            GateError::Rejected(Rejection::InvalidName) => {
+                (StatusCode::BAD_REQUEST, "NAME_INVALID")
+            }
+            GateError::Rejected(Rejection::NotNormalised(_)) => {
+                (StatusCode::BAD_REQUEST, "UNSUPPORTED")
+            }
+            GateError::Rejected(Rejection::NotRegistryApi | Rejection::Unclassified) => {
+                (StatusCode::NOT_FOUND, "UNSUPPORTED")
+            }
+            GateError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            GateError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            GateError::Denied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
+            GateError::ReadOnly => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
@@ -66,11 +109,47 @@ impl GateError {
         let (status, code) = self.status_and_code();
         let message = match self {
             GateError::BadRequest(why) => format!("bad request: {why}"),
-            GateError::UpstreamUnreachable(_) => "the registry behind the gate is unreachable".into(),
-            GateError::UpstreamTimeout => "the registry behind the gate did not answer in time".into(),
+            GateError::Rejected(r) => r.to_string(),
+            GateError::Unauthorized { .. } => "authentication required".into(),
+            GateError::Throttled(_) => {
+                "too many failed logins from your address; try again later".into()
+            }
+            GateError::Denied {
+                user,
+                action,
+                repository,
+            } => {
+                format!("access denied: {user} may not {action} {repository}")
+            }
+            GateError::ReadOnly => {
+                "the registry is in read-only mode: pushes and deletes are disabled".into()
+            }
+            GateError::UpstreamUnreachable(_) => {
+                "the registry behind the gate is unreachable".into()
+            }
+            GateError::UpstreamTimeout => {
+                "the registry behind the gate did not answer in time".into()
+            }
             GateError::UpstreamFailed(_) => "the registry behind the gate failed to answer".into(),
         };
-        registry_error(status, code, &message)
+        let mut response = registry_error(status, code, &message);
+        let headers = response.headers_mut();
+        match self {
+            GateError::Unauthorized { realm, .. } => {
+                // The realm was validated to hold no quotes or control characters.
+                if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+                    headers.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            GateError::Throttled(wait) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }
 
@@ -83,7 +162,10 @@ pub fn registry_error(status: StatusCode, code: &str, message: &str) -> Response
     let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     headers.insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
     response
 }
@@ -98,29 +180,120 @@ mod tests {
         let status = r.status();
         let version = r.headers().get(API_VERSION_HEADER).cloned();
         let bytes = r.into_body().collect().await.expect("full body").to_bytes();
-        (status, serde_json::from_slice(&bytes).expect("json"), version)
+        (
+            status,
+            serde_json::from_slice(&bytes).expect("json"),
+            version,
+        )
     }
 
     #[tokio::test]
     async fn each_error_maps_to_its_status_and_code() {
         let cases = [
             (GateError::BadRequest("x"), 400, "UNSUPPORTED"),
-            (GateError::UpstreamUnreachable("refused".into()), 502, "UNAVAILABLE"),
+            (
+                GateError::UpstreamUnreachable("refused".into()),
+                502,
+                "UNAVAILABLE",
+            ),
             (GateError::UpstreamTimeout, 504, "UNAVAILABLE"),
-            (GateError::UpstreamFailed("reset".into()), 502, "UNAVAILABLE"),
+            (
+                GateError::UpstreamFailed("reset".into()),
+                502,
+                "UNAVAILABLE",
+            ),
+            (
+                GateError::Rejected(Rejection::NotNormalised("//")),
+                400,
+                "UNSUPPORTED",
+            ),
+            (
+                GateError::Rejected(Rejection::MethodNotAllowed),
+                405,
+                "UNSUPPORTED",
+            ),
+            (
+                GateError::Rejected(Rejection::InvalidName),
+                400,
+                "NAME_INVALID",
+            ),
+            (
+                GateError::Rejected(Rejection::Unclassified),
+                404,
+                "UNSUPPORTED",
+            ),
+            (
+                GateError::Rejected(Rejection::NotRegistryApi),
+                404,
+                "UNSUPPORTED",
+            ),
+            (
+                GateError::Unauthorized {
+                    realm: "r".into(),
+                    reason: "missing",
+                },
+                401,
+                "UNAUTHORIZED",
+            ),
+            (
+                GateError::Throttled(Duration::from_secs(4)),
+                429,
+                "TOOMANYREQUESTS",
+            ),
+            (
+                GateError::Denied {
+                    user: "u".into(),
+                    action: Action::Push,
+                    repository: "a/b".into(),
+                },
+                403,
+                "DENIED",
+            ),
+            (GateError::ReadOnly, 405, "UNSUPPORTED"),
         ];
         for (e, status, code) in cases {
             let (s, json, version) = parts(e).await;
             assert_eq!(s.as_u16(), status);
             assert_eq!(json["errors"][0]["code"], code);
-            assert!(json["errors"][0]["message"].as_str().is_some_and(|m| !m.is_empty()));
-            assert_eq!(version.as_ref().map(|v| v.as_bytes()), Some(API_VERSION.as_bytes()));
+            assert!(json["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+            assert_eq!(
+                version.as_ref().map(|v| v.as_bytes()),
+                Some(API_VERSION.as_bytes())
+            );
         }
+    }
+
+    #[test]
+    fn challenge_and_retry_after_headers() {
+        let r = GateError::Unauthorized {
+            realm: "my registry".into(),
+            reason: "missing",
+        }
+        .to_response();
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Basic realm=\"my registry\""
+        );
+        let r = GateError::Throttled(Duration::from_secs(8)).to_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "8");
+    }
+
+    #[tokio::test]
+    async fn read_only_message_says_so() {
+        let (_, json, _) = parts(GateError::ReadOnly).await;
+        assert!(json["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("read-only")));
     }
 
     #[tokio::test]
     async fn upstream_details_stay_out_of_the_body() {
-        let (_, json, _) = parts(GateError::UpstreamUnreachable("connect 10.1.2.3:5000: refused".into())).await;
+        let (_, json, _) = parts(GateError::UpstreamUnreachable(
+            "connect 10.1.2.3:5000: refused".into(),
+        ))
+        .await;
         assert!(!json.to_string().contains("10.1.2.3"));
     }
 }

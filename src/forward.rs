@@ -458,7 +458,13 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "reg.example:8443");
         assert_eq!(h["x-forwarded-port"], "443");
         assert_eq!(h["x-request-id"], "req-1");
-        for gone in ["forwarded", "connection", "x-secret", "te", "proxy-authorization"] {
+        for gone in [
+            "forwarded",
+            "connection",
+            "x-secret",
+            "te",
+            "proxy-authorization",
+        ] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
@@ -467,7 +473,10 @@ mod tests {
     #[test]
     fn trusted_proxy_chain_is_extended_and_names_the_client() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
-        let mut h = headers(&[("x-forwarded-for", "203.0.113.9, 10.1.1.1"), ("x-forwarded-proto", "https")]);
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.9, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let host = HeaderValue::from_static("reg.example");
         rewrite_request(&mut h, &host, &client("10.0.0.2:1000", &trusted));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");
@@ -485,11 +494,22 @@ mod tests {
     #[test]
     fn location_at_upstream_origin_is_rewritten() {
         let host = HeaderValue::from_static("reg.example:8443");
-        let mut h = headers(&[("location", "http://127.0.0.1:5000/v2/a/blobs/uploads/u?_state=x")]);
+        let mut h = headers(&[(
+            "location",
+            "http://127.0.0.1:5000/v2/a/blobs/uploads/u?_state=x",
+        )]);
         rewrite_response(&mut h, "http://127.0.0.1:5000", &host);
-        assert_eq!(h["location"], "https://reg.example:8443/v2/a/blobs/uploads/u?_state=x");
+        assert_eq!(
+            h["location"],
+            "https://reg.example:8443/v2/a/blobs/uploads/u?_state=x"
+        );
 
-        for other in ["https://reg.example:8443/v2/x", "/v2/x", "http://127.0.0.1:50000/v2/x", "http://127.0.0.1:5000.evil/x"] {
+        for other in [
+            "https://reg.example:8443/v2/x",
+            "/v2/x",
+            "http://127.0.0.1:50000/v2/x",
+            "http://127.0.0.1:5000.evil/x",
+        ] {
             let mut h = headers(&[("location", other)]);
             rewrite_response(&mut h, "http://127.0.0.1:5000", &host);
             assert_eq!(h["location"], other);

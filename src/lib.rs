@@ -7,19 +7,27 @@
 //! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
 //! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
 //! - `pipeline`: the path of one request, top to bottom.
+//! - `registry_path`: method + path -> endpoint, action, repository (or a rejection).
+//! - `auth`: Basic credentials against htpasswd files, verified-credential cache, throttling.
+//! - `rules`: (identity, repository, action) -> allow or deny, and which rule said so.
+//! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `forward`: the pooled upstream client and the header rewriting.
 //! - `body`: streaming body wrappers (byte counts, idle timeout, access log on completion).
 //! - `error`: gate errors and the registry JSON error envelope.
 //! - `log`: tracing setup and the access log record.
 //! - `state`: the reloadable snapshot shared by all connections.
 
+pub mod auth;
 pub mod body;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod log;
 pub mod pipeline;
+pub mod registry_path;
+pub mod rules;
 pub mod server;
 pub mod state;
 pub mod tls;
@@ -54,6 +62,15 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
         }
     };
     log::init(&prepared.config.log);
+    if let Some((user, password)) = &prepared.generated_user {
+        // Shown once, on the terminal only (never through the log pipeline), like the
+        // all-in-one images print their generated password.
+        eprintln!(
+            "registry-gate: created user {user:?} with password {password:?} in {}; \
+             log in with: docker login -u {user} <host:port>",
+            prepared.config.auth.htpasswd[0].display()
+        );
+    }
     if let Some(generated) = &prepared.tls.generated {
         tracing::info!(
             ca = %generated.ca_cert.display(),
@@ -63,7 +80,10 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
         );
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("registry-gate: cannot start the async runtime: {e}");
@@ -78,7 +98,15 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
                 return EXIT_BAD_CONFIG;
             }
         };
-        let shared = Arc::new(state::Shared::new(&prepared, provider));
+        let shared = match state::Shared::new(&prepared, provider) {
+            Ok(s) => Arc::new(s),
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("registry-gate: {e}");
+                }
+                return EXIT_BAD_CONFIG;
+            }
+        };
         match server::run(shared, listener).await {
             Ok(()) => EXIT_OK,
             Err(e) => {

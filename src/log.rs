@@ -39,11 +39,27 @@ pub struct AccessRecord {
     pub path: String,
     pub user_agent: String,
     pub status: Option<StatusCode>,
+    /// The authenticated user, `-` for anonymous.
+    pub user: String,
+    pub action: Option<&'static str>,
+    pub repository: Option<String>,
+    /// Tag, digest or upload id.
+    pub reference: Option<String>,
+    /// `allow`, `deny`, or `-` where no rule was consulted (ping, errors before classifying).
+    pub decision: &'static str,
+    /// Index of the `[[rules]]` entry that decided; `default` when none did.
+    pub rule: Option<usize>,
     exchange: Arc<Exchange>,
 }
 
 impl AccessRecord {
-    pub fn new(request_id: String, peer: SocketAddr, method: Method, path: String, user_agent: String) -> Self {
+    pub fn new(
+        request_id: String,
+        peer: SocketAddr,
+        method: Method,
+        path: String,
+        user_agent: String,
+    ) -> Self {
         AccessRecord {
             request_id,
             peer,
@@ -51,6 +67,12 @@ impl AccessRecord {
             path,
             user_agent,
             status: None,
+            user: "-".into(),
+            action: None,
+            repository: None,
+            reference: None,
+            decision: "-",
+            rule: None,
             exchange: Exchange::new(),
         }
     }
@@ -63,7 +85,11 @@ impl AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         let status = self.status.map(|s| s.as_u16()).unwrap_or(0);
-        let outcome = if self.exchange.completed() { "complete" } else { "aborted" };
+        let outcome = if self.exchange.completed() {
+            "complete"
+        } else {
+            "aborted"
+        };
         tracing::info!(
             target: "access",
             request_id = %self.request_id,
@@ -71,6 +97,12 @@ impl Drop for AccessRecord {
             method = %self.method,
             path = %self.path,
             status,
+            user = %self.user,
+            action = self.action.unwrap_or("-"),
+            repository = self.repository.as_deref().unwrap_or("-"),
+            reference = self.reference.as_deref().unwrap_or("-"),
+            decision = self.decision,
+            rule = %self.rule.map(|r| format!("rules[{r}]")).unwrap_or_else(|| "-".into()),
             bytes_in = self.exchange.bytes_in(),
             bytes_out = self.exchange.bytes_out(),
             duration_ms = self.exchange.elapsed().as_millis() as u64,

@@ -1,9 +1,11 @@
-//! The path of one request, top to bottom: check the request target, find the public host,
-//! forward with rewritten headers, stream the answer back, write the access log line.
+//! The path of one request, top to bottom: check the request's form, classify it (endpoint,
+//! action, repository), authenticate, authorise, forward with rewritten headers, stream the
+//! answer back; the access log line is written when the response body is done.
 //!
 //! Each step is a plain function that may answer early with a `GateError`; there are no
-//! hooks. Authentication, classification and access rules slot in between the target check
-//! and forwarding, in that order, so nothing reaches `forward` that a rule has not seen.
+//! hooks. Classification comes before authentication so that an unclassifiable request is
+//! refused without spending a password check on it, and nothing reaches `forward` that the
+//! rules have not seen.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,10 +16,14 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
+use crate::auth::{Failure, Identity};
 use crate::body::{RequestBody, ResponseBody};
+use crate::catalog;
 use crate::error::{GateError, Side, API_VERSION, API_VERSION_HEADER};
 use crate::forward::{self, ClientInfo};
 use crate::log::AccessRecord;
+use crate::registry_path::{self, Action, Classified, Kind};
+use crate::rules::Decision;
 use crate::state::{Shared, Snapshot};
 
 /// What the server knows about the connection a request arrived on.
@@ -48,12 +54,16 @@ pub async fn handle(
     );
     let is_registry_api = is_registry_path(request.uri().path());
 
-    let mut response = match proxy(&snapshot, &conn, &record, request).await {
+    let mut response = match proxy(&snapshot, &shared, &conn, &mut record, request).await {
         Ok(response) => response,
         Err(e) => {
             match e.side() {
-                Side::Client => tracing::debug!(request_id = %record.request_id, error = %e, "request refused"),
-                Side::Upstream => tracing::warn!(request_id = %record.request_id, error = %e, "upstream error"),
+                Side::Client => {
+                    tracing::debug!(request_id = %record.request_id, error = %e, "request refused")
+                }
+                Side::Upstream => {
+                    tracing::warn!(request_id = %record.request_id, error = %e, "upstream error")
+                }
             }
             e.to_response()
         }
@@ -70,20 +80,51 @@ pub async fn handle(
 
 async fn proxy(
     snapshot: &Snapshot,
+    shared: &Shared,
     conn: &ConnInfo,
-    record: &AccessRecord,
+    record: &mut AccessRecord,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GateError> {
+    // 1. The request's form: origin-form target, one Host, no smuggled method.
     check_target(&request)?;
     let host = public_host(&request)?;
+    refuse_method_override(&request)?;
 
-    let (mut parts, body) = request.into_parts();
-    let path_and_query = parts
-        .uri
+    // 2. What it is: endpoint, action, repository. Anything unclassifiable stops here.
+    let uri = request.uri().clone();
+    let class = registry_path::classify(request.method(), uri.path(), uri.query())
+        .map_err(GateError::Rejected)?;
+    refuse_form_bodies(&request)?;
+    record.action = Some(class.action.as_str());
+    record.repository = class.repository.map(str::to_string);
+    record.reference = class.reference.map(str::to_string);
+
+    // 3. Who asks.
+    let identity = authenticate(snapshot, shared, conn, &request).await?;
+    record.user = identity.name().to_string();
+
+    // 4. May they.
+    let mut path_and_query = uri
         .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    parts.uri = snapshot.upstream.uri_for(path_and_query)?;
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    authorise(snapshot, &identity, &class, record)?;
+    if let Some(from) = &class.mount_from {
+        if !snapshot
+            .config
+            .rules
+            .decide(&identity.as_rule(), from, Action::Pull)
+            .is_allowed()
+        {
+            // Docker Hub's behaviour: a mount the user may not read from silently becomes a
+            // plain upload, so the layer is sent instead of borrowed.
+            path_and_query = catalog::without_mount(uri.path(), uri.query());
+        }
+    }
+
+    // 5. Forward.
+    let (mut parts, body) = request.into_parts();
+    parts.uri = snapshot.upstream.uri_for(&path_and_query)?;
     // The registry speaks HTTP/1.1 whatever the client used.
     parts.version = Version::HTTP_11;
     forward::rewrite_request(
@@ -96,15 +137,150 @@ async fn proxy(
             request_id: &record.request_id,
         },
     );
-
     let exchange = record.exchange().clone();
     let upstream_request = Request::from_parts(parts, RequestBody::new(body, exchange.clone()));
     let response = snapshot.upstream.send(upstream_request, &exchange).await?;
 
+    // 6. Respond.
     let (mut parts, body) = response.into_parts();
     forward::rewrite_response(&mut parts.headers, snapshot.upstream.origin(), &host);
+    if class.kind == Kind::Catalog
+        && snapshot.config.auth.filter_catalog
+        && parts.status.is_success()
+    {
+        let rules = &snapshot.config.rules;
+        let who = identity.as_rule();
+        let filtered = catalog::filter(body, &mut parts.headers, |repo| {
+            rules.decide(&who, repo, Action::Pull).is_allowed()
+        })
+        .await?;
+        return Ok(Response::from_parts(parts, filtered));
+    }
     let body = ResponseBody::upstream(body, exchange, snapshot.upstream.read_timeout());
     Ok(Response::from_parts(parts, body))
+}
+
+/// Establishes the caller's identity. With authentication on, a request without credentials
+/// is anonymous only where a rule names `anonymous`; the ping and the catalog always want a
+/// user, because that is how docker learns it must log in.
+async fn authenticate(
+    snapshot: &Snapshot,
+    shared: &Shared,
+    conn: &ConnInfo,
+    request: &Request<Incoming>,
+) -> Result<Identity, GateError> {
+    let Some(auth) = &snapshot.auth else {
+        return Ok(Identity::Anonymous);
+    };
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    let header = values.next();
+    if values.next().is_some() {
+        return Err(GateError::BadRequest("more than one Authorization header"));
+    }
+    let realm = || snapshot.config.auth.realm.clone();
+    let peer = forward::canonical(conn.peer.ip());
+    match auth
+        .authenticate(header.map(HeaderValue::as_bytes), peer, shared.throttle())
+        .await
+    {
+        Ok(identity) => Ok(identity),
+        Err(Failure::Throttled { retry_after }) => Err(GateError::Throttled(retry_after)),
+        Err(failure) => {
+            tracing::info!(peer = %peer, reason = failure.reason(), "authentication failed");
+            Err(GateError::Unauthorized {
+                realm: realm(),
+                reason: failure.reason(),
+            })
+        }
+    }
+}
+
+/// Applies read-only mode and the access rules to a classified request.
+fn authorise(
+    snapshot: &Snapshot,
+    identity: &Identity,
+    class: &Classified<'_>,
+    record: &mut AccessRecord,
+) -> Result<(), GateError> {
+    let config = &snapshot.config;
+    let challenge = || GateError::Unauthorized {
+        realm: config.auth.realm.clone(),
+        reason: "missing",
+    };
+    if config.server.read_only && class.action != Action::Pull {
+        record.decision = "deny";
+        return Err(GateError::ReadOnly);
+    }
+    let Some(repository) = class.repository else {
+        // Ping and catalog: any authenticated user (or anyone, without authentication).
+        if snapshot.auth.is_some() && *identity == Identity::Anonymous {
+            return Err(challenge());
+        }
+        return Ok(());
+    };
+    match config
+        .rules
+        .decide(&identity.as_rule(), repository, class.action)
+    {
+        Decision::Allow { rule } => {
+            record.decision = "allow";
+            record.rule = rule;
+            Ok(())
+        }
+        Decision::Deny { rule } => {
+            record.decision = "deny";
+            record.rule = rule;
+            match identity {
+                Identity::Anonymous if snapshot.auth.is_some() => Err(challenge()),
+                _ => Err(GateError::Denied {
+                    user: identity.name().to_string(),
+                    action: class.action,
+                    repository: repository.to_string(),
+                }),
+            }
+        }
+    }
+}
+
+/// Headers by which some frameworks let a POST act as another method. The registry ignores
+/// them, but a proxy or registry in between might not: a request carrying one is refused
+/// rather than classified by a method it may not really have.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn refuse_method_override(request: &Request<Incoming>) -> Result<(), GateError> {
+    if METHOD_OVERRIDES
+        .iter()
+        .any(|h| request.headers().contains_key(*h))
+    {
+        return Err(GateError::BadRequest(
+            "method-override headers are not accepted",
+        ));
+    }
+    Ok(())
+}
+
+/// The registry reads `mount` and `from` with Go's `FormValue`, which also reads a form body
+/// and prefers it to the query the rules saw. No registry client sends forms, so none pass.
+fn refuse_form_bodies(request: &Request<Incoming>) -> Result<(), GateError> {
+    // Compared as bytes: Go still reads a form whose Content-Type has non-UTF-8 parameters.
+    let form = request
+        .headers()
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .any(|v| {
+            let v = v.as_bytes().trim_ascii_start().to_ascii_lowercase();
+            v.starts_with(b"application/x-www-form-urlencoded") || v.starts_with(b"multipart/")
+        });
+    if form {
+        return Err(GateError::BadRequest(
+            "form bodies are not accepted on the registry API",
+        ));
+    }
+    Ok(())
 }
 
 /// Only origin-form targets (`/path?query`) are forwarded. Absolute-form (`GET http://x/`)
@@ -118,7 +294,9 @@ fn check_target(request: &Request<Incoming>) -> Result<(), GateError> {
         _ => uri.scheme().is_none() && uri.authority().is_none(),
     };
     if !origin_form {
-        return Err(GateError::BadRequest("absolute-form request targets are not accepted"));
+        return Err(GateError::BadRequest(
+            "absolute-form request targets are not accepted",
+        ));
     }
     if !uri.path().starts_with('/') {
         return Err(GateError::BadRequest("the request target must be a path"));

@@ -38,8 +38,12 @@ pub enum ServerError {
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr).await.map_err(|source| {
         let hint = match source.kind() {
-            std::io::ErrorKind::AddrInUse => " (another process is listening there; stop it or change [server] listen)",
-            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+            std::io::ErrorKind::AddrInUse => {
+                " (another process is listening there; stop it or change [server] listen)"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+            }
             _ => "",
         };
         ServerError::Bind { addr, source, hint }
@@ -48,7 +52,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 
 /// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
 pub async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), ServerError> {
-    let tls = TlsAcceptor::from(crate::tls::server_config(shared.certs(), shared.provider())?);
+    let tls = TlsAcceptor::from(crate::tls::server_config(
+        shared.certs(),
+        shared.provider(),
+    )?);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_handlers(shared.clone(), stop_tx)?;
 
@@ -96,11 +103,14 @@ async fn serve_connection(
     peer: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let Ok(local) = stream.local_addr() else { return };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let server = shared.snapshot().config.server.clone();
 
-    let tls_stream = match tokio::time::timeout(server.handshake_timeout, tls.accept(stream)).await {
+    let tls_stream = match tokio::time::timeout(server.handshake_timeout, tls.accept(stream)).await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
@@ -133,7 +143,10 @@ async fn serve_connection(
     }
 }
 
-fn spawn_signal_handlers(shared: Arc<Shared>, stop: watch::Sender<bool>) -> Result<(), ServerError> {
+fn spawn_signal_handlers(
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+) -> Result<(), ServerError> {
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;

@@ -9,8 +9,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
+use tokio::sync::Semaphore;
 
-use crate::config::{Config, ConfigError};
+use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
+use crate::auth::{self, Authenticator, Throttle};
+use crate::config::{AuthMode, Config, ConfigError};
 use crate::forward::Upstream;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -18,6 +21,8 @@ use crate::tls::{self, CertStore, TlsError};
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub upstream: Upstream,
+    /// `None` when `[auth] mode = "none"`.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 pub struct Shared {
@@ -25,6 +30,17 @@ pub struct Shared {
     certs: Arc<CertStore>,
     provider: Arc<CryptoProvider>,
     config_path: Option<PathBuf>,
+    /// Outlives reloads: a reload must not wipe an attacker's lockout.
+    throttle: Throttle,
+    verify_slots: Arc<Semaphore>,
+}
+
+/// Password verifications running at once. bcrypt pins a core for its whole run; more
+/// parallel runs than cores only queue inside the OS while holding blocking threads.
+fn verify_slot_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }
 
 /// Why the gate cannot start (or reload): each is printed on its own line.
@@ -34,35 +50,87 @@ pub enum PrepareError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Htpasswd(#[from] HtpasswdError),
 }
 
 /// Configuration and certificates, loaded and checked, not yet listening.
 pub struct Prepared {
     pub config: Config,
     pub tls: tls::Loaded,
+    /// Set on the first zero-config start: the user and password just generated, to be shown
+    /// once to the operator.
+    pub generated_user: Option<(String, String)>,
 }
 
 /// Loads everything a start needs and reports every problem found. Used by `run`, `check`
 /// and reload alike, so `check` says exactly what `run` would.
-pub fn prepare(path: Option<&Path>, provider: &CryptoProvider) -> Result<Prepared, Vec<PrepareError>> {
-    let config = Config::load(path).map_err(|errs| errs.into_iter().map(PrepareError::from).collect::<Vec<_>>())?;
+pub fn prepare(
+    path: Option<&Path>,
+    provider: &CryptoProvider,
+) -> Result<Prepared, Vec<PrepareError>> {
+    let config = Config::load(path)
+        .map_err(|errs| errs.into_iter().map(PrepareError::from).collect::<Vec<_>>())?;
     let listen_ip = [config.server.listen.ip()];
     let tls = tls::load(&config.tls, &listen_ip, provider).map_err(|e| vec![e.into()])?;
-    Ok(Prepared { config, tls })
+    let generated_user = match (&config.auth.mode, config.auth.generated_user) {
+        (AuthMode::Basic, true) => {
+            auth::ensure_generated_user(&config.auth.htpasswd[0]).map_err(|e| vec![e.into()])?
+        }
+        _ => None,
+    };
+    Ok(Prepared {
+        config,
+        tls,
+        generated_user,
+    })
+}
+
+/// Loads the htpasswd files a configuration names (none for `mode = "none"`).
+fn load_users(
+    config: &Config,
+    slots: Arc<Semaphore>,
+) -> Result<Option<Arc<Authenticator>>, Vec<PrepareError>> {
+    if config.auth.mode == AuthMode::None {
+        return Ok(None);
+    }
+    let options = LoadOptions {
+        allow_insecure: config.auth.allow_insecure_hashes,
+    };
+    Authenticator::load(
+        &config.auth.htpasswd,
+        &options,
+        config.auth.cache_ttl,
+        slots,
+    )
+    .map(|a| Some(Arc::new(a)))
+    .map_err(|errors| errors.into_iter().map(PrepareError::from).collect())
 }
 
 impl Shared {
-    pub fn new(prepared: &Prepared, provider: Arc<CryptoProvider>) -> Shared {
+    pub fn new(
+        prepared: &Prepared,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Shared, Vec<PrepareError>> {
         let config = Arc::new(prepared.config.clone());
-        Shared {
+        let verify_slots = Arc::new(Semaphore::new(verify_slot_count()));
+        let auth = load_users(&config, verify_slots.clone())?;
+        Ok(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 upstream: Upstream::new(&config.upstream),
                 config: config.clone(),
+                auth,
             }),
             certs: Arc::new(CertStore::new(prepared.tls.key.clone())),
             provider,
             config_path: config.source.clone(),
-        }
+            throttle: Throttle::new(),
+            verify_slots,
+        })
+    }
+
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -82,9 +150,18 @@ impl Shared {
         let path = self.config_path.clone();
         let provider = self.provider.clone();
         // File reads and key parsing are blocking work.
-        let prepared = tokio::task::spawn_blocking(move || prepare(path.as_deref(), &provider))
-            .await
-            .map_err(|e| vec![PrepareError::Tls(TlsError::Generate(format!("reload task failed: {e}")))])??;
+        let slots = self.verify_slots.clone();
+        let (prepared, auth) = tokio::task::spawn_blocking(move || {
+            let prepared = prepare(path.as_deref(), &provider)?;
+            let auth = load_users(&prepared.config, slots)?;
+            Ok::<_, Vec<PrepareError>>((prepared, auth))
+        })
+        .await
+        .map_err(|e| {
+            vec![PrepareError::Tls(TlsError::Generate(format!(
+                "reload task failed: {e}"
+            )))]
+        })??;
         let old = self.snapshot();
         if prepared.config.server.listen != old.config.server.listen {
             tracing::warn!(
@@ -103,6 +180,7 @@ impl Shared {
         self.snapshot.store(Arc::new(Snapshot {
             config: Arc::new(prepared.config),
             upstream,
+            auth,
         }));
         Ok(())
     }

@@ -9,11 +9,19 @@ mod raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use raw::RawConfig;
+use crate::rules::{RuleSpec, Rules};
+
+use raw::{RawAuth, RawConfig};
+
+/// The htpasswd file created in `[tls] dir` when there is no `[auth]` section.
+pub const GENERATED_HTPASSWD: &str = "htpasswd";
+/// The realm docker shows nowhere but browsers do; the recipes use the host name.
+pub const DEFAULT_REALM: &str = "registry-gate";
 
 /// Defaults shared with the documentation in `proxy.toml.example`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
@@ -42,6 +50,8 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
+    #[error("{path}: {message}")]
+    Rules { path: String, message: String },
     #[error("{path}: [{key}]: {message}")]
     Invalid {
         path: String,
@@ -58,6 +68,29 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    /// Compiled `[groups]` and `[[rules]]`, or the default for the auth mode.
+    pub rules: Arc<Rules>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No authentication: every client is `anonymous` (the recipes without `auth_basic`).
+    None,
+    /// HTTP Basic against htpasswd files.
+    Basic,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub htpasswd: Vec<PathBuf>,
+    /// True when no `[auth]` section exists: the htpasswd file is generated on first start.
+    pub generated_user: bool,
+    pub realm: String,
+    pub allow_insecure_hashes: bool,
+    pub cache_ttl: Duration,
+    pub filter_catalog: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +102,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Every write is refused with 405 UNSUPPORTED (registry maintenance, mirrors).
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,35 +208,65 @@ impl Config {
         let server = ServerConfig {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
             trusted_proxies,
-            shutdown_grace: v.duration("server.shutdown_grace", &raw.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
-            handshake_timeout: v.duration("server.handshake_timeout", &raw.server.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT),
-            header_timeout: v.duration("server.header_timeout", &raw.server.header_timeout, DEFAULT_HEADER_TIMEOUT),
+            shutdown_grace: v.duration(
+                "server.shutdown_grace",
+                &raw.server.shutdown_grace,
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+            handshake_timeout: v.duration(
+                "server.handshake_timeout",
+                &raw.server.handshake_timeout,
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+            header_timeout: v.duration(
+                "server.header_timeout",
+                &raw.server.header_timeout,
+                DEFAULT_HEADER_TIMEOUT,
+            ),
             max_header_bytes: match raw.server.max_header_bytes {
                 Some(n) if n < 8192 => {
-                    v.fail("server.max_header_bytes", format!("{n} is too small to hold a request head; use at least 8192"));
+                    v.fail(
+                        "server.max_header_bytes",
+                        format!("{n} is too small to hold a request head; use at least 8192"),
+                    );
                     DEFAULT_MAX_HEADER_BYTES
                 }
                 Some(n) => n,
                 None => DEFAULT_MAX_HEADER_BYTES,
             },
+            read_only: raw.server.read_only.unwrap_or(false),
         };
 
         let url = raw.upstream.url.as_deref().unwrap_or(DEFAULT_UPSTREAM);
         let parsed = v.check("upstream.url", parse_upstream(url, base));
         let (target, origin) = parsed.unwrap_or((
-            UpstreamTarget::Tcp { host: "127.0.0.1".into(), port: 5000 },
+            UpstreamTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5000,
+            },
             DEFAULT_UPSTREAM.into(),
         ));
         let upstream = UpstreamConfig {
             target,
             origin,
-            connect_timeout: v.duration("upstream.connect_timeout", &raw.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
-            read_timeout: v.duration("upstream.read_timeout", &raw.upstream.read_timeout, DEFAULT_READ_TIMEOUT),
+            connect_timeout: v.duration(
+                "upstream.connect_timeout",
+                &raw.upstream.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            read_timeout: v.duration(
+                "upstream.read_timeout",
+                &raw.upstream.read_timeout,
+                DEFAULT_READ_TIMEOUT,
+            ),
         };
 
         let dir = base.join(raw.tls.dir.as_deref().unwrap_or("certs"));
         let source = match (raw.tls.cert, raw.tls.key) {
-            (Some(cert), Some(key)) => TlsSource::Files { cert: base.join(cert), key: base.join(key) },
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert: base.join(cert),
+                key: base.join(key),
+            },
             (None, None) => TlsSource::Generated,
             (Some(_), None) => {
                 v.fail("tls.key", "tls.cert is set but tls.key is not: set both, or neither to use a generated certificate".into());
@@ -216,17 +281,62 @@ impl Config {
 
         let level = raw.log.level.unwrap_or_else(|| "info".into());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-            v.fail("log.level", format!("{level:?} is not a log filter ({e}); use error, warn, info, debug or trace"));
+            v.fail(
+                "log.level",
+                format!(
+                    "{level:?} is not a log filter ({e}); use error, warn, info, debug or trace"
+                ),
+            );
         }
         let format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                v.fail("log.format", format!("{other:?} is not a log format; use \"text\" or \"json\""));
+                v.fail(
+                    "log.format",
+                    format!("{other:?} is not a log format; use \"text\" or \"json\""),
+                );
                 LogFormat::Text
             }
         };
         let log = LogConfig { level, format };
+
+        let auth = v.auth(raw.auth, base, &tls.dir);
+        let rules = if raw.rules.is_empty() {
+            if !raw.groups.is_empty() {
+                v.fail(
+                    "groups",
+                    "groups are defined but there are no [[rules]] using them".into(),
+                );
+            }
+            match auth.mode {
+                // The recipes without auth_basic: everyone may do everything.
+                AuthMode::None => Rules::allow_everyone(),
+                AuthMode::Basic => Rules::allow_all_authenticated(),
+            }
+        } else {
+            let specs: Vec<RuleSpec> = raw
+                .rules
+                .into_iter()
+                .map(|r| RuleSpec {
+                    users: r.users,
+                    repositories: r.repositories,
+                    actions: r.actions,
+                })
+                .collect();
+            match Rules::compile(&raw.groups, &specs) {
+                Ok(rules) => rules,
+                Err(errors) => {
+                    for e in errors {
+                        v.errors.push(ConfigError::Rules {
+                            path: v.path.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                    Rules::allow_all_authenticated()
+                }
+            }
+        };
 
         if !v.errors.is_empty() {
             return Err(v.errors);
@@ -237,6 +347,8 @@ impl Config {
             upstream,
             tls,
             log,
+            auth,
+            rules: Arc::new(rules),
         })
     }
 }
@@ -265,7 +377,70 @@ impl Validator {
         r.map_err(|m| self.fail(key, m)).ok()
     }
 
-    fn duration(&mut self, key: &'static str, value: &Option<String>, default: Duration) -> Duration {
+    fn auth(&mut self, raw: Option<RawAuth>, base: &Path, tls_dir: &Path) -> AuthConfig {
+        let raw = raw.unwrap_or_default();
+        let mode = match raw.mode.as_deref() {
+            None | Some("basic") => AuthMode::Basic,
+            Some("none") => AuthMode::None,
+            Some("token") => {
+                self.fail(
+                    "auth.mode",
+                    "\"token\" is not available in this version; use \"basic\" or \"none\"".into(),
+                );
+                AuthMode::Basic
+            }
+            Some(other) => {
+                self.fail(
+                    "auth.mode",
+                    format!("{other:?} is not an auth mode; use \"basic\" or \"none\""),
+                );
+                AuthMode::Basic
+            }
+        };
+        // No htpasswd named: the zero-config file in [tls] dir, created on first start.
+        let generated_user = mode == AuthMode::Basic && raw.htpasswd.is_none();
+        let htpasswd: Vec<PathBuf> = match raw.htpasswd {
+            None if generated_user => vec![tls_dir.join(GENERATED_HTPASSWD)],
+            None => Vec::new(),
+            Some(files) => files.iter().map(|p| base.join(p)).collect(),
+        };
+        if mode == AuthMode::Basic && htpasswd.is_empty() {
+            self.fail(
+                "auth.htpasswd",
+                "mode \"basic\" needs at least one htpasswd file, e.g. htpasswd = [\"htpasswd\"] (create it with `registry-gate htpasswd add USER`)".into(),
+            );
+        }
+        if mode == AuthMode::None && !htpasswd.is_empty() {
+            self.fail("auth.htpasswd", "htpasswd files are set but mode is \"none\", so nobody would be asked for a password; use mode = \"basic\"".into());
+        }
+        let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.into());
+        if realm.contains('"') || realm.chars().any(char::is_control) {
+            self.fail(
+                "auth.realm",
+                "the realm must not contain quotes or control characters".into(),
+            );
+        }
+        AuthConfig {
+            mode,
+            htpasswd,
+            generated_user,
+            realm,
+            allow_insecure_hashes: raw.allow_insecure_hashes.unwrap_or(false),
+            cache_ttl: self.duration(
+                "auth.cache_ttl",
+                &raw.cache_ttl,
+                crate::auth::DEFAULT_CACHE_TTL,
+            ),
+            filter_catalog: raw.filter_catalog.unwrap_or(true),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &'static str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         match value {
             None => default,
             Some(text) => self.check(key, parse_duration(text)).unwrap_or(default),
@@ -275,24 +450,32 @@ impl Validator {
 
 /// Durations are written as in the recipes' spirit: `"900s"`, `"15m"`, `"1h 30m"`, `"500ms"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration ({e}); write it like \"900s\", \"15m\" or \"500ms\""))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write it like \"900s\", \"15m\" or \"500ms\"")
+    })
 }
 
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{text:?} is not an address or CIDR such as \"10.0.0.0/8\" or \"192.0.2.7\""))
+        .map_err(|_| {
+            format!("{text:?} is not an address or CIDR such as \"10.0.0.0/8\" or \"192.0.2.7\"")
+        })
 }
 
 fn parse_upstream(url: &str, base: &Path) -> Result<(UpstreamTarget, String), String> {
     if let Some(path) = url.strip_prefix("unix://") {
         if path.is_empty() {
-            return Err(format!("{url:?} names no socket; write \"unix:///run/registry.sock\""));
+            return Err(format!(
+                "{url:?} names no socket; write \"unix:///run/registry.sock\""
+            ));
         }
         // The registry on a unix socket still builds URLs from Host; its own origin never
         // appears in a Location, so there is nothing to rewrite.
-        return Ok((UpstreamTarget::Unix(base.join(path)), "http://localhost".into()));
+        return Ok((
+            UpstreamTarget::Unix(base.join(path)),
+            "http://localhost".into(),
+        ));
     }
     let uri: http::Uri = url
         .parse()
@@ -303,12 +486,20 @@ fn parse_upstream(url: &str, base: &Path) -> Result<(UpstreamTarget, String), St
         ));
     }
     if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{url:?}: the upstream URL must not have a path; the registry serves /v2/ at its root"));
+        return Err(format!(
+            "{url:?}: the upstream URL must not have a path; the registry serves /v2/ at its root"
+        ));
     }
     let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
     let port = uri.port_u16().unwrap_or(80);
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let origin = format!("http://{}", uri.authority().map(|a| a.as_str()).unwrap_or(""));
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let origin = format!(
+        "http://{}",
+        uri.authority().map(|a| a.as_str()).unwrap_or("")
+    );
     Ok((UpstreamTarget::Tcp { host, port }, origin))
 }
 
@@ -317,7 +508,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-        Config::parse(text, Some(Path::new("/etc/gate/proxy.toml")), Path::new("/etc/gate"))
+        Config::parse(
+            text,
+            Some(Path::new("/etc/gate/proxy.toml")),
+            Path::new("/etc/gate"),
+        )
     }
 
     fn messages(r: Result<Config, Vec<ConfigError>>) -> Vec<String> {
@@ -331,7 +526,13 @@ mod tests {
     fn empty_file_gives_documented_defaults() {
         let c = parse("").expect("defaults are valid");
         assert_eq!(c.server.listen, "0.0.0.0:443".parse().expect("addr"));
-        assert_eq!(c.upstream.target, UpstreamTarget::Tcp { host: "127.0.0.1".into(), port: 5000 });
+        assert_eq!(
+            c.upstream.target,
+            UpstreamTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5000
+            }
+        );
         assert_eq!(c.upstream.origin, "http://127.0.0.1:5000");
         assert_eq!(c.upstream.read_timeout, Duration::from_secs(900));
         assert_eq!(c.tls.dir, PathBuf::from("/etc/gate/certs"));
@@ -348,12 +549,17 @@ mod tests {
             }
             TlsSource::Generated => panic!("files expected"),
         }
-        assert_eq!(c.upstream.target, UpstreamTarget::Unix("/etc/gate/run/r.sock".into()));
+        assert_eq!(
+            c.upstream.target,
+            UpstreamTarget::Unix("/etc/gate/run/r.sock".into())
+        );
     }
 
     #[test]
     fn unknown_key_is_an_error_with_its_line() {
-        let m = messages(parse("[server]\nlisten = \"127.0.0.1:8443\"\nlisen = \"x\"\n"));
+        let m = messages(parse(
+            "[server]\nlisten = \"127.0.0.1:8443\"\nlisen = \"x\"\n",
+        ));
         assert_eq!(m.len(), 1);
         assert!(m[0].contains("line 3"), "{}", m[0]);
         assert!(m[0].contains("lisen"), "{}", m[0]);
@@ -365,7 +571,13 @@ mod tests {
             "[server]\nlisten = \"nope\"\nshutdown_grace = \"soon\"\n[upstream]\nurl = \"https://x\"\n[tls]\ncert = \"c.pem\"\n[log]\nformat = \"xml\"\n",
         ));
         let all = m.join("\n");
-        for key in ["server.listen", "server.shutdown_grace", "upstream.url", "tls.key", "log.format"] {
+        for key in [
+            "server.listen",
+            "server.shutdown_grace",
+            "upstream.url",
+            "tls.key",
+            "log.format",
+        ] {
             assert!(all.contains(key), "{key} missing from:\n{all}");
         }
         assert!(all.contains("/etc/gate/proxy.toml"), "{all}");
@@ -380,8 +592,10 @@ mod tests {
 
     #[test]
     fn trusted_proxies_accept_plain_addresses() {
-        let c = parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]").expect("valid");
+        let c =
+            parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]").expect("valid");
         assert_eq!(c.server.trusted_proxies.len(), 2);
-        assert!(c.server.trusted_proxies[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(c.server.trusted_proxies[1]
+            .contains(&"192.0.2.7".parse::<std::net::IpAddr>().expect("ip")));
     }
 }

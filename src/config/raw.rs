@@ -4,6 +4,8 @@
 //! the validated form. `deny_unknown_fields` everywhere, so a typo is an error, never a
 //! silently ignored (and possibly access-widening) setting.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -17,6 +19,30 @@ pub struct RawConfig {
     pub tls: RawTls,
     #[serde(default)]
     pub log: RawLog,
+    pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub mode: Option<String>,
+    pub htpasswd: Option<Vec<String>>,
+    pub realm: Option<String>,
+    pub allow_insecure_hashes: Option<bool>,
+    pub cache_ttl: Option<String>,
+    pub filter_catalog: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub users: Vec<String>,
+    pub repositories: Vec<String>,
+    pub actions: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +54,7 @@ pub struct RawServer {
     pub handshake_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub max_header_bytes: Option<usize>,
+    pub read_only: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

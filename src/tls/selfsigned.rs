@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 
 use super::TlsError;
@@ -70,9 +70,7 @@ pub fn ensure(dir: &Path, extra_ips: &[IpAddr]) -> Result<Generated, TlsError> {
     params.not_before = now() - days(1);
     params.not_after = now() + days(SERVER_DAYS);
     let key = KeyPair::generate().map_err(gen_err)?;
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .map_err(gen_err)?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(gen_err)?;
     write_atomic(&out.key, key.serialize_pem().as_bytes(), 0o600)?;
     write_atomic(&out.cert, cert.pem().as_bytes(), 0o644)?;
     Ok(Generated {

@@ -140,7 +140,9 @@ impl Gate {
             log_path,
             exit: None,
         };
-        let up = wait_until(START_TIMEOUT, || gate.try_exit().is_none() && accepts_tcp(addr));
+        let up = wait_until(START_TIMEOUT, || {
+            gate.try_exit().is_none() && accepts_tcp(addr)
+        });
         if !up {
             // Drop prints the log only while panicking; say what happened first.
             panic!(

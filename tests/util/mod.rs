@@ -37,7 +37,10 @@ pub use tempfile::TempDir;
 /// small; a child that loses the race fails loudly at start-up, not silently.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener.local_addr().expect("local_addr of a bound listener").port()
+    listener
+        .local_addr()
+        .expect("local_addr of a bound listener")
+        .port()
 }
 
 /// A fresh directory for one test. It sits directly under /tmp with a short name because

@@ -85,7 +85,13 @@ impl Registry {
             Listen::Tcp(addr) => (format!("http://{addr}"), Some(addr), None),
             Listen::Unix(path) => (format!("unix://{}", path.display()), None, Some(path)),
         };
-        let mut registry = Registry { child, url, addr, socket, log };
+        let mut registry = Registry {
+            child,
+            url,
+            addr,
+            socket,
+            log,
+        };
         let up = wait_until(START_TIMEOUT, || {
             registry.child.try_wait().ok().flatten().is_none() && registry.ping()
         });
@@ -126,7 +132,11 @@ impl Registry {
             .join("storage/docker/registry/v2/blobs/sha256");
         let mut digests = Vec::new();
         for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            for blob in std::fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+            for blob in std::fs::read_dir(prefix.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 digests.push(format!("sha256:{}", blob.file_name().to_string_lossy()));
             }
         }
@@ -150,7 +160,11 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- docker-registry log ({}) ---\n{}", self.url, self.log_text());
+            eprintln!(
+                "--- docker-registry log ({}) ---\n{}",
+                self.url,
+                self.log_text()
+            );
         }
     }
 }

@@ -1,0 +1,44 @@
+#!/bin/sh
+# Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
+# the docker CLI, htpasswd, ip, openssl, curl, gzip. Idempotent: installs only what is
+# missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as
+# root or with sudo available.
+set -eu
+
+export DEBIAN_FRONTEND=noninteractive
+
+missing=""
+
+# need COMMAND PACKAGE: queue PACKAGE unless COMMAND is on PATH (or PACKAGE already queued).
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    case " $missing " in
+        *" $2 "*) ;;
+        *) missing="$missing $2" ;;
+    esac
+}
+
+need docker-registry docker-registry
+need skopeo skopeo
+need dockerd docker.io
+need docker docker.io
+need htpasswd apache2-utils
+need ip iproute2
+need openssl openssl
+need curl curl
+need gzip gzip
+
+if [ -z "$missing" ]; then
+    echo "install-test-deps: everything is installed"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+echo "install-test-deps: installing:$missing"
+$SUDO apt-get update
+# shellcheck disable=SC2086 # the package list is meant to split into words
+$SUDO apt-get install -y --no-install-recommends $missing

@@ -1,0 +1,327 @@
+//! Who is asking: HTTP Basic credentials checked against htpasswd files, with a bounded cache
+//! of verified credentials and a per-address brake on failed attempts.
+//!
+//! This module turns an `Authorization` header into an `Identity` and nothing more; whether
+//! that identity may do something is `rules`' decision. It never logs a password, a hash or
+//! an Authorization value.
+
+pub mod htpasswd;
+mod throttle;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::Semaphore;
+
+pub use throttle::Throttle;
+
+use htpasswd::{HtpasswdError, HtpasswdFile, LoadOptions, PasswordHash};
+
+/// The caller, as established by authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Anonymous,
+    User(String),
+}
+
+impl Identity {
+    /// The view the rules take of an identity.
+    pub fn as_rule(&self) -> crate::rules::Identity<'_> {
+        match self {
+            Identity::Anonymous => crate::rules::Identity::Anonymous,
+            Identity::User(u) => crate::rules::Identity::User(u),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Identity::Anonymous => "-",
+            Identity::User(u) => u,
+        }
+    }
+}
+
+/// Why credentials were not accepted; the access log and (later) metrics use the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The Authorization header is not a well-formed Basic credential.
+    Malformed,
+    /// No such user, or the wrong password: deliberately not told apart.
+    BadCredentials,
+    /// Too many failures from this address; checked before any hashing.
+    Throttled { retry_after: Duration },
+}
+
+impl Failure {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Malformed => "malformed",
+            Failure::BadCredentials => "bad_credentials",
+            Failure::Throttled { .. } => "throttled",
+        }
+    }
+}
+
+/// How long a verified credential is remembered: docker sends the same Basic header on every
+/// request of a push, and bcrypt costs tens of milliseconds each time.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Entries kept at most; a flood of distinct valid credentials cannot grow memory past this.
+const CACHE_CAPACITY: usize = 4096;
+
+/// The users of one snapshot. Rebuilt (and so its cache emptied) whenever a file changes.
+pub struct Authenticator {
+    users: HashMap<String, PasswordHash>,
+    files: Vec<PathBuf>,
+    cache: Mutex<HashMap<[u8; 32], Instant>>,
+    cache_ttl: Duration,
+    cache_key: Hmac<Sha256>,
+    /// Bounds concurrent hash verifications so a flood of wrong passwords cannot occupy
+    /// every blocking thread.
+    verify_slots: Arc<Semaphore>,
+}
+
+impl Authenticator {
+    /// Loads every file; returns every unusable line of every file on failure.
+    pub fn load(
+        files: &[PathBuf],
+        options: &LoadOptions,
+        cache_ttl: Duration,
+        verify_slots: Arc<Semaphore>,
+    ) -> Result<Authenticator, Vec<HtpasswdError>> {
+        let mut users = HashMap::new();
+        let mut errors = Vec::new();
+        for path in files {
+            match HtpasswdFile::load(path, options) {
+                Ok(file) => {
+                    for user in file.users() {
+                        if users.contains_key(user) {
+                            errors.push(HtpasswdError::DuplicateAcrossFiles {
+                                file: path.clone(),
+                                user: user.to_string(),
+                            });
+                        } else if let Some(hash) = file.get(user) {
+                            users.insert(user.to_string(), hash.clone());
+                        }
+                    }
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).map_err(|e| {
+            vec![HtpasswdError::Io {
+                file: PathBuf::from("(random source)"),
+                source: std::io::Error::other(e.to_string()),
+            }]
+        })?;
+        let cache_key = <Hmac<Sha256> as Mac>::new_from_slice(&secret).map_err(|_| Vec::new())?;
+        Ok(Authenticator {
+            users,
+            files: files.to_vec(),
+            cache: Mutex::new(HashMap::new()),
+            cache_ttl,
+            cache_key,
+            verify_slots,
+        })
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Checks an `Authorization` header value. `None` means no credentials were sent.
+    pub async fn authenticate(
+        &self,
+        header: Option<&[u8]>,
+        peer: IpAddr,
+        throttle: &Throttle,
+    ) -> Result<Identity, Failure> {
+        let Some(header) = header else {
+            return Ok(Identity::Anonymous);
+        };
+        let (user, password) = parse_basic(header).ok_or(Failure::Malformed)?;
+        let key = self.cache_key_for(&user, &password);
+        if self.cached(&key) {
+            // Proven correct before: no hashing, and never throttled.
+            return Ok(Identity::User(user));
+        }
+        if let Some(retry_after) = throttle.blocked(peer) {
+            return Err(Failure::Throttled { retry_after });
+        }
+
+        let hash = match self.users.get(&user) {
+            Some(h) => h.clone(),
+            // An unknown user costs one verification like a known one, so response time does
+            // not tell which user names exist.
+            None => htpasswd::dummy_hash().clone(),
+        };
+        let known = self.users.contains_key(&user);
+        let ok = self.verify(hash, password).await && known;
+        if ok {
+            self.remember(key);
+            Ok(Identity::User(user))
+        } else {
+            throttle.record_failure(peer);
+            Err(Failure::BadCredentials)
+        }
+    }
+
+    async fn verify(&self, hash: PasswordHash, password: Vec<u8>) -> bool {
+        let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || hash.verify(&password))
+            .await
+            .unwrap_or(false)
+    }
+
+    fn cache_key_for(&self, user: &str, password: &[u8]) -> [u8; 32] {
+        let mut mac = self.cache_key.clone();
+        mac.update(user.as_bytes());
+        mac.update(&[0]);
+        mac.update(password);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> bool {
+        let Ok(cache) = self.cache.lock() else {
+            return false;
+        };
+        cache
+            .get(key)
+            .is_some_and(|expires| *expires > Instant::now())
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, expires| *expires > now);
+            if cache.len() >= CACHE_CAPACITY {
+                // Still full of live entries: start over rather than grow.
+                cache.clear();
+            }
+        }
+        cache.insert(key, now + self.cache_ttl);
+    }
+}
+
+/// The user created on a zero-config first start.
+pub const GENERATED_USER: &str = "admin";
+/// bcrypt cost for passwords the gate writes; Apache's `htpasswd -B` default is 5, the
+/// registry docs use 10+, OWASP asks for at least 10.
+pub const BCRYPT_COST: u32 = 10;
+
+/// Creates `path` with one generated user if it does not exist yet. Returns the user and
+/// the new password (shown once), or `None` when the file was already there.
+pub fn ensure_generated_user(path: &Path) -> Result<Option<(String, String)>, HtpasswdError> {
+    if path.exists() {
+        return Ok(None);
+    }
+    let password = random_password()?;
+    let line = htpasswd::bcrypt_line(GENERATED_USER, &password, BCRYPT_COST)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| HtpasswdError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+    }
+    crate::tls::selfsigned::write_atomic(path, format!("{line}\n").as_bytes(), 0o600).map_err(
+        |e| HtpasswdError::Io {
+            file: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        },
+    )?;
+    Ok(Some((GENERATED_USER.to_string(), password)))
+}
+
+/// 24 characters from a 62-letter alphabet: about 143 bits, and safe to paste in a shell.
+pub fn random_password() -> Result<String, HtpasswdError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(24);
+    while out.len() < 24 {
+        let mut buf = [0u8; 32];
+        getrandom::getrandom(&mut buf).map_err(|e| HtpasswdError::Io {
+            file: PathBuf::from("(random source)"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        // Rejection sampling keeps the choice uniform.
+        for b in buf {
+            if (b as usize) < ALPHABET.len() * 4 && out.len() < 24 {
+                out.push(ALPHABET[b as usize % ALPHABET.len()] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `Basic base64(user:password)`, scheme case-insensitive. The user must be UTF-8 (htpasswd
+/// user names are text); the password may be any bytes.
+pub fn parse_basic(header: &[u8]) -> Option<(String, Vec<u8>)> {
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, rest) = text.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    let user = std::str::from_utf8(&decoded[..colon]).ok()?;
+    if user.is_empty() {
+        return None;
+    }
+    Some((user.to_string(), decoded[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &[u8]) -> Vec<u8> {
+        let mut v = b"Basic ".to_vec();
+        v.extend(base64::engine::general_purpose::STANDARD.encode(s).bytes());
+        v
+    }
+
+    #[test]
+    fn basic_header_parsing() {
+        assert_eq!(
+            parse_basic(&b64(b"alice:s3cr:et")),
+            Some(("alice".into(), b"s3cr:et".to_vec()))
+        );
+        assert_eq!(
+            parse_basic(&b64(b"alice:")),
+            Some(("alice".into(), Vec::new()))
+        );
+        let mut lower = b"basic ".to_vec();
+        lower.extend_from_slice(&b64(b"a:b")[6..]);
+        assert!(parse_basic(&lower).is_some());
+        for bad in [
+            &b"Bearer abc"[..],
+            b"Basic",
+            b"Basic !!!",
+            &b64(b"nocolon"),
+            &b64(b":pw"),
+            &b64(b"\xff:pw"),
+            b"\xffBasic x",
+        ] {
+            assert_eq!(parse_basic(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! OCI image layouts made by hand (ustar layers, gzip via `gzip -n`, config, manifest,
+//! index) and a `skopeo` runner, so tests push and pull real images with a real client.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::json;
+
+use super::{describe, read_text, require_tool, run, sha256_digest, write_file, XorShift};
+
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// What a test needs to know about an image it wrote.
+#[derive(Debug, Clone)]
+pub struct OciImage {
+    pub dir: PathBuf,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// Digests of the compressed layer blobs, in manifest order.
+    pub layer_digests: Vec<String>,
+}
+
+impl OciImage {
+    /// `oci:<dir>:latest`, the skopeo reference.
+    pub fn reference(&self) -> String {
+        format!("oci:{}:latest", self.dir.display())
+    }
+}
+
+/// Writes an OCI image layout in `dir` (tag `latest`) with `layers` gzip'd tar layers, each
+/// holding one file of `layer_size` pseudo-random bytes. Random data does not compress, so
+/// the blobs are about `layer_size` each. Seeds derive from `dir`, so two images differ.
+pub fn oci_image(dir: &Path, layers: usize, layer_size: usize) -> OciImage {
+    require_tool("gzip", "gzip");
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap_or_else(|e| panic!("mkdir {}: {e}", blobs.display()));
+    let seed = dir
+        .display()
+        .to_string()
+        .bytes()
+        .fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+
+    let mut diff_ids = Vec::new();
+    let mut layer_descriptors = Vec::new();
+    let mut layer_digests = Vec::new();
+    for i in 0..layers {
+        let mut data = vec![0u8; layer_size];
+        XorShift::new(seed ^ (i as u64 + 1)).fill(&mut data);
+        let tar = ustar(&[(&format!("layer-{i}/data.bin"), &data)]);
+        diff_ids.push(sha256_digest(&tar));
+        let gz = gzip(&tar);
+        let digest = write_blob(&blobs, &gz);
+        layer_descriptors.push(json!({
+            "mediaType": LAYER_MEDIA_TYPE,
+            "digest": digest,
+            "size": gz.len(),
+        }));
+        layer_digests.push(digest);
+    }
+
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    }))
+    .expect("serialise image config");
+    let config_digest = write_blob(&blobs, &config);
+
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": { "mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": config.len() },
+        "layers": layer_descriptors,
+    }))
+    .expect("serialise manifest");
+    let manifest_digest = write_blob(&blobs, &manifest);
+
+    write_file(&dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#);
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "annotations": { "org.opencontainers.image.ref.name": "latest" },
+        }],
+    });
+    write_file(&dir.join("index.json"), index.to_string());
+
+    OciImage {
+        dir: dir.to_path_buf(),
+        manifest_digest,
+        config_digest,
+        layer_digests,
+    }
+}
+
+/// Reads back an OCI layout skopeo wrote: the manifest named by `index.json` for `tag`.
+pub fn read_oci_layout(dir: &Path) -> OciImage {
+    let index: serde_json::Value =
+        serde_json::from_str(&read_text(&dir.join("index.json"))).expect("parse index.json");
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no manifest in {}/index.json: {index}", dir.display()))
+        .to_string();
+    let blob = |digest: &str| {
+        dir.join("blobs/sha256")
+            .join(digest.strip_prefix("sha256:").expect("sha256 digest"))
+    };
+    let manifest_bytes = std::fs::read(blob(&manifest_digest)).expect("read manifest blob");
+    assert_eq!(
+        sha256_digest(&manifest_bytes),
+        manifest_digest,
+        "manifest blob content does not match its name"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&manifest_bytes).expect("parse manifest");
+    let layer_digests: Vec<String> = manifest["layers"]
+        .as_array()
+        .expect("manifest layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("layer digest").to_string())
+        .collect();
+    for digest in &layer_digests {
+        let bytes = std::fs::read(blob(digest)).expect("read layer blob");
+        assert_eq!(
+            &sha256_digest(&bytes),
+            digest,
+            "layer blob content does not match its name"
+        );
+    }
+    OciImage {
+        dir: dir.to_path_buf(),
+        manifest_digest,
+        config_digest: manifest["config"]["digest"]
+            .as_str()
+            .expect("config digest")
+            .to_string(),
+        layer_digests,
+    }
+}
+
+fn write_blob(blobs: &Path, bytes: &[u8]) -> String {
+    let digest = sha256_digest(bytes);
+    let name = digest.strip_prefix("sha256:").expect("sha256 digest");
+    write_file(&blobs.join(name), bytes);
+    digest
+}
+
+/// A ustar archive of regular files. The format is 512-byte blocks: a header per file (octal
+/// fields, checksum over the header with its own field as spaces), data padded to a block,
+/// and two zero blocks at the end.
+pub fn ustar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in files {
+        assert!(name.len() < 100, "ustar name too long: {name}");
+        let mut header = [0u8; 512];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        octal(&mut header[100..108], 0o644); // mode
+        octal(&mut header[108..116], 0); // uid
+        octal(&mut header[116..124], 0); // gid
+        octal(&mut header[124..136], data.len() as u64); // size
+        octal(&mut header[136..148], 1_600_000_000); // mtime: fixed, for reproducible digests
+        header[156] = b'0'; // regular file
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|&b| b as u32).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// Writes `value` as zero-padded octal filling `field` but its last byte (NUL).
+fn octal(field: &mut [u8], value: u64) {
+    let width = field.len() - 1;
+    let text = format!("{value:0width$o}");
+    assert_eq!(
+        text.len(),
+        width,
+        "{value} does not fit a {width}-digit tar field"
+    );
+    field[..width].copy_from_slice(text.as_bytes());
+    field[width] = 0;
+}
+
+/// `gzip -n -1`: no name or timestamp in the header, so the digest is reproducible.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .args(["-n", "-1", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn gzip");
+    let mut stdin = child.stdin.take().expect("gzip stdin");
+    let input = data.to_vec();
+    // Feed from another thread: gzip's output pipe would fill while we were still writing.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("wait for gzip");
+    writer
+        .join()
+        .expect("gzip writer thread")
+        .expect("write to gzip");
+    assert!(out.status.success(), "gzip failed: {}", out.status);
+    out.stdout
+}
+
+/// Runs skopeo with `args`; the caller checks the status (`skopeo_ok` asserts it).
+pub fn skopeo(args: &[&str]) -> Output {
+    require_tool("skopeo", "skopeo");
+    // The images are unsigned test data: don't depend on the host's policy.json.
+    run(Command::new("skopeo").arg("--insecure-policy").args(args))
+}
+
+pub fn skopeo_ok(args: &[&str]) -> Output {
+    let out = skopeo(args);
+    assert!(
+        out.status.success(),
+        "skopeo {}: failed\n{}",
+        args.join(" "),
+        describe(&out)
+    );
+    out
+}
