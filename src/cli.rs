@@ -34,4 +34,33 @@ pub enum Command {
     /// Validate the configuration and certificates like `nginx -t`: exit 0 with a summary,
     /// or exit 2 listing every problem.
     Check,
+    /// Manage an htpasswd file (bcrypt, readable by Apache's htpasswd and registry:2).
+    Htpasswd {
+        /// The htpasswd file; created (mode 0600) if missing.
+        #[arg(short, long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(subcommand)]
+        action: HtpasswdAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HtpasswdAction {
+    /// Add a user or change their password. Without --password-stdin a strong password is
+    /// generated and printed once.
+    Add {
+        user: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// bcrypt cost (10 to 31).
+        #[arg(long, default_value_t = crate::auth::BCRYPT_COST, value_parser = clap::value_parser!(u32).range(10..=31))]
+        cost: u32,
+    },
+    /// Remove a user.
+    Remove { user: String },
+    /// Check a password read from standard input: exit 0 if it matches, 1 if not.
+    Verify { user: String },
+    /// List the users.
+    List,
 }

@@ -47,6 +47,13 @@ pub fn run_cli(cli: Cli) -> i32 {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config.as_deref()),
         Command::Check => check(cli.config.as_deref()),
+        Command::Htpasswd { file, action } => match auth::manage::run(&file, action) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("registry-gate: {e}");
+                EXIT_FAILURE
+            }
+        },
     }
 }
 
@@ -139,13 +146,33 @@ fn check(config_path: Option<&std::path::Path>) -> i32 {
         },
         TlsSource::Generated => format!("generated certificate in {}", config.tls.dir.display()),
     };
+    let users = match state::load_users(&config, Arc::new(tokio::sync::Semaphore::new(1))) {
+        Ok(Some(auth)) => format!(", {} users", auth.user_count()),
+        Ok(None) => ", no authentication".into(),
+        Err(errors) => {
+            let generated_missing = config.auth.generated_user
+                && errors.iter().all(|e| {
+                    matches!(
+                        e,
+                        state::PrepareError::Htpasswd(auth::htpasswd::HtpasswdError::Io { .. })
+                    )
+                });
+            if !generated_missing {
+                for e in errors {
+                    eprintln!("registry-gate: {e}");
+                }
+                return EXIT_BAD_CONFIG;
+            }
+            ", a generated user on first start".into()
+        }
+    };
     let source = config
         .source
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
     println!(
-        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}",
+        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}{users}",
         config.server.listen,
         match &config.upstream.target {
             config::UpstreamTarget::Tcp { .. } => config.upstream.origin.clone(),

@@ -58,6 +58,7 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), Serve
     )?);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_handlers(shared.clone(), stop_tx)?;
+    tokio::spawn(crate::state::watch_files(shared.clone()));
 
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();

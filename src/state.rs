@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -87,7 +88,7 @@ pub fn prepare(
 }
 
 /// Loads the htpasswd files a configuration names (none for `mode = "none"`).
-fn load_users(
+pub fn load_users(
     config: &Config,
     slots: Arc<Semaphore>,
 ) -> Result<Option<Arc<Authenticator>>, Vec<PrepareError>> {
@@ -184,6 +185,60 @@ impl Shared {
         }));
         Ok(())
     }
+}
+
+/// How often watched files are checked for changes. Polling (rather than inotify) also sees
+/// Kubernetes Secret updates, which swap a symlink, and costs a few stat calls.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads when the configuration, certificate, key or an htpasswd file changes on disk
+/// (certbot renewals, `htpasswd` edits), as SIGHUP would.
+pub async fn watch_files(shared: Arc<Shared>) {
+    let mut seen = fingerprint(&watched_files(&shared.snapshot().config));
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let files = watched_files(&shared.snapshot().config);
+        let now = tokio::task::spawn_blocking(move || fingerprint(&files))
+            .await
+            .unwrap_or_default();
+        if now == seen {
+            continue;
+        }
+        match shared.reload().await {
+            Ok(()) => tracing::info!(
+                "a watched file changed: configuration, certificates and users reloaded"
+            ),
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(error = %e, "a watched file changed but the result is invalid; the running configuration stays");
+                }
+            }
+        }
+        // Whatever the reload did, compare against what is now on disk.
+        seen = fingerprint(&watched_files(&shared.snapshot().config));
+    }
+}
+
+fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = config.source.iter().cloned().collect();
+    if let crate::config::TlsSource::Files { cert, key } = &config.tls.source {
+        files.push(cert.clone());
+        files.push(key.clone());
+    }
+    files.extend(config.auth.htpasswd.iter().cloned());
+    files
+}
+
+/// Modification time and size of each file (following symlinks); `None` for a missing one.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
 }
 
 fn same_upstream(a: &Config, b: &Config) -> bool {

@@ -6,6 +6,7 @@
 //! an Authorization value.
 
 pub mod htpasswd;
+pub mod manage;
 mod throttle;
 
 use std::collections::HashMap;

@@ -1,0 +1,132 @@
+//! `registry-gate htpasswd …`: edits htpasswd files the way Apache's tool does, with bcrypt
+//! at cost 10 or more, mode 0600 and an atomic replace, so a running gate (which reloads on
+//! change) never reads a half-written file.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use super::htpasswd::{bcrypt_line, HtpasswdError, HtpasswdFile, LoadOptions};
+use crate::cli::HtpasswdAction;
+
+/// Runs one action; returns the exit code (`verify` answers 1 for a wrong password).
+pub fn run(file: &Path, action: HtpasswdAction) -> Result<i32, HtpasswdError> {
+    match action {
+        HtpasswdAction::Add {
+            user,
+            password_stdin,
+            cost,
+        } => {
+            let (password, generated) = if password_stdin {
+                (read_password()?, false)
+            } else {
+                (super::random_password()?, true)
+            };
+            let line = bcrypt_line(&user, &password, cost)?;
+            let mut lines = other_lines(file, &user)?;
+            lines.push(line);
+            write(file, &lines)?;
+            if generated {
+                println!("{password}");
+                eprintln!("registry-gate: user {user:?} saved in {}; the password above is shown only once", file.display());
+            } else {
+                eprintln!("registry-gate: user {user:?} saved in {}", file.display());
+            }
+            Ok(0)
+        }
+        HtpasswdAction::Remove { user } => {
+            let before = read_lines(file)?;
+            let lines = other_lines(file, &user)?;
+            if lines.len() == before.len() {
+                eprintln!("registry-gate: {}: no user {user:?}", file.display());
+                return Ok(1);
+            }
+            write(file, &lines)?;
+            eprintln!(
+                "registry-gate: user {user:?} removed from {}",
+                file.display()
+            );
+            Ok(0)
+        }
+        HtpasswdAction::Verify { user } => {
+            let parsed = load(file)?;
+            let password = read_password()?;
+            let ok = parsed
+                .get(&user)
+                .is_some_and(|h| h.verify(password.as_bytes()));
+            eprintln!(
+                "registry-gate: password for {user:?} {}",
+                if ok { "correct" } else { "not correct" }
+            );
+            Ok(if ok { 0 } else { 1 })
+        }
+        HtpasswdAction::List => {
+            for user in load(file)?.users() {
+                println!("{user}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn load(file: &Path) -> Result<HtpasswdFile, HtpasswdError> {
+    // The first problem is enough for a command-line answer; `check` lists them all.
+    HtpasswdFile::load(
+        file,
+        &LoadOptions {
+            allow_insecure: true,
+        },
+    )
+    .map_err(|mut errors| errors.remove(0))
+}
+
+fn read_password() -> Result<String, HtpasswdError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|source| HtpasswdError::Io {
+            file: "(standard input)".into(),
+            source,
+        })?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err(HtpasswdError::Hash(
+            "empty password on standard input".into(),
+        ));
+    }
+    Ok(password)
+}
+
+fn read_lines(file: &Path) -> Result<Vec<String>, HtpasswdError> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(HtpasswdError::Io {
+            file: file.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Every line except `user`'s, comments and other users kept as they were.
+fn other_lines(file: &Path, user: &str) -> Result<Vec<String>, HtpasswdError> {
+    let prefix = format!("{user}:");
+    Ok(read_lines(file)?
+        .into_iter()
+        .filter(|l| !l.starts_with(&prefix))
+        .collect())
+}
+
+fn write(file: &Path, lines: &[String]) -> Result<(), HtpasswdError> {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    crate::tls::selfsigned::write_atomic(file, text.as_bytes(), 0o600).map_err(|e| {
+        HtpasswdError::Io {
+            file: file.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        }
+    })
+}
