@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -342,7 +342,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-fn with_path(e: io::Error, path: &PathBuf) -> io::Error {
+fn with_path(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 

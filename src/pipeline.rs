@@ -27,10 +27,12 @@ use crate::rules::Decision;
 use crate::state::{Shared, Snapshot};
 
 /// What the server knows about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The user a verified client certificate names (`[tls] client_identity`).
+    pub cert_user: Option<Arc<str>>,
 }
 
 /// hyper's service entry point. Never fails: every error becomes a response.
@@ -169,14 +171,18 @@ async fn authenticate(
     conn: &ConnInfo,
     request: &Request<Incoming>,
 ) -> Result<Identity, GateError> {
-    let Some(auth) = &snapshot.auth else {
-        return Ok(Identity::Anonymous);
-    };
     let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
     let header = values.next();
     if values.next().is_some() {
         return Err(GateError::BadRequest("more than one Authorization header"));
     }
+    // A verified client certificate identifies its holder unless they log in explicitly.
+    if let (None, Some(user)) = (header, &conn.cert_user) {
+        return Ok(Identity::User(user.to_string()));
+    }
+    let Some(auth) = &snapshot.auth else {
+        return Ok(Identity::Anonymous);
+    };
     let realm = || snapshot.config.auth.realm.clone();
     let peer = forward::canonical(conn.peer.ip());
     match auth

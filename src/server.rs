@@ -30,8 +30,6 @@ pub enum ServerError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Binds the listening socket, so that a port in use is reported before anything else runs.
@@ -52,10 +50,6 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 
 /// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
 pub async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), ServerError> {
-    let tls = TlsAcceptor::from(crate::tls::server_config(
-        shared.certs(),
-        shared.provider(),
-    )?);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_handlers(shared.clone(), stop_tx)?;
     tokio::spawn(crate::state::watch_files(shared.clone()));
@@ -68,10 +62,9 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), Serve
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    let tls = tls.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        serve_connection(shared, tls, stream, peer, watcher).await;
+                        serve_connection(shared, stream, peer, watcher).await;
                     });
                 }
                 Err(e) => {
@@ -99,7 +92,6 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 async fn serve_connection(
     shared: Arc<Shared>,
-    tls: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
@@ -108,7 +100,9 @@ async fn serve_connection(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let server = shared.snapshot().config.server.clone();
+    let snapshot = shared.snapshot();
+    let server = snapshot.config.server.clone();
+    let tls = TlsAcceptor::from(shared.tls());
 
     let tls_stream = match tokio::time::timeout(server.handshake_timeout, tls.accept(stream)).await
     {
@@ -123,8 +117,24 @@ async fn serve_connection(
         }
     };
 
-    let conn = ConnInfo { peer, local };
-    let service = service_fn(move |request| pipeline::handle(shared.clone(), conn, request));
+    // A certificate is only present if rustls verified it against [tls] client_ca.
+    let cert_user = match (
+        &snapshot.config.tls.client,
+        tls_stream.get_ref().1.peer_certificates(),
+    ) {
+        (Some(client), Some([leaf, ..])) => {
+            crate::auth::client_cert::identity(leaf.as_ref(), client.identity).map(Arc::<str>::from)
+        }
+        _ => None,
+    };
+    drop(snapshot);
+    let conn = ConnInfo {
+        peer,
+        local,
+        cert_user,
+    };
+    let service =
+        service_fn(move |request| pipeline::handle(shared.clone(), conn.clone(), request));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -29,6 +29,9 @@ pub struct Snapshot {
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     certs: Arc<CertStore>,
+    /// Rebuilt on reload (a new client CA); the certificate itself is swapped in `certs`.
+    tls: ArcSwap<rustls::ServerConfig>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
     provider: Arc<CryptoProvider>,
     config_path: Option<PathBuf>,
     /// Outlives reloads: a reload must not wipe an attacker's lockout.
@@ -116,13 +119,24 @@ impl Shared {
         let config = Arc::new(prepared.config.clone());
         let verify_slots = Arc::new(Semaphore::new(verify_slot_count()));
         let auth = load_users(&config, verify_slots.clone())?;
+        let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
+        let ticketer = tls::ticketer().map_err(|e| vec![e.into()])?;
+        let server_tls = tls::server_config(
+            certs.clone(),
+            provider.clone(),
+            prepared.tls.client_verifier.clone(),
+            ticketer.clone(),
+        )
+        .map_err(|e| vec![e.into()])?;
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 upstream: Upstream::new(&config.upstream),
                 config: config.clone(),
                 auth,
             }),
-            certs: Arc::new(CertStore::new(prepared.tls.key.clone())),
+            certs,
+            tls: ArcSwap::new(server_tls),
+            ticketer,
             provider,
             config_path: config.source.clone(),
             throttle: Throttle::new(),
@@ -138,12 +152,9 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    pub fn certs(&self) -> Arc<CertStore> {
-        self.certs.clone()
-    }
-
-    pub fn provider(&self) -> Arc<CryptoProvider> {
-        self.provider.clone()
+    /// The TLS configuration for a new connection.
+    pub fn tls(&self) -> Arc<rustls::ServerConfig> {
+        self.tls.load_full()
     }
 
     /// Re-reads the configuration and certificates; swaps only if all of it is valid.
@@ -177,7 +188,15 @@ impl Shared {
         } else {
             Upstream::new(&prepared.config.upstream)
         };
+        let server_tls = tls::server_config(
+            self.certs.clone(),
+            self.provider.clone(),
+            prepared.tls.client_verifier.clone(),
+            self.ticketer.clone(),
+        )
+        .map_err(|e| vec![e.into()])?;
         self.certs.replace(prepared.tls.key);
+        self.tls.store(server_tls);
         self.snapshot.store(Arc::new(Snapshot {
             config: Arc::new(prepared.config),
             upstream,

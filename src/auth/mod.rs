@@ -5,6 +5,7 @@
 //! that identity may do something is `rules`' decision. It never logs a password, a hash or
 //! an Authorization value.
 
+pub mod client_cert;
 pub mod htpasswd;
 pub mod manage;
 mod throttle;

@@ -135,6 +135,26 @@ pub struct TlsConfig {
     pub source: TlsSource,
     /// Where generated material lives.
     pub dir: PathBuf,
+    /// Client certificates, when `[tls] client_ca` is set.
+    pub client: Option<ClientCertConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientCertConfig {
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub ca: PathBuf,
+    /// `required` refuses the handshake without a valid certificate; `optional` lets such
+    /// clients fall back to a password.
+    pub required: bool,
+    pub identity: CertIdentity,
+}
+
+/// Which name of a verified client certificate becomes the user name for the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertIdentity {
+    CommonName,
+    SanDns,
+    SanEmail,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,7 +297,43 @@ impl Config {
                 TlsSource::Generated
             }
         };
-        let tls = TlsConfig { source, dir };
+        let client = match raw.tls.client_ca {
+            None => {
+                if raw.tls.client_auth.is_some() || raw.tls.client_identity.is_some() {
+                    v.fail("tls.client_ca", "tls.client_auth or tls.client_identity is set but tls.client_ca is not: name the CA bundle that signs client certificates".into());
+                }
+                None
+            }
+            Some(ca) => {
+                let required = match raw.tls.client_auth.as_deref() {
+                    None | Some("optional") => false,
+                    Some("required") => true,
+                    Some(other) => {
+                        v.fail("tls.client_auth", format!("{other:?} is not a client_auth mode; use \"optional\" or \"required\""));
+                        false
+                    }
+                };
+                let identity = match raw.tls.client_identity.as_deref() {
+                    None | Some("cn") => CertIdentity::CommonName,
+                    Some("san-dns") => CertIdentity::SanDns,
+                    Some("san-email") => CertIdentity::SanEmail,
+                    Some(other) => {
+                        v.fail("tls.client_identity", format!("{other:?} is not a certificate name; use \"cn\", \"san-dns\" or \"san-email\""));
+                        CertIdentity::CommonName
+                    }
+                };
+                Some(ClientCertConfig {
+                    ca: base.join(ca),
+                    required,
+                    identity,
+                })
+            }
+        };
+        let tls = TlsConfig {
+            source,
+            dir,
+            client,
+        };
 
         let level = raw.log.level.unwrap_or_else(|| "info".into());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {

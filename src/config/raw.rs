@@ -71,6 +71,9 @@ pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub dir: Option<String>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
+    pub client_identity: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,9 +12,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
 use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 
 use crate::config::{TlsConfig, TlsSource};
 
@@ -70,6 +74,8 @@ impl ResolvesServerCert for CertStore {
 /// The certificate material a configuration names, loaded and checked.
 pub struct Loaded {
     pub key: Arc<CertifiedKey>,
+    /// Verifies client certificates when `[tls] client_ca` is set.
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// Set when the gate generated its own CA: where clients find the CA to trust.
     pub generated: Option<selfsigned::Generated>,
 }
@@ -80,9 +86,14 @@ pub fn load(
     extra_ips: &[std::net::IpAddr],
     provider: &CryptoProvider,
 ) -> Result<Loaded, TlsError> {
+    let client_verifier = match &config.client {
+        Some(client) => Some(client_verifier(client, provider)?),
+        None => None,
+    };
     match &config.source {
         TlsSource::Files { cert, key } => Ok(Loaded {
             key: files::load_certified_key(cert, key, provider)?,
+            client_verifier,
             generated: None,
         }),
         TlsSource::Generated => {
@@ -90,10 +101,45 @@ pub fn load(
             let key = files::load_certified_key(&generated.cert, &generated.key, provider)?;
             Ok(Loaded {
                 key,
+                client_verifier,
                 generated: Some(generated),
             })
         }
     }
+}
+
+fn client_verifier(
+    client: &crate::config::ClientCertConfig,
+    provider: &CryptoProvider,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let bad = |message: String| TlsError::Cert {
+        path: client.ca.clone(),
+        message,
+    };
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&client.ca)
+        .map_err(|e| bad(format!("cannot read the client CA bundle: {e}")))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(format!("not valid PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(
+            "no CERTIFICATE block found in the client CA bundle".into()
+        ));
+    }
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider.clone()));
+    let builder = if client.required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| bad(format!("cannot build a client certificate verifier: {e}")))
 }
 
 /// TLS 1.2 and 1.3 only (rustls offers nothing older and only AEAD suites with forward
@@ -101,12 +147,23 @@ pub fn load(
 pub fn server_config(
     store: Arc<CertStore>,
     provider: Arc<CryptoProvider>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    // Shared across reloads so clients keep resuming sessions after a SIGHUP.
+    config.ticketer = ticketer;
     Ok(Arc::new(config))
+}
+
+/// The session-ticket key rotator, made once per process.
+pub fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError> {
+    Ok(rustls::crypto::aws_lc_rs::Ticketer::new()?)
 }
