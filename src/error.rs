@@ -16,6 +16,46 @@ use crate::registry_path::{Action, Rejection};
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const API_VERSION: &str = "registry/2.0";
 
+/// How a 401 tells the client to authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Basic realm="…"`: docker then sends the password with every request.
+    Basic { realm: String },
+    /// The token spec's challenge: docker fetches a token from `realm` for `scope`.
+    Bearer {
+        realm: String,
+        service: String,
+        scope: Option<String>,
+        /// The presented token was valid but did not grant this action.
+        insufficient_scope: bool,
+    },
+}
+
+impl Challenge {
+    /// The `WWW-Authenticate` value. Realms, services and scopes are built from validated
+    /// configuration and classified repository names, which hold no quotes.
+    pub fn header_value(&self) -> String {
+        match self {
+            Challenge::Basic { realm } => format!("Basic realm=\"{realm}\""),
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+                insufficient_scope,
+            } => {
+                let mut v = format!("Bearer realm=\"{realm}\",service=\"{service}\"");
+                if let Some(scope) = scope {
+                    v.push_str(&format!(",scope=\"{scope}\""));
+                }
+                if *insufficient_scope {
+                    v.push_str(",error=\"insufficient_scope\"");
+                }
+                v
+            }
+        }
+    }
+}
+
 /// Who is at fault: decides the log level and, later, which metrics counter moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -33,7 +73,10 @@ pub enum GateError {
     Rejected(Rejection),
     /// No (valid) credentials; the client is challenged.
     #[error("authentication required ({reason})")]
-    Unauthorized { realm: String, reason: &'static str },
+    Unauthorized {
+        challenge: Challenge,
+        reason: &'static str,
+    },
     /// Too many failed logins from this address.
     #[error("too many failed logins; retry after {0:?}")]
     Throttled(Duration),
@@ -135,9 +178,8 @@ impl GateError {
         let mut response = registry_error(status, code, &message);
         let headers = response.headers_mut();
         match self {
-            GateError::Unauthorized { realm, .. } => {
-                // The realm was validated to hold no quotes or control characters.
-                if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+            GateError::Unauthorized { challenge, .. } => {
+                if let Ok(v) = HeaderValue::from_str(&challenge.header_value()) {
                     headers.insert(header::WWW_AUTHENTICATE, v);
                 }
             }
@@ -229,7 +271,7 @@ mod tests {
             ),
             (
                 GateError::Unauthorized {
-                    realm: "r".into(),
+                    challenge: Challenge::Basic { realm: "r".into() },
                     reason: "missing",
                 },
                 401,
@@ -268,13 +310,25 @@ mod tests {
     #[test]
     fn challenge_and_retry_after_headers() {
         let r = GateError::Unauthorized {
-            realm: "my registry".into(),
+            challenge: Challenge::Basic {
+                realm: "my registry".into(),
+            },
             reason: "missing",
         }
         .to_response();
         assert_eq!(
             r.headers()[header::WWW_AUTHENTICATE],
             "Basic realm=\"my registry\""
+        );
+        let bearer = Challenge::Bearer {
+            realm: "https://reg.example/token".into(),
+            service: "registry-gate".into(),
+            scope: Some("repository:a/b:pull,push".into()),
+            insufficient_scope: true,
+        };
+        assert_eq!(
+            bearer.header_value(),
+            "Bearer realm=\"https://reg.example/token\",service=\"registry-gate\",scope=\"repository:a/b:pull,push\",error=\"insufficient_scope\""
         );
         let r = GateError::Throttled(Duration::from_secs(8)).to_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "8");

@@ -10,6 +10,7 @@
 //! - `registry_path`: method + path -> endpoint, action, repository (or a rejection).
 //! - `auth`: Basic credentials against htpasswd files, verified-credential cache, throttling.
 //! - `rules`: (identity, repository, action) -> allow or deny, and which rule said so.
+//! - `token_service`: the `/token` endpoint of token mode.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `forward`: the pooled upstream client and the header rewriting.
 //! - `body`: streaming body wrappers (byte counts, idle timeout, access log on completion).
@@ -31,6 +32,7 @@ pub mod rules;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod token_service;
 
 use std::sync::Arc;
 

@@ -16,15 +16,17 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
+use crate::auth::token::Claims;
 use crate::auth::{Failure, Identity};
 use crate::body::{RequestBody, ResponseBody};
 use crate::catalog;
-use crate::error::{GateError, Side, API_VERSION, API_VERSION_HEADER};
+use crate::error::{Challenge, GateError, Side, API_VERSION, API_VERSION_HEADER};
 use crate::forward::{self, ClientInfo};
 use crate::log::AccessRecord;
 use crate::registry_path::{self, Action, Classified, Kind};
 use crate::rules::Decision;
 use crate::state::{Shared, Snapshot};
+use crate::token_service;
 
 /// What the server knows about the connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -92,6 +94,13 @@ async fn proxy(
     let host = public_host(&request)?;
     refuse_method_override(&request)?;
 
+    // The gate's own endpoint in token mode; never forwarded.
+    if let Some(tokens) = &snapshot.tokens {
+        if request.uri().path() == token_service::TOKEN_PATH {
+            return token_service::answer(snapshot, shared, tokens, conn, record, request).await;
+        }
+    }
+
     // 2. What it is: endpoint, action, repository. Anything unclassifiable stops here.
     let uri = request.uri().clone();
     let class = registry_path::classify(request.method(), uri.path(), uri.query())
@@ -102,7 +111,8 @@ async fn proxy(
     record.reference = class.reference.map(str::to_string);
 
     // 3. Who asks.
-    let identity = authenticate(snapshot, shared, conn, &request).await?;
+    let caller = authenticate(snapshot, shared, conn, &request, &class).await?;
+    let identity = &caller.identity;
     record.user = identity.name().to_string();
 
     // 4. May they.
@@ -110,7 +120,7 @@ async fn proxy(
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    authorise(snapshot, &identity, &class, record)?;
+    authorise(snapshot, &caller, &request, &class, record)?;
     if let Some(from) = &class.mount_from {
         if !snapshot
             .config
@@ -162,82 +172,183 @@ async fn proxy(
     Ok(Response::from_parts(parts, body))
 }
 
-/// Establishes the caller's identity. With authentication on, a request without credentials
-/// is anonymous only where a rule names `anonymous`; the ping and the catalog always want a
-/// user, because that is how docker learns it must log in.
+/// Who is asking, and with what: the identity, and in token mode the token's claims.
+pub struct Caller {
+    pub identity: Identity,
+    pub token: Option<Claims>,
+}
+
+/// Establishes the caller's identity from, in order: a bearer token (token mode), Basic
+/// credentials, a verified client certificate; otherwise the caller is anonymous.
 async fn authenticate(
     snapshot: &Snapshot,
     shared: &Shared,
     conn: &ConnInfo,
     request: &Request<Incoming>,
-) -> Result<Identity, GateError> {
+    class: &Classified<'_>,
+) -> Result<Caller, GateError> {
     let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
     let header = values.next();
     if values.next().is_some() {
         return Err(GateError::BadRequest("more than one Authorization header"));
     }
+    if let (Some(tokens), Some(token)) = (&snapshot.tokens, header.and_then(bearer)) {
+        return match tokens.verify(token) {
+            Some(claims) => Ok(Caller {
+                identity: match claims.sub.as_str() {
+                    "" => Identity::Anonymous,
+                    user => Identity::User(user.to_string()),
+                },
+                token: Some(claims),
+            }),
+            // Expired or foreign: docker fetches a fresh token when challenged.
+            None => Err(challenge(snapshot, request, class, false, "invalid_token")),
+        };
+    }
     // A verified client certificate identifies its holder unless they log in explicitly.
     if let (None, Some(user)) = (header, &conn.cert_user) {
-        return Ok(Identity::User(user.to_string()));
+        return Ok(Caller {
+            identity: Identity::User(user.to_string()),
+            token: None,
+        });
     }
     let Some(auth) = &snapshot.auth else {
-        return Ok(Identity::Anonymous);
+        return Ok(Caller {
+            identity: Identity::Anonymous,
+            token: None,
+        });
     };
-    let realm = || snapshot.config.auth.realm.clone();
     let peer = forward::canonical(conn.peer.ip());
     match auth
         .authenticate(header.map(HeaderValue::as_bytes), peer, shared.throttle())
         .await
     {
-        Ok(identity) => Ok(identity),
+        Ok(identity) => Ok(Caller {
+            identity,
+            token: None,
+        }),
         Err(Failure::Throttled { retry_after }) => Err(GateError::Throttled(retry_after)),
         Err(failure) => {
             tracing::info!(peer = %peer, reason = failure.reason(), "authentication failed");
-            Err(GateError::Unauthorized {
-                realm: realm(),
-                reason: failure.reason(),
-            })
+            Err(challenge(snapshot, request, class, false, failure.reason()))
         }
     }
 }
 
-/// Applies read-only mode and the access rules to a classified request.
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A 401 that tells the client how to authenticate for this request: Basic, or in token mode
+/// a Bearer challenge naming the token endpoint and the scope this request needs.
+fn challenge(
+    snapshot: &Snapshot,
+    request: &Request<Incoming>,
+    class: &Classified<'_>,
+    insufficient_scope: bool,
+    reason: &'static str,
+) -> GateError {
+    let auth = &snapshot.config.auth;
+    let challenge = if snapshot.tokens.is_some() {
+        let host = public_host(request)
+            .ok()
+            .and_then(|h| h.to_str().ok().map(str::to_string))
+            .unwrap_or_default();
+        Challenge::Bearer {
+            realm: format!("https://{host}{}", token_service::TOKEN_PATH),
+            service: auth.service.clone(),
+            scope: scope_for(class),
+            insufficient_scope,
+        }
+    } else {
+        Challenge::Basic {
+            realm: auth.realm.clone(),
+        }
+    };
+    GateError::Unauthorized { challenge, reason }
+}
+
+/// The token scope a request needs, as docker asks for it (a push also needs pull).
+fn scope_for(class: &Classified<'_>) -> Option<String> {
+    match (class.kind, class.repository) {
+        (Kind::Catalog, _) => Some("registry:catalog:*".into()),
+        (_, Some(repo)) => Some(format!(
+            "repository:{repo}:{}",
+            match class.action {
+                Action::Pull => "pull",
+                Action::Push => "pull,push",
+                Action::Delete => "delete",
+            }
+        )),
+        _ => None,
+    }
+}
+
+/// Applies read-only mode, the token's grants and the access rules to a classified request.
 fn authorise(
     snapshot: &Snapshot,
-    identity: &Identity,
+    caller: &Caller,
+    request: &Request<Incoming>,
     class: &Classified<'_>,
     record: &mut AccessRecord,
 ) -> Result<(), GateError> {
     let config = &snapshot.config;
-    let challenge = || GateError::Unauthorized {
-        realm: config.auth.realm.clone(),
-        reason: "missing",
-    };
+    let identity = &caller.identity;
+    let auth_on = snapshot.auth.is_some();
     if config.server.read_only && class.action != Action::Pull {
         record.decision = "deny";
         return Err(GateError::ReadOnly);
     }
     let Some(repository) = class.repository else {
-        // Ping and catalog: any authenticated user (or anyone, without authentication).
-        if snapshot.auth.is_some() && *identity == Identity::Anonymous {
-            return Err(challenge());
+        // The ping: anyone who authenticated (in token mode, any valid token, so that an
+        // anonymous docker pull goes on to ask for a pull token). The catalog: a user.
+        let authenticated = *identity != Identity::Anonymous
+            || (class.kind == Kind::Ping && caller.token.is_some());
+        if auth_on && !authenticated {
+            return Err(challenge(snapshot, request, class, false, "missing"));
         }
         return Ok(());
     };
+    if caller
+        .token
+        .as_ref()
+        .is_some_and(|t| t.allows(repository, class.action))
+    {
+        // The rules were applied when the token was issued.
+        record.decision = "allow";
+        return Ok(());
+    }
     match config
         .rules
         .decide(&identity.as_rule(), repository, class.action)
     {
-        Decision::Allow { rule } => {
+        Decision::Allow { rule } if caller.token.is_none() => {
             record.decision = "allow";
             record.rule = rule;
             Ok(())
+        }
+        Decision::Allow { rule } => {
+            // Allowed, but this token was issued for less: docker asks for a wider one.
+            record.decision = "deny";
+            record.rule = rule;
+            Err(challenge(
+                snapshot,
+                request,
+                class,
+                true,
+                "insufficient_scope",
+            ))
         }
         Decision::Deny { rule } => {
             record.decision = "deny";
             record.rule = rule;
             match identity {
-                Identity::Anonymous if snapshot.auth.is_some() => Err(challenge()),
+                Identity::Anonymous if auth_on => {
+                    Err(challenge(snapshot, request, class, false, "missing"))
+                }
                 _ => Err(GateError::Denied {
                     user: identity.name().to_string(),
                     action: class.action,
@@ -311,7 +422,7 @@ fn check_target(request: &Request<Incoming>) -> Result<(), GateError> {
 }
 
 /// The host the client addressed, which the registry needs to build upload URLs.
-fn public_host(request: &Request<Incoming>) -> Result<HeaderValue, GateError> {
+pub fn public_host(request: &Request<Incoming>) -> Result<HeaderValue, GateError> {
     if let Some(host) = request.headers().get(header::HOST) {
         if request.headers().get_all(header::HOST).iter().count() > 1 {
             return Err(GateError::BadRequest("more than one Host header"));

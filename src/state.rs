@@ -13,6 +13,7 @@ use rustls::crypto::CryptoProvider;
 use tokio::sync::Semaphore;
 
 use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
+use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::forward::Upstream;
@@ -24,6 +25,8 @@ pub struct Snapshot {
     pub upstream: Upstream,
     /// `None` when `[auth] mode = "none"`.
     pub auth: Option<Arc<Authenticator>>,
+    /// Token mode's signing key.
+    pub tokens: Option<Arc<TokenKey>>,
 }
 
 pub struct Shared {
@@ -56,6 +59,8 @@ pub enum PrepareError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Htpasswd(#[from] HtpasswdError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// Configuration and certificates, loaded and checked, not yet listening.
@@ -78,7 +83,7 @@ pub fn prepare(
     let listen_ip = [config.server.listen.ip()];
     let tls = tls::load(&config.tls, &listen_ip, provider).map_err(|e| vec![e.into()])?;
     let generated_user = match (&config.auth.mode, config.auth.generated_user) {
-        (AuthMode::Basic, true) => {
+        (AuthMode::Basic | AuthMode::Token, true) => {
             auth::ensure_generated_user(&config.auth.htpasswd[0]).map_err(|e| vec![e.into()])?
         }
         _ => None,
@@ -111,6 +116,20 @@ pub fn load_users(
     .map_err(|errors| errors.into_iter().map(PrepareError::from).collect())
 }
 
+/// Token mode's signing key, created in `[tls] dir` on first start when not configured.
+fn load_token_key(config: &Config) -> Result<Option<Arc<TokenKey>>, Vec<PrepareError>> {
+    if config.auth.mode != AuthMode::Token {
+        return Ok(None);
+    }
+    TokenKey::load_or_create(
+        &config.auth.token_key,
+        config.auth.service.clone(),
+        config.auth.token_ttl,
+    )
+    .map(|k| Some(Arc::new(k)))
+    .map_err(|e| vec![e.into()])
+}
+
 impl Shared {
     pub fn new(
         prepared: &Prepared,
@@ -119,6 +138,7 @@ impl Shared {
         let config = Arc::new(prepared.config.clone());
         let verify_slots = Arc::new(Semaphore::new(verify_slot_count()));
         let auth = load_users(&config, verify_slots.clone())?;
+        let tokens = load_token_key(&config)?;
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
         let ticketer = tls::ticketer().map_err(|e| vec![e.into()])?;
         let server_tls = tls::server_config(
@@ -133,6 +153,7 @@ impl Shared {
                 upstream: Upstream::new(&config.upstream),
                 config: config.clone(),
                 auth,
+                tokens,
             }),
             certs,
             tls: ArcSwap::new(server_tls),
@@ -163,10 +184,11 @@ impl Shared {
         let provider = self.provider.clone();
         // File reads and key parsing are blocking work.
         let slots = self.verify_slots.clone();
-        let (prepared, auth) = tokio::task::spawn_blocking(move || {
+        let (prepared, auth, tokens) = tokio::task::spawn_blocking(move || {
             let prepared = prepare(path.as_deref(), &provider)?;
             let auth = load_users(&prepared.config, slots)?;
-            Ok::<_, Vec<PrepareError>>((prepared, auth))
+            let tokens = load_token_key(&prepared.config)?;
+            Ok::<_, Vec<PrepareError>>((prepared, auth, tokens))
         })
         .await
         .map_err(|e| {
@@ -201,6 +223,7 @@ impl Shared {
             config: Arc::new(prepared.config),
             upstream,
             auth,
+            tokens,
         }));
         Ok(())
     }

@@ -141,18 +141,19 @@ async fn https_client_trusts_the_test_ca_and_no_other() {
     let pki = Pki::localhost(&tmp.path().join("pki"));
     let stranger = Pki::localhost(&tmp.path().join("other-pki"));
     let port = util::free_port();
-    let mut server = std::process::Command::new("openssl")
+    let server = std::process::Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("-cert")
         .arg(&pki.cert_pem)
         .arg("-key")
         .arg(&pki.key_pem)
-        .stdin(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn openssl s_server");
+    let _server = util::KillOnDrop(server);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     assert!(util::wait_until(Duration::from_secs(10), || {
         util::accepts_tcp(addr)
@@ -160,19 +161,30 @@ async fn https_client_trusts_the_test_ca_and_no_other() {
 
     let url = format!("https://127.0.0.1:{port}/");
     let trusted = HttpsClient::new(&pki.ca_pem, Proto::Http1);
-    let response = trusted
-        .try_send(request("GET", &url).body(empty()).expect("request"))
-        .await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        trusted.try_send(request("GET", &url).body(empty()).expect("request")),
+    )
+    .await;
+    // s_server serves one connection at a time: finish this one before the next.
+    let status = match response {
+        Ok(Ok(response)) => {
+            let status = response.status();
+            let _ = response.into_body().collect().await;
+            Ok(status)
+        }
+        Ok(Err(e)) => Err(format!("trusted client gets no answer: {e:?}")),
+        Err(_) => Err("trusted client: timed out".to_string()),
+    };
+    drop(trusted);
     let untrusted = HttpsClient::new(&stranger.ca_pem, Proto::Http1);
-    let refused = untrusted
-        .try_send(request("GET", &url).body(empty()).expect("request"))
-        .await;
-    let _ = server.kill();
-    let _ = server.wait();
-    assert_eq!(
-        response.expect("trusted client gets an answer").status(),
-        200
-    );
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        untrusted.try_send(request("GET", &url).body(empty()).expect("request")),
+    )
+    .await;
+    assert_eq!(status, Ok(http::StatusCode::OK));
+    let refused = refused.expect("untrusted client: timed out");
     assert!(
         refused.is_err(),
         "a client with another CA accepted the certificate"

@@ -9,6 +9,7 @@ pub mod client_cert;
 pub mod htpasswd;
 pub mod manage;
 mod throttle;
+pub mod token;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -155,6 +156,17 @@ impl Authenticator {
             return Ok(Identity::Anonymous);
         };
         let (user, password) = parse_basic(header).ok_or(Failure::Malformed)?;
+        self.check_password(user, password, peer, throttle).await
+    }
+
+    /// Checks one user's password (from a Basic header or the token endpoint's form).
+    pub async fn check_password(
+        &self,
+        user: String,
+        password: Vec<u8>,
+        peer: IpAddr,
+        throttle: &Throttle,
+    ) -> Result<Identity, Failure> {
         let key = self.cache_key_for(&user, &password);
         if self.cached(&key) {
             // Proven correct before: no hashing, and never throttled.

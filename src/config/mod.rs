@@ -20,6 +20,10 @@ use raw::{RawAuth, RawConfig};
 
 /// The htpasswd file created in `[tls] dir` when there is no `[auth]` section.
 pub const GENERATED_HTPASSWD: &str = "htpasswd";
+/// The token-signing key created in `[tls] dir` for token mode when none is configured.
+pub const GENERATED_TOKEN_KEY: &str = "token.key";
+/// Docker asks for a new token when one expires; five minutes is what Docker Hub issues.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
 /// The realm docker shows nowhere but browsers do; the recipes use the host name.
 pub const DEFAULT_REALM: &str = "registry-gate";
 
@@ -79,6 +83,9 @@ pub enum AuthMode {
     None,
     /// HTTP Basic against htpasswd files.
     Basic,
+    /// The gate is its own token server (passwords from the same htpasswd files); needed
+    /// for anonymous pull with docker.
+    Token,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +98,14 @@ pub struct AuthConfig {
     pub allow_insecure_hashes: bool,
     pub cache_ttl: Duration,
     pub filter_catalog: bool,
+    /// Token mode: the HMAC key file (created on first start if missing).
+    pub token_key: PathBuf,
+    pub token_ttl: Duration,
+    /// The `service` name in challenges and tokens.
+    pub service: String,
+    /// `anonymous = "pull"`: clients without credentials may pull everything no rule
+    /// forbids them (checked after the [[rules]]).
+    pub anonymous_pull: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -358,28 +373,37 @@ impl Config {
         let log = LogConfig { level, format };
 
         let auth = v.auth(raw.auth, base, &tls.dir);
-        let rules = if raw.rules.is_empty() {
-            if !raw.groups.is_empty() {
-                v.fail(
-                    "groups",
-                    "groups are defined but there are no [[rules]] using them".into(),
-                );
+        let mut specs: Vec<RuleSpec> = raw
+            .rules
+            .into_iter()
+            .map(|r| RuleSpec {
+                users: r.users,
+                repositories: r.repositories,
+                actions: r.actions,
+            })
+            .collect();
+        if specs.is_empty() && !raw.groups.is_empty() {
+            v.fail(
+                "groups",
+                "groups are defined but there are no [[rules]] using them".into(),
+            );
+        }
+        if auth.anonymous_pull {
+            if specs.is_empty() {
+                // The no-rules default (every user may do everything), made explicit so the
+                // anonymous rule can follow it.
+                specs.push(rule_spec(&["*"], &["**"], &["*"]));
             }
+            // `anonymous = "pull"` is a last rule: explicit rules still decide first.
+            specs.push(rule_spec(&["anonymous"], &["**"], &["pull"]));
+        }
+        let rules = if specs.is_empty() {
             match auth.mode {
                 // The recipes without auth_basic: everyone may do everything.
                 AuthMode::None => Rules::allow_everyone(),
-                AuthMode::Basic => Rules::allow_all_authenticated(),
+                AuthMode::Basic | AuthMode::Token => Rules::allow_all_authenticated(),
             }
         } else {
-            let specs: Vec<RuleSpec> = raw
-                .rules
-                .into_iter()
-                .map(|r| RuleSpec {
-                    users: r.users,
-                    repositories: r.repositories,
-                    actions: r.actions,
-                })
-                .collect();
             match Rules::compile(&raw.groups, &specs) {
                 Ok(rules) => rules,
                 Err(errors) => {
@@ -406,6 +430,15 @@ impl Config {
             auth,
             rules: Arc::new(rules),
         })
+    }
+}
+
+fn rule_spec(users: &[&str], repositories: &[&str], actions: &[&str]) -> RuleSpec {
+    let own = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    RuleSpec {
+        users: own(users),
+        repositories: own(repositories),
+        actions: own(actions),
     }
 }
 
@@ -437,37 +470,58 @@ impl Validator {
         let raw = raw.unwrap_or_default();
         let mode = match raw.mode.as_deref() {
             None | Some("basic") => AuthMode::Basic,
+            Some("token") => AuthMode::Token,
             Some("none") => AuthMode::None,
-            Some("token") => {
-                self.fail(
-                    "auth.mode",
-                    "\"token\" is not available in this version; use \"basic\" or \"none\"".into(),
-                );
-                AuthMode::Basic
-            }
             Some(other) => {
                 self.fail(
                     "auth.mode",
-                    format!("{other:?} is not an auth mode; use \"basic\" or \"none\""),
+                    format!("{other:?} is not an auth mode; use \"basic\", \"token\" or \"none\""),
                 );
                 AuthMode::Basic
             }
         };
         // No htpasswd named: the zero-config file in [tls] dir, created on first start.
-        let generated_user = mode == AuthMode::Basic && raw.htpasswd.is_none();
+        let generated_user = mode != AuthMode::None && raw.htpasswd.is_none();
         let htpasswd: Vec<PathBuf> = match raw.htpasswd {
             None if generated_user => vec![tls_dir.join(GENERATED_HTPASSWD)],
             None => Vec::new(),
             Some(files) => files.iter().map(|p| base.join(p)).collect(),
         };
-        if mode == AuthMode::Basic && htpasswd.is_empty() {
+        if mode != AuthMode::None && htpasswd.is_empty() {
             self.fail(
                 "auth.htpasswd",
-                "mode \"basic\" needs at least one htpasswd file, e.g. htpasswd = [\"htpasswd\"] (create it with `registry-gate htpasswd add USER`)".into(),
+                "password authentication needs at least one htpasswd file, e.g. htpasswd = [\"htpasswd\"] (create it with `registry-gate htpasswd add USER`)".into(),
             );
         }
         if mode == AuthMode::None && !htpasswd.is_empty() {
             self.fail("auth.htpasswd", "htpasswd files are set but mode is \"none\", so nobody would be asked for a password; use mode = \"basic\"".into());
+        }
+        let anonymous_pull = match raw.anonymous.as_deref() {
+            None | Some("none") => false,
+            Some("pull") => true,
+            Some(other) => {
+                self.fail(
+                    "auth.anonymous",
+                    format!("{other:?} is not an anonymous access level; use \"none\" or \"pull\""),
+                );
+                false
+            }
+        };
+        if anonymous_pull && mode == AuthMode::Basic {
+            self.fail(
+                "auth.anonymous",
+                "anonymous pull needs mode = \"token\": after a Basic challenge on /v2/ docker refuses to pull without credentials (\"no basic auth credentials\")".into(),
+            );
+        }
+        if let Some(service) = &raw.service {
+            if service.is_empty() || service.contains('"') || service.chars().any(char::is_control)
+            {
+                self.fail(
+                    "auth.service",
+                    "the service name must be non-empty, without quotes or control characters"
+                        .into(),
+                );
+            }
         }
         let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.into());
         if realm.contains('"') || realm.chars().any(char::is_control) {
@@ -488,6 +542,13 @@ impl Validator {
                 crate::auth::DEFAULT_CACHE_TTL,
             ),
             filter_catalog: raw.filter_catalog.unwrap_or(true),
+            token_key: raw
+                .token_key
+                .map(|p| base.join(p))
+                .unwrap_or_else(|| tls_dir.join(GENERATED_TOKEN_KEY)),
+            token_ttl: self.duration("auth.token_ttl", &raw.token_ttl, DEFAULT_TOKEN_TTL),
+            service: raw.service.unwrap_or_else(|| DEFAULT_REALM.into()),
+            anonymous_pull,
         }
     }
 

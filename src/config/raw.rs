@@ -35,6 +35,10 @@ pub struct RawAuth {
     pub allow_insecure_hashes: Option<bool>,
     pub cache_ttl: Option<String>,
     pub filter_catalog: Option<bool>,
+    pub token_key: Option<String>,
+    pub token_ttl: Option<String>,
+    pub service: Option<String>,
+    pub anonymous: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -45,6 +45,14 @@ pub enum Proto {
 
 /// A rustls client configuration trusting exactly the CA(s) in `ca_pem`.
 pub fn tls_config(ca_pem: &Path) -> rustls::ClientConfig {
+    tls_config_with_versions(ca_pem, rustls::DEFAULT_VERSIONS)
+}
+
+/// Like `tls_config`, offering only the given TLS versions.
+pub fn tls_config_with_versions(
+    ca_pem: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_pem)
         .unwrap_or_else(|e| panic!("read CA {}: {e}", ca_pem.display()))
@@ -56,8 +64,8 @@ pub fn tls_config(ca_pem: &Path) -> rustls::ClientConfig {
     rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .expect("default TLS versions")
+    .with_protocol_versions(versions)
+    .expect("supported TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth()
 }
@@ -247,6 +255,35 @@ pub async fn read_hashing(mut body: Incoming) -> Result<(u64, String), hyper::Er
         }
     }
     Ok((len, format!("sha256:{}", hex(&hasher.finalize()))))
+}
+
+/// What a TLS handshake settled on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub version: rustls::ProtocolVersion,
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// Completes a handshake offering `versions` and `alpn`, and reports the outcome.
+pub async fn tls_handshake(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> io::Result<Negotiated> {
+    let mut config = tls_config_with_versions(ca_pem, versions);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = connector.connect(name, tcp).await?;
+    let (_, session) = tls.get_ref();
+    Ok(Negotiated {
+        version: session
+            .protocol_version()
+            .expect("a finished handshake has a version"),
+        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+    })
 }
 
 /// One request over a fresh TLS connection, written byte for byte as given, for tests that

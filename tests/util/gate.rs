@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use super::client::{HttpsClient, Proto};
 use super::pki::Pki;
-use super::{accepts_tcp, free_port, read_text, run, wait_until, write_file};
+use super::{
+    accepts_tcp, describe, free_port, read_text, require_tool, run, wait_until, write_file,
+};
 
 /// The gate must accept TCP this soon after spawn.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,8 +31,9 @@ pub struct GateConfig {
     pub read_timeout: String,
     pub trusted_proxies: Option<Vec<String>>,
     pub log_format: String,
+    pub auth: Auth,
     /// Raw TOML appended after the generated tables (new tables only: TOML forbids
-    /// reopening one).
+    /// reopening one). An `[auth]` table here replaces the generated one.
     pub extra_toml: String,
 }
 
@@ -42,6 +45,7 @@ impl GateConfig {
             read_timeout: "900s".into(),
             trusted_proxies: None,
             log_format: "text".into(),
+            auth: Auth::None,
             extra_toml: String::new(),
         }
     }
@@ -61,14 +65,34 @@ impl GateConfig {
         self
     }
 
+    /// HTTP Basic with these users, in an htpasswd file written by Apache's `htpasswd -B`.
+    pub fn basic_auth(mut self, users: &[(&str, &str)]) -> Self {
+        self.auth = Auth::Basic(
+            users
+                .iter()
+                .map(|(user, password)| (user.to_string(), password.to_string()))
+                .collect(),
+        );
+        self
+    }
+
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml = toml.into();
         self
     }
 
-    /// The file's text. `cert` and `key` are written as given, so relative paths exercise
-    /// resolution against the config file's directory.
+    /// The file's text. `cert` and `key` (and the htpasswd file, `htpasswd` next to the
+    /// config) are written as given, so relative paths exercise resolution against the config
+    /// file's directory.
     pub fn to_toml(&self, listen: SocketAddr, cert: &str, key: &str) -> String {
+        // A test that writes its own `[auth]` (hand-made htpasswd files in other formats)
+        // gets exactly that: TOML forbids the table twice.
+        let own_auth = self.extra_toml.lines().any(|l| l.trim() == "[auth]");
+        let auth = match &self.auth {
+            _ if own_auth => "",
+            Auth::None => "\n[auth]\nmode = \"none\"\n",
+            Auth::Basic(_) => "\n[auth]\nmode = \"basic\"\nhtpasswd = [\"htpasswd\"]\n",
+        };
         let trusted = match &self.trusted_proxies {
             Some(nets) => format!("trusted_proxies = {nets:?}\n"),
             None => String::new(),
@@ -88,6 +112,7 @@ impl GateConfig {
              \n[log]\n\
              level = \"info\"\n\
              format = \"{format}\"\n\
+             {auth}\
              {extra}",
             grace = self.shutdown_grace,
             upstream = self.upstream,
@@ -95,6 +120,31 @@ impl GateConfig {
             format = self.log_format,
             extra = self.extra_toml,
         )
+    }
+}
+
+/// Who the gate lets in.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    /// `mode = "none"`: the tests of forwarding and streaming need no credentials. Explicit,
+    /// because the gate's default is Basic with a generated user.
+    None,
+    /// `mode = "basic"` with these (user, password) pairs.
+    Basic(Vec<(String, String)>),
+}
+
+/// Writes an htpasswd file with Apache's own tool (bcrypt, lowest cost: tests log in often),
+/// so the gate is tested against the files operators really have.
+pub fn write_htpasswd(path: &Path, users: &[(String, String)]) {
+    require_tool("htpasswd", "apache2-utils");
+    for (i, (user, password)) in users.iter().enumerate() {
+        let mut command = Command::new("htpasswd");
+        command.args(["-b", "-B", "-C", "4"]);
+        if i == 0 {
+            command.arg("-c");
+        }
+        let out = run(command.arg(path).arg(user).arg(password));
+        assert!(out.status.success(), "htpasswd {user}: {}", describe(&out));
     }
 }
 
@@ -119,6 +169,9 @@ impl Gate {
             &config_path,
             config.to_toml(addr, "pki/cert.pem", "pki/key.pem"),
         );
+        if let Auth::Basic(users) = &config.auth {
+            write_htpasswd(&dir.join("htpasswd"), users);
+        }
 
         let log_path = dir.join("gate.log");
         let log = File::create(&log_path).expect("create gate log");

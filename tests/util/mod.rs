@@ -27,7 +27,7 @@ pub mod registry;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
@@ -83,6 +83,16 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
 /// True when something accepts TCP connections on `addr`.
 pub fn accepts_tcp(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// A child process killed (and reaped) when this goes out of scope, panicking tests included.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Runs a command to completion, panicking (with the command line) only if it cannot start.

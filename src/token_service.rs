@@ -1,0 +1,231 @@
+//! The token endpoint of `[auth] mode = "token"` (`/token`): the distribution token spec's
+//! `GET` with optional Basic credentials, and the OAuth2 `POST` form `docker login` tries
+//! first. It grants, per requested repository, the requested actions the rules allow this
+//! caller, and nothing else; a refused action is simply left out of the token, as Docker
+//! Hub does, and the registry request that needs it is then refused.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::auth::token::{parse_scopes, Grant, Scope, TokenKey};
+use crate::auth::{Failure, Identity};
+use crate::body::ResponseBody;
+use crate::error::{Challenge, GateError};
+use crate::forward;
+use crate::log::AccessRecord;
+use crate::pipeline::ConnInfo;
+use crate::registry_path::{is_valid_repository_name, Action};
+use crate::state::{Shared, Snapshot};
+
+pub const TOKEN_PATH: &str = "/token";
+
+/// An OAuth2 form is a few short fields; anything larger is not a login.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+pub async fn answer(
+    snapshot: &Snapshot,
+    shared: &Shared,
+    tokens: &TokenKey,
+    conn: &ConnInfo,
+    record: &mut AccessRecord,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, GateError> {
+    let peer = forward::canonical(conn.peer.ip());
+    let Some(auth) = &snapshot.auth else {
+        return Err(GateError::BadRequest("token mode without users"));
+    };
+    let (identity, scopes, oauth) = match *request.method() {
+        Method::GET => {
+            let scopes = query_values(request.uri().query(), "scope")
+                .iter()
+                .flat_map(|s| parse_scopes(s))
+                .collect::<Vec<_>>();
+            let header = request.headers().get(header::AUTHORIZATION);
+            let identity = match (header, &conn.cert_user) {
+                (None, Some(user)) => Ok(Identity::User(user.to_string())),
+                _ => {
+                    auth.authenticate(header.map(HeaderValue::as_bytes), peer, shared.throttle())
+                        .await
+                }
+            };
+            (identity, scopes, false)
+        }
+        Method::POST => {
+            let body = Limited::new(request.into_body(), MAX_FORM_BYTES)
+                .collect()
+                .await
+                .map_err(|_| GateError::BadRequest("token request form too large or broken"))?
+                .to_bytes();
+            let form = std::str::from_utf8(&body)
+                .map_err(|_| GateError::BadRequest("token request form is not UTF-8"))?;
+            if query_values(Some(form), "grant_type")
+                .first()
+                .map(String::as_str)
+                != Some("password")
+            {
+                return Ok(oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                ));
+            }
+            let user = query_values(Some(form), "username")
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let password = query_values(Some(form), "password")
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let scopes = query_values(Some(form), "scope")
+                .iter()
+                .flat_map(|s| parse_scopes(s))
+                .collect();
+            let identity = if user.is_empty() {
+                Err(Failure::Malformed)
+            } else {
+                auth.check_password(user, password.into_bytes(), peer, shared.throttle())
+                    .await
+            };
+            (identity, scopes, true)
+        }
+        _ => {
+            return Err(GateError::Rejected(
+                crate::registry_path::Rejection::MethodNotAllowed,
+            ))
+        }
+    };
+
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(Failure::Throttled { retry_after }) => return Err(GateError::Throttled(retry_after)),
+        Err(failure) => {
+            tracing::info!(peer = %peer, reason = failure.reason(), "token request with bad credentials");
+            if oauth {
+                return Ok(oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant"));
+            }
+            return Err(GateError::Unauthorized {
+                challenge: Challenge::Basic {
+                    realm: snapshot.config.auth.realm.clone(),
+                },
+                reason: failure.reason(),
+            });
+        }
+    };
+    record.user = identity.name().to_string();
+    let access = grants(snapshot, &identity, &scopes);
+    record.decision = "allow";
+    let user = match &identity {
+        Identity::User(u) => Some(u.as_str()),
+        Identity::Anonymous => None,
+    };
+    let (token, _) = tokens.issue(user, access);
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": tokens.ttl.as_secs(),
+    })
+    .to_string();
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Tokens are credentials: no cache may keep them.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The requested actions the rules allow, per requested repository.
+fn grants(snapshot: &Snapshot, identity: &Identity, scopes: &[Scope]) -> Vec<Grant> {
+    let rules = &snapshot.config.rules;
+    let who = identity.as_rule();
+    let mut out = Vec::new();
+    for scope in scopes {
+        if scope.kind != "repository" || !is_valid_repository_name(&scope.name) {
+            continue;
+        }
+        let allowed = rules.actions_for(&who, &scope.name);
+        let wanted: Vec<Action> = if scope.actions.iter().any(|a| a == "*") {
+            Action::ALL.to_vec()
+        } else {
+            Action::ALL
+                .into_iter()
+                .filter(|a| scope.actions.iter().any(|w| w == a.as_str()))
+                .collect()
+        };
+        let actions: Vec<String> = wanted
+            .into_iter()
+            .filter(|a| allowed.contains(a))
+            .map(|a| a.as_str().to_string())
+            .collect();
+        if !actions.is_empty() {
+            out.push(Grant {
+                kind: "repository".into(),
+                name: scope.name.clone(),
+                actions,
+            });
+        }
+    }
+    out
+}
+
+fn oauth_error(status: StatusCode, error: &'static str) -> Response<ResponseBody> {
+    let body = serde_json::json!({ "error": error }).to_string();
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Every value of `key` in a query string or urlencoded form, percent- and plus-decoded.
+fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k)? == key).then(|| decode(v)).flatten()
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_and_query_values_decode() {
+        let q = "grant_type=password&username=al%69ce&password=a+b%26c&scope=repository%3Aa%2Fb%3Apull&scope=x";
+        assert_eq!(query_values(Some(q), "username"), ["alice"]);
+        assert_eq!(query_values(Some(q), "password"), ["a b&c"]);
+        assert_eq!(query_values(Some(q), "scope"), ["repository:a/b:pull", "x"]);
+        assert!(query_values(Some("a=%zz"), "a").is_empty());
+        assert!(query_values(None, "a").is_empty());
+    }
+}

@@ -1,0 +1,870 @@
+//! Who gets in and what they may do, proved with real processes: docker and skopeo against
+//! the access rules, htpasswd files written by Apache's own tool in every format the gate
+//! reads, the filtered catalog, read-only mode, the failed-login brake, the `htpasswd`
+//! subcommand, and raw byte-exact requests that try to slip past the rules (none of which
+//! may reach the registry).
+
+#[path = "/tmp/utilcopy/mod.rs"]
+mod util;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use util::client::{empty, header, request, text, tls_config, HttpsClient, Proto};
+use util::docker::Dockerd;
+use util::gate::{gate_command, Gate, GateConfig};
+use util::image::{oci_image, skopeo, skopeo_ok};
+use util::pki::Pki;
+use util::recorder::{Recorder, Reply};
+use util::registry::Registry;
+use util::{describe, free_port, require_tool, run, temp_dir, write_file};
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// `Basic base64(user:password)`.
+fn basic(user: &str, password: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+/// `GET url`, with Basic credentials when given.
+async fn get_as(
+    client: &HttpsClient,
+    url: &str,
+    creds: Option<(&str, &str)>,
+) -> Response<Incoming> {
+    let mut builder = request("GET", url);
+    if let Some((user, password)) = creds {
+        builder = builder.header("Authorization", basic(user, password));
+    }
+    client
+        .send(builder.body(empty()).expect("GET request"))
+        .await
+}
+
+/// The status and body of `GET url` as `user`.
+async fn status_and_body(
+    client: &HttpsClient,
+    url: &str,
+    creds: Option<(&str, &str)>,
+) -> (StatusCode, String) {
+    let response = get_as(client, url, creds).await;
+    let status = response.status();
+    (status, text(response).await)
+}
+
+/// For the tests that drive blocking CLIs: a runtime for the few HTTP checks among them.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// `[[rules]]` tables from `(users, repositories, actions)`.
+fn rules(list: &[(&[&str], &[&str], &[&str])]) -> String {
+    list.iter()
+        .map(|(users, repositories, actions)| {
+            format!(
+                "\n[[rules]]\nusers = {users:?}\nrepositories = {repositories:?}\nactions = {actions:?}\n"
+            )
+        })
+        .collect()
+}
+
+/// The first error code and message of a registry JSON error body.
+fn registry_error(body: &str) -> (String, String) {
+    let value: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    let first = &value["errors"][0];
+    (
+        first["code"].as_str().unwrap_or_default().to_string(),
+        first["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// A docker or skopeo output, lowercased, for "the message reached the user" checks.
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .to_lowercase()
+}
+
+/// How long a raw connection may stay silent before we stop reading: the gate keeps a
+/// connection open after a response unless the request said `Connection: close`.
+const RAW_QUIET: Duration = Duration::from_secs(3);
+
+/// Writes `request` byte for byte over a fresh TLS connection (HTTP/1.1, no ALPN) and returns
+/// everything the gate sends back until it closes or goes quiet for `RAW_QUIET`. Unlike the
+/// harness's `raw_https_exchange`, a kept-open connection still yields what was answered, so
+/// pipelined (smuggled) requests can be inspected.
+async fn raw_exchange(addr: SocketAddr, ca_pem: &Path, request: &[u8]) -> String {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(ca_pem)));
+    let name = ServerName::try_from("localhost").expect("server name");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the gate at {addr}: {e}"));
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake with the gate: {e}"));
+    tls.write_all(request).await.expect("write the raw request");
+    tls.flush().await.expect("flush the raw request");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(RAW_QUIET, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            // A close without close_notify, or a reset after a refusal: keep what we have.
+            Ok(Err(_)) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status codes of every response in a raw HTTP/1.1 exchange, in order.
+fn statuses(raw: &str) -> Vec<u16> {
+    raw.split("\r\n")
+        .filter_map(|line| line.strip_prefix("HTTP/1.1 "))
+        .filter_map(|rest| rest.get(..3)?.parse().ok())
+        .collect()
+}
+
+/// Writes an htpasswd file with Apache's `htpasswd -b <flag>`, one call per user.
+fn apache_htpasswd(path: &Path, users: &[(&str, &str, &str)]) {
+    require_tool("htpasswd", "apache2-utils");
+    for (i, (flag, user, password)) in users.iter().enumerate() {
+        let mut command = Command::new("htpasswd");
+        command.arg("-b").arg(flag);
+        if *flag == "-B" {
+            // The lowest bcrypt cost: tests log in often.
+            command.args(["-C", "4"]);
+        }
+        if i == 0 && !path.exists() {
+            command.arg("-c");
+        }
+        let out = run(command.arg(path).arg(user).arg(password));
+        assert!(
+            out.status.success(),
+            "htpasswd {flag} {user}: {}",
+            describe(&out)
+        );
+    }
+}
+
+/// An `{SSHA}` line as OpenLDAP's slappasswd writes it (Apache's htpasswd has no `{SSHA}`):
+/// base64(sha1(password + salt) + salt).
+fn ssha_line(user: &str, password: &str, salt: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    let mut hasher = Sha1::new();
+    hasher.update(password.as_bytes());
+    hasher.update(salt);
+    let mut bytes = hasher.finalize().to_vec();
+    bytes.extend_from_slice(salt);
+    format!(
+        "{user}:{{SSHA}}{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// Turns `read_only` on in a running gate's config and reloads it (SIGHUP); returns once a
+/// push is refused, so the test does not race the reload.
+async fn switch_to_read_only(gate: &Gate, client: &HttpsClient, creds: (&str, &str)) {
+    // An answered request means the accept loop runs, and so the SIGHUP handler is in place:
+    // the gate accepts TCP (the harness's readiness test) before it installs its handlers.
+    let (status, body) = status_and_body(client, &gate.url("/v2/"), Some(creds)).await;
+    assert_eq!(status, StatusCode::OK, "before the reload: {body}");
+    let config = std::fs::read_to_string(&gate.config_path).expect("read proxy.toml");
+    assert!(
+        config.contains("[server]\n"),
+        "no [server] table in:\n{config}"
+    );
+    write_file(
+        &gate.config_path,
+        config.replacen("[server]\n", "[server]\nread_only = true\n", 1),
+    );
+    gate.signal("HUP");
+    let url = gate.url("/v2/team/probe/blobs/uploads/");
+    for _ in 0..100 {
+        let response = client
+            .send(
+                request("POST", &url)
+                    .header("Authorization", basic(creds.0, creds.1))
+                    .header("Content-Length", "0")
+                    .body(empty())
+                    .expect("POST request"),
+            )
+            .await;
+        if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the gate did not turn read-only within 10 s of SIGHUP");
+}
+
+// ---------------------------------------------------------------------------------------
+// Real clients against the rules
+
+#[test]
+fn docker_login_push_and_pull_follow_the_rules() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[("admin", "admin-secret"), ("reader", "reader-secret")])
+            .extra_toml(&rules(&[
+                (&["admin"], &["**"], &["*"]),
+                (&["reader"], &["**"], &["pull"]),
+            ])),
+    );
+    let dockerd = Dockerd::start(tmp.path());
+    let host = gate.authority();
+    let name = format!("{host}/team/app:1");
+    let image_id = dockerd.import_image(&name);
+
+    let wrong = dockerd.docker(&["login", "-u", "reader", "-p", "wrong", &host]);
+    assert!(
+        !wrong.status.success(),
+        "login with a wrong password succeeded:\n{}",
+        describe(&wrong)
+    );
+    assert!(
+        output_text(&wrong).contains("unauthorized"),
+        "docker does not say unauthorized:\n{}",
+        describe(&wrong)
+    );
+
+    dockerd.docker_ok(&["login", "-u", "reader", "-p", "reader-secret", &host]);
+    let refused = dockerd.docker(&["push", &name]);
+    assert!(
+        !refused.status.success(),
+        "a pull-only user pushed:\n{}",
+        describe(&refused)
+    );
+    assert!(
+        output_text(&refused).contains("may not push"),
+        "docker does not show the gate's message:\n{}",
+        describe(&refused)
+    );
+
+    dockerd.docker_ok(&["login", "-u", "admin", "-p", "admin-secret", &host]);
+    dockerd.docker_ok(&["push", &name]);
+    dockerd.docker_ok(&["rmi", &name]);
+    dockerd.docker_ok(&["login", "-u", "reader", "-p", "reader-secret", &host]);
+    dockerd.docker_ok(&["pull", &name]);
+    assert_eq!(dockerd.image_id(&name), image_id, "pulled image differs");
+}
+
+#[test]
+fn skopeo_push_is_allowed_for_ci_and_refused_for_a_reader() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[("builder", "builder-secret"), ("reader", "reader-secret")])
+            .extra_toml(&format!(
+                "\n[groups]\nci = [\"builder\"]\n{}",
+                rules(&[
+                    (&["@ci"], &["**"], &["pull", "push"]),
+                    (&["reader"], &["**"], &["pull"]),
+                ])
+            )),
+    );
+    let image = oci_image(&tmp.path().join("image"), 1, 64 * 1024);
+    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 temp path");
+    let remote = format!("docker://{}/ci/app:1", gate.authority());
+
+    let refused = skopeo(&[
+        "copy",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        "reader:reader-secret",
+        &image.reference(),
+        &remote,
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a reader pushed with skopeo:\n{}",
+        describe(&refused)
+    );
+    assert!(
+        output_text(&refused).contains("reader may not push ci/app"),
+        "skopeo does not show the gate's message:\n{}",
+        describe(&refused)
+    );
+    assert!(
+        registry.stored_blob_digests().is_empty(),
+        "a refused push left blobs in the registry: {:?}",
+        registry.stored_blob_digests()
+    );
+
+    skopeo_ok(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        "builder:builder-secret",
+        &image.reference(),
+        &remote,
+    ]);
+    let pulled = tmp.path().join("pulled");
+    skopeo_ok(&[
+        "copy",
+        "--src-cert-dir",
+        certs,
+        "--src-creds",
+        "reader:reader-secret",
+        &remote,
+        &format!("oci:{}:latest", pulled.display()),
+    ]);
+}
+
+// ---------------------------------------------------------------------------------------
+// htpasswd files
+
+#[test]
+fn every_htpasswd_format_logs_in_and_des_fails_the_check() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let dir = tmp.path().join("gate");
+    std::fs::create_dir_all(&dir).expect("mkdir gate dir");
+    // Two files, relative to the config file: both are read.
+    let users: &[(&str, &str, &str)] = &[
+        ("-B", "u-bcrypt", "pw-bcrypt"),
+        ("-m", "u-apr1", "pw-apr1"),
+        ("-s", "u-sha1", "pw-sha1"),
+    ];
+    apache_htpasswd(&dir.join("apache.htpasswd"), users);
+    let sha_crypt: &[(&str, &str, &str)] = &[
+        ("-2", "u-sha256", "pw-sha256"),
+        ("-5", "u-sha512", "pw-sha512"),
+    ];
+    apache_htpasswd(&dir.join("shacrypt.htpasswd"), sha_crypt);
+    let existing = std::fs::read_to_string(dir.join("shacrypt.htpasswd")).expect("read file");
+    write_file(
+        &dir.join("shacrypt.htpasswd"),
+        format!("{existing}{}\n", ssha_line("u-ssha", "pw-ssha", b"s4lt!x")),
+    );
+    // What Apache wrote is what we meant to test.
+    let written = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.join("apache.htpasswd")).expect("read"),
+        std::fs::read_to_string(dir.join("shacrypt.htpasswd")).expect("read")
+    );
+    for prefix in [
+        "u-bcrypt:$2y$",
+        "u-apr1:$apr1$",
+        "u-sha1:{SHA}",
+        "u-sha256:$5$",
+        "u-sha512:$6$",
+        "u-ssha:{SSHA}",
+    ] {
+        assert!(written.contains(prefix), "no {prefix} line in:\n{written}");
+    }
+
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url()).extra_toml(
+            "\n[auth]\nmode = \"basic\"\nhtpasswd = [\"apache.htpasswd\", \"shacrypt.htpasswd\"]\n",
+        ),
+    );
+    let all = users
+        .iter()
+        .chain(sha_crypt)
+        .map(|(_, u, p)| (*u, *p))
+        .chain([("u-ssha", "pw-ssha")]);
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        let url = gate.url("/v2/");
+        for (user, password) in all {
+            let (status, body) = status_and_body(&client, &url, Some((user, password))).await;
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "{user} with the right password: {body}"
+            );
+            let response = get_as(&client, &url, Some((user, "not-the-password"))).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{user} with a wrong password"
+            );
+            assert_eq!(
+                header(&response, "www-authenticate"),
+                Some("Basic realm=\"registry-gate\"")
+            );
+            assert_eq!(
+                header(&response, "docker-distribution-api-version"),
+                Some("registry/2.0")
+            );
+            let (code, _) = registry_error(&text(response).await);
+            assert_eq!(code, "UNAUTHORIZED");
+        }
+    });
+
+    // A DES line (htpasswd -d) is refused by `check`, naming file and line.
+    let check_dir = tmp.path().join("check");
+    let pki = Pki::localhost(&check_dir.join("pki"));
+    let des = check_dir.join("des.htpasswd");
+    apache_htpasswd(&des, &[("-B", "fine", "fine-pw"), ("-d", "old", "oldpw")]);
+    let config = check_dir.join("proxy.toml");
+    write_file(
+        &config,
+        GateConfig::new(recorder.url())
+            .extra_toml("\n[auth]\nmode = \"basic\"\nhtpasswd = [\"des.htpasswd\"]\n")
+            .to_toml(
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+                pki.cert_pem.to_str().expect("UTF-8 path"),
+                pki.key_pem.to_str().expect("UTF-8 path"),
+            ),
+    );
+    let out = run(gate_command().arg("check").arg("--config").arg(&config));
+    assert_eq!(out.status.code(), Some(2), "check: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("des.htpasswd:2:") && stderr.contains("DES"),
+        "check does not name des.htpasswd:2 and DES:\n{stderr}"
+    );
+}
+
+#[test]
+fn htpasswd_subcommand_writes_a_file_apache_and_the_gate_accept() {
+    require_tool("htpasswd", "apache2-utils");
+    let tmp = temp_dir();
+    let file = tmp.path().join("users.htpasswd");
+    let htpasswd = |args: &[&str], stdin: &str| {
+        let mut child = gate_command()
+            .arg("htpasswd")
+            .arg("-f")
+            .arg(&file)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn registry-gate htpasswd");
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().expect("stdin");
+            input.write_all(stdin.as_bytes()).expect("write stdin");
+        }
+        child
+            .wait_with_output()
+            .expect("wait for registry-gate htpasswd")
+    };
+
+    let add = htpasswd(&["add", "ci", "--password-stdin"], "ci-secret\n");
+    assert!(add.status.success(), "add: {}", describe(&add));
+    assert!(
+        !String::from_utf8_lossy(&add.stdout).contains("ci-secret")
+            && !String::from_utf8_lossy(&add.stderr).contains("ci-secret"),
+        "the password was echoed: {}",
+        describe(&add)
+    );
+    let mode = std::fs::metadata(&file).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "htpasswd file mode {mode:o}");
+    let add2 = htpasswd(&["add", "other", "--password-stdin"], "other-secret\n");
+    assert!(add2.status.success(), "add other: {}", describe(&add2));
+
+    // Apache's tool reads what the gate wrote.
+    let ok = run(Command::new("htpasswd")
+        .arg("-vb")
+        .arg(&file)
+        .args(["ci", "ci-secret"]));
+    assert!(ok.status.success(), "htpasswd -vb: {}", describe(&ok));
+    let bad = run(Command::new("htpasswd")
+        .arg("-vb")
+        .arg(&file)
+        .args(["ci", "wrong"]));
+    assert!(
+        !bad.status.success(),
+        "htpasswd -vb accepted a wrong password"
+    );
+
+    let verify = htpasswd(&["verify", "ci"], "ci-secret\n");
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "verify: {}",
+        describe(&verify)
+    );
+    let verify_bad = htpasswd(&["verify", "ci"], "wrong\n");
+    assert_eq!(
+        verify_bad.status.code(),
+        Some(1),
+        "verify wrong: {}",
+        describe(&verify_bad)
+    );
+    let remove = htpasswd(&["remove", "other"], "");
+    assert!(remove.status.success(), "remove: {}", describe(&remove));
+    let list = htpasswd(&["list"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout),
+        "ci\n",
+        "{}",
+        describe(&list)
+    );
+
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url()).extra_toml(&format!(
+            "\n[auth]\nmode = \"basic\"\nhtpasswd = [\"{}\"]\n",
+            file.display()
+        )),
+    );
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        let url = gate.url("/v2/");
+        let (status, body) = status_and_body(&client, &url, Some(("ci", "ci-secret"))).await;
+        assert_eq!(status, StatusCode::OK, "ci: {body}");
+        let (status, _) = status_and_body(&client, &url, Some(("other", "other-secret"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "a removed user got in");
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Catalog, read-only, throttling
+
+#[test]
+fn catalog_lists_only_what_the_caller_may_pull() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[("admin", "admin-secret"), ("alice", "alice-secret")])
+            .extra_toml(&rules(&[
+                (&["admin"], &["**"], &["*"]),
+                (&["alice"], &["team-a/*"], &["pull"]),
+            ])),
+    );
+    let image = oci_image(&tmp.path().join("image"), 1, 16 * 1024);
+    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 temp path");
+    for repository in ["team-a/x", "team-b/y"] {
+        skopeo_ok(&[
+            "copy",
+            "--dest-cert-dir",
+            certs,
+            "--dest-creds",
+            "admin:admin-secret",
+            &image.reference(),
+            &format!("docker://{}/{repository}:1", gate.authority()),
+        ]);
+    }
+
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        let url = gate.url("/v2/_catalog");
+        let repositories = |body: &str| -> Vec<String> {
+            let value: serde_json::Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("catalog is not JSON ({e}): {body}"));
+            value["repositories"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no repositories in {body}"))
+                .iter()
+                .map(|r| r.as_str().expect("name").to_string())
+                .collect()
+        };
+        let (status, body) = status_and_body(&client, &url, Some(("admin", "admin-secret"))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(repositories(&body), ["team-a/x", "team-b/y"]);
+        let (status, body) = status_and_body(&client, &url, Some(("alice", "alice-secret"))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(repositories(&body), ["team-a/x"], "alice's catalog: {body}");
+        let (status, _) = status_and_body(&client, &url, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "anonymous catalog");
+    });
+}
+
+#[test]
+fn read_only_refuses_docker_push_with_its_message_and_still_serves_pulls() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    // An image already in the registry, put there directly.
+    let image = oci_image(&tmp.path().join("image"), 1, 64 * 1024);
+    let registry_addr = registry.addr.expect("TCP registry");
+    skopeo_ok(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &image.reference(),
+        &format!("docker://{registry_addr}/team/app:1"),
+    ]);
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url).basic_auth(&[("admin", "admin-secret")]),
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let client = gate.client(Proto::Http1);
+        switch_to_read_only(&gate, &client, ("admin", "admin-secret")).await;
+        let response = client
+            .send(
+                request(
+                    "DELETE",
+                    &gate.url(&format!("/v2/team/app/manifests/{}", image.manifest_digest)),
+                )
+                .header("Authorization", basic("admin", "admin-secret"))
+                .body(empty())
+                .expect("DELETE request"),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let (code, message) = registry_error(&text(response).await);
+        assert_eq!(code, "UNSUPPORTED");
+        assert!(message.contains("read-only"), "message: {message}");
+    });
+
+    let dockerd = Dockerd::start(tmp.path());
+    let host = gate.authority();
+    dockerd.docker_ok(&["login", "-u", "admin", "-p", "admin-secret", &host]);
+    let new = format!("{host}/team/new:1");
+    dockerd.import_image(&new);
+    let refused = dockerd.docker(&["push", &new]);
+    assert!(
+        !refused.status.success(),
+        "pushed to a read-only gate:\n{}",
+        describe(&refused)
+    );
+    assert!(
+        output_text(&refused).contains("read-only"),
+        "docker does not show the read-only message:\n{}",
+        describe(&refused)
+    );
+    dockerd.docker_ok(&["pull", &format!("{host}/team/app:1")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_but_verified_credentials_are_not() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url())
+            .basic_auth(&[("good", "good-secret"), ("fresh", "fresh-secret")]),
+    );
+    let client = gate.client(Proto::Http1);
+    let url = gate.url("/v2/");
+
+    let (status, _) = status_and_body(&client, &url, Some(("good", "good-secret"))).await;
+    assert_eq!(status, StatusCode::OK, "verified before the failures");
+    for i in 1..=6 {
+        let (status, body) =
+            status_and_body(&client, &url, Some(("good", &format!("wrong-{i}")))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "failure {i}: {body}");
+    }
+    // The sixth failure starts a one-second lockout: the next requests come well within it.
+    let throttled = get_as(&client, &url, Some(("good", "wrong-7"))).await;
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = header(&throttled, "retry-after")
+        .expect("Retry-After on 429")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(retry_after >= 1, "Retry-After: {retry_after}");
+    let (code, _) = registry_error(&text(throttled).await);
+    assert_eq!(code, "TOOMANYREQUESTS");
+
+    let (status, body) = status_and_body(&client, &url, Some(("good", "good-secret"))).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "cached credentials were throttled: {body}"
+    );
+    // A right password never verified before costs a hash, so it waits like the rest.
+    let (status, _) = status_and_body(&client, &url, Some(("fresh", "fresh-secret"))).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "unverified credential during lockout"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests that try to get past the rules
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bypass_attempts_never_reach_the_registry() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| {
+        Reply::ok_json().header(
+            "Docker-Content-Digest",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        )
+    });
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url())
+            .basic_auth(&[("reader", "reader-secret")])
+            .extra_toml(&rules(&[(&["reader"], &["public/*"], &["pull"])])),
+    );
+    let auth = format!("Authorization: {}\r\n", basic("reader", "reader-secret"));
+    let head = |line: &str, extra: &str| {
+        format!("{line}\r\nHost: localhost\r\n{auth}{extra}Connection: close\r\n\r\n")
+    };
+    const FORM: &str = "mount=sha256%3Aabc&from=private%2Fsecret";
+    let manifest =
+        "Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 2\r\n";
+
+    // The allowed request first: proves the recorder does see what the gate forwards.
+    let allowed = raw_exchange(
+        gate.addr,
+        &gate.pki.ca_pem,
+        head("GET /v2/public/app/manifests/x HTTP/1.1", "").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&allowed), [200], "allowed pull:\n{allowed}");
+    assert_eq!(recorder.requests().len(), 1, "{:#?}", recorder.requests());
+
+    let attempts: Vec<(&str, String)> = vec![
+        ("dot-dot PUT", head("PUT /v2/public/../private/manifests/x HTTP/1.1", manifest) + "{}"),
+        ("dot-dot GET", head("GET /v2/public/../private/manifests/x HTTP/1.1", "")),
+        ("dot segment", head("GET /v2/public/./../private/manifests/x HTTP/1.1", "")),
+        ("double slash", head("GET //v2/private/manifests/x HTTP/1.1", "")),
+        ("encoded slashes", head("GET /v2/public%2f..%2fprivate/manifests/x HTTP/1.1", "")),
+        ("encoded letter", head("GET /v2/%70rivate/manifests/x HTTP/1.1", "")),
+        ("semicolon", head("GET /v2/private/manifests/x;public HTTP/1.1", "")),
+        ("semicolon segment", head("GET /v2/public/app;/../../private/manifests/x HTTP/1.1", "")),
+        ("backslash", head("GET /v2/public\\..\\private/manifests/x HTTP/1.1", "")),
+        ("lowercase put", head("put /v2/public/app/manifests/x HTTP/1.1", manifest) + "{}"),
+        ("lowercase get", head("get /v2/private/manifests/x HTTP/1.1", "")),
+        (
+            "method override on POST",
+            head("POST /v2/public/app/blobs/uploads/ HTTP/1.1", "X-HTTP-Method-Override: GET\r\nContent-Length: 0\r\n"),
+        ),
+        (
+            "method override on GET",
+            head("GET /v2/public/app/manifests/x HTTP/1.1", "X-HTTP-Method-Override: PUT\r\n"),
+        ),
+        ("X-HTTP-Method", head("GET /v2/public/app/manifests/x HTTP/1.1", "X-HTTP-Method: DELETE\r\n")),
+        ("X-Method-Override", head("GET /v2/public/app/manifests/x HTTP/1.1", "X-Method-Override: DELETE\r\n")),
+        ("absolute-form private", head("GET https://evil/v2/private/manifests/x HTTP/1.1", "")),
+        ("absolute-form public", head("GET https://evil/v2/public/app/manifests/x HTTP/1.1", "")),
+        ("asterisk-form", head("OPTIONS * HTTP/1.1", "")),
+        (
+            "form body mount",
+            head(
+                "POST /v2/public/app/blobs/uploads/ HTTP/1.1",
+                &format!(
+                    "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+                    FORM.len()
+                ),
+            ) + FORM,
+        ),
+        ("push to private", head("POST /v2/private/blobs/uploads/ HTTP/1.1", "Content-Length: 0\r\n")),
+        ("manifest to private", head("PUT /v2/private/manifests/x HTTP/1.1", manifest) + "{}"),
+        ("pull private", head("GET /v2/private/manifests/x HTTP/1.1", "")),
+        ("push to public", head("PUT /v2/public/app/manifests/x HTTP/1.1", manifest) + "{}"),
+        (
+            "anonymous",
+            "GET /v2/public/app/manifests/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (
+            "two Authorization headers",
+            head(
+                "GET /v2/private/manifests/x HTTP/1.1",
+                &format!("Authorization: {}\r\n", basic("admin", "x")),
+            ),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, bytes) in &attempts {
+        let raw = raw_exchange(gate.addr, &gate.pki.ca_pem, bytes.as_bytes()).await;
+        let codes = statuses(&raw);
+        // No answer at all (a closed connection) is a refusal too; a 2xx/3xx/5xx is not.
+        if codes.iter().any(|c| !(400..500).contains(c)) {
+            failures.push(format!("{what}: {codes:?}\n{bytes}\n---\n{raw}"));
+        }
+    }
+
+    // Smuggling with Content-Length and Transfer-Encoding both present.
+    // (a) Chunked ends the body early; a second request follows on the same connection and
+    //     must be judged on its own.
+    let smuggled_a = format!(
+        "GET /v2/public/app/manifests/x HTTP/1.1\r\nHost: localhost\r\n{auth}\
+         Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+         GET /v2/private/manifests/x HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    );
+    let raw_a = raw_exchange(gate.addr, &gate.pki.ca_pem, smuggled_a.as_bytes()).await;
+    let codes_a = statuses(&raw_a);
+    // RFC 9112 section 6.3: after a request with both, the server must close the connection,
+    // so the smuggled request is never read. The wrapper itself may be served or refused.
+    if !matches!(codes_a[..], [200] | [400..=499]) {
+        failures.push(format!(
+            "CL+TE (a): {codes_a:?}\n{smuggled_a}\n---\n{raw_a}"
+        ));
+    }
+    // (b) A back end that believed Content-Length would read the chunk's data as a request.
+    let inner = format!(
+        "PUT /v2/private/manifests/x HTTP/1.1\r\nHost: localhost\r\n{auth}{manifest}\r\n{{}}"
+    );
+    let smuggled_b = format!(
+        "GET /v2/public/app/manifests/x HTTP/1.1\r\nHost: localhost\r\n{auth}\
+         Content-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {:x}\r\n{inner}\r\n0\r\n\r\n",
+        inner.len()
+    );
+    let raw_b = raw_exchange(gate.addr, &gate.pki.ca_pem, smuggled_b.as_bytes()).await;
+    let codes_b = statuses(&raw_b);
+    if codes_b.len() > 1 || codes_b.iter().any(|c| *c >= 500) {
+        failures.push(format!(
+            "CL+TE (b): {codes_b:?}\n{smuggled_b}\n---\n{raw_b}"
+        ));
+    }
+
+    // The registry saw only pulls of public/app, each framed one way.
+    for seen in recorder.requests() {
+        let framed_twice =
+            seen.header("content-length").is_some() && seen.header("transfer-encoding").is_some();
+        let overrides = seen.headers.iter().any(|(n, _)| n.contains("method"));
+        if seen.method != "GET"
+            || seen.uri != "/v2/public/app/manifests/x"
+            || framed_twice
+            || overrides
+        {
+            failures.push(format!("forwarded upstream: {seen:#?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} bypass attempt(s) not refused:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+
+    // The refusals a person sees say why.
+    let denied = raw_exchange(
+        gate.addr,
+        &gate.pki.ca_pem,
+        head(
+            "POST /v2/private/blobs/uploads/ HTTP/1.1",
+            "Content-Length: 0\r\n",
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    let body = denied.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let (code, message) = registry_error(body.trim());
+    assert_eq!(code, "DENIED");
+    assert_eq!(message, "access denied: reader may not push private");
+}
