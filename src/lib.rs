@@ -100,6 +100,13 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
         }
     };
     runtime.block_on(async move {
+        let signals = match server::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("registry-gate: {e}");
+                return EXIT_FAILURE;
+            }
+        };
         let listener = match server::bind(prepared.config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -116,7 +123,7 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
                 return EXIT_BAD_CONFIG;
             }
         };
-        match server::run(shared, listener).await {
+        match server::run(shared, listener, signals).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 eprintln!("registry-gate: {e}");

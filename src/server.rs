@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -48,10 +48,33 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     })
 }
 
+/// The signal streams, installed before the socket is bound: once the port accepts
+/// connections, a supervisor may already send SIGHUP or SIGTERM, and the default action of
+/// either would kill the process.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals, ServerError> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(ServerError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(ServerError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(ServerError::Signals)?,
+        })
+    }
+}
+
 /// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
-pub async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), ServerError> {
+pub async fn run(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    signals: Signals,
+) -> Result<(), ServerError> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    spawn_signal_handlers(shared.clone(), stop_tx)?;
+    spawn_signal_handlers(shared.clone(), signals, stop_tx);
     tokio::spawn(crate::state::watch_files(shared.clone()));
 
     let graceful = GracefulShutdown::new();
@@ -154,13 +177,12 @@ async fn serve_connection(
     }
 }
 
-fn spawn_signal_handlers(
-    shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
-) -> Result<(), ServerError> {
-    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
+fn spawn_signal_handlers(shared: Arc<Shared>, signals: Signals, stop: watch::Sender<bool>) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -178,5 +200,4 @@ fn spawn_signal_handlers(
         }
         let _ = stop.send(true);
     });
-    Ok(())
 }

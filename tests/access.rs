@@ -4,7 +4,6 @@
 //! subcommand, and raw byte-exact requests that try to slip past the rules (none of which
 //! may reach the registry).
 
-#[path = "/tmp/utilcopy/mod.rs"]
 mod util;
 
 use std::net::SocketAddr;

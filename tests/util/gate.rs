@@ -32,6 +32,8 @@ pub struct GateConfig {
     pub trusted_proxies: Option<Vec<String>>,
     pub log_format: String,
     pub auth: Auth,
+    /// Extra `key = value` lines inside `[tls]` (client certificates).
+    pub tls_toml: String,
     /// Raw TOML appended after the generated tables (new tables only: TOML forbids
     /// reopening one). An `[auth]` table here replaces the generated one.
     pub extra_toml: String,
@@ -46,6 +48,7 @@ impl GateConfig {
             trusted_proxies: None,
             log_format: "text".into(),
             auth: Auth::None,
+            tls_toml: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -73,6 +76,11 @@ impl GateConfig {
                 .map(|(user, password)| (user.to_string(), password.to_string()))
                 .collect(),
         );
+        self
+    }
+
+    pub fn tls_toml(mut self, lines: &str) -> Self {
+        self.tls_toml = lines.into();
         self
     }
 
@@ -109,6 +117,7 @@ impl GateConfig {
              \n[tls]\n\
              cert = \"{cert}\"\n\
              key = \"{key}\"\n\
+             {tls_extra}\
              \n[log]\n\
              level = \"info\"\n\
              format = \"{format}\"\n\
@@ -118,6 +127,7 @@ impl GateConfig {
             upstream = self.upstream,
             read_timeout = self.read_timeout,
             format = self.log_format,
+            tls_extra = self.tls_toml,
             extra = self.extra_toml,
         )
     }
