@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
-# the docker CLI, htpasswd, ip, openssl, curl, gzip. Idempotent: installs only what is
-# missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as
+# the docker CLI, htpasswd, ip, openssl, curl, gzip, and docker-compose (which validates
+# compose.yaml). Idempotent: installs only what is missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as
 # root or with sudo available.
 set -eu
 
@@ -27,6 +27,7 @@ need ip iproute2
 need openssl openssl
 need curl curl
 need gzip gzip
+need docker-compose docker-compose
 
 if [ -z "$missing" ]; then
     echo "install-test-deps: everything is installed"

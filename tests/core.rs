@@ -797,3 +797,52 @@ fn processes_mentioning(path: &Path) -> Vec<u32> {
         })
         .collect()
 }
+
+#[test]
+fn check_names_a_key_that_does_not_belong_to_the_certificate() {
+    let tmp = temp_dir();
+    // A second PKI's key: valid PEM, wrong key.
+    let other = Pki::localhost(&tmp.path().join("other"));
+    let config = write_config(tmp.path(), |toml| {
+        toml.replace("pki/key.pem", &other.key_pem.display().to_string())
+    });
+    assert_config_rejected(&check(&config), &["does not belong to the certificate"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431_and_the_gate_keeps_serving() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(tmp.path(), GateConfig::new(recorder.url()));
+    let huge = "a".repeat(128 * 1024);
+    let request = format!("GET /v2/ HTTP/1.1\r\nHost: localhost\r\nX-Big: {huge}\r\n\r\n");
+    let answer = within(
+        30,
+        "oversized head",
+        raw_https_exchange(
+            gate.addr,
+            &gate.pki.ca_pem,
+            "localhost",
+            request.as_bytes(),
+            Duration::from_secs(10),
+        ),
+    )
+    .await
+    .unwrap_or_default();
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "expected 431, got: {answer:.200}"
+    );
+    assert!(
+        recorder.requests().is_empty(),
+        "the oversized request was forwarded"
+    );
+
+    let client = gate.client(Proto::Http1);
+    let response = within(30, "GET /v2/ after", client.get(&gate.url("/v2/"))).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the gate stopped serving after a bad request"
+    );
+}

@@ -701,6 +701,55 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid_as_shipped() {
+        let text = include_str!("../../proxy.toml.example");
+        let c = parse(text).unwrap_or_else(|e| panic!("proxy.toml.example: {e:?}"));
+        // What the example states as defaults must be the defaults.
+        let defaults = parse("").expect("defaults");
+        assert_eq!(c.server.listen, defaults.server.listen);
+        assert_eq!(c.upstream.read_timeout, defaults.upstream.read_timeout);
+        assert_eq!(c.auth.mode, defaults.auth.mode);
+        assert_eq!(c.auth.cache_ttl, defaults.auth.cache_ttl);
+    }
+
+    #[test]
+    fn the_example_rules_compile_when_uncommented() {
+        let text = include_str!("../../proxy.toml.example");
+        let start = text.find("# [groups]").expect("groups example");
+        let uncommented: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| *l == "[groups]" || *l == "[[rules]]" || l.contains(" = ["))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
+        use crate::registry_path::Action;
+        use crate::rules::Identity;
+        let rules = &c.rules;
+        assert!(rules
+            .decide(&Identity::User("builder1"), "team/app", Action::Push)
+            .is_allowed());
+        assert!(!rules
+            .decide(&Identity::User("builder1"), "team/app", Action::Delete)
+            .is_allowed());
+        assert!(rules
+            .decide(&Identity::User("alice"), "team/app", Action::Delete)
+            .is_allowed());
+        assert!(rules
+            .decide(&Identity::User("bob"), "bob/tool", Action::Push)
+            .is_allowed());
+        assert!(!rules
+            .decide(&Identity::User("bob"), "team/app", Action::Push)
+            .is_allowed());
+        assert!(rules
+            .decide(&Identity::User("bob"), "team/app", Action::Pull)
+            .is_allowed());
+        assert!(!rules
+            .decide(&Identity::Anonymous, "team/app", Action::Pull)
+            .is_allowed());
+    }
+
+    #[test]
     fn durations_accept_units() {
         assert_eq!(parse_duration("900s"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
