@@ -1,8 +1,8 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, and docker-compose (which validates
-# compose.yaml). Idempotent: installs only what is missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as
-# root or with sudo available.
+# compose.yaml). Idempotent: installs only what is missing, and runs `apt-get update` once,
+# only when something is. Debian/Ubuntu; run as root or with sudo available.
 set -eu
 
 export DEBIAN_FRONTEND=noninteractive
