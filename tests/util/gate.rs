@@ -3,12 +3,13 @@
 //! Killed on drop; a failing test gets the gate's log printed.
 
 use std::fs::File;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::client::{HttpsClient, Proto};
+use super::netns::Netns;
 use super::pki::Pki;
 use super::{
     accepts_tcp, describe, free_port, read_text, require_tool, run, wait_until, write_file,
@@ -171,9 +172,28 @@ impl Gate {
     /// Generates a PKI in `<tmp>/gate/pki`, writes `<tmp>/gate/proxy.toml` (TLS paths
     /// relative to it) and runs `registry-gate run --config` until it accepts TCP.
     pub fn start(tmp: &Path, config: GateConfig) -> Gate {
+        Gate::start_at(tmp, config, None)
+    }
+
+    /// The gate inside `netns`, on port 443 of the namespace's address, with that address
+    /// in its certificate: what docker sees as a normal, secure registry. The upstream must
+    /// be reachable from inside (a unix socket).
+    pub fn start_in(tmp: &Path, config: GateConfig, netns: &Netns) -> Gate {
+        Gate::start_at(tmp, config, Some(netns))
+    }
+
+    fn start_at(tmp: &Path, config: GateConfig, netns: Option<&Netns>) -> Gate {
         let dir = tmp.join("gate");
-        let pki = Pki::localhost(&dir.join("pki"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (pki, addr) = match netns {
+            None => (
+                Pki::localhost(&dir.join("pki")),
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+            ),
+            Some(ns) => (
+                Pki::new(&dir.join("pki"), &["registry.test"], &[IpAddr::V4(ns.ip)]),
+                SocketAddr::from((ns.ip, 443)),
+            ),
+        };
         let config_path = dir.join("proxy.toml");
         write_file(
             &config_path,
@@ -185,7 +205,11 @@ impl Gate {
 
         let log_path = dir.join("gate.log");
         let log = File::create(&log_path).expect("create gate log");
-        let child = gate_command()
+        let mut command = match netns {
+            None => gate_command(),
+            Some(ns) => ns.command(Path::new(env!("CARGO_BIN_EXE_registry-gate"))),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config_path)

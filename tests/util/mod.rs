@@ -13,6 +13,7 @@
 //! - `client`   an HTTPS client trusting the test CA, streaming pseudo-random bodies
 //! - `docker`   a private `dockerd` and its CLI
 //! - `image`    OCI image layouts made by hand, and `skopeo`
+//! - `netns`    a network namespace with a non-loopback address, for docker's secure mode
 
 // Each test file compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
@@ -21,6 +22,7 @@ pub mod client;
 pub mod docker;
 pub mod gate;
 pub mod image;
+pub mod netns;
 pub mod pki;
 pub mod recorder;
 pub mod registry;
