@@ -222,8 +222,8 @@ cmp -s "$TMP/image/manifest.json" "$TMP/image/manifest.skopeo" \
 htpasswd -nbB -C 10 "$BENCH_USER" "$BENCH_PASS" | sed '/^$/d' >"$TMP/htpasswd-bcrypt"
 htpasswd -nbm "$BENCH_USER" "$BENCH_PASS" | sed '/^$/d' >"$TMP/htpasswd-apr1"
 chmod 600 "$TMP"/htpasswd-*
-grep -q ":\$2y\$10\$" "$TMP/htpasswd-bcrypt" || die "htpasswd -B -C 10 did not write a \$2y\$10\$ hash"
-grep -q ":\$apr1\$" "$TMP/htpasswd-apr1" || die "htpasswd -m did not write an \$apr1\$ hash"
+grep -qF ":\$2y\$10\$" "$TMP/htpasswd-bcrypt" || die "htpasswd -B -C 10 did not write a \$2y\$10\$ hash"
+grep -qF ":\$apr1\$" "$TMP/htpasswd-apr1" || die "htpasswd -m did not write an \$apr1\$ hash"
 CA="$TMP/certs/ca.pem"
 BASIC_HEADER="Authorization: Basic $(printf '%s:%s' "$BENCH_USER" "$BENCH_PASS" | base64 -w0)"
 
@@ -291,7 +291,11 @@ TARGETS=(registry none bcrypt apr1 token)
 RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
 
-# wrk output -> "rps p50_ms p99_ms non2xx socket_errors"
+# CPU time (user + system) a process has used, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+CLK_TCK="$(getconf CLK_TCK)"
+
+# wrk output -> "rps p50_ms p99_ms non2xx socket_errors requests"
 parse_wrk() {
     awk '
         function ms(v,   n, u) {
@@ -303,11 +307,12 @@ parse_wrk() {
             return -1
         }
         /^Requests\/sec:/ { rps = $2 }
+        / requests in / { reqs = $1 }
         /^[ \t]+50%/ { p50 = ms($2) }
         /^[ \t]+99%/ { p99 = ms($2) }
         /Non-2xx or 3xx responses:/ { non2xx = $NF }
         /Socket errors:/ { gsub(/,/, ""); sockerr = $4 + $6 + $8 + $10 }
-        END { printf "%s %s %s %d %d\n", rps, p50, p99, non2xx, sockerr }
+        END { printf "%s %s %s %d %d %d\n", rps, p50, p99, non2xx, sockerr, reqs }
     '
 }
 
@@ -347,15 +352,21 @@ measure() {
         wrk "${wrk_args[@]}" -d"${WARMUP}s" "$url" >/dev/null
     fi
     log "round $round/$ROUNDS: $target (${DURATION}s)"
+    # The gate's own CPU time per request, independent of how fast the registry is.
+    local cpu_pid="${GATE_PID:-$REGISTRY_PID}" cpu_before cpu_after
+    cpu_before="$(cpu_ticks "$cpu_pid")"
     wrk "${wrk_args[@]}" -d"${DURATION}s" "$url" >"$TMP/wrk.out" 2>&1 || die "$target: wrk failed: $(cat "$TMP/wrk.out")"
-    local rps p50 p99 non2xx sockerr
-    read -r rps p50 p99 non2xx sockerr < <(parse_wrk <"$TMP/wrk.out")
+    cpu_after="$(cpu_ticks "$cpu_pid")"
+    local rps p50 p99 non2xx sockerr reqs cpu_us
+    read -r rps p50 p99 non2xx sockerr reqs < <(parse_wrk <"$TMP/wrk.out")
     [ -n "$rps" ] && [ "$p99" != "-1" ] || die "$target: cannot parse wrk output: $(cat "$TMP/wrk.out")"
     [ "$non2xx" -eq 0 ] || die "$target: $non2xx non-2xx answers during the run:
 $(cat "$TMP/wrk.out")"
     [ "$sockerr" -eq 0 ] || log "$target: $sockerr socket errors during round $round"
-    log "  $rps req/s, p50 ${p50} ms, p99 ${p99} ms"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$round" "$rps" "$p50" "$p99" "$sockerr" >>"$RESULTS"
+    [ "$reqs" -gt 0 ] || die "$target: wrk completed no request: $(cat "$TMP/wrk.out")"
+    cpu_us="$(( (cpu_after - cpu_before) * 1000000 / CLK_TCK / reqs ))"
+    log "  $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} µs CPU/request ($([ "$target" = registry ] && echo registry || echo gate))"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$round" "$rps" "$p50" "$p99" "$sockerr" "$cpu_us" >>"$RESULTS"
 
     [ "$target" = registry ] || stop_gate
 }
@@ -380,8 +391,8 @@ import statistics, sys
 
 rows = {}
 for line in open(sys.argv[1]):
-    target, rnd, rps, p50, p99, err = line.rstrip("\n").split("\t")
-    rows.setdefault(target, []).append((float(rps), float(p50), float(p99), int(err)))
+    target, rnd, rps, p50, p99, err, cpu = line.rstrip("\n").split("\t")
+    rows.setdefault(target, []).append((float(rps), float(p50), float(p99), int(err), int(cpu)))
 
 labels = {
     "registry": ("registry directly, plain HTTP", "none (upper bound)"),
@@ -400,9 +411,11 @@ print("- machine: $(nproc) CPUs ($CPU); wrk and the gate share them")
 print("- wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (after a ${WARMUP}s warm-up), "
       "GET /v2/$REPO/manifests/latest ($MANIFEST_BYTES-byte OCI manifest), HTTP/1.1 keep-alive, TLS to the gate")
 print("- $ROUNDS rounds, targets interleaved; req/s median (min to max); latency is the median over rounds")
+print("- CPU µs/req: user + system CPU time of the serving process (the gate; the registry in the first row) "
+      "during the run divided by the requests completed, median over rounds")
 print()
-print("| target | authentication | req/s median | req/s min | req/s max | p50 ms | p99 ms | vs anonymous gate |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+print("| target | authentication | req/s median | req/s min | req/s max | p50 ms | p99 ms | CPU µs/req | vs anonymous gate |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for t in ["registry", "none", "bcrypt", "apr1", "token"]:
     if t not in rows:
         continue
@@ -412,10 +425,11 @@ for t in ["registry", "none", "bcrypt", "apr1", "token"]:
     p99 = statistics.median(r[2] for r in v)
     ratio = f"{median[t] / base:.2f}" if base else "n/a"
     where, auth = labels[t]
+    cpu = statistics.median(r[4] for r in v)
     errs = sum(r[3] for r in v)
     if errs:
         auth += f" ({errs} socket errors)"
-    print(f"| {where} | {auth} | {median[t]:,.0f} | {min(rps):,.0f} | {max(rps):,.0f} | {p50:.2f} | {p99:.2f} | {ratio} |")
+    print(f"| {where} | {auth} | {median[t]:,.0f} | {min(rps):,.0f} | {max(rps):,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {ratio} |")
 print()
 if base and "bcrypt" in median:
     r = median["bcrypt"] / base

@@ -84,6 +84,8 @@ pub struct Authenticator {
     cache: Mutex<HashMap<[u8; 32], Instant>>,
     cache_ttl: Duration,
     cache_key: Hmac<Sha256>,
+    /// Verified in place of an unknown user's hash.
+    timing_decoy: PasswordHash,
     /// Bounds concurrent hash verifications so a flood of wrong passwords cannot occupy
     /// every blocking thread.
     verify_slots: Arc<Semaphore>,
@@ -127,7 +129,13 @@ impl Authenticator {
             }]
         })?;
         let cache_key = <Hmac<Sha256> as Mac>::new_from_slice(&secret).map_err(|_| Vec::new())?;
+        let timing_decoy = users
+            .values()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| htpasswd::dummy_hash().clone());
         Ok(Authenticator {
+            timing_decoy,
             users,
             files: files.to_vec(),
             cache: Mutex::new(HashMap::new()),
@@ -178,9 +186,10 @@ impl Authenticator {
 
         let hash = match self.users.get(&user) {
             Some(h) => h.clone(),
-            // An unknown user costs one verification like a known one, so response time does
-            // not tell which user names exist.
-            None => htpasswd::dummy_hash().clone(),
+            // An unknown user costs one verification against a real user's hash (same format,
+            // same cost), exactly what a wrong password costs, so response time does not tell
+            // which user names exist. The result is discarded below.
+            None => self.timing_decoy.clone(),
         };
         let known = self.users.contains_key(&user);
         let ok = self.verify(hash, password).await && known;
@@ -311,6 +320,65 @@ mod tests {
         let mut v = b"Basic ".to_vec();
         v.extend(base64::engine::general_purpose::STANDARD.encode(s).bytes());
         v
+    }
+
+    fn authenticator(lines: &str) -> (Authenticator, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, lines).expect("write htpasswd");
+        let auth = Authenticator::load(
+            &[path],
+            &LoadOptions::default(),
+            DEFAULT_CACHE_TTL,
+            Arc::new(Semaphore::new(2)),
+        )
+        .expect("valid htpasswd");
+        (auth, dir)
+    }
+
+    #[tokio::test]
+    async fn users_unknown_users_cache_and_throttle() {
+        // "s3cret", as written by `htpasswd -s` and `htpasswd -B -C 4`.
+        let (auth, _dir) = authenticator(
+            "sha:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\nbc:$2y$04$Pay09nK3F5sI8d5ULl5yKOscpbMjW4Zfb.EtlMV4/r0aer7a1xW0O\n",
+        );
+        let throttle = Throttle::new();
+        let ip: IpAddr = "192.0.2.9".parse().expect("ip");
+        let header = |u: &str, p: &str| b64(format!("{u}:{p}").as_bytes());
+        let ok = auth
+            .authenticate(Some(&header("sha", "s3cret")), ip, &throttle)
+            .await;
+        assert_eq!(ok, Ok(Identity::User("sha".into())));
+        assert_eq!(
+            auth.authenticate(None, ip, &throttle).await,
+            Ok(Identity::Anonymous)
+        );
+        // An unknown user whose password happens to be the decoy's is still refused.
+        for (user, password) in [("nobody", "s3cret"), ("sha", "wrong"), ("nobody", "x")] {
+            let r = auth
+                .authenticate(Some(&header(user, password)), ip, &throttle)
+                .await;
+            assert_eq!(r, Err(Failure::BadCredentials), "{user}:{password}");
+        }
+        for _ in 0..3 {
+            let _ = auth
+                .authenticate(Some(&header("sha", "wrong")), ip, &throttle)
+                .await;
+        }
+        let blocked = auth
+            .authenticate(Some(&header("bc", "anything")), ip, &throttle)
+            .await;
+        assert!(
+            matches!(blocked, Err(Failure::Throttled { .. })),
+            "{blocked:?}"
+        );
+        // Verified before the lockout: still served, from the cache.
+        let cached = auth
+            .authenticate(Some(&header("sha", "s3cret")), ip, &throttle)
+            .await;
+        assert_eq!(cached, Ok(Identity::User("sha".into())));
+        let malformed = auth.authenticate(Some(b"Basic !!"), ip, &throttle).await;
+        assert_eq!(malformed, Err(Failure::Malformed));
     }
 
     #[test]
