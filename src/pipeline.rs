@@ -346,11 +346,19 @@ fn authorise(
             record.decision = "deny";
             record.rule = rule;
             match identity {
-                Identity::Anonymous if auth_on => {
+                // No credentials at all: say how to authenticate.
+                Identity::Anonymous if auth_on && caller.token.is_none() => {
                     Err(challenge(snapshot, request, class, false, "missing"))
                 }
-                _ => Err(GateError::Denied {
-                    user: identity.name().to_string(),
+                // An anonymous token: a new token would be anonymous too, and a 401 only makes
+                // docker retry for a minute. Only logging in helps, so say that.
+                Identity::Anonymous => Err(GateError::Denied {
+                    user: "anonymous users (log in first)".into(),
+                    action: class.action,
+                    repository: repository.to_string(),
+                }),
+                Identity::User(user) => Err(GateError::Denied {
+                    user: user.clone(),
                     action: class.action,
                     repository: repository.to_string(),
                 }),

@@ -59,8 +59,8 @@ fn token_mode_lets_docker_pull_anonymously_and_push_only_after_login() {
     );
     let text = output_text(&refused);
     assert!(
-        text.contains("unauthorized") || text.contains("authentication required"),
-        "docker should say it is not authorised:\n{text}"
+        text.contains("anonymous users (log in first) may not push team/app"),
+        "docker should show the gate's reason:\n{text}"
     );
 
     dockerd.docker_ok(&[

@@ -57,8 +57,12 @@ pub fn ensure(dir: &Path, extra_ips: &[IpAddr]) -> Result<Generated, TlsError> {
         }
     }
     let mut params = CertificateParams::new(names).map_err(gen_err)?;
+    // Go clients (docker) reject a certificate without the IP SAN they connect to, so every
+    // address of this host goes in, not only loopback.
     let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
     ips.extend(extra_ips.iter().filter(|ip| !ip.is_unspecified()));
+    ips.extend(host_addresses());
+    ips.sort();
     ips.dedup();
     params
         .subject_alt_names
@@ -121,6 +125,24 @@ fn now() -> time::OffsetDateTime {
 
 fn days(n: i64) -> time::Duration {
     time::Duration::days(n)
+}
+
+/// The host's own non-loopback addresses (link-local IPv6 left out: clients cannot use it
+/// without a zone).
+fn host_addresses() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|ifaces| {
+            ifaces
+                .into_iter()
+                .map(|i| i.ip())
+                .filter(|ip| !ip.is_loopback())
+                .filter(|ip| match ip {
+                    IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                    IpAddr::V4(_) => true,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn host_name() -> Option<String> {

@@ -3,8 +3,9 @@
 //! insecure (no certificate checks, no client certificates, silent fallback to plain HTTP);
 //! at an address in here it behaves as it does against a real registry host.
 //!
-//! Addresses come from TEST-NET-1 (192.0.2.0/24, RFC 5737), one /30 per namespace, and exist
-//! only inside the pair this helper creates. `Drop` deletes the namespace, which deletes the
+//! Addresses come from the benchmarking range 198.18.0.0/15 (RFC 2544), which no real network
+//! uses (TEST-NET-1 is taken: some machines here number their own interface from it), one /30
+//! per namespace, and exist only inside the pair this helper creates. `Drop` deletes the namespace, which deletes the
 //! veth pair with it.
 
 use std::net::Ipv4Addr;
@@ -27,15 +28,15 @@ impl Netns {
         require_tool("ip", "iproute2");
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        // One /30 of the 64 in TEST-NET-1, spread by pid so leftovers of a killed run are
-        // unlikely to collide.
-        let slot = ((std::process::id() + n * 7) % 63 + 1) as u8;
+        // One 198.18.N.0/30, N spread by pid so leftovers of a killed run are unlikely to
+        // collide.
+        let slot = ((std::process::id() + n * 7) % 250 + 1) as u8;
         let tag = format!("{}{}", std::process::id() % 100_000, n);
         let ns = Netns {
             name: format!("rg{tag}"),
             host_link: format!("rgh{tag}"),
-            host_ip: Ipv4Addr::new(192, 0, 2, slot * 4 + 1),
-            ip: Ipv4Addr::new(192, 0, 2, slot * 4 + 2),
+            host_ip: Ipv4Addr::new(198, 18, slot, 1),
+            ip: Ipv4Addr::new(198, 18, slot, 2),
         };
         let peer = format!("rgn{tag}");
         ip(&["netns", "add", &ns.name]);
