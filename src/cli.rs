@@ -34,6 +34,32 @@ pub enum Command {
     /// Validate the configuration and certificates like `nginx -t`: exit 0 with a summary,
     /// or exit 2 listing every problem.
     Check,
+    /// Create a CA (kept if it exists) and a server certificate signed by it, or with
+    /// `client NAME` a client certificate; prints how to make clients trust it.
+    Gencert {
+        /// Where ca.pem, ca-key.pem, cert.pem and key.pem go.
+        #[arg(long, default_value = "certs", value_name = "DIR", global = true)]
+        dir: PathBuf,
+        /// A DNS name for the server certificate (repeatable). Default: localhost and the
+        /// host name.
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
+        /// An IP address for the server certificate (repeatable). Default: loopback and every
+        /// address of this host.
+        #[arg(long = "ip", value_name = "ADDR")]
+        ip: Vec<std::net::IpAddr>,
+        /// Validity in days.
+        #[arg(long, default_value_t = crate::tls::selfsigned::SERVER_DAYS, global = true)]
+        days: i64,
+        /// RSA 2048 instead of ECDSA P-256.
+        #[arg(long, global = true)]
+        rsa: bool,
+        /// Replace an existing key.
+        #[arg(long, global = true)]
+        force: bool,
+        #[command(subcommand)]
+        kind: Option<GencertKind>,
+    },
     /// Manage an htpasswd file (bcrypt, readable by Apache's htpasswd and registry:2).
     Htpasswd {
         /// The htpasswd file; created (mode 0600) if missing.
@@ -42,6 +68,13 @@ pub enum Command {
         #[command(subcommand)]
         action: HtpasswdAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GencertKind {
+    /// A client certificate (CN = NAME) for `[tls] client_ca`, written to
+    /// DIR/clients/NAME/client.cert and client.key.
+    Client { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -49,6 +49,29 @@ pub fn run_cli(cli: Cli) -> i32 {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config.as_deref()),
         Command::Check => check(cli.config.as_deref()),
+        Command::Gencert {
+            dir,
+            dns,
+            ip,
+            days,
+            rsa,
+            force,
+            kind,
+        } => {
+            let options = tls::selfsigned::ServerOptions {
+                dns,
+                ips: ip,
+                days,
+                rsa,
+            };
+            match gencert(&dir, options, force, kind) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("registry-gate: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
         Command::Htpasswd { file, action } => match auth::manage::run(&file, action) {
             Ok(code) => code,
             Err(e) => {
@@ -131,6 +154,62 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
             }
         }
     })
+}
+
+/// `registry-gate gencert`: writes the files and says how to trust them.
+fn gencert(
+    dir: &std::path::Path,
+    options: tls::selfsigned::ServerOptions,
+    force: bool,
+    kind: Option<cli::GencertKind>,
+) -> Result<(), tls::TlsError> {
+    use tls::selfsigned;
+    let ca = dir.join("ca.pem");
+    match kind {
+        Some(cli::GencertKind::Client { name }) => {
+            let files = selfsigned::generate_client(dir, &name, options.days, options.rsa, force)?;
+            println!(
+                "client certificate for {name:?}: {} and {}",
+                files.cert.display(),
+                files.key.display()
+            );
+            println!(
+                "signed by {}; give the gate that CA as [tls] client_ca",
+                ca.display()
+            );
+            println!("docker looks for them in /etc/docker/certs.d/<host:port>/ (client.cert, client.key, and the server's ca.crt)");
+            println!("skopeo and podman: put both files in the --cert-dir directory");
+        }
+        None => {
+            let generated = selfsigned::generate_server(dir, &options, force)?;
+            println!(
+                "CA: {} (key {})",
+                ca.display(),
+                dir.join("ca-key.pem").display()
+            );
+            println!(
+                "server certificate: {} and key {}",
+                generated.cert.display(),
+                generated.key.display()
+            );
+            println!("trust the CA on each client (port 443 shown; write host:port for others):");
+            let mut names = options.dns.clone();
+            names.extend(options.ips.iter().map(|ip| match ip {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            }));
+            if names.is_empty() {
+                names.push("<host>".into());
+            }
+            for name in &names {
+                println!("  docker: sudo mkdir -p /etc/docker/certs.d/{name} && sudo cp {} /etc/docker/certs.d/{name}/ca.crt", ca.display());
+                println!("  podman: sudo mkdir -p /etc/containers/certs.d/{name} && sudo cp {} /etc/containers/certs.d/{name}/ca.crt", ca.display());
+            }
+            println!("  skopeo: mkdir -p DIR && cp {} DIR/ca.crt, then --cert-dir DIR (or --src-cert-dir/--dest-cert-dir)", ca.display());
+            println!("  system: sudo cp {} /usr/local/share/ca-certificates/registry-gate.crt && sudo update-ca-certificates", ca.display());
+        }
+    }
+    Ok(())
 }
 
 /// Like `nginx -t`: everything `run` would load, loaded, without listening or writing.
