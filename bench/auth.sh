@@ -4,7 +4,7 @@
 # Measures requests/s and latency of `GET /v2/bench/app/manifests/latest` (an OCI manifest)
 # through the release build of the gate in front of a real `docker-registry serve`, for:
 #
-#   registry   the registry directly over plain HTTP (upper bound, no gate, no TLS)
+#   registry   the registry directly over plain HTTP (reference: no gate, no TLS)
 #   none       the gate with [auth] mode = "none"           (anonymous baseline)
 #   bcrypt     the gate, Basic auth, bcrypt cost-10 htpasswd (htpasswd -nbB -C 10)
 #   apr1       the gate, Basic auth, APR1 htpasswd           (htpasswd -nbm)
@@ -398,7 +398,7 @@ for line in open(sys.argv[1]):
     by_round.setdefault(rnd, {})[target] = float(rps)
 
 labels = {
-    "registry": ("registry directly, plain HTTP", "none (upper bound)"),
+    "registry": ("registry directly, plain HTTP", "none (reference, no gate, no TLS)"),
     "none": ("gate", 'anonymous, mode = "none"'),
     "bcrypt": ("gate", "Basic, bcrypt cost 10"),
     "apr1": ("gate", "Basic, APR1"),
