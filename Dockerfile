@@ -11,5 +11,7 @@ COPY --from=build /src/target/release/registry-gate /usr/local/bin/registry-gate
 COPY --from=build --chown=65532:65532 /out/certs /etc/registry-gate/certs
 WORKDIR /etc/registry-gate
 EXPOSE 443
+HEALTHCHECK --interval=30s --timeout=10s --start-period=10s \
+    CMD ["/usr/local/bin/registry-gate", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/registry-gate"]
 CMD ["run"]

@@ -80,28 +80,39 @@ impl Exchange {
 }
 
 pin_project! {
-    /// The client's request body on its way to the registry.
+    /// The client's request body on its way to the registry (or no body, for the gate's own
+    /// probes).
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: Either<Incoming, Empty<Bytes>>,
         exchange: Arc<Exchange>,
     }
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, exchange: Arc<Exchange>) -> Self {
-        RequestBody { inner, exchange }
+        RequestBody {
+            inner: Either::Left(inner),
+            exchange,
+        }
+    }
+
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: Either::Right(Empty::new()),
+            exchange: Exchange::new(),
+        }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(Ok(frame)) = &frame {

@@ -34,6 +34,12 @@ pub enum Command {
     /// Validate the configuration and certificates like `nginx -t`: exit 0 with a summary,
     /// or exit 2 listing every problem.
     Check,
+    /// Exit 0 if the gate answers on its listener (for a container HEALTHCHECK), 1 if not.
+    Healthcheck {
+        /// Ask /readyz (the registry behind answers too) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Create a CA (kept if it exists) and a server certificate signed by it, or with
     /// `client NAME` a client certificate; prints how to make clients trust it.
     Gencert {

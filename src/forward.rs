@@ -101,6 +101,29 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Whether the registry answers its API root (any status below 500: a registry with its
+    /// own auth answers 401 and is still up). For `/readyz`.
+    pub async fn ready(&self) -> bool {
+        let Ok(uri) = self.uri_for("/v2/") else {
+            return false;
+        };
+        let mut request = Request::new(RequestBody::empty());
+        *request.uri_mut() = uri;
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("localhost"));
+        match tokio::time::timeout(READY_TIMEOUT, self.client.request(request)).await {
+            Ok(Ok(response)) => response.status().as_u16() < 500,
+            _ => false,
+        }
+    }
+}
+
+/// A readiness probe that takes longer than this counts as a failure: probes come every few
+/// seconds and must not pile up.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn classify_client_error(e: hyper_util::client::legacy::Error) -> GateError {
     let detail = error_chain(&e);
     if e.is_connect() {

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod healthcheck;
 pub mod log;
 pub mod pipeline;
 pub mod registry_path;
@@ -49,6 +50,7 @@ pub fn run_cli(cli: Cli) -> i32 {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config.as_deref()),
         Command::Check => check(cli.config.as_deref()),
+        Command::Healthcheck { ready } => healthcheck(cli.config.as_deref(), ready),
         Command::Gencert {
             dir,
             dns,
@@ -154,6 +156,44 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
             }
         }
     })
+}
+
+fn healthcheck(config_path: Option<&std::path::Path>, ready: bool) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("registry-gate: {e}");
+            }
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let path = if ready {
+        pipeline::READYZ
+    } else {
+        pipeline::HEALTHZ
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("registry-gate: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match runtime.block_on(healthcheck::probe(config.server.listen, path)) {
+        Ok(200) => EXIT_OK,
+        Ok(status) => {
+            eprintln!("registry-gate: {path} answered {status}");
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("registry-gate: {e}");
+            EXIT_FAILURE
+        }
+    }
 }
 
 /// `registry-gate gencert`: writes the files and says how to trust them.

@@ -49,6 +49,8 @@ pub struct AccessRecord {
     pub decision: &'static str,
     /// Index of the `[[rules]]` entry that decided; `default` when none did.
     pub rule: Option<usize>,
+    /// Logged at debug instead of info (health probes).
+    pub quiet: bool,
     exchange: Arc<Exchange>,
 }
 
@@ -73,6 +75,7 @@ impl AccessRecord {
             reference: None,
             decision: "-",
             rule: None,
+            quiet: false,
             exchange: Exchange::new(),
         }
     }
@@ -90,24 +93,35 @@ impl Drop for AccessRecord {
         } else {
             "aborted"
         };
-        tracing::info!(
-            target: "access",
-            request_id = %self.request_id,
-            peer = %self.peer.ip(),
-            method = %self.method,
-            path = %self.path,
-            status,
-            user = %self.user,
-            action = self.action.unwrap_or("-"),
-            repository = self.repository.as_deref().unwrap_or("-"),
-            reference = self.reference.as_deref().unwrap_or("-"),
-            decision = self.decision,
-            rule = %self.rule.map(|r| format!("rules[{r}]")).unwrap_or_else(|| "-".into()),
-            bytes_in = self.exchange.bytes_in(),
-            bytes_out = self.exchange.bytes_out(),
-            duration_ms = self.exchange.elapsed().as_millis() as u64,
-            user_agent = %self.user_agent,
-            outcome,
-        );
+        // Health probes arrive every few seconds; they would drown the audit trail at info.
+        macro_rules! access {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "access",
+                    $level,
+                    request_id = %self.request_id,
+                    peer = %self.peer.ip(),
+                    method = %self.method,
+                    path = %self.path,
+                    status,
+                    user = %self.user,
+                    action = self.action.unwrap_or("-"),
+                    repository = self.repository.as_deref().unwrap_or("-"),
+                    reference = self.reference.as_deref().unwrap_or("-"),
+                    decision = self.decision,
+                    rule = %self.rule.map(|r| format!("rules[{r}]")).unwrap_or_else(|| "-".into()),
+                    bytes_in = self.exchange.bytes_in(),
+                    bytes_out = self.exchange.bytes_out(),
+                    duration_ms = self.exchange.elapsed().as_millis() as u64,
+                    user_agent = %self.user_agent,
+                    outcome,
+                )
+            };
+        }
+        if self.quiet {
+            access!(tracing::Level::DEBUG);
+        } else {
+            access!(tracing::Level::INFO);
+        }
     }
 }

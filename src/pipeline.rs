@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::auth::token::Claims;
@@ -94,7 +94,25 @@ async fn proxy(
     let host = public_host(&request)?;
     refuse_method_override(&request)?;
 
-    // The gate's own endpoint in token mode; never forwarded.
+    // The gate's own endpoints; never forwarded.
+    match request.uri().path() {
+        HEALTHZ => {
+            record.quiet = true;
+            return Ok(plain(StatusCode::OK, "ok\n"));
+        }
+        READYZ => {
+            record.quiet = true;
+            return Ok(if snapshot.upstream.ready().await {
+                plain(StatusCode::OK, "ready\n")
+            } else {
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the registry is not answering\n",
+                )
+            });
+        }
+        _ => {}
+    }
     if let Some(tokens) = &snapshot.tokens {
         if request.uri().path() == token_service::TOKEN_PATH {
             return token_service::answer(snapshot, shared, tokens, conn, record, request).await;
@@ -406,6 +424,22 @@ fn refuse_form_bodies(request: &Request<Incoming>) -> Result<(), GateError> {
         ));
     }
     Ok(())
+}
+
+/// Liveness: the gate answers. Readiness: the registry behind it answers too.
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(bytes::Bytes::from_static(
+        text.as_bytes(),
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// Only origin-form targets (`/path?query`) are forwarded. Absolute-form (`GET http://x/`)

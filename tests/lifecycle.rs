@@ -209,3 +209,36 @@ async fn users_changed_on_disk_take_effect_and_a_broken_file_is_refused() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_and_the_healthcheck_command_tell_up_from_down() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url));
+    let client = gate.client(Proto::Http1);
+    assert_eq!(status(&client, &gate.url("/healthz"), None).await, 200);
+    assert_eq!(status(&client, &gate.url("/readyz"), None).await, 200);
+    let config = gate.config_path.clone();
+    let check = |ready: bool| {
+        let mut c = gate_command();
+        c.arg("--config").arg(&config).arg("healthcheck");
+        if ready {
+            c.arg("--ready");
+        }
+        run(&mut c)
+    };
+    assert!(check(false).status.success(), "{}", describe(&check(false)));
+    assert!(check(true).status.success(), "{}", describe(&check(true)));
+
+    drop(registry);
+    assert_eq!(status(&client, &gate.url("/healthz"), None).await, 200);
+    assert_eq!(status(&client, &gate.url("/readyz"), None).await, 503);
+    let not_ready = check(true);
+    assert_eq!(not_ready.status.code(), Some(1), "{}", describe(&not_ready));
+    // Probes stay out of the access log at info.
+    assert!(!gate.log().contains("path=/healthz"), "{}", gate.log());
+
+    drop(gate);
+    let down = check(false);
+    assert_eq!(down.status.code(), Some(1), "{}", describe(&down));
+}
