@@ -267,6 +267,7 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
         files.push(cert.clone());
         files.push(key.clone());
     }
+    files.extend(config.tls.client.iter().map(|c| c.ca.clone()));
     files.extend(config.auth.htpasswd.iter().cloned());
     files
 }

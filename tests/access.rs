@@ -867,3 +867,42 @@ async fn bypass_attempts_never_reach_the_registry() {
     assert_eq!(code, "DENIED");
     assert_eq!(message, "access denied: reader may not push private");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_from_a_repository_the_user_may_not_pull_becomes_a_plain_upload() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url())
+            .basic_auth(&[("builder", "builder-secret")])
+            .extra_toml(&rules(&[
+                (&["builder"], &["mine/*"], &["pull", "push"]),
+                (&["builder"], &["shared/*"], &["pull"]),
+            ])),
+    );
+    let client = gate.client(Proto::Http1);
+    let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    for (from, kept) in [("shared/base", true), ("private/secret", false)] {
+        let url = gate.url(&format!(
+            "/v2/mine/app/blobs/uploads/?mount={digest}&from={from}"
+        ));
+        let response = client
+            .send(
+                request("POST", &url)
+                    .header("Authorization", basic("builder", "builder-secret"))
+                    .body(empty())
+                    .expect("POST"),
+            )
+            .await;
+        assert!(
+            response.status().is_success(),
+            "{from}: {}",
+            response.status()
+        );
+        let seen = recorder.requests().last().expect("forwarded").uri.clone();
+        assert_eq!(seen.contains("from="), kept, "{from}: upstream saw {seen}");
+        assert_eq!(seen.contains("mount="), kept, "{from}: upstream saw {seen}");
+        assert!(seen.starts_with("/v2/mine/app/blobs/uploads/"), "{seen}");
+    }
+}
