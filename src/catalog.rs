@@ -47,14 +47,17 @@ pub async fn filter(
     Ok(ResponseBody::full(Bytes::from(out)))
 }
 
-/// The upload-start URL with `mount` and `from` removed from its query.
+/// The upload-start URL with `mount` and `from` removed from its query. Keys are compared
+/// decoded, as the registry reads them: `%66rom=` is `from` (and a key that does not decode is
+/// dropped too; the classifier refuses those before this runs).
 pub fn without_mount(path: &str, query: Option<&str>) -> String {
     let kept: Vec<&str> = query
         .unwrap_or("")
         .split('&')
         .filter(|pair| {
             let key = pair.split('=').next().unwrap_or("");
-            !pair.is_empty() && key != "mount" && key != "from"
+            let decoded = crate::registry_path::percent_decode(key);
+            !pair.is_empty() && decoded.is_some_and(|k| k != "mount" && k != "from")
         })
         .collect();
     if kept.is_empty() {

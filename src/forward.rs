@@ -233,28 +233,10 @@ pub fn rewrite_request(headers: &mut HeaderMap, host: &HeaderValue, client: &Cli
     let trusted = client.peer_is_trusted();
 
     let mut chain = String::new();
-    let mut real_ip = peer_ip;
+    let real_ip = client_ip(headers, client.peer, client.trusted_proxies);
     if trusted {
-        // A trusted proxy's list is extended; the real client is the last address in it that
-        // is not itself a trusted proxy.
-        let prior: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        chain = prior.join(", ");
-        let hops: Vec<IpAddr> = chain
-            .split(',')
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .map(canonical)
-            .collect();
-        if let Some(ip) = hops
-            .iter()
-            .rev()
-            .find(|ip| !is_trusted(**ip, client.trusted_proxies))
-        {
-            real_ip = *ip;
-        }
+        // A trusted proxy's list is extended.
+        chain = forwarded_for(headers);
     } else {
         for name in FORWARDING {
             headers.remove(*name);
@@ -280,6 +262,32 @@ pub fn rewrite_request(headers: &mut HeaderMap, host: &HeaderValue, client: &Cli
     if !trusted || !headers.contains_key("x-request-id") {
         set(headers, "x-request-id", client.request_id);
     }
+}
+
+fn forwarded_for(headers: &HeaderMap) -> String {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The address of the real client: the peer, or, when the peer is a trusted proxy, the last
+/// address in its X-Forwarded-For chain that is not itself a trusted proxy. Throttling and
+/// logging use this, so one client behind a load balancer cannot lock out everyone.
+pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
+    let peer_ip = canonical(peer.ip());
+    if !is_trusted(peer_ip, trusted) {
+        return peer_ip;
+    }
+    forwarded_for(headers)
+        .split(',')
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(canonical)
+        .rev()
+        .find(|ip| !is_trusted(*ip, trusted))
+        .unwrap_or(peer_ip)
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {

@@ -51,6 +51,8 @@ pub struct AccessRecord {
     pub rule: Option<usize>,
     /// Logged at debug instead of info (health probes).
     pub quiet: bool,
+    /// Keeps the connection from counting as idle until the response is done.
+    pub in_flight: Option<crate::server::InFlight>,
     exchange: Arc<Exchange>,
 }
 
@@ -76,6 +78,7 @@ impl AccessRecord {
             decision: "-",
             rule: None,
             quiet: false,
+            in_flight: None,
             exchange: Exchange::new(),
         }
     }

@@ -35,6 +35,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The user a verified client certificate names (`[tls] client_identity`).
     pub cert_user: Option<Arc<str>>,
+    /// The connection's activity, for its idle timeout.
+    pub activity: Arc<crate::server::ConnActivity>,
 }
 
 /// hyper's service entry point. Never fails: every error becomes a response.
@@ -56,6 +58,7 @@ pub async fn handle(
             .unwrap_or("-")
             .to_string(),
     );
+    record.in_flight = Some(conn.activity.enter());
     let is_registry_api = is_registry_path(request.uri().path());
 
     let mut response = match proxy(&snapshot, &shared, &conn, &mut record, request).await {
@@ -167,6 +170,11 @@ async fn proxy(
             request_id: &record.request_id,
         },
     );
+    if snapshot.auth.is_some() {
+        // The gate checked the credentials; the registry behind it has no use for them, and
+        // the link to it may be plain HTTP.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     let exchange = record.exchange().clone();
     let upstream_request = Request::from_parts(parts, RequestBody::new(body, exchange.clone()));
     let response = snapshot.upstream.send(upstream_request, &exchange).await?;
@@ -236,7 +244,11 @@ async fn authenticate(
             token: None,
         });
     };
-    let peer = forward::canonical(conn.peer.ip());
+    let peer = forward::client_ip(
+        request.headers(),
+        conn.peer,
+        &snapshot.config.server.trusted_proxies,
+    );
     match auth
         .authenticate(header.map(HeaderValue::as_bytes), peer, shared.throttle())
         .await
@@ -468,6 +480,18 @@ pub fn public_host(request: &Request<Incoming>) -> Result<HeaderValue, GateError
     if let Some(host) = request.headers().get(header::HOST) {
         if request.headers().get_all(header::HOST).iter().count() > 1 {
             return Err(GateError::BadRequest("more than one Host header"));
+        }
+        // HTTP/2 names the host twice; two different answers is a malformed request
+        // (RFC 9113 §8.3.1), not a choice for the gate to make.
+        if request.version() == Version::HTTP_2 {
+            if let Some(authority) = request.uri().authority() {
+                if !authority
+                    .as_str()
+                    .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+                {
+                    return Err(GateError::BadRequest("Host and :authority disagree"));
+                }
+            }
         }
         return Ok(host.clone());
     }

@@ -132,7 +132,15 @@ pub fn is_valid_repository_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME_LEN && name.split('/').all(is_valid_component)
 }
 
+/// No API path is longer: "/v2/" + a 255-byte name + "/blobs/uploads/" + an upload id, or
+/// "/manifests/" + a sha512 digest. Longer paths are refused before the (linear per marker)
+/// route search, so a crafted path cannot make classification expensive.
+const MAX_PATH_LEN: usize = 1024;
+
 fn check_normalised(path: &str) -> Result<(), Rejection> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(Rejection::Unclassified);
+    }
     for b in path.bytes() {
         let why = match b {
             // Names and references never need an escape, so any escape is a disguise
@@ -290,7 +298,9 @@ fn mount_source(query: Option<&str>) -> Result<Option<String>, Rejection> {
 }
 
 /// Query-component decoding; `None` on a malformed escape or a result that is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes one query-string key or value as Go's `url.ParseQuery` does (`%XX`, and `+` as a
+/// space); `None` for a bad escape or non-UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -5,8 +5,13 @@
 //! certificates. What happens to one request is `pipeline`'s business, not this module's.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -151,10 +156,12 @@ async fn serve_connection(
         _ => None,
     };
     drop(snapshot);
+    let activity = ConnActivity::new();
     let conn = ConnInfo {
         peer,
         local,
         cert_user,
+        activity: activity.clone(),
     };
     let service =
         service_fn(move |request| pipeline::handle(shared.clone(), conn.clone(), request));
@@ -170,10 +177,156 @@ async fn serve_connection(
         .max_header_list_size(server.max_header_bytes as u32)
         // Large windows let one stream move layers at full speed instead of waiting on
         // WINDOW_UPDATE round trips.
-        .adaptive_window(true);
-    let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        .adaptive_window(true)
+        // A peer that stops answering pings is gone; its streams are released.
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let io = TokioIo::new(ActivityIo::new(tls_stream, activity.clone()));
+    let connection = builder.serve_connection(io, service);
+    tokio::select! {
+        result = watcher.watch(connection.into_owned()) => {
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = activity.idle_for(server.idle_timeout) => {
+            tracing::debug!(peer = %peer, "closing an idle connection");
+        }
+    }
+}
+
+/// HTTP/2 liveness pings: sent after this much silence, and the connection closed when one
+/// is not answered in time.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a connection is doing, for the idle timeout: when bytes last moved, and how many
+/// requests are in flight (a request waiting on a slow registry is not idle).
+#[derive(Debug)]
+pub struct ConnActivity {
+    started: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// Held by a request from its start until its response body is finished or dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnActivity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+impl ConnActivity {
+    pub fn new() -> Arc<ConnActivity> {
+        Arc::new(ConnActivity {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once no request is in flight and no byte has moved for `limit` — including
+    /// on a fresh connection that never sends a request.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.started + last + limit;
+            let now = Instant::now();
+            if now >= deadline {
+                if self.in_flight.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                // Busy: the exchange's own timeouts apply; look again later.
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            tokio::time::sleep(deadline - now).await;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The TLS stream, noting every byte read or written as activity.
+    struct ActivityIo<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<ConnActivity>,
+    }
+}
+
+impl<T> ActivityIo<T> {
+    fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
+        ActivityIo { inner, activity }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let result = this.inner.poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let result = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 

@@ -34,12 +34,16 @@ pub struct Shared {
     certs: Arc<CertStore>,
     /// Rebuilt on reload (a new client CA); the certificate itself is swapped in `certs`.
     tls: ArcSwap<rustls::ServerConfig>,
-    ticketer: Arc<dyn rustls::server::ProducesTickets>,
     provider: Arc<CryptoProvider>,
     config_path: Option<PathBuf>,
     /// Outlives reloads: a reload must not wipe an attacker's lockout.
     throttle: Throttle,
     verify_slots: Arc<Semaphore>,
+    reloading: tokio::sync::Mutex<()>,
+    /// Session tickets survive reloads, except where client certificates are in use: a
+    /// resumed session keeps the certificate identity it was issued with, so a removed
+    /// client CA must invalidate every ticket.
+    ticketer: std::sync::Mutex<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
@@ -157,11 +161,12 @@ impl Shared {
             }),
             certs,
             tls: ArcSwap::new(server_tls),
-            ticketer,
             provider,
             config_path: config.source.clone(),
             throttle: Throttle::new(),
             verify_slots,
+            reloading: tokio::sync::Mutex::new(()),
+            ticketer: std::sync::Mutex::new(ticketer),
         })
     }
 
@@ -173,6 +178,13 @@ impl Shared {
         self.snapshot.load_full()
     }
 
+    fn current_ticketer(&self) -> Arc<dyn rustls::server::ProducesTickets> {
+        match self.ticketer.lock() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// The TLS configuration for a new connection.
     pub fn tls(&self) -> Arc<rustls::ServerConfig> {
         self.tls.load_full()
@@ -180,6 +192,9 @@ impl Shared {
 
     /// Re-reads the configuration and certificates; swaps only if all of it is valid.
     pub async fn reload(&self) -> Result<(), Vec<PrepareError>> {
+        // One at a time: a SIGHUP and the file watcher must not race, or the one that read
+        // the older files could be stored last.
+        let _one_at_a_time = self.reloading.lock().await;
         let path = self.config_path.clone();
         let provider = self.provider.clone();
         // File reads and key parsing are blocking work.
@@ -210,13 +225,21 @@ impl Shared {
         } else {
             Upstream::new(&prepared.config.upstream)
         };
+        let ticketer = if prepared.tls.client_verifier.is_some() {
+            tls::ticketer().map_err(|e| vec![e.into()])?
+        } else {
+            self.current_ticketer()
+        };
         let server_tls = tls::server_config(
             self.certs.clone(),
             self.provider.clone(),
             prepared.tls.client_verifier.clone(),
-            self.ticketer.clone(),
+            ticketer.clone(),
         )
         .map_err(|e| vec![e.into()])?;
+        if let Ok(mut current) = self.ticketer.lock() {
+            *current = ticketer;
+        }
         self.certs.replace(prepared.tls.key);
         self.tls.store(server_tls);
         self.snapshot.store(Arc::new(Snapshot {
@@ -246,6 +269,10 @@ pub async fn watch_files(shared: Arc<Shared>) {
         if now == seen {
             continue;
         }
+        // What is on disk now is what this reload reads (or older): remembering it before
+        // reading means a file still being written when read is seen as changed again on
+        // the next tick and re-read, while a file that stays broken is not retried forever.
+        seen = now;
         match shared.reload().await {
             Ok(()) => tracing::info!(
                 "a watched file changed: configuration, certificates and users reloaded"
@@ -256,8 +283,6 @@ pub async fn watch_files(shared: Arc<Shared>) {
                 }
             }
         }
-        // Whatever the reload did, compare against what is now on disk.
-        seen = fingerprint(&watched_files(&shared.snapshot().config));
     }
 }
 

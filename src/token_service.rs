@@ -17,13 +17,15 @@ use crate::error::{Challenge, GateError};
 use crate::forward;
 use crate::log::AccessRecord;
 use crate::pipeline::ConnInfo;
-use crate::registry_path::{is_valid_repository_name, Action};
+use crate::registry_path::{is_valid_repository_name, percent_decode, Action};
 use crate::state::{Shared, Snapshot};
 
 pub const TOKEN_PATH: &str = "/token";
 
 /// An OAuth2 form is a few short fields; anything larger is not a login.
 const MAX_FORM_BYTES: usize = 64 * 1024;
+/// A login form arrives in one packet; a client dribbling it is holding a stream open.
+const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn answer(
     snapshot: &Snapshot,
@@ -33,7 +35,11 @@ pub async fn answer(
     record: &mut AccessRecord,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GateError> {
-    let peer = forward::canonical(conn.peer.ip());
+    let peer = forward::client_ip(
+        request.headers(),
+        conn.peer,
+        &snapshot.config.server.trusted_proxies,
+    );
     let Some(auth) = &snapshot.auth else {
         return Err(GateError::BadRequest("token mode without users"));
     };
@@ -54,9 +60,10 @@ pub async fn answer(
             (identity, scopes, false)
         }
         Method::POST => {
-            let body = Limited::new(request.into_body(), MAX_FORM_BYTES)
-                .collect()
+            let collect = Limited::new(request.into_body(), MAX_FORM_BYTES).collect();
+            let body = tokio::time::timeout(FORM_TIMEOUT, collect)
                 .await
+                .map_err(|_| GateError::BadRequest("token request form not sent in time"))?
                 .map_err(|_| GateError::BadRequest("token request form too large or broken"))?
                 .to_bytes();
             let form = std::str::from_utf8(&body)
@@ -191,28 +198,11 @@ fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
         .split('&')
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k)? == key).then(|| decode(v)).flatten()
+            (percent_decode(k)? == key)
+                .then(|| percent_decode(v))
+                .flatten()
         })
         .collect()
-}
-
-fn decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -846,3 +846,42 @@ async fn oversized_request_heads_get_431_and_the_gate_keeps_serving() {
         "the gate stopped serving after a bad request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_request_is_closed_at_the_idle_timeout() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url()).server_toml("idle_timeout = \"2s\"\n"),
+    );
+    let started = Instant::now();
+    // Handshake, then silence: the gate must hang up by itself.
+    let result = raw_https_exchange(
+        gate.addr,
+        &gate.pki.ca_pem,
+        "localhost",
+        b"",
+        Duration::from_secs(20),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        !matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "the idle connection was still open after 20 s"
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "closed too early: {waited:?}"
+    );
+
+    // A request in flight is not idle: a 4 s answer on a 2 s idle timeout still arrives.
+    let slow = Recorder::start(|_| Reply::ok_json().delay(Duration::from_secs(4)));
+    let gate = Gate::start(
+        &tmp.path().join("slow"),
+        GateConfig::new(slow.url()).server_toml("idle_timeout = \"2s\"\n"),
+    );
+    let client = gate.client(Proto::Http1);
+    let response = within(30, "slow answer", client.get(&gate.url("/v2/"))).await;
+    assert_eq!(response.status(), 200);
+}

@@ -192,7 +192,18 @@ impl Authenticator {
             None => self.timing_decoy.clone(),
         };
         let known = self.users.contains_key(&user);
-        let ok = self.verify(hash, password).await && known;
+        // Wait for a hashing slot, then look at the lockout again: requests that queued up
+        // in parallel before the first failures were recorded must not all be verified.
+        let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
+            return Err(Failure::BadCredentials);
+        };
+        if let Some(retry_after) = throttle.blocked(peer) {
+            return Err(Failure::Throttled { retry_after });
+        }
+        let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+            .await
+            .unwrap_or(false)
+            && known;
         if ok {
             self.remember(key);
             Ok(Identity::User(user))
@@ -200,15 +211,6 @@ impl Authenticator {
             throttle.record_failure(peer);
             Err(Failure::BadCredentials)
         }
-    }
-
-    async fn verify(&self, hash: PasswordHash, password: Vec<u8>) -> bool {
-        let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
-            return false;
-        };
-        tokio::task::spawn_blocking(move || hash.verify(&password))
-            .await
-            .unwrap_or(false)
     }
 
     fn cache_key_for(&self, user: &str, password: &[u8]) -> [u8; 32] {

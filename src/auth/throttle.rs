@@ -13,8 +13,8 @@ const FREE_FAILURES: u32 = 5;
 const WINDOW: Duration = Duration::from_secs(300);
 /// The lockout doubles with every further failure, up to this.
 const MAX_LOCKOUT: Duration = Duration::from_secs(300);
-/// Addresses tracked at most; past it the oldest state is dropped (an attacker with more
-/// addresses than this is not stopped by per-address throttling anyway).
+/// Addresses tracked at most; past it the oldest unblocked state is dropped (an attacker with
+/// more addresses than this is not stopped by per-address throttling anyway).
 const MAX_TRACKED: usize = 65_536;
 
 #[derive(Debug, Default)]
@@ -37,7 +37,7 @@ impl Throttle {
     /// `Some(wait)` while `ip` is locked out.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
         let state = self.state.lock().ok()?;
-        let until = state.get(&ip)?.blocked_until?;
+        let until = state.get(&bucket(ip))?.blocked_until?;
         until.checked_duration_since(Instant::now())
     }
 
@@ -47,12 +47,24 @@ impl Throttle {
         };
         let now = Instant::now();
         if state.len() >= MAX_TRACKED {
-            state.retain(|_, e| now.duration_since(e.last) < WINDOW);
+            // Forget the stale first, then the oldest unblocked; never a running lockout, so
+            // filling the table cannot be used to wipe one.
+            state.retain(|_, e| {
+                now.duration_since(e.last) < WINDOW || e.blocked_until.is_some_and(|u| u > now)
+            });
             if state.len() >= MAX_TRACKED {
-                state.clear();
+                let mut ages: Vec<(Instant, IpAddr)> = state
+                    .iter()
+                    .filter(|(_, e)| !e.blocked_until.is_some_and(|u| u > now))
+                    .map(|(ip, e)| (e.last, *ip))
+                    .collect();
+                ages.sort();
+                for (_, ip) in ages.iter().take(MAX_TRACKED / 4) {
+                    state.remove(ip);
+                }
             }
         }
-        let entry = state.entry(ip).or_insert(Entry {
+        let entry = state.entry(bucket(ip)).or_insert(Entry {
             failures: 0,
             last: now,
             blocked_until: None,
@@ -83,6 +95,18 @@ impl Throttle {
     }
 }
 
+/// IPv6 clients are counted per /64: one host usually owns a whole /64, and counting single
+/// addresses would give it 2^64 fresh budgets.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +127,18 @@ mod tests {
         assert!(t.blocked(a).expect("still locked") > Duration::from_secs(1));
         assert!(t.blocked(b).is_none());
         assert_eq!(t.blocked_count(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_64_shares_one_budget() {
+        let t = Throttle::new();
+        for i in 0..=FREE_FAILURES {
+            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().expect("ip");
+            t.record_failure(ip);
+        }
+        assert!(t
+            .blocked("2001:db8:1:2::ffff".parse().expect("ip"))
+            .is_some());
+        assert!(t.blocked("2001:db8:1:3::1".parse().expect("ip")).is_none());
     }
 }

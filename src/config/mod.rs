@@ -38,6 +38,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// A TLS handshake needs a few round trips; a peer that has not finished in this time is
 /// holding a connection slot, not negotiating.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight and no byte moving for this long is closed
+/// (including one that never sends a request at all).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time allowed for a client to send a complete request head (slowloris defence).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request heads larger than this get 431. Registry requests carry small heads; 64 KiB leaves
@@ -116,6 +119,7 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     /// Every write is refused with 405 UNSUPPORTED (registry maintenance, mirrors).
     pub read_only: bool,
@@ -257,6 +261,11 @@ impl Config {
                 "server.header_timeout",
                 &raw.server.header_timeout,
                 DEFAULT_HEADER_TIMEOUT,
+            ),
+            idle_timeout: v.duration(
+                "server.idle_timeout",
+                &raw.server.idle_timeout,
+                DEFAULT_IDLE_TIMEOUT,
             ),
             max_header_bytes: match raw.server.max_header_bytes {
                 Some(n) if n < 8192 => {

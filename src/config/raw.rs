@@ -57,6 +57,7 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     pub handshake_timeout: Option<String>,
     pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub max_header_bytes: Option<usize>,
     pub read_only: Option<bool>,
 }

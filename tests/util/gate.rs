@@ -33,7 +33,8 @@ pub struct GateConfig {
     pub trusted_proxies: Option<Vec<String>>,
     pub log_format: String,
     pub auth: Auth,
-    /// Extra `key = value` lines inside `[tls]` (client certificates).
+    /// Extra `key = value` lines inside `[server]` and `[tls]`.
+    pub server_toml: String,
     pub tls_toml: String,
     /// Raw TOML appended after the generated tables (new tables only: TOML forbids
     /// reopening one). An `[auth]` table here replaces the generated one.
@@ -49,6 +50,7 @@ impl GateConfig {
             trusted_proxies: None,
             log_format: "text".into(),
             auth: Auth::None,
+            server_toml: String::new(),
             tls_toml: String::new(),
             extra_toml: String::new(),
         }
@@ -77,6 +79,11 @@ impl GateConfig {
                 .map(|(user, password)| (user.to_string(), password.to_string()))
                 .collect(),
         );
+        self
+    }
+
+    pub fn server_toml(mut self, lines: &str) -> Self {
+        self.server_toml = lines.into();
         self
     }
 
@@ -111,6 +118,7 @@ impl GateConfig {
              listen = \"{listen}\"\n\
              shutdown_grace = \"{grace}\"\n\
              {trusted}\
+             {server_extra}\
              \n[upstream]\n\
              url = \"{upstream}\"\n\
              connect_timeout = \"5s\"\n\
@@ -129,6 +137,7 @@ impl GateConfig {
             read_timeout = self.read_timeout,
             format = self.log_format,
             tls_extra = self.tls_toml,
+            server_extra = self.server_toml,
             extra = self.extra_toml,
         )
     }

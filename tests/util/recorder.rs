@@ -59,6 +59,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: ReplyBody,
+    /// Wait this long before answering (a slow registry).
+    pub delay: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,7 +87,13 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: ReplyBody::Empty,
+            delay: None,
         }
+    }
+
+    pub fn delay(mut self, delay: std::time::Duration) -> Reply {
+        self.delay = Some(delay);
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
@@ -248,6 +256,9 @@ async fn handle(
     };
     let reply = responder(&recorded);
     requests.lock().expect("recorder lock").push(recorded);
+    if let Some(delay) = reply.delay {
+        tokio::time::sleep(delay).await;
+    }
 
     let mut response =
         Response::builder().status(StatusCode::from_u16(reply.status).expect("valid reply status"));
