@@ -105,18 +105,27 @@ impl Upstream {
     /// Whether the registry answers its API root (any status below 500: a registry with its
     /// own auth answers 401 and is still up). For `/readyz`.
     pub async fn ready(&self) -> bool {
-        let Ok(uri) = self.uri_for("/v2/") else {
-            return false;
-        };
-        let mut request = Request::new(RequestBody::empty());
-        *request.uri_mut() = uri;
-        request
-            .headers_mut()
-            .insert(header::HOST, HeaderValue::from_static("localhost"));
-        match tokio::time::timeout(READY_TIMEOUT, self.client.request(request)).await {
+        let host = HeaderValue::from_static("localhost");
+        match tokio::time::timeout(READY_TIMEOUT, self.get("/v2/", &host)).await {
             Ok(Ok(response)) => response.status().as_u16() < 500,
             _ => false,
         }
+    }
+
+    /// A GET of the gate's own making (readiness, further catalog pages), bounded by the
+    /// read timeout.
+    pub async fn get(
+        &self,
+        path_and_query: &str,
+        host: &HeaderValue,
+    ) -> Result<Response<Incoming>, GateError> {
+        let mut request = Request::new(RequestBody::empty());
+        *request.uri_mut() = self.uri_for(path_and_query)?;
+        request.headers_mut().insert(header::HOST, host.clone());
+        tokio::time::timeout(self.read_timeout, self.client.request(request))
+            .await
+            .map_err(|_| GateError::UpstreamTimeout)?
+            .map_err(classify_client_error)
     }
 }
 

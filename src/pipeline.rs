@@ -188,9 +188,13 @@ async fn proxy(
     {
         let rules = &snapshot.config.rules;
         let who = identity.as_rule();
-        let filtered = catalog::filter(body, &mut parts.headers, |repo| {
-            rules.decide(&who, repo, Action::Pull).is_allowed()
-        })
+        let filtered = catalog::filter(
+            body,
+            &mut parts.headers,
+            &snapshot.upstream,
+            &host,
+            |repo| rules.decide(&who, repo, Action::Pull).is_allowed(),
+        )
         .await?;
         return Ok(Response::from_parts(parts, filtered));
     }

@@ -560,7 +560,13 @@ fn catalog_lists_only_what_the_caller_may_pull() {
     );
     let image = oci_image(&tmp.path().join("image"), 1, 16 * 1024);
     let certs = gate.pki.cert_dir.to_str().expect("UTF-8 temp path");
-    for repository in ["team-a/x", "team-b/y"] {
+    for repository in [
+        "aaa/hidden",
+        "team-a/x",
+        "team-b/y",
+        "team-a/z",
+        "zzz/hidden",
+    ] {
         skopeo_ok(&[
             "copy",
             "--dest-cert-dir",
@@ -587,12 +593,54 @@ fn catalog_lists_only_what_the_caller_may_pull() {
         };
         let (status, body) = status_and_body(&client, &url, Some(("admin", "admin-secret"))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(repositories(&body), ["team-a/x", "team-b/y"]);
+        assert_eq!(
+            repositories(&body),
+            [
+                "aaa/hidden",
+                "team-a/x",
+                "team-a/z",
+                "team-b/y",
+                "zzz/hidden"
+            ]
+        );
         let (status, body) = status_and_body(&client, &url, Some(("alice", "alice-secret"))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(repositories(&body), ["team-a/x"], "alice's catalog: {body}");
+        assert_eq!(
+            repositories(&body),
+            ["team-a/x", "team-a/z"],
+            "alice's catalog: {body}"
+        );
         let (status, _) = status_and_body(&client, &url, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "anonymous catalog");
+
+        // Page by page (n=1): every visible name arrives, and no cursor names a hidden one
+        // (regression: the registry's own `last=` cursor was passed through).
+        let mut seen = Vec::new();
+        let mut next = Some(gate.url("/v2/_catalog?n=1"));
+        while let Some(url) = next.take() {
+            let response = get_as(&client, &url, Some(("alice", "alice-secret"))).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let link = response
+                .headers()
+                .get("link")
+                .map(|v| v.to_str().expect("ASCII link").to_string());
+            let body = text(response).await;
+            seen.extend(repositories(&body));
+            if let Some(link) = link {
+                assert!(
+                    !link.contains("hidden") && !link.contains("team-b"),
+                    "cursor leaks: {link}"
+                );
+                let target = link
+                    .split_once('<')
+                    .and_then(|(_, r)| r.split_once('>'))
+                    .expect("link target")
+                    .0;
+                next = Some(gate.url(target));
+            }
+            assert!(seen.len() <= 2, "pagination repeats: {seen:?}");
+        }
+        assert_eq!(seen, ["team-a/x", "team-a/z"]);
     });
 }
 

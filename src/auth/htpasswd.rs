@@ -1,27 +1,33 @@
-//! htpasswd files as Apache's `htpasswd` writes them, parsed and verified in pure Rust, so
-//! what works never depends on how the host's libc `crypt()` was built (nginx's does).
+//! htpasswd files as operators have them, parsed and verified in pure Rust, so what a file
+//! accepts never depends on how the host's libc `crypt()` was built.
 //!
-//! Supported: bcrypt (`$2y$`, `$2a$`, `$2b$`, `$2x$`), Apache MD5 (`$apr1$`), `{SHA}`,
-//! `{SSHA}`, SHA-crypt (`$5$`, `$6$`). Plaintext lines only with the operator's opt-in;
-//! DES crypt never (8-character passwords and a 12-bit salt). Every line the gate cannot use
-//! is reported with file and line, never with the hash in the message.
+//! This module owns the file format and the password hashes: bcrypt (`$2y$`, `$2a$`, `$2b$`),
+//! Apache MD5 (`$apr1$`), `{SHA}`, `{SSHA}` and SHA-crypt (`$5$`, `$6$`). Plaintext lines are
+//! refused unless the caller opts in; DES crypt is always refused. Every line it cannot use is
+//! an error naming file and line, never quoting a hash or password. It does not cache, decide
+//! who may do what, or run anything off the async runtime: callers do (`verify` is CPU-heavy).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
 use md5::{Digest as _, Md5};
 use sha1::Sha1;
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HtpasswdError {
-    #[error("{}: cannot read: {source}", file.display())]
+    /// Reading (or, for the `htpasswd` subcommand, writing) a file failed.
+    #[error("{}: {source}", file.display())]
     Io {
         file: PathBuf,
         source: std::io::Error,
     },
+    /// A line the gate cannot use; `reason` never contains the hash or a password.
     #[error("{}:{line}: {reason}", file.display())]
     Line {
         file: PathBuf,
@@ -30,37 +36,71 @@ pub enum HtpasswdError {
     },
     #[error("{}: user {user:?} is already defined in an earlier htpasswd file", file.display())]
     DuplicateAcrossFiles { file: PathBuf, user: String },
-    #[error("cannot hash the password: {0}")]
+    /// A new hash could not be made (bad user name, password or cost).
+    #[error("cannot make a password hash: {0}")]
     Hash(String),
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Accept plaintext password lines (Apache's `htpasswd -p`).
+    /// Accept plaintext password lines (compared in constant time). DES crypt stays refused.
     pub allow_insecure: bool,
 }
 
-/// A stored password hash, in one of the supported formats.
+/// A stored password in one of the supported formats. `Debug` shows only the format name.
 #[derive(Clone)]
 pub enum PasswordHash {
+    /// The whole 60-character `$2y$`/`$2a$`/`$2b$` string.
     Bcrypt(String),
-    Apr1 { salt: String, hash: String },
+    /// `$apr1$salt$digest`, the digest kept in its 22-character crypt encoding.
+    Apr1 {
+        salt: String,
+        digest: String,
+    },
+    /// `{SHA}`: unsalted SHA-1.
     Sha1([u8; 20]),
-    Ssha { digest: [u8; 20], salt: Vec<u8> },
-    ShaCrypt256(String),
-    ShaCrypt512(String),
-    Plain(Vec<u8>),
+    /// `{SSHA}`: SHA-1 of password then salt.
+    Ssha {
+        digest: [u8; 20],
+        salt: Vec<u8>,
+    },
+    ShaCrypt256(ShaCrypt),
+    ShaCrypt512(ShaCrypt),
+    /// SHA-256 of the plaintext: comparing digests keeps the length out of the timing.
+    Plain([u8; 32]),
 }
 
-impl std::fmt::Debug for PasswordHash {
-    // Never print hash material, even in debug output.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// A `$5$`/`$6$` hash, checked at load so that verifying never meets a malformed string
+/// (sha-crypt's own `*_check` panics on some).
+#[derive(Clone)]
+pub struct ShaCrypt {
+    rounds: usize,
+    salt: String,
+    encoded: String,
+}
+
+/// bcrypt reads at most 72 bytes; the crate silently drops the rest, so a longer password
+/// would match on its prefix. Apache's `htpasswd` refuses to hash longer ones.
+const BCRYPT_MAX_PASSWORD: usize = 72;
+/// Lowest cost `bcrypt_line` writes (OWASP's minimum; Apache's default of 5 is too cheap).
+const BCRYPT_MIN_COST: u32 = 10;
+/// What the dummy hash costs: the cost the gate itself writes.
+const DUMMY_COST: u32 = 10;
+/// The alphabet of crypt's base64 (bcrypt, MD5-crypt, SHA-crypt).
+const CRYPT_ALPHABET: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// `{SHA}`/`{SSHA}` writers disagree on padding; the digest is what matters.
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+const FIX: &str = "re-create the user with `htpasswd -B`";
+
+impl fmt::Debug for PasswordHash {
+    // Hash material must not reach logs, not even through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.format_name())
     }
 }
-
-/// bcrypt looks at 72 bytes at most; a longer password must not match on its prefix.
-const BCRYPT_MAX_PASSWORD: usize = 72;
 
 impl PasswordHash {
     pub fn format_name(&self) -> &'static str {
@@ -75,44 +115,45 @@ impl PasswordHash {
         }
     }
 
-    /// CPU-heavy for bcrypt and SHA-crypt: callers run it off the async runtime.
+    /// True if `password` matches. CPU-heavy for bcrypt and SHA-crypt: call it off the
+    /// async runtime.
     pub fn verify(&self, password: &[u8]) -> bool {
         match self {
             PasswordHash::Bcrypt(hash) => {
-                // The length check is what stops prefix matches: bcrypt itself truncates.
                 password.len() <= BCRYPT_MAX_PASSWORD
                     && bcrypt::verify(password, hash).unwrap_or(false)
             }
-            PasswordHash::Apr1 { salt, hash } => {
-                let computed = apr1(password, salt.as_bytes());
-                bool::from(computed.as_bytes().ct_eq(hash.as_bytes()))
+            PasswordHash::Apr1 { salt, digest } => {
+                ct_eq(&apr1_digest(password, salt.as_bytes()), digest.as_bytes())
             }
-            PasswordHash::Sha1(digest) => {
-                let computed: [u8; 20] = Sha1::digest(password).into();
-                bool::from(computed.ct_eq(digest))
-            }
+            PasswordHash::Sha1(digest) => ct_eq(&Sha1::digest(password), digest),
             PasswordHash::Ssha { digest, salt } => {
-                let mut h = Sha1::new();
-                h.update(password);
-                h.update(salt);
-                let computed: [u8; 20] = h.finalize().into();
-                bool::from(computed.ct_eq(digest))
+                let computed = Sha1::new().chain_update(password).chain_update(salt);
+                ct_eq(&computed.finalize(), digest)
             }
-            PasswordHash::ShaCrypt256(hash) => std::str::from_utf8(password)
-                .is_ok_and(|p| sha_crypt::sha256_check(p, hash).is_ok()),
-            PasswordHash::ShaCrypt512(hash) => std::str::from_utf8(password)
-                .is_ok_and(|p| sha_crypt::sha512_check(p, hash).is_ok()),
-            PasswordHash::Plain(stored) => bool::from(stored.as_slice().ct_eq(password)),
+            PasswordHash::ShaCrypt256(h) => sha_crypt::Sha256Params::new(h.rounds)
+                .and_then(|p| sha_crypt::sha256_crypt_b64(password, h.salt.as_bytes(), &p))
+                .is_ok_and(|computed| ct_eq(computed.as_bytes(), h.encoded.as_bytes())),
+            PasswordHash::ShaCrypt512(h) => sha_crypt::Sha512Params::new(h.rounds)
+                .and_then(|p| sha_crypt::sha512_crypt_b64(password, h.salt.as_bytes(), &p))
+                .is_ok_and(|computed| ct_eq(computed.as_bytes(), h.encoded.as_bytes())),
+            PasswordHash::Plain(digest) => ct_eq(&Sha256::digest(password), digest),
         }
     }
 
-    /// Formats slow enough that remembering a verified credential is worth it.
+    /// Formats slow enough that remembering a verified credential pays off.
     pub fn is_slow(&self) -> bool {
         matches!(
             self,
             PasswordHash::Bcrypt(_) | PasswordHash::ShaCrypt256(_) | PasswordHash::ShaCrypt512(_)
         )
     }
+}
+
+/// Different lengths are simply unequal; only equal-length contents are compared in
+/// constant time, and every caller compares fixed-length digests.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
 }
 
 /// One parsed htpasswd file, users in file order.
@@ -123,48 +164,74 @@ pub struct HtpasswdFile {
 }
 
 impl HtpasswdFile {
+    /// Reads and parses `path`.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self, Vec<HtpasswdError>> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
+        let io = |source| {
             vec![HtpasswdError::Io {
                 file: path.to_path_buf(),
                 source,
+            }]
+        };
+        let bytes = std::fs::read(path).map_err(io)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            // Name the line: "stream did not contain valid UTF-8" alone sends nobody anywhere.
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            vec![HtpasswdError::Line {
+                file: path.to_path_buf(),
+                line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+                reason: "not valid UTF-8; save the file as UTF-8".into(),
             }]
         })?;
         Self::parse(path, &text, opts)
     }
 
-    /// Parses `text`; `path` is used in messages. Returns every problem, not only the first.
-    pub fn parse(path: &Path, text: &str, opts: &LoadOptions) -> Result<Self, Vec<HtpasswdError>> {
+    /// Parses `text`; `path_for_messages` only names the file in errors. Returns every
+    /// problem, not only the first, so one edit fixes them all.
+    pub fn parse(
+        path_for_messages: &Path,
+        text: &str,
+        opts: &LoadOptions,
+    ) -> Result<Self, Vec<HtpasswdError>> {
         let mut file = HtpasswdFile::default();
+        let mut first_seen: HashMap<&str, usize> = HashMap::new();
         let mut errors = Vec::new();
+        // Windows editors may start the file with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw) in text.lines().enumerate() {
-            let line = raw.trim_end_matches('\r');
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            let line = index + 1;
+            let mut fail = |reason: String| {
+                errors.push(HtpasswdError::Line {
+                    file: path_for_messages.to_path_buf(),
+                    line,
+                    reason,
+                })
+            };
+            // Apache trims each line too, which also drops the '\r' of CRLF files.
+            let content = raw.trim();
+            if content.is_empty() || content.starts_with('#') {
                 continue;
             }
-            let fail = |reason: String| HtpasswdError::Line {
-                file: path.to_path_buf(),
-                line: index + 1,
-                reason,
-            };
-            let Some((user, hash)) = line.split_once(':') else {
-                errors.push(fail("not a user:hash line (no colon)".into()));
+            let Some((user, hash)) = content.split_once(':') else {
+                fail("expected `user:hash` but there is no ':'".into());
                 continue;
             };
             if user.is_empty() {
-                errors.push(fail("empty user name".into()));
+                fail("empty user name before ':'".into());
                 continue;
             }
-            if file.users.contains_key(user) {
-                errors.push(fail(format!("user {user:?} is defined twice")));
+            if let Some(first) = first_seen.get(user) {
+                // Apache silently uses the first line; an operator editing the second would
+                // wonder why nothing changed.
+                fail(format!("user {user:?} is already defined on line {first}"));
                 continue;
             }
+            first_seen.insert(user, line);
             match parse_hash(hash, opts) {
                 Ok(h) => {
                     file.order.push(user.to_string());
                     file.users.insert(user.to_string(), h);
                 }
-                Err(reason) => errors.push(fail(format!("user {user:?}: {reason}"))),
+                Err(reason) => fail(format!("user {user:?}: {reason}")),
             }
         }
         if errors.is_empty() {
@@ -183,118 +250,171 @@ impl HtpasswdFile {
     }
 }
 
+/// Recognises one hash. The error is the reason for the message; it never quotes `hash`.
 fn parse_hash(hash: &str, opts: &LoadOptions) -> Result<PasswordHash, String> {
-    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-    if ["$2y$", "$2a$", "$2b$", "$2x$"]
-        .iter()
-        .any(|p| hash.starts_with(p))
-    {
-        if hash.len() != 60 {
-            return Err("bcrypt hash has the wrong length (expected 60 characters)".into());
-        }
-        return Ok(PasswordHash::Bcrypt(hash.to_string()));
+    if hash.is_empty() {
+        return Err("no password hash after ':'".into());
+    }
+    if ["$2y$", "$2a$", "$2b$"].iter().any(|p| hash.starts_with(p)) {
+        return parse_bcrypt(hash).map(|()| PasswordHash::Bcrypt(hash.to_string()));
     }
     if let Some(rest) = hash.strip_prefix("$apr1$") {
-        let (salt, digest) = rest
-            .split_once('$')
-            .ok_or("$apr1$ hash without a salt separator")?;
-        if salt.is_empty() || salt.len() > 8 || digest.len() != 22 {
-            return Err(
-                "$apr1$ hash is malformed (salt up to 8 characters, 22-character digest)".into(),
-            );
-        }
-        return Ok(PasswordHash::Apr1 {
-            salt: salt.to_string(),
-            hash: hash.to_string(),
-        });
+        // Apache cuts the salt at 8 characters, so a longer one could never match.
+        return match rest.split_once('$') {
+            Some((salt, digest)) if salt.len() <= 8 && digest.len() == 22 && is_crypt64(digest) => {
+                Ok(PasswordHash::Apr1 {
+                    salt: salt.to_string(),
+                    digest: digest.to_string(),
+                })
+            }
+            _ => Err(
+                "malformed $apr1$ hash (want $apr1$<up to 8 salt characters>$<22 characters>)"
+                    .into(),
+            ),
+        };
     }
     if let Some(rest) = hash.strip_prefix("{SHA}") {
-        let bytes = B64.decode(rest).map_err(|_| "{SHA} hash is not base64")?;
-        let digest: [u8; 20] = bytes
-            .try_into()
-            .map_err(|_| "{SHA} hash is not a 20-byte SHA-1 digest")?;
-        return Ok(PasswordHash::Sha1(digest));
+        let digest = B64.decode(rest).ok().and_then(|b| b.try_into().ok());
+        return digest
+            .map(PasswordHash::Sha1)
+            .ok_or_else(|| "malformed {SHA} hash (want base64 of a 20-byte SHA-1 digest)".into());
     }
     if let Some(rest) = hash.strip_prefix("{SSHA}") {
-        let bytes = B64.decode(rest).map_err(|_| "{SSHA} hash is not base64")?;
-        if bytes.len() <= 20 {
-            return Err("{SSHA} hash has no salt after the SHA-1 digest".into());
-        }
-        let (digest, salt) = bytes.split_at(20);
-        let mut d = [0u8; 20];
-        d.copy_from_slice(digest);
-        return Ok(PasswordHash::Ssha {
-            digest: d,
-            salt: salt.to_vec(),
-        });
+        return match B64.decode(rest) {
+            Ok(bytes) if bytes.len() > 20 => {
+                let (digest, salt) = bytes.split_at(20);
+                let mut d = [0u8; 20];
+                d.copy_from_slice(digest);
+                Ok(PasswordHash::Ssha {
+                    digest: d,
+                    salt: salt.to_vec(),
+                })
+            }
+            _ => Err("malformed {SSHA} hash (want base64 of a SHA-1 digest and a salt)".into()),
+        };
     }
-    if hash.starts_with("$5$") {
-        return Ok(PasswordHash::ShaCrypt256(hash.to_string()));
+    if let Some(rest) = hash.strip_prefix("$5$") {
+        return parse_sha_crypt(rest, 43).map(PasswordHash::ShaCrypt256);
     }
-    if hash.starts_with("$6$") {
-        return Ok(PasswordHash::ShaCrypt512(hash.to_string()));
+    if let Some(rest) = hash.strip_prefix("$6$") {
+        return parse_sha_crypt(rest, 86).map(PasswordHash::ShaCrypt512);
     }
     if hash.starts_with("$1$") {
-        return Err(
-            "MD5-crypt ($1$) is not supported; re-create the user with `htpasswd -B` (bcrypt)"
-                .into(),
-        );
+        return Err(format!(
+            "MD5-crypt ($1$) is not supported; {FIX} (or `htpasswd -m` for $apr1$)"
+        ));
+    }
+    if hash.starts_with("$2x$") {
+        return Err(format!(
+            "bcrypt $2x$ marks hashes from a buggy implementation; {FIX}"
+        ));
     }
     if hash.starts_with('$') || hash.starts_with('{') {
-        return Err("unknown hash format; use bcrypt (`htpasswd -B`)".into());
+        return Err(format!(
+            "unknown hash format (supported: bcrypt, $apr1$, {{SHA}}, {{SSHA}}, $5$, $6$); {FIX}"
+        ));
     }
-    if hash.len() == 13
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
-    {
-        return Err(
-            "DES crypt hashes are refused (only 8 password characters count); re-create the user with `htpasswd -B`"
-                .into(),
-        );
+    if hash.len() == 13 && is_crypt64(hash) {
+        // No maintained pure-Rust DES crypt exists, and only 8 password characters count.
+        return Err(format!(
+            "DES crypt is refused even with allow_insecure_hashes (only the first 8 password \
+             characters count); {FIX}"
+        ));
     }
     if opts.allow_insecure {
-        return Ok(PasswordHash::Plain(hash.as_bytes().to_vec()));
+        return Ok(PasswordHash::Plain(Sha256::digest(hash.as_bytes()).into()));
     }
-    Err("looks like a plaintext password; re-create the user with `htpasswd -B`, or set [auth] allow_insecure_hashes = true".into())
+    Err(format!(
+        "plaintext password refused; {FIX}, or set allow_insecure_hashes = true in [auth]"
+    ))
 }
 
-/// Apache's MD5 crypt variant (`$apr1$`), as in apr_md5.c: the FreeBSD MD5-crypt algorithm
-/// with "$apr1$" as magic. Returns the whole `$apr1$salt$digest` string.
-fn apr1(password: &[u8], salt: &[u8]) -> String {
-    const MAGIC: &[u8] = b"$apr1$";
-    let salt = &salt[..salt.len().min(8)];
+fn is_crypt64(s: &str) -> bool {
+    s.bytes().all(|b| CRYPT_ALPHABET.contains(&b))
+}
 
-    let mut alt = Md5::new();
-    alt.update(password);
-    alt.update(salt);
-    alt.update(password);
-    let alt = alt.finalize();
-
-    let mut ctx = Md5::new();
-    ctx.update(password);
-    ctx.update(MAGIC);
-    ctx.update(salt);
-    let mut left = password.len();
-    while left > 0 {
-        let n = left.min(16);
-        ctx.update(&alt[..n]);
-        left -= n;
+/// `$2?$NN$` and 53 characters of salt and digest; checked here so that a typo shows at
+/// load rather than as a user who can never log in.
+fn parse_bcrypt(hash: &str) -> Result<(), String> {
+    let cost = hash.get(4..6).and_then(|c| c.parse::<u32>().ok());
+    let tail = hash.get(7..).unwrap_or("");
+    if hash.len() == 60
+        && cost.is_some_and(|c| (4..=31).contains(&c))
+        && hash.as_bytes()[6] == b'$'
+        && is_crypt64(tail)
+    {
+        Ok(())
+    } else {
+        Err("malformed bcrypt hash (want $2y$<cost 04-31>$ and 53 characters)".into())
     }
-    let mut i = password.len();
-    while i > 0 {
-        if i & 1 == 1 {
+}
+
+/// `[rounds=N$]salt$hash` after the `$5$`/`$6$` prefix.
+fn parse_sha_crypt(rest: &str, encoded_len: usize) -> Result<ShaCrypt, String> {
+    let malformed = || {
+        format!("malformed SHA-crypt hash (want [rounds=N$]<salt, up to 16 characters>$<{encoded_len} characters>)")
+    };
+    let mut parts: Vec<&str> = rest.split('$').collect();
+    let rounds = match parts.first().and_then(|p| p.strip_prefix("rounds=")) {
+        Some(n) => {
+            let n: usize = n.parse().map_err(|_| malformed())?;
+            parts.remove(0);
+            n
+        }
+        None => sha_crypt::ROUNDS_DEFAULT,
+    };
+    if !(sha_crypt::ROUNDS_MIN..=sha_crypt::ROUNDS_MAX).contains(&rounds) {
+        return Err(format!(
+            "SHA-crypt rounds={rounds} is outside {}..={}",
+            sha_crypt::ROUNDS_MIN,
+            sha_crypt::ROUNDS_MAX
+        ));
+    }
+    match parts[..] {
+        // crypt() cuts the salt at 16 characters, so a longer one could never match.
+        [salt, encoded]
+            if salt.len() <= 16 && encoded.len() == encoded_len && is_crypt64(encoded) =>
+        {
+            Ok(ShaCrypt {
+                rounds,
+                salt: salt.to_string(),
+                encoded: encoded.to_string(),
+            })
+        }
+        _ => Err(malformed()),
+    }
+}
+
+/// The 22-character digest of Apache's `$apr1$` (apr_md5.c: FreeBSD's MD5-crypt with its own
+/// magic). `salt` is at most 8 bytes, as the parser guarantees.
+fn apr1_digest(password: &[u8], salt: &[u8]) -> [u8; 22] {
+    let alt = Md5::new()
+        .chain_update(password)
+        .chain_update(salt)
+        .chain_update(password)
+        .finalize();
+    let mut ctx = Md5::new()
+        .chain_update(password)
+        .chain_update(b"$apr1$")
+        .chain_update(salt);
+    for chunk in password.chunks(16) {
+        ctx.update(&alt[..chunk.len()]);
+    }
+    // The original's quirk: a zero byte or the first password byte per bit of the length.
+    let mut bits = password.len();
+    while bits > 0 {
+        if bits & 1 == 1 {
             ctx.update([0u8]);
         } else {
-            ctx.update(&password[..1.min(password.len())]);
+            ctx.update(&password[..1]);
         }
-        i >>= 1;
+        bits >>= 1;
     }
     let mut digest = ctx.finalize();
-
+    // 1000 rounds were meant to slow attackers down in 1994.
     for round in 0..1000 {
         let mut c = Md5::new();
-        if round & 1 == 1 {
+        if round % 2 == 1 {
             c.update(password);
         } else {
             c.update(digest);
@@ -305,7 +425,7 @@ fn apr1(password: &[u8], salt: &[u8]) -> String {
         if round % 7 != 0 {
             c.update(password);
         }
-        if round & 1 == 1 {
+        if round % 2 == 1 {
             c.update(digest);
         } else {
             c.update(password);
@@ -314,55 +434,69 @@ fn apr1(password: &[u8], salt: &[u8]) -> String {
     }
 
     let d = digest;
-    let mut out = String::with_capacity(37);
-    out.push_str("$apr1$");
-    out.push_str(&String::from_utf8_lossy(salt));
-    out.push('$');
-    for (a, b, c) in [(0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5)] {
-        crypt64(
-            &mut out,
-            (u32::from(d[a]) << 16) | (u32::from(d[b]) << 8) | u32::from(d[c]),
-            4,
-        );
+    let word = |a: usize, b: usize, c: usize| {
+        (u32::from(d[a]) << 16) | (u32::from(d[b]) << 8) | u32::from(d[c])
+    };
+    let words = [
+        (word(0, 6, 12), 4),
+        (word(1, 7, 13), 4),
+        (word(2, 8, 14), 4),
+        (word(3, 9, 15), 4),
+        (word(4, 10, 5), 4),
+        (u32::from(d[11]), 2),
+    ];
+    // Six bits per character, least significant first.
+    let chars = words
+        .iter()
+        .flat_map(|&(w, n)| (0..n).map(move |k| CRYPT_ALPHABET[((w >> (6 * k)) & 0x3f) as usize]));
+    let mut out = [0u8; 22];
+    for (slot, c) in out.iter_mut().zip(chars) {
+        *slot = c;
     }
-    crypt64(&mut out, u32::from(d[11]), 2);
     out
 }
 
-fn crypt64(out: &mut String, mut v: u32, n: usize) {
-    const ITOA64: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    for _ in 0..n {
-        out.push(ITOA64[(v & 0x3f) as usize] as char);
-        v >>= 6;
-    }
-}
-
-/// A hash checked when the user does not exist, so that an unknown user costs what a wrong
-/// password costs (bcrypt at the cost the gate writes).
+/// A hash to verify against when the user is unknown, so that an unknown user costs what a
+/// wrong password costs. Its password is random and never kept, so it matches nothing.
 pub fn dummy_hash() -> &'static PasswordHash {
     static DUMMY: OnceLock<PasswordHash> = OnceLock::new();
     DUMMY.get_or_init(|| {
-        // The input is fixed and valid, so hashing cannot fail; fall back to a hash that
-        // matches nothing if it ever did.
-        let hash =
-            bcrypt::hash("registry-gate: no such user", super::BCRYPT_COST).unwrap_or_else(|_| {
-                "$2y$10$......................................................".into()
+        let mut secret = [0u8; 32];
+        let hash = getrandom::getrandom(&mut secret)
+            .ok()
+            .and_then(|()| bcrypt::hash(secret, DUMMY_COST).ok())
+            // Without an OS random source: the same cost, of a random password that was
+            // thrown away when this line was written.
+            .unwrap_or_else(|| {
+                "$2y$10$Q.R7VvgJZypDXgfjcl4cx.YeakJSSXNvQ0MqcJM3Z41CkETHCUy3y".to_string()
             });
         PasswordHash::Bcrypt(hash)
     })
 }
 
-/// A new htpasswd line for `user` with a bcrypt hash (`$2y$`, as Apache writes it).
+/// A new `user:$2y$…` line (Apache's bcrypt flavour), cost 10 to 31.
 pub fn bcrypt_line(user: &str, password: &str, cost: u32) -> Result<String, HtpasswdError> {
-    if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+    // Each refused name would be misread by `parse`: split at ':', trimmed, or a comment.
+    if user.is_empty()
+        || user.contains(':')
+        || user.starts_with('#')
+        || user.trim() != user
+        || user.chars().any(char::is_control)
+    {
         return Err(HtpasswdError::Hash(format!(
-            "{user:?} is not a valid user name (no colons or control characters)"
+            "{user:?} is not a usable user name (non-empty; no ':', control characters, \
+             leading '#' or surrounding spaces)"
         )));
     }
-    if password.len() > BCRYPT_MAX_PASSWORD {
-        return Err(HtpasswdError::Hash(
-            "bcrypt passwords are limited to 72 bytes".into(),
-        ));
+    if password.is_empty() || password.len() > BCRYPT_MAX_PASSWORD {
+        return Err(HtpasswdError::Hash(format!(
+            "the password must be 1 to {BCRYPT_MAX_PASSWORD} bytes for bcrypt"
+        )));
+    }
+    if !(BCRYPT_MIN_COST..=31).contains(&cost) {
+        return Err(HtpasswdError::Hash(format!(
+            "bcrypt cost {cost} is outside {BCRYPT_MIN_COST}..=31"
+        )));
     }
     let parts =
         bcrypt::hash_with_result(password, cost).map_err(|e| HtpasswdError::Hash(e.to_string()))?;
@@ -376,137 +510,206 @@ pub fn bcrypt_line(user: &str, password: &str, cost: u32) -> Result<String, Htpa
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<HtpasswdFile, Vec<HtpasswdError>> {
-        HtpasswdFile::parse(Path::new("/etc/htpasswd"), text, &LoadOptions::default())
+    const FILE: &str = "/etc/registry/htpasswd";
+
+    fn parse_with(text: &str, allow_insecure: bool) -> Result<HtpasswdFile, Vec<String>> {
+        HtpasswdFile::parse(Path::new(FILE), text, &LoadOptions { allow_insecure })
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
     }
 
-    fn check(line: &str, good: &str) {
-        let f = parse(line).unwrap_or_else(|e| panic!("{line}: {e:?}"));
-        let user = f.users().next().expect("one user");
-        let h = f.get(user).expect("hash");
-        assert!(
-            h.verify(good.as_bytes()),
-            "{} rejects the right password",
-            h.format_name()
-        );
-        assert!(
-            !h.verify(b"wrong"),
-            "{} accepts a wrong password",
-            h.format_name()
-        );
-        assert!(
-            !h.verify(b""),
-            "{} accepts an empty password",
-            h.format_name()
-        );
+    fn one(line: &str) -> PasswordHash {
+        let file = parse_with(line, false).unwrap_or_else(|e| panic!("{line}: {e:?}"));
+        let user = file.users().next().expect("one user");
+        file.get(user).expect("its hash").clone()
     }
 
-    // Lines made by Apache's htpasswd 2.4 (-m, -B, -s, -2, -5) and python's hashlib ({SSHA}),
-    // all for the password "s3cret".
+    // Made by Apache htpasswd 2.4 (-B -C 5, -m, -s, -2, -5, -2 -r 1200), libxcrypt via
+    // python's crypt ($2a$, $2b$, $6$rounds=), `openssl passwd -5` and python's hashlib
+    // ({SSHA}, 4-byte salt); all for the password "s3cret pass".
+    const ALICE: &[&str] = &[
+        "alice:$2y$05$pfmi9fwmpOUcDyZq1jVYMe6MtdqzNSe2UkAAQMvbHigMdzLwRRkDS",
+        "alice:$2a$05$abcdefghijklmnopqrstuu1qdcFaS0PtqFUPzaCxLQ8/0lspH0ZEW",
+        "alice:$2b$05$NjRY/dXEFSnkGrrxmQup/eqVI6jhXgsBJOUu9sK0JRtAGJ4iqdlju",
+        "alice:$apr1$0YRglNJA$/5cEwlaDGq8JXqjiyWodA1",
+        "alice:{SHA}ohgYgF2kkgMlRbH1HlEDczlOc+M=",
+        "alice:{SSHA}cVSmQu7xW5BBvcgLWSIts9n0emeKAf4Q",
+        "alice:$5$DlA120MDhJA7Heqh$mCAL86IuQYbtwUpPoqZEk/btVUmKYlOdA826eaHc3q1",
+        "alice:$5$rounds=1200$To/KYMGL1gtvwDNh$hysORjJXbZ3ooqwDmZeomLFNXVs4jgGuzbix04jyBY1",
+        "alice:$5$abcdefgh$/XQpiq6io7lkuXZDsxnm7cTuMRg2bA4y6FTmsaa.A78",
+        "alice:$6$BCHCVzJ71DFXxauB$G32FsCiPamse.mAzwpcO2et3eWt/JmmYoadhy7uRmDanGipN857aXEXA.oAiUWcPKioPYlCu4uDyyi43sYxMr1",
+        "alice:$6$rounds=1000$saltsaltsaltsalt$JwBz.cVWl2EtLmYaGhfuHT9DkB0g20sJsnmPCAWEMOCOvDeJU5zW.K9rG87dPoHKZEV7OjCztibmxRT5esjsM.",
+    ];
+
     #[test]
-    fn every_supported_format_verifies() {
-        for line in [
-            "u:$apr1$sgLNpc8K$WNXM7hE22AW5LX6uVDDhY0",
-            "u:$2y$05$GaWdy1OqSO7Gd.MPB9FwNu6KwJpnHlF10E/DIA8qV1kb5.2HcX67W",
-            "u:$2b$05$GaWdy1OqSO7Gd.MPB9FwNu6KwJpnHlF10E/DIA8qV1kb5.2HcX67W",
-            "u:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=",
-            "u:{SSHA}tR9A1aiP/lH5pqe8FFCcKDnAMfJhYmNkMTIzNA==",
-            "u:$5$N7h8iW8tZOC0Culj$bp/nVCjVhWqhGUGlu2eiPgQ4tYgfk6DPS6q9bkoYKl3",
-            "u:$6$/nFOI6B9EOItzppW$r7F5xg.GggjYXtb/3KZymOAvWgOHA7kQx0OKh1VdhvV7h3tsPL1vRUY1G5rY12vnrLx7exRVWolF9hig3pU9N.",
-        ] {
-            check(line, "s3cret");
+    fn every_supported_format_verifies_right_and_rejects_wrong() {
+        for line in ALICE {
+            let h = one(line);
+            assert!(h.verify(b"s3cret pass"), "{h:?} rejects the right password");
+            for wrong in [&b"s3cret pasS"[..], b"s3cret pass ", b"s3cret", b""] {
+                assert!(!h.verify(wrong), "{h:?} accepts {wrong:?}");
+            }
         }
     }
 
     #[test]
-    fn apr1_algorithm_reproduces_apache() {
-        assert_eq!(
-            apr1(b"s3cret", b"sgLNpc8K"),
-            "$apr1$sgLNpc8K$WNXM7hE22AW5LX6uVDDhY0"
-        );
+    fn apr1_handles_non_ascii_empty_and_long_passwords() {
+        // htpasswd -nbm; the 40-byte one crosses MD5-crypt's 16-byte chunking.
+        let unicode = one("bob:$apr1$pflZUjIw$GF7M8aAnVj0wq83dJ0wh/0");
+        assert!(unicode.verify("ünïcødé-€".as_bytes()));
+        assert!(!unicode.verify(b"unicode-"));
+        let empty = one("carol:$apr1$MgUwRiJv$/IyVmLUd859xn71W0x7le1");
+        assert!(empty.verify(b"") && !empty.verify(b"x"));
+        let long = one("dave:$apr1$1hbR5gg8$8LIpBzq.9vTQcnAUeMe771");
+        assert!(long.verify(&[b'p'; 40]) && !long.verify(&[b'p'; 39]));
     }
 
     #[test]
     fn bcrypt_never_matches_on_the_72_byte_prefix() {
-        // htpasswd -B -C 4 of 72 'a's.
-        let f =
-            parse("u:$2y$04$Pay09nK3F5sI8d5ULl5yKOscpbMjW4Zfb.EtlMV4/r0aer7a1xW0O").expect("valid");
-        let h = f.get("u").expect("user");
-        let exact = [b'a'; 72];
-        assert!(h.verify(&exact));
-        let mut longer = exact.to_vec();
-        longer.extend_from_slice(b"anything");
-        assert!(!h.verify(&longer));
+        // htpasswd -nbB -C 4 of 72 'x's.
+        let h = one("long:$2y$04$Nw7smjBeYFK0l0qlrI6os.MhJ3GIsJqlAe/Nq5rPF3DNPXqx5fmiC");
+        assert!(h.verify(&[b'x'; 72]));
+        assert!(!h.verify(&[b'x'; 73]));
+        assert!(!h.verify(&[&[b'x'; 72][..], b"anything else"].concat()));
+        assert!(bcrypt_line("u", &"x".repeat(73), 10).is_err());
     }
 
     #[test]
-    fn des_and_plaintext_are_refused_with_file_and_line() {
-        let errors =
-            parse("# users\nok:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\nd:Kqk9dPWc4qk/Q\np:s3cret\n")
-                .expect_err("refused");
-        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(text.len(), 2, "{text:?}");
-        assert!(
-            text[0].starts_with("/etc/htpasswd:3: ") && text[0].contains("DES"),
-            "{}",
-            text[0]
-        );
-        assert!(
-            text[1].starts_with("/etc/htpasswd:4: ") && text[1].contains("allow_insecure_hashes"),
-            "{}",
-            text[1]
-        );
-        assert!(
-            !text.join("").contains("Kqk9dPWc4qk"),
-            "hash leaked into a message"
-        );
+    fn des_and_plaintext_are_refused_with_file_and_line_but_no_hash() {
+        // htpasswd -nbd (DES) and -nbp (plaintext) of "s3cret".
+        let text = "# users\nok:{SHA}ohgYgF2kkgMlRbH1HlEDczlOc+M=\nd:klDb58zxt6cP6\np:s3cret\n";
+        let errors = parse_with(text, false).expect_err("refused");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("{FILE}:3: user \"d\": DES crypt")));
+        assert!(errors[1].starts_with(&format!("{FILE}:4: user \"p\": plaintext")));
+        assert!(errors[1].contains("allow_insecure_hashes"));
+        let all = errors.concat();
+        assert!(!all.contains("klDb58") && !all.contains("s3cret"), "{all}");
+
+        // Opting in admits plaintext, never DES.
+        let errors = parse_with(text, true).expect_err("DES still refused");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with(&format!("{FILE}:3: ")));
+        let file = parse_with("p:s3cret\n", true).expect("opted in");
+        let plain = file.get("p").expect("p");
+        assert!(plain.verify(b"s3cret") && !plain.verify(b"s3cre") && !plain.verify(b"s3crett"));
+        assert!(!plain.is_slow());
     }
 
     #[test]
-    fn plaintext_only_with_opt_in() {
-        let opts = LoadOptions {
-            allow_insecure: true,
-        };
-        let f = HtpasswdFile::parse(Path::new("f"), "p:s3cret\n", &opts).expect("opted in");
-        assert!(f.get("p").expect("user").verify(b"s3cret"));
-    }
-
-    #[test]
-    fn every_bad_line_is_reported() {
-        let errors = parse("nocolon\n:$apr1$x$y\nu:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\nu:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\nv:$9$zz\nw:$2y$05$short\n")
-            .expect_err("refused");
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        for (n, what) in [
-            (1, "colon"),
+    fn every_unusable_line_is_reported_with_its_line() {
+        let text = [
+            "nocolon",                                                         // 1
+            ":{SHA}ohgYgF2kkgMlRbH1HlEDczlOc+M=",                              // 2
+            "u:{SHA}ohgYgF2kkgMlRbH1HlEDczlOc+M=",                             // 3
+            "u:$apr1$0YRglNJA$/5cEwlaDGq8JXqjiyWodA1",                         // 4
+            "v:$9$abc$def",                                                    // 5
+            "w:$2y$05$tooshort",                                               // 6
+            "x:$1$Srl5ODqw$6pYChBBUMNviNhdutgVvC0",                            // 7
+            "y:$5$rounds=10$salt$hysORjJXbZ3ooqwDmZeomLFNXVs4jgGuzbix04jyBY1", // 8
+            "z:",                                                              // 9
+            "a:$apr1$0YRglNJAx$/5cEwlaDGq8JXqjiyWodA1",                        // 10
+            "b:{SSHA}ohgYgF2kkgMlRbH1HlEDczlOc+M=",                            // 11
+            "c:$6$short$abc",                                                  // 12
+        ]
+        .join("\n");
+        let errors = parse_with(&text, false).expect_err("refused");
+        let expected = [
+            (1, "no ':'"),
             (2, "empty user"),
-            (4, "twice"),
-            (5, "unknown"),
-            (6, "length"),
+            (4, "already defined on line 3"),
+            (5, "unknown hash format"),
+            (6, "malformed bcrypt"),
+            (7, "MD5-crypt ($1$) is not supported"),
+            (8, "rounds=10 is outside"),
+            (9, "no password hash"),
+            (10, "malformed $apr1$"),
+            (11, "malformed {SSHA}"),
+            (12, "malformed SHA-crypt"),
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for ((line, what), error) in expected.iter().zip(&errors) {
+            assert!(
+                error.starts_with(&format!("{FILE}:{line}: ")) && error.contains(what),
+                "line {line} should say {what:?}: {error}"
+            );
+        }
+        for secret in ["0YRglNJA", "hysOR", "tooshort", "ohgYgF2k", "nocolon"] {
+            assert!(!errors.concat().contains(secret), "{secret} leaked");
+        }
+    }
+
+    #[test]
+    fn crlf_comments_blank_lines_and_bom_are_accepted_in_order() {
+        let text =
+            "\u{feff}# made on Windows\r\n\r\nzed:{SHA}ohgYgF2kkgMlRbH1HlEDczlOc+M=\r\n  \r\n\
+                    amy:$apr1$0YRglNJA$/5cEwlaDGq8JXqjiyWodA1\r\n";
+        let file = parse_with(text, false).expect("valid");
+        assert_eq!(file.users().collect::<Vec<_>>(), ["zed", "amy"]);
+        assert!(file.get("amy").expect("amy").verify(b"s3cret pass"));
+        assert!(file.get("zed").expect("zed").verify(b"s3cret pass"));
+        assert!(file.get("nobody").is_none());
+    }
+
+    #[test]
+    fn load_names_the_file_when_it_cannot_be_read_or_decoded() {
+        let dir = std::env::temp_dir().join(format!("htpasswd-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = dir.join("missing");
+        let errors = HtpasswdFile::load(&missing, &LoadOptions::default()).expect_err("missing");
+        assert!(matches!(errors[..], [HtpasswdError::Io { .. }]));
+        assert!(errors[0]
+            .to_string()
+            .starts_with(&format!("{}: ", missing.display())));
+
+        let latin1 = dir.join("latin1");
+        std::fs::write(&latin1, b"a:{SHA}ohgYgF2kkgMlRbH1HlEDczlOc+M=\nj\xf6rg:x\n")
+            .expect("write");
+        let errors = HtpasswdFile::load(&latin1, &LoadOptions::default()).expect_err("latin1");
+        assert_eq!(
+            errors[0].to_string(),
+            format!(
+                "{}:2: not valid UTF-8; save the file as UTF-8",
+                latin1.display()
+            )
+        );
+
+        let good = dir.join("good");
+        std::fs::write(&good, format!("{}\n", ALICE[0])).expect("write");
+        let file = HtpasswdFile::load(&good, &LoadOptions::default()).expect("loads");
+        assert!(file.get("alice").expect("alice").is_slow());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn generated_lines_verify_and_bad_input_is_refused() {
+        let line = bcrypt_line("alice", "pw", 10).expect("line");
+        assert!(line.starts_with("alice:$2y$10$"), "{line}");
+        let h = one(&line);
+        assert!(h.verify(b"pw") && !h.verify(b"pW"));
+        for (user, password, cost) in [
+            ("a:b", "pw", 10),
+            ("", "pw", 10),
+            ("#a", "pw", 10),
+            (" a", "pw", 10),
+            ("a\n", "pw", 10),
+            ("a", "", 10),
+            ("a", "pw", 9),
+            ("a", "pw", 32),
         ] {
             assert!(
-                lines
-                    .iter()
-                    .any(|l| l.starts_with(&format!("/etc/htpasswd:{n}: ")) && l.contains(what)),
-                "line {n} ({what}) missing: {lines:?}"
+                bcrypt_line(user, password, cost).is_err(),
+                "{user:?} {cost}"
             );
         }
     }
 
     #[test]
-    fn crlf_lines_are_accepted() {
-        let f =
-            parse("u:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\r\nv:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\r\n")
-                .expect("valid");
-        assert_eq!(f.users().collect::<Vec<_>>(), ["u", "v"]);
-        assert!(f.get("u").expect("u").verify(b"s3cret"));
-    }
-
-    #[test]
-    fn generated_lines_verify_and_unknown_users_have_a_dummy() {
-        let line = bcrypt_line("alice", "pw", 4).expect("line");
-        assert!(line.starts_with("alice:$2y$04$"));
-        check(&line, "pw");
-        assert!(bcrypt_line("a:b", "pw", 4).is_err());
-        assert!(!dummy_hash().verify(b"registry-gate: no such use"));
+    fn dummy_hash_is_slow_matches_nothing_and_hides_itself() {
+        let dummy = dummy_hash();
+        assert!(dummy.is_slow());
+        assert!(!dummy.verify(b"") && !dummy.verify(b"admin"));
+        assert!(std::ptr::eq(dummy, dummy_hash()), "built once");
+        let shown = format!("{:?}", one(ALICE[0]));
+        assert_eq!(shown, "bcrypt");
     }
 }
