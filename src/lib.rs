@@ -158,15 +158,18 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
     })
 }
 
+/// Prints each problem on its own line; the exit code for a bad configuration.
+fn report<E: std::fmt::Display>(errors: Vec<E>) -> i32 {
+    for e in errors {
+        eprintln!("registry-gate: {e}");
+    }
+    EXIT_BAD_CONFIG
+}
+
 fn healthcheck(config_path: Option<&std::path::Path>, ready: bool) -> i32 {
     let config = match Config::load(config_path) {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("registry-gate: {e}");
-            }
-            return EXIT_BAD_CONFIG;
-        }
+        Err(errors) => return report(errors),
     };
     let path = if ready {
         pipeline::READYZ
@@ -257,12 +260,7 @@ fn check(config_path: Option<&std::path::Path>) -> i32 {
     let provider = tls::provider();
     let config = match Config::load(config_path) {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("registry-gate: {e}");
-            }
-            return EXIT_BAD_CONFIG;
-        }
+        Err(errors) => return report(errors),
     };
     let certificate = match &config.tls.source {
         TlsSource::Files { cert, key } => match tls::load(&config.tls, &[], &provider) {

@@ -4,17 +4,13 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use util::docker::Dockerd;
 use util::gate::{write_htpasswd, Gate, GateConfig};
 use util::image::{oci_image, skopeo};
 use util::registry::Registry;
-use util::{describe, temp_dir, write_file};
+use util::{describe, temp_dir};
 
 fn token_mode(tmp: &Path, users: &[(&str, &str)], rules: &str) -> String {
     let dir = tmp.join("gate");
@@ -165,52 +161,14 @@ fn token_mode_gives_skopeo_what_the_rules_allow() {
     );
 }
 
-/// A client CA and one client certificate whose CN is `cn`, written where skopeo and docker
-/// look for them: `client.cert` and `client.key` beside `ca.crt` in a cert dir.
-struct ClientPki {
-    ca_pem: PathBuf,
-}
-
-fn client_pki(dir: &Path, cn: &str, cert_dir: &Path) -> ClientPki {
-    std::fs::create_dir_all(dir).expect("mkdir client pki");
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "test client CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).expect("self-sign client CA");
-
-    let key = KeyPair::generate().expect("client key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("sign client cert");
-
-    let pki = ClientPki {
-        ca_pem: dir.join("client-ca.pem"),
-    };
-    write_file(&pki.ca_pem, ca_cert.pem());
-    write_file(&cert_dir.join("client.cert"), cert.pem());
-    write_file(&cert_dir.join("client.key"), key.serialize_pem());
-    pki
-}
-
 #[test]
 fn a_required_client_certificate_identifies_skopeo_and_no_certificate_fails_the_handshake() {
     let tmp = temp_dir();
     let registry = Registry::start(tmp.path());
     let with_cert = tmp.path().join("with-cert");
     std::fs::create_dir_all(&with_cert).expect("mkdir");
-    let client = client_pki(&tmp.path().join("clients"), "builder1", &with_cert);
+    let client_ca =
+        util::pki::client_certificate(&tmp.path().join("clients"), "builder1", &with_cert);
     let rules = "[auth]\nmode = \"none\"\n\
                  [[rules]]\nusers = [\"builder1\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\n";
     let gate = Gate::start(
@@ -218,7 +176,7 @@ fn a_required_client_certificate_identifies_skopeo_and_no_certificate_fails_the_
         GateConfig::new(&registry.url)
             .tls_toml(&format!(
                 "client_ca = \"{}\"\nclient_auth = \"required\"\n",
-                client.ca_pem.display()
+                client_ca.display()
             ))
             .extra_toml(rules),
     );

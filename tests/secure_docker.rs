@@ -8,15 +8,11 @@ mod util;
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use util::docker::Dockerd;
 use util::gate::{write_htpasswd, Gate, GateConfig};
 use util::netns::Netns;
 use util::registry::Registry;
-use util::{describe, temp_dir, write_file};
+use util::{describe, temp_dir};
 
 /// Docker's per-registry trust directory, removed when the test ends.
 struct CertsD(PathBuf);
@@ -132,37 +128,6 @@ fn docker_pulls_anonymously_from_a_secure_gate_in_token_mode() {
     dockerd.docker_ok(&["pull", &name]);
 }
 
-/// Writes a client CA and a client certificate for `cn` as docker expects them:
-/// `client.cert` and `client.key` in the registry's certs.d directory. Returns the CA path.
-fn client_certificate(dir: &Path, cn: &str, certs_d: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).expect("mkdir client pki");
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "test client CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).expect("self-sign client CA");
-    let key = KeyPair::generate().expect("client key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("sign client cert");
-    let ca_path = dir.join("client-ca.pem");
-    write_file(&ca_path, ca_cert.pem());
-    write_file(&certs_d.join("client.cert"), cert.pem());
-    write_file(&certs_d.join("client.key"), key.serialize_pem());
-    ca_path
-}
-
 #[test]
 fn docker_is_identified_by_its_client_certificate_without_logging_in() {
     let tmp = temp_dir();
@@ -172,7 +137,8 @@ fn docker_is_identified_by_its_client_certificate_without_logging_in() {
     // first and the CA path put into the gate's configuration.
     let certs_d = CertsD(PathBuf::from("/etc/docker/certs.d").join(format!("{}:443", netns.ip)));
     std::fs::create_dir_all(&certs_d.0).expect("mkdir certs.d");
-    let client_ca = client_certificate(&tmp.path().join("clients"), "builder1", &certs_d.0);
+    let client_ca =
+        util::pki::client_certificate(&tmp.path().join("clients"), "builder1", &certs_d.0);
     users(tmp.path(), &[("someone", "else")]);
     let gate = Gate::start_in(
         tmp.path(),

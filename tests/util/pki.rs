@@ -79,3 +79,32 @@ fn name(common_name: &str) -> DistinguishedName {
     dn.push(DnType::CommonName, common_name);
     dn
 }
+
+/// A client CA (written to `dir/client-ca.pem`, whose path is returned) and one client
+/// certificate with CN `cn`, written where docker and skopeo look for it: `client.cert` and
+/// `client.key` in `out_dir` (a certs.d or --cert-dir directory).
+pub fn client_certificate(dir: &Path, cn: &str, out_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir client pki");
+    let ca_key = KeyPair::generate().expect("client CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("client CA params");
+    ca.distinguished_name = name("test client CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).expect("self-sign client CA");
+    let key = KeyPair::generate().expect("client key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params.distinguished_name = name(cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params
+        .signed_by(&key, &ca_cert, &ca_key)
+        .expect("sign client cert");
+    let ca_path = dir.join("client-ca.pem");
+    super::write_file(&ca_path, ca_cert.pem());
+    super::write_file(&out_dir.join("client.cert"), cert.pem());
+    super::write_file(&out_dir.join("client.key"), key.serialize_pem());
+    ca_path
+}
