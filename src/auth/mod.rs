@@ -129,11 +129,7 @@ impl Authenticator {
             }]
         })?;
         let cache_key = <Hmac<Sha256> as Mac>::new_from_slice(&secret).map_err(|_| Vec::new())?;
-        let timing_decoy = users
-            .values()
-            .next()
-            .cloned()
-            .unwrap_or_else(|| htpasswd::dummy_hash().clone());
+        let timing_decoy = timing_decoy(&users);
         Ok(Authenticator {
             timing_decoy,
             users,
@@ -295,6 +291,32 @@ pub fn random_password() -> Result<String, HtpasswdError> {
     Ok(out)
 }
 
+/// The hash an unknown user's password is checked against: one of the most common kind in
+/// the files (format, and for bcrypt its cost), so an unknown name costs what a wrong
+/// password for a typical user costs. Chosen deterministically.
+fn timing_decoy(users: &HashMap<String, PasswordHash>) -> PasswordHash {
+    let kind = |h: &PasswordHash| -> String {
+        match h {
+            // "$2y$05$…": the cost is what makes bcrypt slow.
+            PasswordHash::Bcrypt(text) => format!("bcrypt{}", text.get(4..6).unwrap_or("")),
+            other => other.format_name().to_string(),
+        }
+    };
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for hash in users.values() {
+        *counts.entry(kind(hash)).or_default() += 1;
+    }
+    let mut names: Vec<&String> = users.keys().collect();
+    names.sort();
+    let most_common = counts
+        .iter()
+        .max_by_key(|(k, n)| (**n, std::cmp::Reverse((*k).clone())));
+    most_common
+        .and_then(|(k, _)| names.into_iter().map(|n| &users[n]).find(|h| kind(h) == *k))
+        .cloned()
+        .unwrap_or_else(|| htpasswd::dummy_hash().clone())
+}
+
 /// `Basic base64(user:password)`, scheme case-insensitive. The user must be UTF-8 (htpasswd
 /// user names are text); the password may be any bytes.
 pub fn parse_basic(header: &[u8]) -> Option<(String, Vec<u8>)> {
@@ -381,6 +403,24 @@ mod tests {
         assert_eq!(cached, Ok(Identity::User("sha".into())));
         let malformed = auth.authenticate(Some(b"Basic !!"), ip, &throttle).await;
         assert_eq!(malformed, Err(Failure::Malformed));
+    }
+
+    #[test]
+    fn the_timing_decoy_is_of_the_most_common_kind() {
+        let text = "a:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\n\
+                    b:$2y$04$Pay09nK3F5sI8d5ULl5yKOscpbMjW4Zfb.EtlMV4/r0aer7a1xW0O\n\
+                    c:$2y$04$Pay09nK3F5sI8d5ULl5yKOscpbMjW4Zfb.EtlMV4/r0aer7a1xW0O\n";
+        let file =
+            htpasswd::HtpasswdFile::parse(std::path::Path::new("f"), text, &LoadOptions::default())
+                .expect("valid");
+        let users: HashMap<String, PasswordHash> = file
+            .users()
+            .map(|u| (u.to_string(), file.get(u).expect("hash").clone()))
+            .collect();
+        for _ in 0..5 {
+            assert_eq!(timing_decoy(&users).format_name(), "bcrypt");
+        }
+        assert_eq!(timing_decoy(&HashMap::new()).format_name(), "bcrypt");
     }
 
     #[test]
