@@ -959,3 +959,64 @@ async fn a_mount_from_a_repository_the_user_may_not_pull_becomes_a_plain_upload(
         assert!(seen.starts_with("/v2/mine/app/blobs/uploads/"), "{seen}");
     }
 }
+
+#[test]
+fn a_file_written_by_the_htpasswd_subcommand_is_read_by_registry_2_itself() {
+    let tmp = temp_dir();
+    let file = tmp.path().join("users.htpasswd");
+    let mut add = util::gate::gate_command();
+    add.args(["htpasswd", "-f"])
+        .arg(&file)
+        .args(["add", "carol", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = add.spawn().expect("spawn htpasswd add");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"carol-pw\n")
+        .expect("password");
+    let out = child.wait_with_output().expect("htpasswd add");
+    assert!(out.status.success(), "{}", describe(&out));
+
+    // registry:2's own `auth.htpasswd`, no gate involved.
+    let port = util::free_port();
+    let config = tmp.path().join("registry.yml");
+    util::write_file(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n\
+             auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+            tmp.path().join("storage").display(),
+            file.display()
+        ),
+    );
+    let registry = util::KillOnDrop(
+        std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn docker-registry"),
+    );
+    assert!(util::wait_until(std::time::Duration::from_secs(10), || {
+        util::accepts_tcp(([127, 0, 0, 1], port).into())
+    }));
+    let get = |creds: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let request = format!(
+            "GET /v2/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+            base64::engine::general_purpose::STANDARD.encode(creds)
+        );
+        std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send");
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).expect("read");
+        answer
+    };
+    assert!(
+        get("carol:carol-pw").starts_with("HTTP/1.1 200"),
+        "registry:2 refused the file"
+    );
+    assert!(get("carol:wrong").starts_with("HTTP/1.1 401"));
+    drop(registry);
+}

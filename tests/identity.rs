@@ -215,3 +215,64 @@ fn a_required_client_certificate_identifies_skopeo_and_no_certificate_fails_the_
         "expected a TLS failure:\n{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_token_key_accept_each_others_tokens() {
+    use util::client::{empty, request, text, Proto};
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let key = tmp.path().join("shared-token.key");
+    util::write_file(
+        &key,
+        "c2hhcmVkLXRva2VuLWtleS1mb3ItdHdvLXJlcGxpY2FzLW9mLXRoZS1nYXRl\n",
+    );
+    let config = |dir: &Path| {
+        let auth = token_mode(dir, &[("builder", "builder-secret")], "");
+        auth.replace(
+            "mode = \"token\"\n",
+            &format!("mode = \"token\"\ntoken_key = \"{}\"\n", key.display()),
+        )
+    };
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = Gate::start(
+        &a_dir,
+        GateConfig::new(&registry.url).extra_toml(&config(&a_dir)),
+    );
+    let b = Gate::start(
+        &b_dir,
+        GateConfig::new(&registry.url).extra_toml(&config(&b_dir)),
+    );
+
+    let client_a = a.client(Proto::Http1);
+    let url = a.url("/token?service=registry-gate&scope=repository:team/app:pull,push");
+    let response = client_a
+        .send(
+            request("GET", &url)
+                .header(
+                    "authorization",
+                    format!("Basic {}", base64_of("builder:builder-secret")),
+                )
+                .body(empty())
+                .expect("token request"),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = serde_json::from_str(&text(response).await).expect("token JSON");
+    let token = body["token"].as_str().expect("token").to_string();
+
+    let client_b = b.client(Proto::Http1);
+    let upload = client_b
+        .send(
+            request("POST", &b.url("/v2/team/app/blobs/uploads/"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(empty())
+                .expect("upload request"),
+        )
+        .await;
+    assert_eq!(upload.status(), 202, "replica b refused replica a's token");
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
