@@ -885,3 +885,27 @@ async fn a_connection_that_never_sends_a_request_is_closed_at_the_idle_timeout()
     let response = within(30, "slow answer", client.get(&gate.url("/v2/"))).await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_silent_past_the_read_timeout_gets_504_in_the_registry_format() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json().delay(Duration::from_secs(5)));
+    let mut config = GateConfig::new(recorder.url());
+    config.read_timeout = "1s".into();
+    let gate = Gate::start(tmp.path(), config);
+    let client = gate.client(Proto::Http1);
+    let started = Instant::now();
+    let response = within(30, "GET /v2/", client.get(&gate.url("/v2/"))).await;
+    assert_eq!(response.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "504 came only after the registry answered"
+    );
+    assert_eq!(
+        header(&response, "docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let body = text(response).await;
+    let json: serde_json::Value = serde_json::from_str(&body).expect("504 body is JSON");
+    assert_eq!(json["errors"][0]["code"], "UNAVAILABLE", "{body}");
+}
