@@ -68,6 +68,9 @@ pub enum GateError {
     /// The request is malformed or not a form the gate will forward.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// `[filter]` turned the client away.
+    #[error("refused by [filter]: {0:?}")]
+    Filtered(crate::filter::Refusal),
     /// The path or method is not one the gate can classify; never forwarded.
     #[error("{0}")]
     Rejected(Rejection),
@@ -105,6 +108,7 @@ impl GateError {
     pub fn side(&self) -> Side {
         match self {
             GateError::BadRequest(_)
+            | GateError::Filtered(_)
             | GateError::Rejected(_)
             | GateError::Unauthorized { .. }
             | GateError::Throttled(_)
@@ -120,6 +124,13 @@ impl GateError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             GateError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            // The recipe answers old clients 404; an address refused is plainly forbidden.
+            GateError::Filtered(crate::filter::Refusal::UserAgent) => {
+                (StatusCode::NOT_FOUND, "UNSUPPORTED")
+            }
+            GateError::Filtered(crate::filter::Refusal::Address) => {
+                (StatusCode::FORBIDDEN, "DENIED")
+            }
             GateError::Rejected(Rejection::MethodNotAllowed) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
             }
@@ -152,6 +163,12 @@ impl GateError {
         let (status, code) = self.status_and_code();
         let message = match self {
             GateError::BadRequest(why) => format!("bad request: {why}"),
+            GateError::Filtered(crate::filter::Refusal::UserAgent) => {
+                "this client version is not supported; upgrade docker".into()
+            }
+            GateError::Filtered(crate::filter::Refusal::Address) => {
+                "access from your address is not allowed".into()
+            }
             GateError::Rejected(r) => r.to_string(),
             GateError::Unauthorized { .. } => "authentication required".into(),
             GateError::Throttled(_) => {
@@ -292,6 +309,16 @@ mod tests {
                 "DENIED",
             ),
             (GateError::ReadOnly, 405, "UNSUPPORTED"),
+            (
+                GateError::Filtered(crate::filter::Refusal::UserAgent),
+                404,
+                "UNSUPPORTED",
+            ),
+            (
+                GateError::Filtered(crate::filter::Refusal::Address),
+                403,
+                "DENIED",
+            ),
         ];
         for (e, status, code) in cases {
             let (s, json, version) = parts(e).await;

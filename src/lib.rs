@@ -7,6 +7,7 @@
 //! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
 //! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
 //! - `pipeline`: the path of one request, top to bottom.
+//! - `filter`: user agents and client addresses turned away before any other work.
 //! - `registry_path`: method + path -> endpoint, action, repository (or a rejection).
 //! - `auth`: Basic credentials against htpasswd files, verified-credential cache, throttling.
 //! - `rules`: (identity, repository, action) -> allow or deny, and which rule said so.
@@ -24,6 +25,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod filter;
 pub mod forward;
 pub mod healthcheck;
 pub mod log;

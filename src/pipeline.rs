@@ -92,6 +92,26 @@ async fn proxy(
     record: &mut AccessRecord,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GateError> {
+    // 0. Who may talk to the gate at all (health probes excepted: they reveal nothing, and a
+    // container's own probe comes from loopback).
+    let path = request.uri().path();
+    if path != HEALTHZ && path != READYZ {
+        let client_ip = forward::client_ip(
+            request.headers(),
+            conn.peer,
+            &snapshot.config.server.trusted_proxies,
+        );
+        let user_agent = request
+            .headers()
+            .get(header::USER_AGENT)
+            .map(HeaderValue::as_bytes);
+        snapshot
+            .config
+            .filter
+            .check(user_agent, client_ip)
+            .map_err(GateError::Filtered)?;
+    }
+
     // 1. The request's form: origin-form target, one Host, no smuggled method.
     check_target(&request)?;
     let host = public_host(&request)?;

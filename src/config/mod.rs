@@ -75,6 +75,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub log: LogConfig,
+    /// `[filter]`: user agents and addresses turned away before anything else.
+    pub filter: crate::filter::Filter,
     pub auth: AuthConfig,
     /// Compiled `[groups]` and `[[rules]]`, or the default for the auth mode.
     pub rules: Arc<Rules>,
@@ -381,6 +383,7 @@ impl Config {
         };
         let log = LogConfig { level, format };
 
+        let filter = v.filter(raw.filter);
         let auth = v.auth(raw.auth, base, &tls.dir);
         let mut specs: Vec<RuleSpec> = raw
             .rules
@@ -436,6 +439,7 @@ impl Config {
             upstream,
             tls,
             log,
+            filter,
             auth,
             rules: Arc::new(rules),
         })
@@ -473,6 +477,53 @@ impl Validator {
 
     fn check<T>(&mut self, key: &'static str, r: Result<T, String>) -> Option<T> {
         r.map_err(|m| self.fail(key, m)).ok()
+    }
+
+    fn filter(&mut self, raw: raw::RawFilter) -> crate::filter::Filter {
+        let user_agents = match raw.deny_user_agents {
+            None => {
+                return self.filter_nets(
+                    crate::filter::Filter::recipe_default(),
+                    raw.allow,
+                    raw.deny,
+                )
+            }
+            Some(list) => list,
+        };
+        let mut patterns = Vec::new();
+        for pattern in user_agents {
+            match regex::Regex::new(&pattern) {
+                Ok(r) => patterns.push(r),
+                Err(e) => self.fail(
+                    "filter.deny_user_agents",
+                    format!("{pattern:?} is not a regular expression: {e} (Rust regex syntax; no look-around)"),
+                ),
+            }
+        }
+        self.filter_nets(
+            crate::filter::Filter::new(patterns, Vec::new(), Vec::new()),
+            raw.allow,
+            raw.deny,
+        )
+    }
+
+    fn filter_nets(
+        &mut self,
+        base: crate::filter::Filter,
+        allow: Option<Vec<String>>,
+        deny: Option<Vec<String>>,
+    ) -> crate::filter::Filter {
+        let allow: Vec<IpNet> = allow
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| self.check("filter.allow", parse_cidr(s)))
+            .collect();
+        let deny: Vec<IpNet> = deny
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| self.check("filter.deny", parse_cidr(s)))
+            .collect();
+        base.with_addresses(allow, deny)
     }
 
     fn auth(&mut self, raw: Option<RawAuth>, base: &Path, tls_dir: &Path) -> AuthConfig {

@@ -19,11 +19,21 @@ pub struct RawConfig {
     pub tls: RawTls,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub filter: RawFilter,
     pub auth: Option<RawAuth>,
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    pub deny_user_agents: Option<Vec<String>>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
