@@ -84,15 +84,28 @@ pub async fn run(
 
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
+    let slots = Arc::new(ConnectionSlots::default());
     tracing::info!(listen = ?local, "registry-gate listening");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let limits = &shared.snapshot().config.server;
+                    let Some(slot) = slots.take(
+                        crate::forward::canonical(peer.ip()),
+                        limits.max_connections,
+                        limits.max_connections_per_ip,
+                    ) else {
+                        // Closed at once: a refused connection must cost nothing more.
+                        tracing::warn!(peer = %peer, "connection refused: connection limit reached");
+                        drop(stream);
+                        continue;
+                    };
                     let shared = shared.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
                         serve_connection(shared, stream, peer, watcher).await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -113,6 +126,51 @@ pub async fn run(
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace expired; closing remaining connections"),
     }
     Ok(())
+}
+
+/// Open connections, in all and per client address, for `[server] max_connections` and
+/// `max_connections_per_ip`.
+#[derive(Debug, Default)]
+struct ConnectionSlots {
+    state: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// One open connection's place; given back on drop.
+struct Slot {
+    slots: Arc<ConnectionSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl ConnectionSlots {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, total: usize, per_ip: usize) -> Option<Slot> {
+        let mut state = self.state.lock().ok()?;
+        let (open, by_ip) = &mut *state;
+        let mine = by_ip.get(&ip).copied().unwrap_or(0);
+        if *open >= total || mine >= per_ip {
+            return None;
+        }
+        *open += 1;
+        by_ip.insert(ip, mine + 1);
+        Some(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.slots.state.lock() {
+            let (open, by_ip) = &mut *state;
+            *open = open.saturating_sub(1);
+            if let Some(n) = by_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 /// Pause after a failed accept, so a persistent error does not burn a core.

@@ -909,3 +909,56 @@ async fn a_registry_silent_past_the_read_timeout_gets_504_in_the_registry_format
     let json: serde_json::Value = serde_json::from_str(&body).expect("504 body is JSON");
     assert_eq!(json["errors"][0]["code"], "UNAVAILABLE", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_address_limit_are_closed_and_slots_come_back() {
+    use std::sync::Arc;
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url()).server_toml("max_connections_per_ip = 2\n"),
+    );
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(util::client::tls_config(&gate.pki.ca_pem)));
+    let connect = || {
+        let connector = connector.clone();
+        let addr = gate.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            connector.connect(name, tcp).await
+        }
+    };
+    let first = within(10, "first", connect())
+        .await
+        .expect("first connection");
+    let second = within(10, "second", connect())
+        .await
+        .expect("second connection");
+    let third = within(10, "third", connect()).await;
+    assert!(
+        third.is_err(),
+        "a third connection from one address was served"
+    );
+    assert!(
+        gate.log().contains("connection limit reached"),
+        "{}",
+        gate.log()
+    );
+
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect().await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        again.is_some(),
+        "the slot of a closed connection never came back"
+    );
+    drop(second);
+}

@@ -41,6 +41,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no request in flight and no byte moving for this long is closed
 /// (including one that never sends a request at all).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Open client connections at most; past it new ones are closed at once. Each costs a file
+/// descriptor and, while forwarding, an upstream one too.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Open connections per client address: generous for an office behind one NAT address, low
+/// enough that one host cannot take every slot.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 512;
 /// Time allowed for a client to send a complete request head (slowloris defence).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request heads larger than this get 431. Registry requests carry small heads; 64 KiB leaves
@@ -123,6 +129,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     /// Every write is refused with 405 UNSUPPORTED (registry maintenance, mirrors).
     pub read_only: bool,
 }
@@ -281,6 +289,15 @@ impl Config {
                 None => DEFAULT_MAX_HEADER_BYTES,
             },
             read_only: raw.server.read_only.unwrap_or(false),
+            max_connections: raw
+                .server
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_ip: v.at_least_one(
+                "server.max_connections_per_ip",
+                raw.server.max_connections_per_ip,
+                DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ),
         };
 
         let url = raw.upstream.url.as_deref().unwrap_or(DEFAULT_UPSTREAM);
@@ -477,6 +494,20 @@ impl Validator {
 
     fn check<T>(&mut self, key: &'static str, r: Result<T, String>) -> Option<T> {
         r.map_err(|m| self.fail(key, m)).ok()
+    }
+
+    fn at_least_one(&mut self, key: &'static str, value: Option<usize>, default: usize) -> usize {
+        match value {
+            Some(0) => {
+                self.fail(
+                    key,
+                    "0 would refuse every connection; use at least 1".into(),
+                );
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
     }
 
     fn filter(&mut self, raw: raw::RawFilter) -> crate::filter::Filter {

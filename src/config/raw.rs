@@ -69,6 +69,8 @@ pub struct RawServer {
     pub header_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_header_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub read_only: Option<bool>,
 }
 
