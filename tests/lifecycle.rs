@@ -242,3 +242,47 @@ async fn health_endpoints_and_the_healthcheck_command_tell_up_from_down() {
     let down = check(false);
     assert_eq!(down.status.code(), Some(1), "{}", describe(&down));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_alone_configures_the_gate() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let port = util::free_port();
+    let log = tmp.path().join("env.log");
+    let out = File::create(&log).expect("log");
+    let child = gate_command()
+        .arg("run")
+        .env("REGISTRY_GATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("REGISTRY_GATE_UPSTREAM__URL", &registry.url)
+        .env("REGISTRY_GATE_AUTH__MODE", "none")
+        .env("REGISTRY_GATE_TLS__DIR", tmp.path().join("certs"))
+        .env_remove("REGISTRY_GATE_CONFIG")
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn");
+    let _gate = KillOnDrop(child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_until(Duration::from_secs(15), || accepts_tcp(addr)),
+        "no config file, configured by the environment, did not start:\n{}",
+        read_text(&log)
+    );
+    let client = HttpsClient::new(&tmp.path().join("certs/ca.pem"), Proto::Http1);
+    let url = format!("https://localhost:{port}/v2/");
+    assert_eq!(
+        status(&client, &url, None).await,
+        200,
+        "mode = none from the environment"
+    );
+
+    // A misspelt variable is an error naming it, not a silently ignored setting.
+    let bad = run(gate_command()
+        .arg("check")
+        .env("REGISTRY_GATE_SERVER__LISEN", "127.0.0.1:1")
+        .current_dir(tmp.path()));
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("REGISTRY_GATE_SERVER__LISEN"));
+}
