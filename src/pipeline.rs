@@ -8,7 +8,7 @@
 //! rules have not seen.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -93,14 +93,15 @@ async fn proxy(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GateError> {
     // 0. Who may talk to the gate at all (health probes excepted: they reveal nothing, and a
-    // container's own probe comes from loopback).
+    // container's own probe comes from loopback). The real client address, worked out once,
+    // also keys the login throttle.
+    let client_ip = forward::client_ip(
+        request.headers(),
+        conn.peer,
+        &snapshot.config.server.trusted_proxies,
+    );
     let path = request.uri().path();
     if path != HEALTHZ && path != READYZ {
-        let client_ip = forward::client_ip(
-            request.headers(),
-            conn.peer,
-            &snapshot.config.server.trusted_proxies,
-        );
         let user_agent = request
             .headers()
             .get(header::USER_AGENT)
@@ -138,7 +139,10 @@ async fn proxy(
     }
     if let Some(tokens) = &snapshot.tokens {
         if request.uri().path() == token_service::TOKEN_PATH {
-            return token_service::answer(snapshot, shared, tokens, conn, record, request).await;
+            return token_service::answer(
+                snapshot, shared, tokens, conn, client_ip, record, request,
+            )
+            .await;
         }
     }
 
@@ -152,7 +156,7 @@ async fn proxy(
     record.reference = class.reference.map(str::to_string);
 
     // 3. Who asks.
-    let caller = authenticate(snapshot, shared, conn, &request, &class).await?;
+    let caller = authenticate(snapshot, shared, conn, client_ip, &request, &class).await?;
     let identity = &caller.identity;
     record.user = identity.name().to_string();
 
@@ -234,6 +238,7 @@ async fn authenticate(
     snapshot: &Snapshot,
     shared: &Shared,
     conn: &ConnInfo,
+    peer: IpAddr,
     request: &Request<Incoming>,
     class: &Classified<'_>,
 ) -> Result<Caller, GateError> {
@@ -268,11 +273,6 @@ async fn authenticate(
             token: None,
         });
     };
-    let peer = forward::client_ip(
-        request.headers(),
-        conn.peer,
-        &snapshot.config.server.trusted_proxies,
-    );
     match auth
         .authenticate(header.map(HeaderValue::as_bytes), peer, shared.throttle())
         .await

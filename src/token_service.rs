@@ -14,7 +14,6 @@ use crate::auth::token::{parse_scopes, Grant, Scope, TokenKey};
 use crate::auth::{Failure, Identity};
 use crate::body::ResponseBody;
 use crate::error::{Challenge, GateError};
-use crate::forward;
 use crate::log::AccessRecord;
 use crate::pipeline::ConnInfo;
 use crate::registry_path::{is_valid_repository_name, percent_decode, Action};
@@ -32,14 +31,10 @@ pub async fn answer(
     shared: &Shared,
     tokens: &TokenKey,
     conn: &ConnInfo,
+    peer: std::net::IpAddr,
     record: &mut AccessRecord,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GateError> {
-    let peer = forward::client_ip(
-        request.headers(),
-        conn.peer,
-        &snapshot.config.server.trusted_proxies,
-    );
     let Some(auth) = &snapshot.auth else {
         return Err(GateError::BadRequest("token mode without users"));
     };

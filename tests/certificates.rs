@@ -18,6 +18,12 @@ fn gencert(args: &[&str]) -> std::process::Output {
     run(gate_command().arg("gencert").args(args))
 }
 
+/// A CA and a server certificate for localhost and 127.0.0.1 in `dir`.
+fn gencert_localhost(dir: &str) {
+    let out = gencert(&["--dir", dir, "--dns", "localhost", "--ip", "127.0.0.1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
 fn openssl(args: &[&str]) -> std::process::Output {
     run(Command::new("openssl").args(args))
 }
@@ -173,11 +179,7 @@ fn gencert_client_certificates_are_accepted_by_the_gate() {
     let tmp = temp_dir();
     let certs = tmp.path().join("certs");
     let dir = certs.to_str().expect("utf-8");
-    assert!(
-        gencert(&["--dir", dir, "--dns", "localhost", "--ip", "127.0.0.1"])
-            .status
-            .success()
-    );
+    gencert_localhost(dir);
     let out = gencert(&["--dir", dir, "client", "builder1"]);
     assert!(out.status.success(), "{}", describe(&out));
     let client_dir = certs.join("clients/builder1");
@@ -215,11 +217,7 @@ fn certificate_files_replaced_on_disk_are_served_and_a_bad_pair_is_refused() {
     let tmp = temp_dir();
     let certs = tmp.path().join("certs");
     let dir = certs.to_str().expect("utf-8");
-    assert!(
-        gencert(&["--dir", dir, "--dns", "localhost", "--ip", "127.0.0.1"])
-            .status
-            .success()
-    );
+    gencert_localhost(dir);
     let registry = Registry::start(tmp.path());
     let (_gate, port) = start_gate(tmp.path(), &registry.url, "", "[auth]\nmode = \"none\"\n");
     let first = served_fingerprint(port);
