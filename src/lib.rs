@@ -7,6 +7,7 @@
 //! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
 //! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
 //! - `pipeline`: the path of one request, top to bottom.
+//! - `plain_http`: the port-80 listener: ACME http-01 answers, 308 to https.
 //! - `filter`: user agents and client addresses turned away before any other work.
 //! - `registry_path`: method + path -> endpoint, action, repository (or a rejection).
 //! - `auth`: Basic credentials against htpasswd files, verified-credential cache, throttling.
@@ -30,6 +31,7 @@ pub mod forward;
 pub mod healthcheck;
 pub mod log;
 pub mod pipeline;
+pub mod plain_http;
 pub mod registry_path;
 pub mod rules;
 pub mod server;
@@ -141,6 +143,16 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
                 return EXIT_BAD_CONFIG;
             }
         };
+        let http_listener = match prepared.config.server.http_listen {
+            Some(addr) => match server::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("registry-gate: [server] http_listen: {e}");
+                    return EXIT_BAD_CONFIG;
+                }
+            },
+            None => None,
+        };
         let shared = match state::Shared::new(&prepared, provider) {
             Ok(s) => Arc::new(s),
             Err(errors) => {
@@ -150,7 +162,7 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
                 return EXIT_BAD_CONFIG;
             }
         };
-        match server::run(shared, listener, signals).await {
+        match server::run(shared, listener, http_listener, signals).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 eprintln!("registry-gate: {e}");
@@ -273,6 +285,19 @@ fn check(config_path: Option<&std::path::Path>) -> i32 {
             }
         },
         TlsSource::Generated => format!("generated certificate in {}", config.tls.dir.display()),
+        TlsSource::Acme(acme) => {
+            let cached = match tls::acme::cached(acme, &provider) {
+                Ok(Some(_)) => "cached".to_string(),
+                Ok(None) => "none cached yet".to_string(),
+                // Not fatal for `run` either: it orders a new one.
+                Err(e) => format!("cache unusable: {e}"),
+            };
+            format!(
+                "ACME certificate for {} from {} ({cached})",
+                acme.domains.join(", "),
+                acme.directory
+            )
+        }
     };
     let users = match state::load_users(&config, Arc::new(tokio::sync::Semaphore::new(1))) {
         Ok(Some(auth)) => format!(", {} users", auth.user_count()),

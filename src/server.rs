@@ -76,11 +76,16 @@ impl Signals {
 pub async fn run(
     shared: Arc<Shared>,
     listener: TcpListener,
+    http_listener: Option<TcpListener>,
     signals: Signals,
 ) -> Result<(), ServerError> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_handlers(shared.clone(), signals, stop_tx);
     tokio::spawn(crate::state::watch_files(shared.clone()));
+    shared.ensure_acme();
+    if let Some(http) = http_listener {
+        tokio::spawn(serve_plain_http(shared.clone(), http, stop_rx.clone()));
+    }
 
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
@@ -203,6 +208,14 @@ async fn serve_connection(
         }
     };
 
+    if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::acme::ACME_TLS_ALPN) {
+        // A tls-alpn-01 validation: the handshake was the whole answer (RFC 8737).
+        tracing::debug!(peer = %peer, "answered an ACME tls-alpn-01 validation");
+        let mut tls_stream = tls_stream;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls_stream).await;
+        return;
+    }
+
     // A certificate is only present if rustls verified it against [tls] client_ca.
     let cert_user = match (
         &snapshot.config.tls.client,
@@ -250,6 +263,46 @@ async fn serve_connection(
         () = activity.idle_for(server.idle_timeout) => {
             tracing::debug!(peer = %peer, "closing an idle connection");
         }
+    }
+}
+
+/// The plain-HTTP listener: ACME http-01 answers and redirects, HTTP/1.1 only, each
+/// connection bounded by the same header and idle timeouts as the TLS listener.
+async fn serve_plain_http(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    tracing::info!(listen = ?listener.local_addr().ok(), "plain-HTTP listener: ACME http-01 and redirects to https");
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "accept failed on the plain-HTTP listener");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let server = shared.snapshot().config.server.clone();
+            let https_port = server.listen.port();
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let response =
+                    crate::plain_http::answer(&request, shared.certs().challenges(), https_port);
+                tracing::debug!(peer = %peer, path = %request.uri().path(), status = response.status().as_u16(), "plain-HTTP request");
+                std::future::ready(Ok::<_, std::convert::Infallible>(response))
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(server.header_timeout)
+                .max_buf_size(server.max_header_bytes)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(server.idle_timeout, connection).await;
+        });
     }
 }
 

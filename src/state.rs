@@ -5,6 +5,7 @@
 //! On failure the running snapshot stays and the errors are returned for the log.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio::sync::Semaphore;
 use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
 use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
-use crate::config::{AuthMode, Config, ConfigError};
+use crate::config::{AuthMode, Config, ConfigError, TlsSource};
 use crate::forward::Upstream;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -44,6 +45,9 @@ pub struct Shared {
     /// resumed session keeps the certificate identity it was issued with, so a removed
     /// client CA must invalidate every ticket.
     ticketer: std::sync::Mutex<Arc<dyn rustls::server::ProducesTickets>>,
+    /// Set while the ACME renewal task runs, so a reload that adds `[tls.acme]` starts one
+    /// and a second reload does not start another.
+    acme_running: Arc<AtomicBool>,
 }
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
@@ -150,6 +154,7 @@ impl Shared {
             provider.clone(),
             prepared.tls.client_verifier.clone(),
             ticketer.clone(),
+            answers_tls_alpn(&config),
         )
         .map_err(|e| vec![e.into()])?;
         Ok(Shared {
@@ -167,6 +172,7 @@ impl Shared {
             verify_slots,
             reloading: tokio::sync::Mutex::new(()),
             ticketer: std::sync::Mutex::new(ticketer),
+            acme_running: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -190,8 +196,37 @@ impl Shared {
         self.tls.load_full()
     }
 
+    /// The certificates served and the ACME challenge answers.
+    pub fn certs(&self) -> &CertStore {
+        &self.certs
+    }
+
+    /// Starts the ACME renewal task if `[tls.acme]` is configured and none runs yet. The
+    /// task reads the configuration from each new snapshot and ends when it is removed.
+    pub fn ensure_acme(self: &Arc<Self>) {
+        if !matches!(self.snapshot().config.tls.source, TlsSource::Acme(_))
+            || self.acme_running.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let shared = self.clone();
+        let manager = tls::acme::Manager {
+            certs: self.certs.clone(),
+            provider: self.provider.clone(),
+            current: Box::new(move || match &shared.snapshot().config.tls.source {
+                TlsSource::Acme(acme) => Some(acme.clone()),
+                _ => None,
+            }),
+        };
+        let running = self.acme_running.clone();
+        tokio::spawn(async move {
+            manager.run().await;
+            running.store(false, Ordering::SeqCst);
+        });
+    }
+
     /// Re-reads the configuration and certificates; swaps only if all of it is valid.
-    pub async fn reload(&self) -> Result<(), Vec<PrepareError>> {
+    pub async fn reload(self: &Arc<Self>) -> Result<(), Vec<PrepareError>> {
         // One at a time: a SIGHUP and the file watcher must not race, or the one that read
         // the older files could be stored last.
         let _one_at_a_time = self.reloading.lock().await;
@@ -235,6 +270,7 @@ impl Shared {
             self.provider.clone(),
             prepared.tls.client_verifier.clone(),
             ticketer.clone(),
+            answers_tls_alpn(&prepared.config),
         )
         .map_err(|e| vec![e.into()])?;
         if let Ok(mut current) = self.ticketer.lock() {
@@ -248,6 +284,7 @@ impl Shared {
             auth,
             tokens,
         }));
+        self.ensure_acme();
         Ok(())
     }
 }
@@ -288,7 +325,7 @@ pub async fn watch_files(shared: Arc<Shared>) {
 
 fn watched_files(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = config.source.iter().cloned().collect();
-    if let crate::config::TlsSource::Files { cert, key } = &config.tls.source {
+    if let TlsSource::Files { cert, key } = &config.tls.source {
         files.push(cert.clone());
         files.push(key.clone());
     }
@@ -307,6 +344,10 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
                 .and_then(|m| Some((m.modified().ok()?, m.len())))
         })
         .collect()
+}
+
+fn answers_tls_alpn(config: &Config) -> bool {
+    matches!(&config.tls.source, TlsSource::Acme(acme) if acme.challenge == crate::config::AcmeChallenge::TlsAlpn01)
 }
 
 fn same_upstream(a: &Config, b: &Config) -> bool {

@@ -125,6 +125,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The plain-HTTP listener: ACME http-01 answers and a 308 redirect to https.
+    pub http_listen: Option<SocketAddr>,
     /// Peers whose X-Forwarded-* headers are believed and extended rather than replaced.
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
@@ -160,6 +162,39 @@ pub enum TlsSource {
     Files { cert: PathBuf, key: PathBuf },
     /// Nothing configured: a CA and server certificate generated into `dir` on first start.
     Generated,
+    /// Certificates ordered from an ACME CA (Let's Encrypt by default) and renewed.
+    Acme(AcmeConfig),
+}
+
+/// Let's Encrypt's production directory: the default, as with certbot and Caddy.
+pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// First retry after a failed order; doubled after each further failure up to an hour.
+/// A minute keeps a flapping DNS record or firewall from burning Let's Encrypt's limit of
+/// five failed validations per name and hour.
+pub const DEFAULT_ACME_RETRY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// Answered on the TLS listener itself: only port 443 needs to be reachable.
+    TlsAlpn01,
+    /// Answered on `[server] http_listen` (port 80).
+    Http01,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The names of the one certificate ordered (SANs), the first also its subject.
+    pub domains: Vec<String>,
+    /// `mailto:` URI for expiry and incident mail from the CA.
+    pub contact: Option<String>,
+    pub directory: String,
+    pub challenge: AcmeChallenge,
+    /// Account key and certificates, kept across restarts.
+    pub cache_dir: PathBuf,
+    /// A PEM root to trust for the ACME server's own TLS (private CAs: step-ca, pebble).
+    pub directory_ca: Option<PathBuf>,
+    pub retry_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -307,8 +342,16 @@ impl Config {
             .iter()
             .filter_map(|s| v.check("server.trusted_proxies", parse_cidr(s)))
             .collect();
+        let http_listen = raw.server.http_listen.as_deref().and_then(|text| {
+            v.check(
+                "server.http_listen",
+                text.parse::<SocketAddr>()
+                    .map_err(|_| format!("{text:?} is not an address:port such as \"0.0.0.0:80\"")),
+            )
+        });
         let server = ServerConfig {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
+            http_listen,
             trusted_proxies,
             shutdown_grace: v.duration(
                 "server.shutdown_grace",
@@ -378,7 +421,19 @@ impl Config {
         };
 
         let dir = base.join(raw.tls.dir.as_deref().unwrap_or("certs"));
+        let acme = raw
+            .tls
+            .acme
+            .map(|acme| acme_config(&mut v, acme, base, &dir, server.http_listen.is_some()));
         let source = match (raw.tls.cert, raw.tls.key) {
+            (Some(_), _) | (_, Some(_)) if acme.is_some() => {
+                v.fail("tls.acme", "[tls.acme] and tls.cert/tls.key are both set: the certificate comes from one place; remove one".into());
+                TlsSource::Generated
+            }
+            (None, None) if acme.is_some() => match acme {
+                Some(acme) => TlsSource::Acme(acme),
+                None => TlsSource::Generated,
+            },
             (Some(cert), Some(key)) => TlsSource::Files {
                 cert: base.join(cert),
                 key: base.join(key),
@@ -556,6 +611,123 @@ fn rule_spec(users: &[&str], repositories: &[&str], actions: &[&str]) -> RuleSpe
         repositories: own(repositories),
         actions: own(actions),
     }
+}
+
+/// `[tls.acme]`, validated: names an ACME CA will accept, a directory URL, a challenge the
+/// listeners can answer.
+fn acme_config(
+    v: &mut Validator,
+    raw: raw::RawAcme,
+    base: &Path,
+    tls_dir: &Path,
+    has_http_listener: bool,
+) -> AcmeConfig {
+    let domains: Vec<String> = raw
+        .domains
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    if domains.is_empty() {
+        v.fail(
+            "tls.acme.domains",
+            "no names given: list the host names clients use, e.g. domains = [\"registry.example.com\"]".into(),
+        );
+    }
+    for d in &domains {
+        if let Err(why) = check_acme_domain(d) {
+            v.fail("tls.acme.domains", format!("{d:?}: {why}"));
+        }
+    }
+    let contact = raw.contact.and_then(|c| {
+        let uri = if c.contains(':') {
+            c
+        } else {
+            format!("mailto:{c}")
+        };
+        match uri.strip_prefix("mailto:") {
+            Some(address) if address.contains('@') && !address.contains(char::is_whitespace) => {
+                Some(uri)
+            }
+            _ => {
+                v.fail(
+                    "tls.acme.contact",
+                    format!("{uri:?} is not an e-mail address such as \"ops@example.com\""),
+                );
+                None
+            }
+        }
+    });
+    let directory = match raw.directory.as_deref() {
+        None | Some("production") | Some("letsencrypt") => LETSENCRYPT_PRODUCTION.to_string(),
+        Some("staging") | Some("letsencrypt-staging") => LETSENCRYPT_STAGING.to_string(),
+        Some(url) if url.starts_with("https://") => url.to_string(),
+        Some(other) => {
+            v.fail(
+                "tls.acme.directory",
+                format!("{other:?} is not an ACME directory: use \"production\", \"staging\" or an https:// URL"),
+            );
+            LETSENCRYPT_PRODUCTION.to_string()
+        }
+    };
+    let challenge = match raw.challenge.as_deref() {
+        None | Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+        Some("http-01") => {
+            if !has_http_listener {
+                v.fail(
+                    "tls.acme.challenge",
+                    "http-01 is answered on the plain-HTTP listener: set [server] http_listen = \"0.0.0.0:80\", or use challenge = \"tls-alpn-01\"".into(),
+                );
+            }
+            AcmeChallenge::Http01
+        }
+        Some(other) => {
+            v.fail(
+                "tls.acme.challenge",
+                format!(
+                    "{other:?} is not a supported challenge; use \"tls-alpn-01\" or \"http-01\""
+                ),
+            );
+            AcmeChallenge::TlsAlpn01
+        }
+    };
+    AcmeConfig {
+        domains,
+        contact,
+        directory,
+        challenge,
+        cache_dir: raw
+            .cache_dir
+            .map(|d| base.join(d))
+            .unwrap_or_else(|| tls_dir.join("acme")),
+        directory_ca: raw.directory_ca.map(|p| base.join(p)),
+        retry_interval: v.duration(
+            "tls.acme.retry_interval",
+            &raw.retry_interval,
+            DEFAULT_ACME_RETRY,
+        ),
+    }
+}
+
+/// A name an ACME CA can validate with tls-alpn-01 or http-01.
+fn check_acme_domain(name: &str) -> Result<(), String> {
+    if name.starts_with("*.") {
+        return Err("wildcard names need the dns-01 challenge, which the gate does not answer; list each name, or use a certificate from files".into());
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err("ACME certificates name hosts, not addresses; use a DNS name".into());
+    }
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err("not a DNS name (letters, digits, '-' and '.' only)".into());
+    }
+    Ok(())
 }
 
 fn display_path(path: Option<&Path>) -> String {
@@ -817,6 +989,43 @@ mod tests {
     }
 
     #[test]
+    fn acme_defaults_and_shortcuts() {
+        let c = parse("[tls.acme]\ndomains = [\"Reg.Example.COM.\"]\ncontact = \"ops@example.com\"\ndirectory = \"staging\"\n").expect("valid");
+        match c.tls.source {
+            TlsSource::Acme(acme) => {
+                assert_eq!(acme.domains, vec!["reg.example.com".to_string()]);
+                assert_eq!(acme.contact.as_deref(), Some("mailto:ops@example.com"));
+                assert_eq!(acme.directory, LETSENCRYPT_STAGING);
+                assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
+                assert_eq!(acme.cache_dir, PathBuf::from("/etc/gate/certs/acme"));
+            }
+            other => panic!("ACME expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn acme_mistakes_name_the_key_and_the_fix() {
+        let m = messages(parse(
+            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[tls.acme]\ndomains = [\"*.example.com\", \"10.0.0.1\", \"bad_name.example\"]\nchallenge = \"http-01\"\ndirectory = \"http://acme.local/dir\"\ncontact = \"nobody\"\n",
+        ));
+        let all = m.join("\n");
+        for needle in [
+            "[tls.acme]: [tls.acme] and tls.cert/tls.key are both set",
+            "\"*.example.com\": wildcard names need the dns-01 challenge",
+            "\"10.0.0.1\": ACME certificates name hosts",
+            "\"bad_name.example\": not a DNS name",
+            "[tls.acme.challenge]: http-01 is answered on the plain-HTTP listener: set [server] http_listen",
+            "[tls.acme.directory]: \"http://acme.local/dir\" is not an ACME directory",
+            "[tls.acme.contact]: \"mailto:nobody\" is not an e-mail address",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(messages(parse("[tls.acme]\n"))
+            .join("")
+            .contains("no names given"));
+    }
+
+    #[test]
     fn empty_file_gives_documented_defaults() {
         let c = parse("").expect("defaults are valid");
         assert_eq!(c.server.listen, "0.0.0.0:443".parse().expect("addr"));
@@ -841,7 +1050,7 @@ mod tests {
                 assert_eq!(cert, PathBuf::from("/etc/gate/c.pem"));
                 assert_eq!(key, PathBuf::from("/abs/k.pem"));
             }
-            TlsSource::Generated => panic!("files expected"),
+            TlsSource::Generated | TlsSource::Acme(_) => panic!("files expected"),
         }
         assert_eq!(
             c.upstream.target,

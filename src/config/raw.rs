@@ -63,6 +63,7 @@ pub struct RawRule {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<String>,
+    pub http_listen: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub shutdown_grace: Option<String>,
     pub handshake_timeout: Option<String>,
@@ -91,6 +92,19 @@ pub struct RawTls {
     pub client_ca: Option<String>,
     pub client_auth: Option<String>,
     pub client_identity: Option<String>,
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: Option<Vec<String>>,
+    pub contact: Option<String>,
+    pub directory: Option<String>,
+    pub challenge: Option<String>,
+    pub cache_dir: Option<String>,
+    pub directory_ca: Option<String>,
+    pub retry_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

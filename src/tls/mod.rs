@@ -4,13 +4,14 @@
 //! so a renewed certificate is swapped in without restarting and without touching existing
 //! connections. This module knows nothing about HTTP.
 
+pub mod acme;
 mod files;
 pub mod selfsigned;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -47,33 +48,68 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// The certificate currently served; replaced whole on reload.
+/// The certificate currently served, replaced whole on reload or renewal, and the ACME
+/// challenge certificates published while an order is validated.
 #[derive(Debug)]
 pub struct CertStore {
-    current: ArcSwap<CertifiedKey>,
+    /// `None` only with ACME before the first certificate: handshakes are refused.
+    current: ArcSwapOption<CertifiedKey>,
+    challenges: acme::Challenges,
 }
 
 impl CertStore {
-    pub fn new(initial: Arc<CertifiedKey>) -> Self {
+    pub fn new(initial: Option<Arc<CertifiedKey>>) -> Self {
         CertStore {
-            current: ArcSwap::new(initial),
+            current: ArcSwapOption::new(initial),
+            challenges: acme::Challenges::default(),
         }
     }
 
-    pub fn replace(&self, next: Arc<CertifiedKey>) {
+    pub fn replace(&self, next: Option<Arc<CertifiedKey>>) {
         self.current.store(next);
+    }
+
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+
+    /// Whether `key` is the one served (the same certificate, not just an equal one).
+    pub fn is_current(&self, key: &CertifiedKey) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.cert == key.cert)
+    }
+
+    pub fn challenges(&self) -> &acme::Challenges {
+        &self.challenges
     }
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A tls-alpn-01 validation offers only acme-tls/1; it gets the challenge certificate
+        // or nothing, never the real one.
+        let acme_validation = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == acme::ACME_TLS_ALPN));
+        if acme_validation {
+            return self.challenges.tls_alpn(hello.server_name());
+        }
+        let current = self.current.load_full();
+        if current.is_none() {
+            tracing::warn!(
+                "TLS handshake refused: no certificate yet (the first ACME order has not succeeded; see the errors above)"
+            );
+        }
+        current
     }
 }
 
 /// The certificate material a configuration names, loaded and checked.
 pub struct Loaded {
-    pub key: Arc<CertifiedKey>,
+    /// `None` with ACME before the first certificate is cached.
+    pub key: Option<Arc<CertifiedKey>>,
     /// Verifies client certificates when `[tls] client_ca` is set.
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// Set when the gate generated its own CA: where clients find the CA to trust.
@@ -92,7 +128,7 @@ pub fn load(
     };
     match &config.source {
         TlsSource::Files { cert, key } => Ok(Loaded {
-            key: files::load_certified_key(cert, key, provider)?,
+            key: Some(files::load_certified_key(cert, key, provider)?),
             client_verifier,
             generated: None,
         }),
@@ -100,11 +136,17 @@ pub fn load(
             let generated = selfsigned::ensure(&config.dir, extra_ips)?;
             let key = files::load_certified_key(&generated.cert, &generated.key, provider)?;
             Ok(Loaded {
-                key,
+                key: Some(key),
                 client_verifier,
                 generated: Some(generated),
             })
         }
+        // An unusable cache is not fatal: the renewal task says why and orders a new one.
+        TlsSource::Acme(acme) => Ok(Loaded {
+            key: acme::cached(acme, provider).ok().flatten(),
+            client_verifier,
+            generated: None,
+        }),
     }
 }
 
@@ -149,6 +191,7 @@ pub fn server_config(
     provider: Arc<CryptoProvider>,
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    answer_tls_alpn: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
@@ -158,6 +201,11 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if answer_tls_alpn {
+        // Only a validation connection offers it; the server closes that one after the
+        // handshake.
+        config.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
+    }
     // Shared across reloads so clients keep resuming sessions after a SIGHUP.
     config.ticketer = ticketer;
     Ok(Arc::new(config))
