@@ -39,6 +39,8 @@ pub struct GateConfig {
     /// Raw TOML appended after the generated tables (new tables only: TOML forbids
     /// reopening one). An `[auth]` table here replaces the generated one.
     pub extra_toml: String,
+    /// A fixed listen address (a restart on the same port); a free port when `None`.
+    pub listen: Option<SocketAddr>,
 }
 
 impl GateConfig {
@@ -53,7 +55,13 @@ impl GateConfig {
             server_toml: String::new(),
             tls_toml: String::new(),
             extra_toml: String::new(),
+            listen: None,
         }
+    }
+
+    pub fn listen_on(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
     }
 
     pub fn shutdown_grace(mut self, grace: &str) -> Self {
@@ -124,8 +132,7 @@ impl GateConfig {
              connect_timeout = \"5s\"\n\
              read_timeout = \"{read_timeout}\"\n\
              \n[tls]\n\
-             cert = \"{cert}\"\n\
-             key = \"{key}\"\n\
+             {files}\
              {tls_extra}\
              \n[log]\n\
              level = \"info\"\n\
@@ -136,6 +143,12 @@ impl GateConfig {
             upstream = self.upstream,
             read_timeout = self.read_timeout,
             format = self.log_format,
+            // With ACME the certificate comes from the CA, and the gate refuses both.
+            files = if self.extra_toml.contains("[tls.acme]") {
+                String::new()
+            } else {
+                format!("cert = \"{cert}\"\nkey = \"{key}\"\n")
+            },
             tls_extra = self.tls_toml,
             server_extra = self.server_toml,
             extra = self.extra_toml,
@@ -196,7 +209,9 @@ impl Gate {
         let (pki, addr) = match netns {
             None => (
                 Pki::localhost(&dir.join("pki")),
-                SocketAddr::from(([127, 0, 0, 1], free_port())),
+                config
+                    .listen
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port()))),
             ),
             Some(ns) => (
                 Pki::new(&dir.join("pki"), &["registry.test"], &[IpAddr::V4(ns.ip)]),

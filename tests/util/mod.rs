@@ -14,6 +14,7 @@
 //! - `docker`   a private `dockerd` and its CLI
 //! - `image`    OCI image layouts made by hand, and `skopeo`
 //! - `netns`    a network namespace with a non-loopback address, for docker's secure mode
+//! - `pebble`   the ACME test server
 
 // Each test file compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
@@ -23,6 +24,7 @@ pub mod docker;
 pub mod gate;
 pub mod image;
 pub mod netns;
+pub mod pebble;
 pub mod pki;
 pub mod recorder;
 pub mod registry;
