@@ -1099,6 +1099,31 @@ mod tests {
     }
 
     #[test]
+    fn the_example_acme_table_is_valid_when_uncommented() {
+        let text = include_str!("../../proxy.toml.example");
+        let start = text.find("# [tls.acme]").expect("acme example");
+        let end = start + text[start..].find("\n[log]").expect("[log] after [tls.acme]");
+        let uncommented: String = text[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| l.strip_prefix("Example: ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("[server]\nhttp_listen = \"0.0.0.0:80\"\n{uncommented}"))
+            .unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
+        match c.tls.source {
+            TlsSource::Acme(acme) => {
+                assert_eq!(acme.domains.len(), 2);
+                assert_eq!(acme.directory, LETSENCRYPT_PRODUCTION);
+                assert_eq!(acme.retry_interval, DEFAULT_ACME_RETRY);
+                assert!(acme.directory_ca.is_some());
+            }
+            other => panic!("ACME expected from:\n{uncommented}\ngot {other:?}"),
+        }
+    }
+
+    #[test]
     fn the_example_rules_compile_when_uncommented() {
         let text = include_str!("../../proxy.toml.example");
         let start = text.find("# [groups]").expect("groups example");
