@@ -18,6 +18,7 @@
 //! - `body`: streaming body wrappers (byte counts, idle timeout, access log on completion).
 //! - `error`: gate errors and the registry JSON error envelope.
 //! - `log`: tracing setup and the access log record.
+//! - `metrics`: Prometheus counters and the `[metrics] listen` endpoint.
 //! - `state`: the reloadable snapshot shared by all connections.
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod filter;
 pub mod forward;
 pub mod healthcheck;
 pub mod log;
+pub mod metrics;
 pub mod pipeline;
 pub mod plain_http;
 pub mod registry_path;
@@ -153,6 +155,16 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
             },
             None => None,
         };
+        let metrics_listener = match prepared.config.metrics_listen {
+            Some(addr) => match server::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("registry-gate: [metrics] listen: {e}");
+                    return EXIT_BAD_CONFIG;
+                }
+            },
+            None => None,
+        };
         let shared = match state::Shared::new(&prepared, provider) {
             Ok(s) => Arc::new(s),
             Err(errors) => {
@@ -162,7 +174,12 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
                 return EXIT_BAD_CONFIG;
             }
         };
-        match server::run(shared, listener, http_listener, signals).await {
+        let listeners = server::Listeners {
+            tls: listener,
+            http: http_listener,
+            metrics: metrics_listener,
+        };
+        match server::run(shared, listeners, signals).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 eprintln!("registry-gate: {e}");

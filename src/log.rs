@@ -91,6 +91,14 @@ impl AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         let status = self.status.map(|s| s.as_u16()).unwrap_or(0);
+        crate::metrics::get().request(
+            &self.method,
+            status,
+            self.action,
+            self.exchange.bytes_in(),
+            self.exchange.bytes_out(),
+            self.exchange.elapsed(),
+        );
         let outcome = if self.exchange.completed() {
             "complete"
         } else {

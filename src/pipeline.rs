@@ -64,6 +64,7 @@ pub async fn handle(
     let mut response = match proxy(&snapshot, &shared, &conn, &mut record, request).await {
         Ok(response) => response,
         Err(e) => {
+            crate::metrics::get().error(&e);
             match e.side() {
                 Side::Client => {
                     tracing::debug!(request_id = %record.request_id, error = %e, "request refused")

@@ -73,18 +73,32 @@ impl Signals {
 }
 
 /// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
+/// The bound sockets: the TLS listener and the optional plain-HTTP and metrics ones.
+pub struct Listeners {
+    pub tls: TcpListener,
+    pub http: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
+}
+
 pub async fn run(
     shared: Arc<Shared>,
-    listener: TcpListener,
-    http_listener: Option<TcpListener>,
+    listeners: Listeners,
     signals: Signals,
 ) -> Result<(), ServerError> {
+    let Listeners {
+        tls: listener,
+        http: http_listener,
+        metrics: metrics_listener,
+    } = listeners;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_handlers(shared.clone(), signals, stop_tx);
     tokio::spawn(crate::state::watch_files(shared.clone()));
     shared.ensure_acme();
     if let Some(http) = http_listener {
         tokio::spawn(serve_plain_http(shared.clone(), http, stop_rx.clone()));
+    }
+    if let Some(metrics) = metrics_listener {
+        tokio::spawn(serve_metrics(shared.clone(), metrics, stop_rx.clone()));
     }
 
     let graceful = GracefulShutdown::new();
@@ -96,15 +110,19 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let limits = &shared.snapshot().config.server;
-                    let Some(slot) = slots.take(
+                    let slot = match slots.take(
                         crate::forward::canonical(peer.ip()),
                         limits.max_connections,
                         limits.max_connections_per_ip,
-                    ) else {
-                        // Closed at once: a refused connection must cost nothing more.
-                        tracing::warn!(peer = %peer, "connection refused: connection limit reached");
-                        drop(stream);
-                        continue;
+                    ) {
+                        Ok(slot) => slot,
+                        Err(limit) => {
+                            // Closed at once: a refused connection must cost nothing more.
+                            tracing::warn!(peer = %peer, limit, "connection refused: connection limit reached");
+                            crate::metrics::get().connection_refused(limit);
+                            drop(stream);
+                            continue;
+                        }
                     };
                     let shared = shared.clone();
                     let watcher = graceful.watcher();
@@ -147,16 +165,26 @@ struct Slot {
 }
 
 impl ConnectionSlots {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, total: usize, per_ip: usize) -> Option<Slot> {
-        let mut state = self.state.lock().ok()?;
+    /// A slot, or the name of the limit that is full.
+    fn take(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        total: usize,
+        per_ip: usize,
+    ) -> Result<Slot, &'static str> {
+        let mut state = self.state.lock().map_err(|_| "max_connections")?;
         let (open, by_ip) = &mut *state;
         let mine = by_ip.get(&ip).copied().unwrap_or(0);
-        if *open >= total || mine >= per_ip {
-            return None;
+        if *open >= total {
+            return Err("max_connections");
+        }
+        if mine >= per_ip {
+            return Err("max_connections_per_ip");
         }
         *open += 1;
         by_ip.insert(ip, mine + 1);
-        Some(Slot {
+        crate::metrics::get().connection_opened();
+        Ok(Slot {
             slots: self.clone(),
             ip,
         })
@@ -165,6 +193,7 @@ impl ConnectionSlots {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        crate::metrics::get().connection_closed();
         if let Ok(mut state) = self.slots.state.lock() {
             let (open, by_ip) = &mut *state;
             *open = open.saturating_sub(1);
@@ -266,8 +295,9 @@ async fn serve_connection(
     }
 }
 
-/// The plain-HTTP listener: ACME http-01 answers and redirects, HTTP/1.1 only, each
-/// connection bounded by the same header and idle timeouts as the TLS listener.
+/// The plain-HTTP listener: ACME http-01 answers and redirects, HTTP/1.1 only. Each
+/// connection gets the TLS listener's header timeout and lives at most `idle_timeout`: a
+/// redirect or a challenge answer needs no more.
 async fn serve_plain_http(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -302,6 +332,40 @@ async fn serve_plain_http(
                 .max_buf_size(server.max_header_bytes)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(server.idle_timeout, connection).await;
+        });
+    }
+}
+
+/// The metrics listener: `GET /metrics` in the Prometheus text format, plain HTTP/1.1 (it
+/// belongs on a private address; Prometheus scrapes without TLS by default).
+async fn serve_metrics(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    tracing::info!(listen = ?listener.local_addr().ok(), "metrics listener");
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::error!(error = %e, "accept failed on the metrics listener");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let timeout = shared.snapshot().config.server.idle_timeout;
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let response = crate::metrics::answer(&request, shared.certs());
+                std::future::ready(Ok::<_, std::convert::Infallible>(response))
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(timeout, connection).await;
         });
     }
 }

@@ -86,6 +86,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[filter]`: user agents and addresses turned away before anything else.
     pub filter: crate::filter::Filter,
+    /// `[metrics] listen`: where Prometheus scrapes; no listener when `None`.
+    pub metrics_listen: Option<SocketAddr>,
     pub auth: AuthConfig,
     /// Compiled `[groups]` and `[[rules]]`, or the default for the auth mode.
     pub rules: Arc<Rules>,
@@ -349,6 +351,14 @@ impl Config {
                     .map_err(|_| format!("{text:?} is not an address:port such as \"0.0.0.0:80\"")),
             )
         });
+        let metrics_listen = raw.metrics.listen.as_deref().and_then(|text| {
+            v.check(
+                "metrics.listen",
+                text.parse::<SocketAddr>().map_err(|_| {
+                    format!("{text:?} is not an address:port such as \"127.0.0.1:9090\"")
+                }),
+            )
+        });
         let server = ServerConfig {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
             http_listen,
@@ -565,6 +575,7 @@ impl Config {
             tls,
             log,
             filter,
+            metrics_listen,
             auth,
             rules: Arc::new(rules),
         })
@@ -1102,7 +1113,10 @@ mod tests {
     fn the_example_acme_table_is_valid_when_uncommented() {
         let text = include_str!("../../proxy.toml.example");
         let start = text.find("# [tls.acme]").expect("acme example");
-        let end = start + text[start..].find("\n[log]").expect("[log] after [tls.acme]");
+        let end = start
+            + text[start..]
+                .find("\n[log]")
+                .expect("[log] after [tls.acme]");
         let uncommented: String = text[start..end]
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
@@ -1110,8 +1124,10 @@ mod tests {
             .map(|l| l.strip_prefix("Example: ").unwrap_or(l))
             .map(|l| format!("{l}\n"))
             .collect();
-        let c = parse(&format!("[server]\nhttp_listen = \"0.0.0.0:80\"\n{uncommented}"))
-            .unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
+        let c = parse(&format!(
+            "[server]\nhttp_listen = \"0.0.0.0:80\"\n{uncommented}"
+        ))
+        .unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
         match c.tls.source {
             TlsSource::Acme(acme) => {
                 assert_eq!(acme.domains.len(), 2);

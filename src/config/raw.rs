@@ -21,11 +21,19 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub filter: RawFilter,
+    #[serde(default)]
+    pub metrics: RawMetrics,
     pub auth: Option<RawAuth>,
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,310 @@
+//! Prometheus metrics: what is counted, and the `[metrics] listen` endpoint that serves them.
+//!
+//! Counting is always on (a few atomic adds per request); the listener is off unless
+//! configured. The metrics live in one process-wide `Metrics`, so the places that count
+//! (the access record, the accept loop, the error path) need no handle passed down. Labels
+//! take values from small fixed sets only: a client can never grow the number of series.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::error::GateError;
+use crate::tls::CertStore;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    status: u16,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<ActionLabels, Histogram>,
+    bytes: Family<DirectionLabels, Counter>,
+    auth_failures: Family<ReasonLabels, Counter>,
+    throttled: Counter,
+    upstream_errors: Family<ReasonLabels, Counter>,
+    open_connections: Gauge,
+    refused_connections: Family<ReasonLabels, Counter>,
+    certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// Seconds; from a manifest HEAD (milliseconds) to a multi-gigabyte layer (minutes).
+const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("registry_gate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by method, status and registry action",
+            requests.clone(),
+        );
+        let duration = Family::<ActionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(DURATION_BUCKETS)
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request head to the end of the response body",
+            duration.clone(),
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "body_bytes",
+            "Body bytes moved: in = from clients (pushes), out = to clients (pulls)",
+            bytes.clone(),
+        );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused for want of valid credentials, by reason (missing = the first, unauthenticated request every client makes)",
+            auth_failures.clone(),
+        );
+        let throttled = Counter::default();
+        registry.register(
+            "throttled_requests",
+            "Requests refused with 429 because their address failed to log in too often",
+            throttled.clone(),
+        );
+        let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests the registry could not answer: unreachable, timeout, failed",
+            upstream_errors.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        let refused_connections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "refused_connections",
+            "Connections closed at accept: max_connections or max_connections_per_ip reached",
+            refused_connections.clone(),
+        );
+        let certificate_expiry = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until the served certificate expires (negative once expired; absent before the first ACME certificate)",
+            certificate_expiry.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            bytes,
+            auth_failures,
+            throttled,
+            upstream_errors,
+            open_connections,
+            refused_connections,
+            certificate_expiry,
+        }
+    }
+
+    /// One finished (or abandoned) request, from its access record.
+    pub fn request(
+        &self,
+        method: &Method,
+        status: u16,
+        action: Option<&'static str>,
+        bytes_in: u64,
+        bytes_out: u64,
+        elapsed: Duration,
+    ) {
+        let action = action.unwrap_or("none");
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method_label(method),
+                status,
+                action,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&ActionLabels { action })
+            .observe(elapsed.as_secs_f64());
+        self.bytes
+            .get_or_create(&DirectionLabels { direction: "in" })
+            .inc_by(bytes_in);
+        self.bytes
+            .get_or_create(&DirectionLabels { direction: "out" })
+            .inc_by(bytes_out);
+    }
+
+    /// An error answered instead of a forwarded response.
+    pub fn error(&self, error: &GateError) {
+        match error {
+            GateError::Unauthorized { reason, .. } => {
+                self.auth_failures
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+            }
+            GateError::Throttled(_) => {
+                self.throttled.inc();
+            }
+            GateError::UpstreamUnreachable(_) => self.upstream_error("unreachable"),
+            GateError::UpstreamTimeout => self.upstream_error("timeout"),
+            GateError::UpstreamFailed(_) => self.upstream_error("failed"),
+            _ => {}
+        }
+    }
+
+    fn upstream_error(&self, reason: &'static str) {
+        self.upstream_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.refused_connections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The text exposition format, with the certificate expiry read now.
+    pub fn render(&self, certs: &CertStore) -> String {
+        if let Some(key) = certs.current() {
+            if let Ok(facts) = crate::tls::acme::CertFacts::of(&key) {
+                let now = SystemTime::now();
+                let seconds = match facts.not_after.duration_since(now) {
+                    Ok(left) => left.as_secs_f64(),
+                    Err(past) => -past.duration().as_secs_f64(),
+                };
+                self.certificate_expiry.set(seconds);
+            }
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Methods outside the registry API's set are counted together, so junk methods cannot
+/// create series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The metrics listener's answer: `GET /metrics`, nothing else.
+pub fn answer<B>(request: &Request<B>, certs: &CertStore) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            get().render(certs),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "metrics are at GET /metrics\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_errors_and_connections_appear_in_the_exposition() {
+        let m = Metrics::new();
+        m.request(
+            &Method::GET,
+            200,
+            Some("pull"),
+            0,
+            1234,
+            Duration::from_millis(30),
+        );
+        m.request(
+            &Method::from_bytes(b"BREW").expect("method"),
+            400,
+            None,
+            0,
+            0,
+            Duration::ZERO,
+        );
+        m.error(&GateError::Throttled(Duration::from_secs(1)));
+        m.error(&GateError::UpstreamTimeout);
+        m.connection_refused("max_connections_per_ip");
+        m.connection_opened();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).expect("encode");
+        for line in [
+            "registry_gate_requests_total{method=\"GET\",status=\"200\",action=\"pull\"} 1",
+            "registry_gate_requests_total{method=\"other\",status=\"400\",action=\"none\"} 1",
+            "registry_gate_body_bytes_total{direction=\"out\"} 1234",
+            "registry_gate_throttled_requests_total 1",
+            "registry_gate_upstream_errors_total{reason=\"timeout\"} 1",
+            "registry_gate_refused_connections_total{reason=\"max_connections_per_ip\"} 1",
+            "registry_gate_open_connections 1",
+            "registry_gate_request_duration_seconds_bucket{le=\"0.05\",action=\"pull\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+}

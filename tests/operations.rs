@@ -1,0 +1,178 @@
+//! What an operator runs the gate with day to day: Prometheus metrics after real traffic,
+//! per-action address rules and the PROXY protocol behind a balancer.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use util::gate::{Gate, GateConfig};
+use util::image::{oci_image, skopeo, skopeo_ok};
+use util::registry::Registry;
+use util::{describe, free_port, temp_dir};
+
+/// `GET /metrics` over plain HTTP, parsed into series -> value.
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let mut tcp = TcpStream::connect(addr).expect("connect to the metrics listener");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .expect("write scrape");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("read scrape");
+    assert!(text.starts_with("HTTP/1.1 200"), "scrape failed:\n{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every series of `name` whose labels contain all of `labels`.
+fn sum(metrics: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| {
+            (series.as_str() == name || series.starts_with(&format!("{name}{{")))
+                && labels.iter().all(|l| series.contains(l))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn metrics_count_real_traffic_failures_and_refused_connections() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[("builder", "builder-secret")])
+            .server_toml("max_connections_per_ip = 3\n")
+            .extra_toml(&format!("\n[metrics]\nlisten = \"{metrics_addr}\"\n")),
+    );
+    let before = scrape(metrics_addr);
+    assert_eq!(sum(&before, "registry_gate_requests_total", &[]), 0.0);
+    let expiry = sum(&before, "registry_gate_certificate_expiry_seconds", &[]);
+    // The test PKI's certificates run to rcgen's default, the year 4096.
+    assert!(
+        expiry > 1_000.0 * 365.0 * 86_400.0,
+        "certificate expiry {expiry} s is not the test certificate's"
+    );
+
+    // A real push and pull, and a push with a wrong password.
+    let image = oci_image(&tmp.path().join("image"), 2, 256 * 1024);
+    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
+    let remote = format!("docker://{}/team/app:1", gate.authority());
+    skopeo_ok(&[
+        "copy",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        "builder:builder-secret",
+        &image.reference(),
+        &remote,
+    ]);
+    let pulled = tmp.path().join("pulled");
+    skopeo_ok(&[
+        "copy",
+        "--src-cert-dir",
+        certs,
+        "--src-creds",
+        "builder:builder-secret",
+        &remote,
+        &format!("oci:{}:app", pulled.display()),
+    ]);
+    let refused = skopeo(&[
+        "copy",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        "builder:wrong",
+        &image.reference(),
+        &format!("docker://{}/team/other:1", gate.authority()),
+    ]);
+    assert!(!refused.status.success(), "{}", describe(&refused));
+
+    // One address holding three connections: the fourth is refused and counted.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(gate.addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let open_now = sum(&scrape(metrics_addr), "registry_gate_open_connections", &[]);
+    let mut fourth = TcpStream::connect(gate.addr).expect("connect");
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(fourth.read(&mut byte), Ok(0) | Err(_)),
+        "the fourth connection was served"
+    );
+    drop(held);
+
+    let after = scrape(metrics_addr);
+    let layer_bytes: u64 = image
+        .layer_digests
+        .iter()
+        .map(|d| {
+            std::fs::metadata(image.dir.join("blobs/sha256").join(&d["sha256:".len()..]))
+                .expect("layer blob")
+                .len()
+        })
+        .sum();
+    assert!(sum(&after, "registry_gate_requests_total", &["action=\"push\""]) >= 4.0);
+    assert!(sum(&after, "registry_gate_requests_total", &["action=\"pull\""]) >= 3.0);
+    assert!(
+        sum(&after, "registry_gate_requests_total", &["status=\"201\""]) >= 3.0,
+        "no 201 Created counted:\n{after:#?}"
+    );
+    assert!(
+        sum(
+            &after,
+            "registry_gate_body_bytes_total",
+            &["direction=\"in\""]
+        ) >= layer_bytes as f64,
+        "pushed {layer_bytes} layer bytes:\n{after:#?}"
+    );
+    assert!(
+        sum(
+            &after,
+            "registry_gate_body_bytes_total",
+            &["direction=\"out\""]
+        ) >= layer_bytes as f64
+    );
+    assert!(
+        sum(
+            &after,
+            "registry_gate_auth_failures_total",
+            &["reason=\"bad_credentials\""]
+        ) >= 1.0,
+        "the wrong password was not counted:\n{after:#?}"
+    );
+    assert!(
+        sum(
+            &after,
+            "registry_gate_request_duration_seconds_count",
+            &["action=\"push\""]
+        ) >= 4.0
+    );
+    assert_eq!(
+        sum(
+            &after,
+            "registry_gate_refused_connections_total",
+            &["reason=\"max_connections_per_ip\""]
+        ),
+        1.0
+    );
+    assert!(
+        open_now >= 3.0,
+        "open connections {open_now} while three were held"
+    );
+}
