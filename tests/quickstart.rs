@@ -262,9 +262,10 @@ fn quickstart_uses_a_registry_that_answers_and_leaves_it_running_after_ctrl_c() 
     let mut quickstart = Quickstart::start(tmp.path(), &data, port, &registry.url);
 
     assert!(
-        quickstart
-            .output()
-            .contains(&format!("using the registry that answers at {}", registry.url)),
+        quickstart.output().contains(&format!(
+            "using the registry that answers at {}",
+            registry.url
+        )),
         "the script did not take the running registry:\n{}",
         quickstart.output()
     );
