@@ -91,6 +91,29 @@ impl Quickstart {
     /// Names (`comm`) of the processes left in the script's process group.
     fn group(&self) -> Vec<String> {
         processes_in_group(self.child.id())
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// The pid of the process named `name` in the script's group.
+    fn pid_of(&self, name: &str) -> u32 {
+        processes_in_group(self.child.id())
+            .into_iter()
+            .find(|(_, n)| n == name)
+            .unwrap_or_else(|| panic!("no {name} in the script's process group"))
+            .0
+    }
+
+    /// Waits for the script to exit on its own.
+    fn wait_exit(&mut self, why: &str) -> ExitStatus {
+        let exited = wait_until(STOP_TIMEOUT, || self.try_exit().is_some());
+        assert!(
+            exited,
+            "scripts/quickstart still runs {STOP_TIMEOUT:?} after {why}:\n{}",
+            self.output()
+        );
+        self.exit.expect("exit status")
     }
 
     /// Sends `signal` (`TERM`, `INT`) to the script alone or, with `whole_group`, to the
@@ -100,13 +123,7 @@ impl Quickstart {
         let target = if whole_group { format!("-{pid}") } else { pid };
         let out = run(Command::new("kill").args([&format!("-{signal}"), "--", &target]));
         assert!(out.status.success(), "kill: {}", describe(&out));
-        let stopped = wait_until(STOP_TIMEOUT, || self.try_exit().is_some());
-        assert!(
-            stopped,
-            "scripts/quickstart still runs {STOP_TIMEOUT:?} after SIG{signal}:\n{}",
-            self.output()
-        );
-        self.exit.expect("exit status")
+        self.wait_exit(&format!("SIG{signal}"))
     }
 }
 
@@ -124,9 +141,9 @@ impl Drop for Quickstart {
     }
 }
 
-/// `comm` of every process whose process group is `pgid`, from /proc.
-fn processes_in_group(pgid: u32) -> Vec<String> {
-    let mut names = Vec::new();
+/// Pid and `comm` of every live process whose process group is `pgid`, from /proc.
+fn processes_in_group(pgid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
@@ -141,10 +158,11 @@ fn processes_in_group(pgid: u32) -> Vec<String> {
         let pgrp = rest.nth(1).and_then(|p| p.parse::<u32>().ok());
         // A zombie has exited; only its parent's wait is missing.
         if pgrp == Some(pgid) && state != Some("Z") {
-            names.push(stat[open + 1..close].to_string());
+            let pid = stat[..open].trim().parse().unwrap_or(0);
+            found.push((pid, stat[open + 1..close].to_string()));
         }
     }
-    names
+    found
 }
 
 /// `--dest-cert-dir` material: the gate's generated CA as `ca.crt`.
@@ -300,4 +318,31 @@ fn quickstart_uses_a_registry_that_answers_and_leaves_it_running_after_ctrl_c() 
         registry.ping(),
         "the registry the script found was stopped with the gate"
     );
+}
+
+#[test]
+fn quickstart_stops_the_gate_when_its_registry_dies() {
+    let tmp = temp_dir();
+    let data = tmp.path().join("qs");
+    let mut quickstart = Quickstart::start(tmp.path(), &data, free_port(), "");
+
+    let registry = quickstart.pid_of("docker-registry").to_string();
+    let out = run(Command::new("kill").args(["-KILL", &registry]));
+    assert!(out.status.success(), "kill: {}", describe(&out));
+
+    // A gate answering 502 for a registry that is gone would look alive to the user.
+    let status = quickstart.wait_exit("its registry was killed");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the script should fail when its registry dies:\n{}",
+        quickstart.output()
+    );
+    assert!(
+        quickstart.output().contains("docker-registry exited"),
+        "no word of the registry's exit:\n{}",
+        quickstart.output()
+    );
+    let left = quickstart.group();
+    assert!(left.is_empty(), "processes left: {left:?}");
 }
