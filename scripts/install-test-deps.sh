@@ -2,7 +2,7 @@
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
 # with), docker-compose (which validates compose.yaml), systemd-analyze (which checks
-# contrib/registry-gate.service) and, from PyPI, kubernetes-validate (which checks
+# contrib/registry-gate.service), shellcheck (the scripts) and, from PyPI, kubernetes-validate (which checks
 # deploy/kubernetes against bundled schemas, offline). Idempotent: installs only what is
 # missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as root
 # or with sudo available.
@@ -33,6 +33,7 @@ need gzip gzip
 need docker-compose docker-compose
 need nginx nginx
 need systemd-analyze systemd
+need shellcheck shellcheck
 need python3 python3
 
 SUDO=""
