@@ -1,11 +1,11 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
-# with), docker-compose (which validates compose.yaml), systemd-analyze (which checks
-# contrib/registry-gate.service), shellcheck (the scripts) and, from PyPI, kubernetes-validate (which checks
-# deploy/kubernetes against bundled schemas, offline). Idempotent: installs only what is
-# missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as root
-# or with sudo available.
+# with), and the checkers of the deployment files: docker-compose (compose.yaml),
+# systemd-analyze (contrib/registry-gate.service), shellcheck (scripts/) and, from PyPI,
+# kubernetes-validate (deploy/kubernetes, against the schemas it bundles, offline).
+# Idempotent: installs only what is missing, and runs `apt-get update` only when something
+# is. Debian/Ubuntu; run as root or with sudo available.
 set -eu
 
 export DEBIAN_FRONTEND=noninteractive
