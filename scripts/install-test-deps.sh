@@ -1,9 +1,11 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
-# with), pebble (the ACME test server) and docker-compose (which validates compose.yaml). Idempotent: installs only what is
-# missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as root
-# or with sudo available.
+# with), pebble (the ACME test server), and the checkers of the deployment files: docker-compose (compose.yaml),
+# systemd-analyze (contrib/registry-gate.service), shellcheck (scripts/) and, from PyPI,
+# kubernetes-validate (deploy/kubernetes, against the schemas it bundles, offline).
+# Idempotent: installs only what is missing, and runs `apt-get update` only when something
+# is. Debian/Ubuntu; run as root or with sudo available.
 set -eu
 
 export DEBIAN_FRONTEND=noninteractive
@@ -31,18 +33,35 @@ need gzip gzip
 need docker-compose docker-compose
 need nginx nginx
 need pebble pebble
-
-if [ -z "$missing" ]; then
-    echo "install-test-deps: everything is installed"
-    exit 0
-fi
+need systemd-analyze systemd
+need shellcheck shellcheck
+need python3 python3
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
 
-echo "install-test-deps: installing:$missing"
-$SUDO apt-get update
-# shellcheck disable=SC2086 # the package list is meant to split into words
-$SUDO apt-get install -y --no-install-recommends $missing
+if [ -z "$missing" ]; then
+    echo "install-test-deps: every Debian package is installed"
+else
+    echo "install-test-deps: installing:$missing"
+    $SUDO apt-get update
+    # shellcheck disable=SC2086 # the package list is meant to split into words
+    $SUDO apt-get install -y --no-install-recommends $missing
+fi
+
+# kubernetes-validate: pinned, so the schema versions scripts/check-kubernetes asks for are
+# the ones bundled. Debian's own python3 refuses pip outside a venv unless told otherwise.
+KUBERNETES_VALIDATE=kubernetes-validate==1.37.0
+if python3 -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null; then
+    echo "install-test-deps: kubernetes-validate is installed"
+else
+    echo "install-test-deps: installing $KUBERNETES_VALIDATE"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        $SUDO apt-get update
+        $SUDO apt-get install -y --no-install-recommends python3-pip
+    fi
+    python3 -m pip install --quiet "$KUBERNETES_VALIDATE" ||
+        python3 -m pip install --quiet --break-system-packages "$KUBERNETES_VALIDATE"
+fi
