@@ -1,8 +1,8 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
-# with) and docker-compose (which validates compose.yaml). Idempotent: installs only what is
-# missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as root
+# with), docker-compose (which validates compose.yaml) and testssl.sh (the TLS scan).
+# Idempotent: installs only what is missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as root
 # or with sudo available.
 set -eu
 
@@ -30,6 +30,7 @@ need curl curl
 need gzip gzip
 need docker-compose docker-compose
 need nginx nginx
+need testssl testssl.sh
 
 if [ -z "$missing" ]; then
     echo "install-test-deps: everything is installed"

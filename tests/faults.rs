@@ -1006,6 +1006,10 @@ async fn certificate_and_user_reloads_during_a_1_gib_download_break_nothing() {
         wait_until(Duration::from_secs(15), || served_fingerprint(gate.port()) == after),
         "the renewed certificate is not served (still {before})"
     );
+    assert!(
+        downloads.iter().all(|d| !d.is_finished()),
+        "a download finished before the reload took effect: nothing was proved"
+    );
     let fresh = HttpsClient::new(&renewed.ca_pem, Proto::Http1);
     let bob_status = fresh
         .send(

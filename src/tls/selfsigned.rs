@@ -110,8 +110,10 @@ pub fn generate_server(
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Backdated a day for clocks behind ours; the validity counts from there, because
+    // Apple's 825-day limit (and scanners) measure notAfter - notBefore.
     params.not_before = now() - days(1);
-    params.not_after = now() + days(options.days);
+    params.not_after = params.not_before + days(options.days);
     let key = new_key(options.rsa)?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(gen_err)?;
     write_pair(
@@ -157,7 +159,7 @@ pub fn generate_client(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = now() - days(1);
-    params.not_after = now() + days(days_valid);
+    params.not_after = params.not_before + days(days_valid);
     let key = new_key(rsa)?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(gen_err)?;
     write_pair(
@@ -231,7 +233,7 @@ fn new_ca() -> Result<(rcgen::Certificate, KeyPair), TlsError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = now() - days(1);
-    params.not_after = now() + days(CA_DAYS);
+    params.not_after = params.not_before + days(CA_DAYS);
     let key = new_key(false)?;
     let cert = params.self_signed(&key).map_err(gen_err)?;
     Ok((cert, key))
