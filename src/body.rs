@@ -135,7 +135,10 @@ impl Body for RequestBody {
                 }
                 this.exchange.touch();
             }
-            Some(Err(_)) => this.exchange.client_body_failed.store(true, Ordering::Relaxed),
+            Some(Err(_)) => this
+                .exchange
+                .client_body_failed
+                .store(true, Ordering::Relaxed),
             None => {}
         }
         Poll::Ready(frame)

@@ -93,8 +93,7 @@ fn blob_path(repo: &str, digest: &str) -> String {
     format!("/v2/{repo}/blobs/{digest}")
 }
 
-const SOME_DIGEST: &str =
-    "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+const SOME_DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
 // ---------------------------------------------------------------------------------------
 // Resource limits
@@ -113,7 +112,10 @@ async fn a_slowloris_head_is_cut_at_the_header_timeout() {
         .await
         .expect("handshake");
     let (reader, mut writer) = tokio::io::split(tls);
-    let head = format!("GET /v2/ HTTP/1.1\r\nHost: localhost\r\nX-Slow: {}", "a".repeat(100));
+    let head = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: localhost\r\nX-Slow: {}",
+        "a".repeat(100)
+    );
     let dribble = tokio::spawn(async move {
         let mut sent = 0;
         for byte in head.as_bytes() {
@@ -429,10 +431,18 @@ async fn ten_thousand_idle_tls_connections_leave_the_gate_responsive() {
 
     let asked = Instant::now();
     let client = gate.client(Proto::Http2);
-    let response = within(10, "a new client among 10,000 idle ones", client.get(&gate.url("/v2/"))).await;
+    let response = within(
+        10,
+        "a new client among 10,000 idle ones",
+        client.get(&gate.url("/v2/")),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let answered = asked.elapsed();
-    assert!(fds > IDLE_CONNECTIONS, "the gate holds only {fds} descriptors");
+    assert!(
+        fds > IDLE_CONNECTIONS,
+        "the gate holds only {fds} descriptors"
+    );
     let per_conn = (rss_after.saturating_sub(rss_before)) as f64 / IDLE_CONNECTIONS as f64;
     println!(
         "{IDLE_CONNECTIONS} idle TLS connections: set up in {setup:?}; gate VmRSS {rss_before} KiB -> \
@@ -486,7 +496,12 @@ async fn a_registry_that_goes_down_gets_502_at_once_and_is_served_again_when_bac
     drop(recorder);
     for (client, proto) in clients.iter().zip([Proto::Http1, Proto::Http2]) {
         let asked = Instant::now();
-        let response = within(10, "GET /v2/ with the registry down", client.get(&gate.url("/v2/"))).await;
+        let response = within(
+            10,
+            "GET /v2/ with the registry down",
+            client.get(&gate.url("/v2/")),
+        )
+        .await;
         assert_eq!(response.status(), 502, "{proto:?}");
         assert!(
             asked.elapsed() < Duration::from_secs(3),
@@ -500,7 +515,12 @@ async fn a_registry_that_goes_down_gets_502_at_once_and_is_served_again_when_bac
     // Back on the same address: served without restarting the gate.
     let back = Recorder::start_on(addr, |_| Reply::ok_json());
     for (client, proto) in clients.iter().zip([Proto::Http1, Proto::Http2]) {
-        let response = within(10, "GET /v2/ with the registry back", client.get(&gate.url("/v2/"))).await;
+        let response = within(
+            10,
+            "GET /v2/ with the registry back",
+            client.get(&gate.url("/v2/")),
+        )
+        .await;
         assert_eq!(response.status(), 200, "{proto:?}");
     }
     assert_eq!(back.requests().len(), 2);
@@ -608,18 +628,21 @@ fn answer_broken(mut stream: TcpStream, fault: Fault, stop: &AtomicBool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_dying_mid_response_is_a_broken_transfer_never_a_short_complete_body() {
     let tmp = temp_dir();
-    for fault in [
-        Fault::DieMidLength { len: 4 << 20 },
-        Fault::DieMidChunked,
-    ] {
+    for fault in [Fault::DieMidLength { len: 4 << 20 }, Fault::DieMidChunked] {
         let upstream = FaultyUpstream::start(fault);
         let gate = Gate::start(
-            &tmp.path().join(format!("{fault:?}").replace([' ', '{', '}', ':'], "")),
+            &tmp.path()
+                .join(format!("{fault:?}").replace([' ', '{', '}', ':'], "")),
             GateConfig::new(upstream.url()),
         );
         for proto in [Proto::Http1, Proto::Http2] {
             let client = gate.client(proto);
-            let response = within(10, "GET", client.get(&gate.url(&blob_path("a/b", SOME_DIGEST)))).await;
+            let response = within(
+                10,
+                "GET",
+                client.get(&gate.url(&blob_path("a/b", SOME_DIGEST))),
+            )
+            .await;
             assert_eq!(response.status(), 200, "{fault:?} {proto:?}");
             let body = within(10, "body", read_hashing(response.into_body())).await;
             assert!(
@@ -630,7 +653,11 @@ async fn a_registry_dying_mid_response_is_a_broken_transfer_never_a_short_comple
         }
         // The access log says so too.
         assert!(
-            wait_until(Duration::from_secs(5), || gate.log().matches("aborted").count() >= 2),
+            wait_until(Duration::from_secs(5), || gate
+                .log()
+                .matches("aborted")
+                .count()
+                >= 2),
             "{fault:?}: the cut transfers are not logged as aborted:\n{}",
             gate.log()
         );
@@ -640,8 +667,11 @@ async fn a_registry_dying_mid_response_is_a_broken_transfer_never_a_short_comple
     let gate = Gate::start(&tmp.path().join("raw"), GateConfig::new(upstream.url()));
     let mut tls = tls_from(&gate, [127, 0, 0, 1]).await.expect("handshake");
     tls.write_all(
-        format!("GET {} HTTP/1.1\r\nHost: localhost\r\n\r\n", blob_path("a/b", SOME_DIGEST))
-            .as_bytes(),
+        format!(
+            "GET {} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            blob_path("a/b", SOME_DIGEST)
+        )
+        .as_bytes(),
     )
     .await
     .expect("write");
@@ -673,10 +703,19 @@ async fn a_registry_stalling_past_the_read_timeout_gets_504_or_a_broken_transfer
     config.read_timeout = "1s".into();
     let gate = Gate::start(&tmp.path().join("body"), config);
     for proto in [Proto::Http1, Proto::Http2] {
-        let response = within(10, "GET", gate.client(proto).get(&gate.url(&blob_path("a/b", SOME_DIGEST)))).await;
+        let response = within(
+            10,
+            "GET",
+            gate.client(proto)
+                .get(&gate.url(&blob_path("a/b", SOME_DIGEST))),
+        )
+        .await;
         assert_eq!(response.status(), 200);
         let body = within(15, "a stalled body", read_hashing(response.into_body())).await;
-        assert!(body.is_err(), "{proto:?}: a stalled body arrived as complete");
+        assert!(
+            body.is_err(),
+            "{proto:?}: a stalled body arrived as complete"
+        );
     }
 }
 
@@ -700,9 +739,7 @@ impl http_body::Body for AbortingBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         if self.sent >= self.abort_at {
-            return std::task::Poll::Ready(Some(Err(std::io::Error::other(
-                "the client gives up",
-            ))));
+            return std::task::Poll::Ready(Some(Err(std::io::Error::other("the client gives up"))));
         }
         let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(f))) = &frame {
@@ -812,7 +849,10 @@ async fn an_upload_aborted_half_way_is_aborted_upstream_and_never_committed() {
         .await;
         // A registry that answered before the end would have accepted a short body.
         assert!(
-            result.is_err() || result.as_ref().is_ok_and(|r| r.status().is_client_error() || r.status().is_server_error()),
+            result.is_err()
+                || result
+                    .as_ref()
+                    .is_ok_and(|r| r.status().is_client_error() || r.status().is_server_error()),
             "{proto:?} {method}: an aborted upload was answered {:?}",
             result.map(|r| r.status())
         );
@@ -850,7 +890,9 @@ async fn an_upload_aborted_half_way_is_aborted_upstream_and_never_committed() {
     let log = gate.log();
     let uploads: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("access") && (l.contains("method=PUT") || l.contains("method=PATCH")))
+        .filter(|l| {
+            l.contains("access") && (l.contains("method=PUT") || l.contains("method=PATCH"))
+        })
         .filter(|l| l.contains("bytes_in=3"))
         .collect();
     assert_eq!(uploads.len(), 3, "{log}");
@@ -895,14 +937,23 @@ async fn a_hundred_aborted_uploads_and_downloads_leave_no_descriptors_or_memory_
     for i in 0..100u64 {
         let gate = shared.clone();
         tasks.spawn(async move {
-            let proto = if i % 2 == 0 { Proto::Http1 } else { Proto::Http2 };
+            let proto = if i % 2 == 0 {
+                Proto::Http1
+            } else {
+                Proto::Http2
+            };
             let client = gate.client(proto);
             let upload = start_upload(&gate, &client, "faults/leak").await;
             let url = with_query(&upload, "digest", &pseudo_random_digest(1000 + i, 0));
             let _ = client
                 .try_send(
                     request("PUT", &url)
-                        .body(aborting_body(1000 + i, UPLOAD_LEN, abort_at, Framing::ContentLength))
+                        .body(aborting_body(
+                            1000 + i,
+                            UPLOAD_LEN,
+                            abort_at,
+                            Framing::ContentLength,
+                        ))
                         .expect("PUT"),
                 )
                 .await;
@@ -910,9 +961,15 @@ async fn a_hundred_aborted_uploads_and_downloads_leave_no_descriptors_or_memory_
         let gate = shared.clone();
         let digest = digest.clone();
         tasks.spawn(async move {
-            let proto = if i % 2 == 0 { Proto::Http2 } else { Proto::Http1 };
+            let proto = if i % 2 == 0 {
+                Proto::Http2
+            } else {
+                Proto::Http1
+            };
             let client = gate.client(proto);
-            let response = client.get(&gate.url(&blob_path("faults/leak", &digest))).await;
+            let response = client
+                .get(&gate.url(&blob_path("faults/leak", &digest)))
+                .await;
             assert_eq!(response.status(), 200);
             let mut body = response.into_body();
             let mut got = 0u64;
@@ -1003,7 +1060,8 @@ async fn certificate_and_user_reloads_during_a_1_gib_download_break_nothing() {
 
     let after = renewed_fingerprint(&renewed.cert_pem);
     assert!(
-        wait_until(Duration::from_secs(15), || served_fingerprint(gate.port()) == after),
+        wait_until(Duration::from_secs(15), || served_fingerprint(gate.port())
+            == after),
         "the renewed certificate is not served (still {before})"
     );
     assert!(
@@ -1096,7 +1154,14 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 fn gencert(dir: &Path) -> std::process::Output {
     run(gate_command()
-        .args(["gencert", "--dns", "localhost", "--ip", "127.0.0.1", "--dir"])
+        .args([
+            "gencert",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--dir",
+        ])
         .arg(dir))
 }
 

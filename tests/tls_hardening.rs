@@ -52,7 +52,13 @@ fn tls_1_0_and_1_1_are_refused_by_the_server() {
         // server is never asked.
         let out = s_client(
             &gate,
-            &[version, "-cipher", "DEFAULT:@SECLEVEL=0", "-servername", "localhost"],
+            &[
+                version,
+                "-cipher",
+                "DEFAULT:@SECLEVEL=0",
+                "-servername",
+                "localhost",
+            ],
         );
         let text = combined(&out);
         assert!(!handshake_done(&out), "{version} negotiated:\n{text}");
@@ -139,13 +145,22 @@ fn testssl_finds_nothing_rated_medium_or_worse() {
     // Scan what a zero-config gate serves: `gencert`'s CA and certificate, swapped in on disk.
     let pki = gate.pki.cert_pem.parent().expect("pki dir").to_path_buf();
     let out = run(util::gate::gate_command()
-        .args(["gencert", "--dns", "localhost", "--ip", "127.0.0.1", "--force", "--dir"])
+        .args([
+            "gencert",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--force",
+            "--dir",
+        ])
         .arg(&pki));
     assert!(out.status.success(), "{}", describe(&out));
     let file_print = fingerprint_of_file(&gate.pki.cert_pem);
     assert!(
-        util::wait_until(std::time::Duration::from_secs(15), || served_fingerprint(&gate)
-            == file_print),
+        util::wait_until(std::time::Duration::from_secs(15), || served_fingerprint(
+            &gate
+        ) == file_print),
         "the generated certificate is not served"
     );
     let json = tmp.path().join("testssl.json");
@@ -180,12 +195,7 @@ fn testssl_finds_nothing_rated_medium_or_worse() {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("testssl JSON ({e}): {text}"));
     let bad: Vec<String> = findings
         .iter()
-        .filter(|f| {
-            matches!(
-                f["severity"].as_str(),
-                Some("MEDIUM" | "HIGH" | "CRITICAL")
-            )
-        })
+        .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
         // A private CA has no CRL or OCSP responder to name, and naming one that does not
         // exist would be worse; certificates from a public CA (certbot) carry them. The one
         // finding about the certificate's issuer rather than the gate (see docs/testssl.md).

@@ -132,8 +132,8 @@ impl Recorder {
         addr: SocketAddr,
         responder: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> Recorder {
-        let listener = TcpListener::bind(addr)
-            .unwrap_or_else(|e| panic!("bind the recorder on {addr}: {e}"));
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind the recorder on {addr}: {e}"));
         let addr = listener.local_addr().expect("recorder address");
         listener
             .set_nonblocking(true)
