@@ -1,9 +1,10 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
-# with), pebble (the ACME test server), and the checkers of the deployment files: docker-compose (compose.yaml),
-# systemd-analyze (contrib/registry-gate.service), shellcheck (scripts/) and, from PyPI,
-# kubernetes-validate (deploy/kubernetes, against the schemas it bundles, offline).
+# with), pebble (the ACME test server), testssl.sh (the TLS scan), and the checkers of the
+# deployment files: docker-compose (compose.yaml), systemd-analyze
+# (contrib/registry-gate.service), shellcheck (scripts/) and, from PyPI, kubernetes-validate
+# (deploy/kubernetes, against the schemas it bundles, offline).
 # Idempotent: installs only what is missing, and runs `apt-get update` only when something
 # is. Debian/Ubuntu; run as root or with sudo available.
 set -eu
@@ -36,6 +37,7 @@ need pebble pebble
 need systemd-analyze systemd
 need shellcheck shellcheck
 need python3 python3
+need testssl testssl.sh
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -30,6 +30,7 @@ pub struct Exchange {
     bytes_out: AtomicU64,
     last_activity_ms: AtomicU64,
     completed: AtomicBool,
+    client_body_failed: AtomicBool,
 }
 
 impl Exchange {
@@ -40,6 +41,7 @@ impl Exchange {
             bytes_out: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
             completed: AtomicBool::new(false),
+            client_body_failed: AtomicBool::new(false),
         })
     }
 
@@ -55,9 +57,18 @@ impl Exchange {
         self.bytes_out.load(Ordering::Relaxed)
     }
 
-    /// True once the response body reached its end (rather than being cut).
+    /// True once the response body reached its end (rather than being cut) after the
+    /// request body did: an upload the client broke off is not a completed exchange, whatever
+    /// the gate answered afterwards.
     pub fn completed(&self) -> bool {
-        self.completed.load(Ordering::Relaxed)
+        self.completed.load(Ordering::Relaxed) && !self.client_body_failed()
+    }
+
+    /// True when reading the client's request body failed (the client reset or closed the
+    /// connection mid-upload). The registry's request then fails too, through no fault of its
+    /// own.
+    pub fn client_body_failed(&self) -> bool {
+        self.client_body_failed.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -115,13 +126,20 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(Ok(frame)) = &frame {
-            if let Some(data) = frame.data_ref() {
-                this.exchange
-                    .bytes_in
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.exchange
+                        .bytes_in
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                this.exchange.touch();
             }
-            this.exchange.touch();
+            Some(Err(_)) => this
+                .exchange
+                .client_body_failed
+                .store(true, Ordering::Relaxed),
+            None => {}
         }
         Poll::Ready(frame)
     }

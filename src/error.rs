@@ -93,6 +93,10 @@ pub enum GateError {
     /// `[server] read_only`: writes are refused.
     #[error("the registry is read-only")]
     ReadOnly,
+    /// The client broke off its request body (reset or closed mid-upload); the registry's
+    /// request was aborted with it.
+    #[error("the client broke off its request body")]
+    ClientAborted,
     /// No connection to the registry could be made.
     #[error("the registry behind the gate is unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -113,7 +117,8 @@ impl GateError {
             | GateError::Unauthorized { .. }
             | GateError::Throttled(_)
             | GateError::Denied { .. }
-            | GateError::ReadOnly => Side::Client,
+            | GateError::ReadOnly
+            | GateError::ClientAborted => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_) => Side::Upstream,
@@ -147,6 +152,8 @@ impl GateError {
             GateError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             GateError::Denied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             GateError::ReadOnly => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            // A client that is gone rarely reads this; 400 says whose side it was in the log.
+            GateError::ClientAborted => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
@@ -184,6 +191,7 @@ impl GateError {
             GateError::ReadOnly => {
                 "the registry is in read-only mode: pushes and deletes are disabled".into()
             }
+            GateError::ClientAborted => "the request body was cut off before its end".into(),
             GateError::UpstreamUnreachable(_) => {
                 "the registry behind the gate is unreachable".into()
             }
@@ -309,6 +317,7 @@ mod tests {
                 "DENIED",
             ),
             (GateError::ReadOnly, 405, "UNSUPPORTED"),
+            (GateError::ClientAborted, 400, "BLOB_UPLOAD_INVALID"),
             (
                 GateError::Filtered(crate::filter::Refusal::UserAgent),
                 404,

@@ -95,7 +95,15 @@ impl Upstream {
         exchange: &Exchange,
     ) -> Result<Response<Incoming>, GateError> {
         tokio::select! {
-            result = self.client.request(request) => result.map_err(classify_client_error),
+            result = self.client.request(request) => result.map_err(|e| {
+                // The registry's request fails when the client's body does; that is the
+                // client's doing, not a registry fault to answer 502 for and warn about.
+                if exchange.client_body_failed() {
+                    GateError::ClientAborted
+                } else {
+                    classify_client_error(e)
+                }
+            }),
             () = exchange.idle_for(self.read_timeout) => Err(GateError::UpstreamTimeout),
         }
     }

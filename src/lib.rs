@@ -120,6 +120,19 @@ fn run(config_path: Option<&std::path::Path>) -> i32 {
         );
     }
 
+    let open_files = server::raise_nofile_limit();
+    let max_connections = prepared.config.server.max_connections;
+    if let Some(limit) = open_files {
+        // Each forwarded connection holds two descriptors: the client's and the registry's.
+        if (limit as usize) < max_connections.saturating_mul(2) {
+            tracing::warn!(
+                open_files = limit,
+                max_connections,
+                "the open-file limit is below 2 x [server] max_connections; raise it (LimitNOFILE=, ulimit -n)"
+            );
+        }
+    }
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -53,6 +53,39 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     })
 }
 
+/// Raises the soft limit on open files to the hard limit, as nginx's `worker_rlimit_nofile`
+/// does: every connection costs a descriptor (two while it is forwarded), and the common
+/// default soft limit of 1024 would refuse clients long before `[server] max_connections`.
+/// Returns the soft limit now in force; failure only costs headroom, so it is logged, not fatal.
+pub fn raise_nofile_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!(
+                soft = limit.rlim_cur,
+                hard = limit.rlim_max,
+                error = %std::io::Error::last_os_error(),
+                "cannot raise the open-file limit; connections past it will be refused"
+            );
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
 /// The signal streams, installed before the socket is bound: once the port accepts
 /// connections, a supervisor may already send SIGHUP or SIGTERM, and the default action of
 /// either would kill the process.

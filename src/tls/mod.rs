@@ -206,6 +206,9 @@ pub fn server_config(
         // handshake.
         config.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
     }
+    // The server's order (AES-256-GCM first, every suite AEAD with forward secrecy), not
+    // whatever a client lists first; scanners rate a client-chosen order as a finding.
+    config.ignore_client_order = true;
     // Shared across reloads so clients keep resuming sessions after a SIGHUP.
     config.ticketer = ticketer;
     Ok(Arc::new(config))

@@ -110,12 +110,16 @@ pub fn generate_server(
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Backdated a day for clocks behind ours; the validity counts from there, because
+    // Apple's 825-day limit (and scanners) measure notAfter - notBefore.
     params.not_before = now() - days(1);
-    params.not_after = now() + days(options.days);
+    params.not_after = params.not_before + days(options.days);
     let key = new_key(options.rsa)?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(gen_err)?;
-    write_atomic(&out.key, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomic(&out.cert, cert.pem().as_bytes(), 0o644)?;
+    write_pair(
+        (&out.key, key.serialize_pem().as_bytes(), 0o600),
+        (&out.cert, cert.pem().as_bytes(), 0o644),
+    )?;
     Ok(out)
 }
 
@@ -155,11 +159,13 @@ pub fn generate_client(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = now() - days(1);
-    params.not_after = now() + days(days_valid);
+    params.not_after = params.not_before + days(days_valid);
     let key = new_key(rsa)?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(gen_err)?;
-    write_atomic(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomic(&files.cert, cert.pem().as_bytes(), 0o644)?;
+    write_pair(
+        (&files.key, key.serialize_pem().as_bytes(), 0o600),
+        (&files.cert, cert.pem().as_bytes(), 0o644),
+    )?;
     Ok(files)
 }
 
@@ -185,8 +191,10 @@ fn ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
         return load_ca(&cert_path, &key_path);
     }
     let (cert, key) = new_ca()?;
-    write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    write_pair(
+        (&key_path, key.serialize_pem().as_bytes(), 0o600),
+        (&cert_path, cert.pem().as_bytes(), 0o644),
+    )?;
     Ok((cert, key))
 }
 
@@ -225,7 +233,7 @@ fn new_ca() -> Result<(rcgen::Certificate, KeyPair), TlsError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = now() - days(1);
-    params.not_after = now() + days(CA_DAYS);
+    params.not_after = params.not_before + days(CA_DAYS);
     let key = new_key(false)?;
     let cert = params.self_signed(&key).map_err(gen_err)?;
     Ok((cert, key))
@@ -298,9 +306,48 @@ fn io_err(path: &Path, e: std::io::Error) -> TlsError {
     }
 }
 
+/// A file to write: path, contents, mode.
+type Pending<'a> = (&'a Path, &'a [u8], u32);
+
+/// Writes a key and its certificate both or neither. A full disk between the two writes must
+/// not leave a key without its certificate: `gencert` would then refuse to run again
+/// ("a key is already there") and the zero-config start would find a CA it cannot use.
+fn write_pair(key: Pending<'_>, cert: Pending<'_>) -> Result<(), TlsError> {
+    let key_tmp = stage(key)?;
+    let cert_tmp = match stage(cert) {
+        Ok(tmp) => tmp,
+        Err(e) => {
+            let _ = std::fs::remove_file(&key_tmp);
+            return Err(e);
+        }
+    };
+    // Renames need no space, so once both files are staged the pair lands.
+    for (tmp, (path, ..)) in [(&key_tmp, key), (&cert_tmp, cert)] {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            let _ = std::fs::remove_file(&key_tmp);
+            let _ = std::fs::remove_file(&cert_tmp);
+            return Err(io_err(path, e));
+        }
+    }
+    sync_parent(key.0);
+    Ok(())
+}
+
 /// Writes through a temporary file, fsync and rename, so a crash or a full disk never leaves a
 /// half-written key behind.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+    let tmp = stage((path, data, mode))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(path, e)
+    })?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// Writes `data` to `<path>.tmp` and syncs it; on failure the temporary file is removed and
+/// the error names `path`, the file the operator asked for.
+fn stage((path, data, mode): Pending<'_>) -> Result<PathBuf, TlsError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let result = (|| {
@@ -311,11 +358,25 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError>
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(path, e)
-    })
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(io_err(path, e))
+        }
+    }
+}
+
+/// Makes a rename durable: until the directory is synced, a crash may bring back the old
+/// entry. Best effort: the file itself is already safe.
+fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }

@@ -124,7 +124,16 @@ pub struct Recorder {
 impl Recorder {
     /// Starts on 127.0.0.1 and a kernel-chosen port (bound here, so no race).
     pub fn start(responder: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the recorder");
+        Recorder::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), responder)
+    }
+
+    /// Starts on `addr`: a registry coming back on the address it had before.
+    pub fn start_on(
+        addr: SocketAddr,
+        responder: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Recorder {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind the recorder on {addr}: {e}"));
         let addr = listener.local_addr().expect("recorder address");
         listener
             .set_nonblocking(true)
