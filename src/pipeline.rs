@@ -176,12 +176,12 @@ async fn proxy(
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    authorise(snapshot, &caller, &request, &class, record)?;
+    authorise(snapshot, &caller, client_ip, &request, &class, record)?;
     if let Some(from) = &class.mount_from {
         if !snapshot
             .config
             .rules
-            .decide(&identity.as_rule(), from, Action::Pull)
+            .decide(&identity.as_rule(), client_ip, from, Action::Pull)
             .is_allowed()
         {
             // Docker Hub's behaviour: a mount the user may not read from silently becomes a
@@ -228,7 +228,11 @@ async fn proxy(
             &mut parts.headers,
             &snapshot.upstream,
             &host,
-            |repo| rules.decide(&who, repo, Action::Pull).is_allowed(),
+            |repo| {
+                rules
+                    .decide(&who, client_ip, repo, Action::Pull)
+                    .is_allowed()
+            },
         )
         .await?;
         return Ok(Response::from_parts(parts, filtered));
@@ -356,6 +360,7 @@ fn scope_for(class: &Classified<'_>) -> Option<String> {
 fn authorise(
     snapshot: &Snapshot,
     caller: &Caller,
+    client_ip: std::net::IpAddr,
     request: &Request<Incoming>,
     class: &Classified<'_>,
     record: &mut AccessRecord,
@@ -377,19 +382,29 @@ fn authorise(
         }
         return Ok(());
     };
+    let decision = config
+        .rules
+        .decide(&identity.as_rule(), client_ip, repository, class.action);
     if caller
         .token
         .as_ref()
         .is_some_and(|t| t.allows(repository, class.action))
     {
-        // The rules were applied when the token was issued.
+        // The rules were applied when the token was issued; a rule that denies now (a
+        // reload, or a `from` rule and a token carried to another address) still wins.
+        if let Decision::Deny { rule: Some(rule) } = decision {
+            record.decision = "deny";
+            record.rule = Some(rule);
+            return Err(GateError::Denied {
+                user: identity.name().to_string(),
+                action: class.action,
+                repository: repository.to_string(),
+            });
+        }
         record.decision = "allow";
         return Ok(());
     }
-    match config
-        .rules
-        .decide(&identity.as_rule(), repository, class.action)
-    {
+    match decision {
         Decision::Allow { rule } if caller.token.is_none() => {
             record.decision = "allow";
             record.rule = rule;

@@ -13,6 +13,10 @@
 //!   `[groups]`), `"*"` any authenticated user (never anonymous), `"anonymous"` the client that
 //!   sent no credentials.
 //! - `actions`: `pull`, `push`, `delete`, or `"*"` for all three.
+//! - `from` (optional): client addresses (CIDRs) the rule applies to; from anywhere else the
+//!   rule is skipped, so a later rule decides (push only from the build network: a rule with
+//!   `from` allowing push, then one without allowing pull). The address is the real client
+//!   behind `[server] trusted_proxies`.
 //! - `repositories`, globs over the full name (names contain `/`):
 //!   - `*` matches within one path component: `team-*/app` matches `team-a/app` only.
 //!   - a `*` that is the whole last component matches one or more components, so `team-a/*`
@@ -30,6 +34,9 @@
 //! costs linear time in the name per token, whatever a client sends.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use crate::registry_path::Action;
 
@@ -46,6 +53,8 @@ pub struct RuleSpec {
     pub users: Vec<String>,
     pub repositories: Vec<String>,
     pub actions: Vec<String>,
+    /// Client networks; empty means from anywhere.
+    pub from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +91,8 @@ pub enum RulesError {
         value: String,
         fix: &'static str,
     },
+    #[error("{at}: \"{value}\" is not an address or CIDR such as \"10.0.0.0/8\"")]
+    BadAddress { at: String, value: String },
     #[error("{at}: bad repository pattern \"{value}\": {fix}")]
     BadPattern {
         at: String,
@@ -110,6 +121,8 @@ struct Rule {
     users: Vec<UserMatcher>,
     repositories: Vec<Pattern>,
     actions: Vec<Action>,
+    /// `None`: from anywhere.
+    from: Option<Vec<IpNet>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,13 +208,24 @@ impl Rules {
         }
     }
 
-    pub fn decide(&self, who: &Identity, repository: &str, action: Action) -> Decision {
+    /// The decision for `who`, asking from `client`, to take `action` on `repository`.
+    pub fn decide(
+        &self,
+        who: &Identity,
+        client: IpAddr,
+        repository: &str,
+        action: Action,
+    ) -> Decision {
         let user = match who {
             Identity::User(name) => Some(*name),
             Identity::Anonymous => None,
         };
         let first = self.rules.iter().position(|rule| {
             rule.users.iter().any(|u| u.matches(who))
+                && rule
+                    .from
+                    .as_ref()
+                    .is_none_or(|nets| nets.iter().any(|n| n.contains(&client)))
                 && rule
                     .repositories
                     .iter()
@@ -220,10 +244,10 @@ impl Rules {
     }
 
     /// The actions `who` may take on `repository`, for token scopes and catalog filtering.
-    pub fn actions_for(&self, who: &Identity, repository: &str) -> Vec<Action> {
+    pub fn actions_for(&self, who: &Identity, client: IpAddr, repository: &str) -> Vec<Action> {
         Action::ALL
             .into_iter()
-            .filter(|&a| self.decide(who, repository, a).is_allowed())
+            .filter(|&a| self.decide(who, client, repository, a).is_allowed())
             .collect()
     }
 }
@@ -297,10 +321,26 @@ fn compile_rule(
         }
     }
 
+    let mut from = Vec::new();
+    for net in &spec.from {
+        let parsed = net
+            .parse::<IpNet>()
+            .or_else(|_| net.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => from.push(n),
+            Err(_) => errors.push(RulesError::BadAddress {
+                at: at("from"),
+                value: net.clone(),
+            }),
+        }
+    }
+
     Rule {
         users,
         repositories,
         actions,
+        // An empty list would match nothing, silently; absent and empty both mean anywhere.
+        from: (!from.is_empty()).then_some(from),
     }
 }
 
@@ -467,6 +507,9 @@ fn parse_component(component: &str, tokens: &mut Vec<Token>) -> Result<(), &'sta
 
 #[cfg(test)]
 mod tests {
+    /// An address no `from` list in these tests names.
+    const ANYWHERE: std::net::IpAddr =
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
     use super::*;
     use Action::*;
 
@@ -476,7 +519,50 @@ mod tests {
             users: own(users),
             repositories: own(repositories),
             actions: own(actions),
+            from: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_from_rule_applies_only_to_its_networks() {
+        let mut push_from_build = spec(&["@ci"], &["**"], &["pull", "push"]);
+        push_from_build.from = vec![
+            "10.20.0.0/16".into(),
+            "2001:db8::/32".into(),
+            "192.0.2.7".into(),
+        ];
+        let rules = Rules::compile(
+            &groups(),
+            &[push_from_build, spec(&["*"], &["**"], &["pull"])],
+        )
+        .expect("valid");
+        let ci = Identity::User("builder1");
+        for (client, push) in [
+            ("10.20.0.1", true),
+            ("10.21.0.1", false),
+            ("2001:db8::5", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+        ] {
+            let ip: IpAddr = client.parse().expect("address");
+            assert_eq!(
+                rules.decide(&ci, ip, "team/app", Push),
+                if push {
+                    Decision::Allow { rule: Some(0) }
+                } else {
+                    Decision::Deny { rule: Some(1) }
+                },
+                "{client}"
+            );
+            assert!(rules.decide(&ci, ip, "team/app", Pull).is_allowed());
+        }
+        let mut bad = spec(&["*"], &["**"], &["pull"]);
+        bad.from = vec!["10.0.0.0/33".into(), "build-net".into()];
+        let errors = Rules::compile(&groups(), &[bad]).expect_err("invalid");
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0]
+            .to_string()
+            .starts_with("rules[0].from: \"10.0.0.0/33\" is not an address"));
     }
 
     fn groups() -> BTreeMap<String, Vec<String>> {
@@ -591,40 +677,43 @@ mod tests {
         ];
         for (who, repo, action, want) in cases {
             assert_eq!(
-                rules.decide(who, repo, *action),
+                rules.decide(who, ANYWHERE, repo, *action),
                 *want,
                 "{who:?} {action} {repo}"
             );
         }
-        assert_eq!(rules.actions_for(&alice, "team-a/app"), vec![Pull, Push]);
         assert_eq!(
-            rules.actions_for(&alice, "alice/app"),
+            rules.actions_for(&alice, ANYWHERE, "team-a/app"),
+            vec![Pull, Push]
+        );
+        assert_eq!(
+            rules.actions_for(&alice, ANYWHERE, "alice/app"),
             vec![Pull, Push, Delete]
         );
-        assert_eq!(rules.actions_for(&anon, "team-a/app"), vec![]);
+        assert_eq!(rules.actions_for(&anon, ANYWHERE, "team-a/app"), vec![]);
     }
 
     #[test]
     fn defaults() {
         let none = Rules::compile(&groups(), &[]).unwrap();
         assert_eq!(
-            none.decide(&Identity::User("alice"), "a", Pull),
+            none.decide(&Identity::User("alice"), ANYWHERE, "a", Pull),
             Decision::Deny { rule: None }
         );
         let open = Rules::allow_all_authenticated();
         assert_eq!(
-            open.decide(&Identity::User("alice"), "a", Delete),
+            open.decide(&Identity::User("alice"), ANYWHERE, "a", Delete),
             Decision::Allow { rule: None }
         );
         assert_eq!(
-            open.decide(&Identity::Anonymous, "a", Pull),
+            open.decide(&Identity::Anonymous, ANYWHERE, "a", Pull),
             Decision::Deny { rule: None }
         );
         assert_eq!(
-            open.actions_for(&Identity::User("x"), "a"),
+            open.actions_for(&Identity::User("x"), ANYWHERE, "a"),
             Action::ALL.to_vec()
         );
-        let everyone = Rules::allow_everyone().actions_for(&Identity::Anonymous, "a");
+        let everyone = Rules::allow_everyone().actions_for(&Identity::Anonymous, ANYWHERE, "a");
         assert_eq!(everyone, Action::ALL.to_vec());
     }
 

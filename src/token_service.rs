@@ -117,7 +117,7 @@ pub async fn answer(
         }
     };
     record.user = identity.name().to_string();
-    let access = grants(snapshot, &identity, &scopes);
+    let access = grants(snapshot, &identity, peer, &scopes);
     record.decision = "allow";
     let user = match &identity {
         Identity::User(u) => Some(u.as_str()),
@@ -142,7 +142,12 @@ pub async fn answer(
 }
 
 /// The requested actions the rules allow, per requested repository.
-fn grants(snapshot: &Snapshot, identity: &Identity, scopes: &[Scope]) -> Vec<Grant> {
+fn grants(
+    snapshot: &Snapshot,
+    identity: &Identity,
+    client: std::net::IpAddr,
+    scopes: &[Scope],
+) -> Vec<Grant> {
     let rules = &snapshot.config.rules;
     let who = identity.as_rule();
     let mut out = Vec::new();
@@ -150,7 +155,7 @@ fn grants(snapshot: &Snapshot, identity: &Identity, scopes: &[Scope]) -> Vec<Gra
         if scope.kind != "repository" || !is_valid_repository_name(&scope.name) {
             continue;
         }
-        let allowed = rules.actions_for(&who, &scope.name);
+        let allowed = rules.actions_for(&who, client, &scope.name);
         let wanted: Vec<Action> = if scope.actions.iter().any(|a| a == "*") {
             Action::ALL.to_vec()
         } else {

@@ -6,12 +6,15 @@ mod util;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use util::gate::{Gate, GateConfig};
 use util::image::{oci_image, skopeo, skopeo_ok};
+use util::netns::Netns;
 use util::registry::Registry;
-use util::{describe, free_port, temp_dir};
+use util::{describe, free_port, run, temp_dir};
 
 /// `GET /metrics` over plain HTTP, parsed into series -> value.
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
@@ -174,5 +177,74 @@ fn metrics_count_real_traffic_failures_and_refused_connections() {
     assert!(
         open_now >= 3.0,
         "open connections {open_now} while three were held"
+    );
+}
+
+#[test]
+fn a_from_rule_lets_ci_push_only_from_its_network() {
+    let tmp = temp_dir();
+    let netns = Netns::create();
+    let registry = Registry::start_unix(tmp.path());
+    // The gate in the namespace sees the host's side of the veth as the build network, and
+    // a client inside the namespace as some other network.
+    let gate = Gate::start_in(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[("builder", "builder-secret")])
+            .extra_toml(&format!(
+                "\n[[rules]]\nusers = [\"builder\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\"]\nfrom = [\"{}/32\"]\n\
+                 \n[[rules]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+                netns.host_ip
+            )),
+        &netns,
+    );
+    let image = oci_image(&tmp.path().join("image"), 1, 64 * 1024);
+    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
+    let push_args = |tag: &str| {
+        vec![
+            "--insecure-policy".to_string(),
+            "copy".into(),
+            "--dest-cert-dir".into(),
+            certs.into(),
+            "--dest-creds".into(),
+            "builder:builder-secret".into(),
+            image.reference(),
+            format!("docker://{}/team/app:{tag}", gate.authority()),
+        ]
+    };
+
+    // From the build network: allowed.
+    let from_build = run(Command::new("skopeo").args(push_args("build")));
+    assert!(from_build.status.success(), "{}", describe(&from_build));
+
+    // The same user and password from elsewhere: pull yes, push no.
+    let skopeo_path = Path::new("/usr/bin/skopeo");
+    let elsewhere = run(netns.command(skopeo_path).args(push_args("elsewhere")));
+    assert!(
+        !elsewhere.status.success(),
+        "a push from outside the build network succeeded"
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&elsewhere.stdout),
+        String::from_utf8_lossy(&elsewhere.stderr)
+    );
+    assert!(text.contains("builder may not push team/app"), "{text}");
+    let pulled = tmp.path().join("pulled");
+    let pull = run(netns.command(skopeo_path).args([
+        "--insecure-policy",
+        "copy",
+        "--src-cert-dir",
+        certs,
+        "--src-creds",
+        "builder:builder-secret",
+        &format!("docker://{}/team/app:build", gate.authority()),
+        &format!("oci:{}:app", pulled.display()),
+    ]));
+    assert!(pull.status.success(), "{}", describe(&pull));
+    assert!(
+        gate.log().contains("decision=\"deny\" rule=rules[1]"),
+        "the access log does not name the deciding rule:\n{}",
+        gate.log()
     );
 }

@@ -527,6 +527,7 @@ impl Config {
                 users: r.users,
                 repositories: r.repositories,
                 actions: r.actions,
+                from: r.from.unwrap_or_default(),
             })
             .collect();
         if specs.is_empty() && !raw.groups.is_empty() {
@@ -621,6 +622,7 @@ fn rule_spec(users: &[&str], repositories: &[&str], actions: &[&str]) -> RuleSpe
         users: own(users),
         repositories: own(repositories),
         actions: own(actions),
+        from: Vec::new(),
     }
 }
 
@@ -982,6 +984,9 @@ fn parse_upstream(url: &str, base: &Path) -> Result<(UpstreamTarget, String), St
 
 #[cfg(test)]
 mod tests {
+    /// An address no `from` list in these tests names.
+    const ANYWHERE: std::net::IpAddr =
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
     use super::*;
 
     fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
@@ -1153,26 +1158,59 @@ mod tests {
         use crate::registry_path::Action;
         use crate::rules::Identity;
         let rules = &c.rules;
+        let build_network: std::net::IpAddr = "10.20.3.4".parse().expect("address");
         assert!(rules
-            .decide(&Identity::User("builder1"), "team/app", Action::Push)
+            .decide(
+                &Identity::User("builder1"),
+                build_network,
+                "team/app",
+                Action::Push
+            )
+            .is_allowed());
+        // Elsewhere the `from` rule is skipped: the catch-all lets CI pull, not push.
+        assert!(!rules
+            .decide(
+                &Identity::User("builder1"),
+                ANYWHERE,
+                "team/app",
+                Action::Push
+            )
+            .is_allowed());
+        assert!(rules
+            .decide(
+                &Identity::User("builder1"),
+                ANYWHERE,
+                "team/app",
+                Action::Pull
+            )
             .is_allowed());
         assert!(!rules
-            .decide(&Identity::User("builder1"), "team/app", Action::Delete)
+            .decide(
+                &Identity::User("builder1"),
+                ANYWHERE,
+                "team/app",
+                Action::Delete
+            )
             .is_allowed());
         assert!(rules
-            .decide(&Identity::User("alice"), "team/app", Action::Delete)
+            .decide(
+                &Identity::User("alice"),
+                ANYWHERE,
+                "team/app",
+                Action::Delete
+            )
             .is_allowed());
         assert!(rules
-            .decide(&Identity::User("bob"), "bob/tool", Action::Push)
+            .decide(&Identity::User("bob"), ANYWHERE, "bob/tool", Action::Push)
             .is_allowed());
         assert!(!rules
-            .decide(&Identity::User("bob"), "team/app", Action::Push)
+            .decide(&Identity::User("bob"), ANYWHERE, "team/app", Action::Push)
             .is_allowed());
         assert!(rules
-            .decide(&Identity::User("bob"), "team/app", Action::Pull)
+            .decide(&Identity::User("bob"), ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
         assert!(!rules
-            .decide(&Identity::Anonymous, "team/app", Action::Pull)
+            .decide(&Identity::Anonymous, ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
     }
 

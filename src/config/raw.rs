@@ -65,6 +65,7 @@ pub struct RawRule {
     pub users: Vec<String>,
     pub repositories: Vec<String>,
     pub actions: Vec<String>,
+    pub from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
