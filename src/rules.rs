@@ -225,7 +225,7 @@ impl Rules {
                 && rule
                     .from
                     .as_ref()
-                    .is_none_or(|nets| nets.iter().any(|n| n.contains(&client)))
+                    .map_or(true, |nets| nets.iter().any(|n| n.contains(&client)))
                 && rule
                     .repositories
                     .iter()
