@@ -8,6 +8,7 @@
 //! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
 //! - `pipeline`: the path of one request, top to bottom.
 //! - `plain_http`: the port-80 listener: ACME http-01 answers, 308 to https.
+//! - `proxy_protocol`: the PROXY protocol v1/v2 header a TCP balancer puts first.
 //! - `filter`: user agents and client addresses turned away before any other work.
 //! - `registry_path`: method + path -> endpoint, action, repository (or a rejection).
 //! - `auth`: Basic credentials against htpasswd files, verified-credential cache, throttling.
@@ -34,6 +35,7 @@ pub mod log;
 pub mod metrics;
 pub mod pipeline;
 pub mod plain_http;
+pub mod proxy_protocol;
 pub mod registry_path;
 pub mod rules;
 pub mod server;

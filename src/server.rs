@@ -256,6 +256,15 @@ async fn serve_connection(
     let snapshot = shared.snapshot();
     let server = snapshot.config.server.clone();
     let tls = TlsAcceptor::from(shared.tls());
+    let mut stream = stream;
+    let peer = if server.proxy_protocol {
+        match proxied_peer(&mut stream, peer, &server).await {
+            Some(client) => client,
+            None => return,
+        }
+    } else {
+        peer
+    };
 
     let tls_stream = match tokio::time::timeout(server.handshake_timeout, tls.accept(stream)).await
     {
@@ -400,6 +409,38 @@ async fn serve_metrics(
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(timeout, connection).await;
         });
+    }
+}
+
+/// With `[server] proxy_protocol`: the client the balancer's header names, or `None` when
+/// the connection must be closed (a peer that is no trusted balancer, no or a bad header).
+/// The header shares the handshake's time budget.
+async fn proxied_peer(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    server: &crate::config::ServerConfig,
+) -> Option<SocketAddr> {
+    let balancer = crate::forward::canonical(peer.ip());
+    if !server.trusted_proxies.iter().any(|n| n.contains(&balancer)) {
+        tracing::warn!(peer = %peer, "connection refused: PROXY protocol is on and the peer is not in [server] trusted_proxies");
+        return None;
+    }
+    match tokio::time::timeout(
+        server.handshake_timeout,
+        crate::proxy_protocol::read_header(stream),
+    )
+    .await
+    {
+        Ok(Ok(crate::proxy_protocol::ProxiedPeer::Client(client))) => Some(client),
+        Ok(Ok(crate::proxy_protocol::ProxiedPeer::Local)) => Some(peer),
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %peer, error = %e, "connection refused");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "PROXY protocol header timed out");
+            None
+        }
     }
 }
 

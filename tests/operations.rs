@@ -1,5 +1,6 @@
 //! What an operator runs the gate with day to day: Prometheus metrics after real traffic,
-//! per-action address rules and the PROXY protocol behind a balancer.
+//! per-action address rules, and the PROXY protocol behind a balancer (headers written by
+//! hand, as HAProxy or a cloud L4 balancer sends them).
 
 mod util;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use util::gate::{Gate, GateConfig};
 use util::image::{oci_image, skopeo, skopeo_ok};
 use util::netns::Netns;
+use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
 use util::{describe, free_port, run, temp_dir};
 
@@ -245,6 +247,115 @@ fn a_from_rule_lets_ci_push_only_from_its_network() {
     assert!(
         gate.log().contains("decision=\"deny\" rule=rules[1]"),
         "the access log does not name the deciding rule:\n{}",
+        gate.log()
+    );
+}
+
+/// One HTTPS request over a TCP connection that first carries `preamble` (a PROXY protocol
+/// header written by hand), as a balancer would send it. The status line, or the error.
+async fn request_behind_balancer(gate: &Gate, preamble: &[u8]) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.write_all(preamble).await.map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        util::client::tls_config(&gate.pki.ca_pem),
+    ));
+    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"GET /v2/app/manifests/1 HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.lines()
+        .next()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| "no response".to_string())
+}
+
+fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&client);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&443u16.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_names_the_client_only_when_a_trusted_balancer_sends_it() {
+    let tmp = temp_dir();
+    let upstream = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(upstream.url())
+            .trusted_proxies(&["127.0.0.1"])
+            .server_toml("proxy_protocol = true\n")
+            .extra_toml("\n[filter]\ndeny = [\"203.0.113.66\"]\n"),
+    );
+
+    // v1 and v2: the registry hears of the client the header names, and never of the
+    // X-Forwarded-For that client wrote itself.
+    let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 443\r\n";
+    assert_eq!(
+        request_behind_balancer(&gate, v1).await.as_deref(),
+        Ok("HTTP/1.1 200 OK")
+    );
+    assert_eq!(
+        request_behind_balancer(&gate, &proxy_v2([203, 0, 113, 8], 40002))
+            .await
+            .as_deref(),
+        Ok("HTTP/1.1 200 OK")
+    );
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(seen[0].header("x-forwarded-for"), Some("203.0.113.7"));
+    assert_eq!(seen[0].header("x-real-ip"), Some("203.0.113.7"));
+    assert_eq!(seen[1].header("x-forwarded-for"), Some("203.0.113.8"));
+    assert!(gate.log().contains("peer=203.0.113.7"), "{}", gate.log());
+
+    // The named client is the one [filter] judges.
+    assert_eq!(
+        request_behind_balancer(&gate, b"PROXY TCP4 203.0.113.66 127.0.0.1 40003 443\r\n")
+            .await
+            .as_deref(),
+        Ok("HTTP/1.1 403 Forbidden")
+    );
+
+    // No header, or a broken one: the connection is closed before TLS.
+    assert!(request_behind_balancer(&gate, b"").await.is_err());
+    assert!(
+        request_behind_balancer(&gate, b"PROXY TCP4 203.0.113.7\r\n")
+            .await
+            .is_err()
+    );
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_protocol_header_from_an_untrusted_peer_is_refused() {
+    let tmp = temp_dir();
+    let upstream = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(upstream.url())
+            .trusted_proxies(&["127.0.0.2"])
+            .server_toml("proxy_protocol = true\n"),
+    );
+    let spoofed = b"PROXY TCP4 10.0.0.1 127.0.0.1 40001 443\r\n";
+    assert!(request_behind_balancer(&gate, spoofed).await.is_err());
+    assert!(upstream.requests().is_empty());
+    assert!(
+        gate.log().contains("not in [server] trusted_proxies"),
+        "{}",
         gate.log()
     );
 }

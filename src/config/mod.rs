@@ -129,6 +129,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The plain-HTTP listener: ACME http-01 answers and a 308 redirect to https.
     pub http_listen: Option<SocketAddr>,
+    /// Every TLS connection starts with a PROXY protocol header (v1 or v2) from one of
+    /// `trusted_proxies`, naming the real client.
+    pub proxy_protocol: bool,
     /// Peers whose X-Forwarded-* headers are believed and extended rather than replaced.
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
@@ -337,7 +340,7 @@ impl Config {
         let listen = v.check("server.listen", listen_text.parse::<SocketAddr>().map_err(|_| {
             format!("{listen_text:?} is not an address:port such as \"0.0.0.0:443\" or \"[::]:443\"")
         }));
-        let trusted_proxies = raw
+        let trusted_proxies: Vec<IpNet> = raw
             .server
             .trusted_proxies
             .unwrap_or_default()
@@ -359,9 +362,17 @@ impl Config {
                 }),
             )
         });
+        let proxy_protocol = raw.server.proxy_protocol.unwrap_or(false);
+        if proxy_protocol && trusted_proxies.is_empty() {
+            v.fail(
+                "server.proxy_protocol",
+                "the header is only believed from [server] trusted_proxies, which is empty: list the balancer's addresses".into(),
+            );
+        }
         let server = ServerConfig {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
             http_listen,
+            proxy_protocol,
             trusted_proxies,
             shutdown_grace: v.duration(
                 "server.shutdown_grace",
@@ -1002,6 +1013,15 @@ mod tests {
             Ok(_) => panic!("expected errors"),
             Err(e) => e.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_a_trusted_balancer() {
+        let m = messages(parse("[server]\nproxy_protocol = true\n")).join("\n");
+        assert!(m.contains("[server.proxy_protocol]: the header is only believed from [server] trusted_proxies"), "{m}");
+        let c = parse("[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.5\"]\n")
+            .expect("valid");
+        assert!(c.server.proxy_protocol);
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub struct RawRule {
 pub struct RawServer {
     pub listen: Option<String>,
     pub http_listen: Option<String>,
+    pub proxy_protocol: Option<bool>,
     pub trusted_proxies: Option<Vec<String>>,
     pub shutdown_grace: Option<String>,
     pub handshake_timeout: Option<String>,
