@@ -30,6 +30,7 @@ pub struct Exchange {
     bytes_out: AtomicU64,
     last_activity_ms: AtomicU64,
     completed: AtomicBool,
+    client_body_failed: AtomicBool,
 }
 
 impl Exchange {
@@ -40,6 +41,7 @@ impl Exchange {
             bytes_out: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
             completed: AtomicBool::new(false),
+            client_body_failed: AtomicBool::new(false),
         })
     }
 
@@ -58,6 +60,13 @@ impl Exchange {
     /// True once the response body reached its end (rather than being cut).
     pub fn completed(&self) -> bool {
         self.completed.load(Ordering::Relaxed)
+    }
+
+    /// True once reading the client's request body failed (bad chunked framing, a DATA frame
+    /// past `content-length`, a client gone mid-upload): whatever the upstream exchange then
+    /// reports is the client's fault, not the registry's.
+    pub fn client_body_failed(&self) -> bool {
+        self.client_body_failed.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -115,13 +124,20 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(Ok(frame)) = &frame {
-            if let Some(data) = frame.data_ref() {
-                this.exchange
-                    .bytes_in
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.exchange
+                        .bytes_in
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                this.exchange.touch();
             }
-            this.exchange.touch();
+            Some(Err(_)) => this
+                .exchange
+                .client_body_failed
+                .store(true, Ordering::Relaxed),
+            None => {}
         }
         Poll::Ready(frame)
     }

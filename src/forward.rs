@@ -95,7 +95,15 @@ impl Upstream {
         exchange: &Exchange,
     ) -> Result<Response<Incoming>, GateError> {
         tokio::select! {
-            result = self.client.request(request) => result.map_err(classify_client_error),
+            result = self.client.request(request) => result.map_err(|e| {
+                if exchange.client_body_failed() {
+                    // hyper reports a broken request body as a failed upstream exchange; the
+                    // registry did nothing wrong, so it must not read as a 502 and a warning.
+                    GateError::BadRequest("the request body is malformed or was cut short")
+                } else {
+                    classify_client_error(e)
+                }
+            }),
             () = exchange.idle_for(self.read_timeout) => Err(GateError::UpstreamTimeout),
         }
     }

@@ -14,6 +14,7 @@
 //! - `docker`   a private `dockerd` and its CLI
 //! - `image`    OCI image layouts made by hand, and `skopeo`
 //! - `netns`    a network namespace with a non-loopback address, for docker's secure mode
+//! - `rawh2`    HTTP/2 frames written byte for byte, for requests real clients refuse to send
 
 // Each test file compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
@@ -24,6 +25,7 @@ pub mod gate;
 pub mod image;
 pub mod netns;
 pub mod pki;
+pub mod rawh2;
 pub mod recorder;
 pub mod registry;
 
