@@ -380,7 +380,7 @@ async fn the_real_registry_keeps_a_manifest_through_overrides_and_smuggled_delet
         (
             "HEAD ?_method=DELETE",
             head(
-                &format!("HEAD /v2/team/app/manifests/1?_method=DELETE HTTP/1.1"),
+                "HEAD /v2/team/app/manifests/1?_method=DELETE HTTP/1.1",
                 Who::Alice,
                 accept,
             ),
@@ -612,6 +612,30 @@ async fn http1_framing_tricks_never_smuggle_a_request_upstream() {
         "{} framing case(s) failed:\n\n{}",
         failures.len(),
         failures.join("\n\n")
+    );
+}
+
+/// Regression: a request whose chunked body broke after the head was forwarded was answered
+/// 502 "the registry behind the gate failed" and logged as an upstream error, so any client
+/// could raise registry alarms at will. The fault is the client's: 400, logged as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chunked_request_body_is_a_400_not_a_502_blaming_the_registry() {
+    let tmp = temp_dir();
+    let (gate, recorder) = gate_with_rules(tmp.path());
+    let bytes = format!(
+        "PUT /v2/alice/app/manifests/1 HTTP/1.1\r\nHost: localhost\r\n{}\
+         Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\nzz\r\n",
+        Who::Alice.header()
+    );
+    let answer = raw(&gate, bytes.as_bytes()).await;
+    assert_eq!(statuses(&answer), [400], "{answer}");
+    for seen in recorder.requests() {
+        assert!(seen.body_error.is_some(), "completed upstream: {seen:#?}");
+    }
+    let log = gate.log();
+    assert!(
+        !log.contains("upstream error"),
+        "the client's broken body was logged as the registry's fault:\n{log}"
     );
 }
 
