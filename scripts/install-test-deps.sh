@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
-# with) and docker-compose (which validates compose.yaml). Idempotent: installs only what is
+# with), docker-compose (which validates compose.yaml), and g++ and cargo-fuzz for the fuzz
+# targets (scripts/fuzz). Idempotent: installs only what is
 # missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as root
 # or with sudo available.
 set -eu
@@ -30,6 +31,14 @@ need curl curl
 need gzip gzip
 need docker-compose docker-compose
 need nginx nginx
+# libFuzzer, which the fuzz targets (fuzz/, scripts/fuzz) link, is C++.
+need g++ g++
+
+# cargo-fuzz for scripts/fuzz: about a minute to build, once per machine.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "install-test-deps: installing cargo-fuzz"
+    cargo install cargo-fuzz --version 0.13.2 --locked
+fi
 
 if [ -z "$missing" ]; then
     echo "install-test-deps: everything is installed"

@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(!user.contains(':'), "user with ':' accepted: {user:?}");
     let text = std::str::from_utf8(data).expect("accepted headers are UTF-8");
     let scheme = text.trim().split(' ').next().unwrap_or("");
-    assert!(scheme.eq_ignore_ascii_case("basic"), "scheme {scheme:?} accepted");
+    assert!(
+        scheme.eq_ignore_ascii_case("basic"),
+        "scheme {scheme:?} accepted"
+    );
     let mut pair = user.clone().into_bytes();
     pair.push(b':');
     pair.extend_from_slice(&password);
@@ -31,7 +34,11 @@ fn encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
