@@ -720,6 +720,7 @@ async fn http2_frames_no_client_library_sends_never_reach_the_upstream() {
         "DELETE /v2/team/app/manifests/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n"
     );
     let body = |extra: &str| Frame::data(format!("{{}}{extra}").as_bytes(), true);
+    let pause = Duration::from_millis(300);
 
     // Rows: (what, frames, must be refused with nothing forwarded).
     #[rustfmt::skip]
@@ -755,6 +756,9 @@ async fn http2_frames_no_client_library_sends_never_reach_the_upstream() {
         ("less DATA than content-length", vec![headers(with(put(), &[("content-length", "400")]), false), body("")], false),
         ("content-length 0 then DATA", vec![headers(with(put(), &[("content-length", "0")]), false), body(&inner)], false),
         ("DATA after END_STREAM", vec![headers(with(put(), &[("content-length", "2")]), false), body(""), Frame::data(inner.as_bytes(), true)], false),
+        // The same once the head has gone upstream: the registry must see a request cut short.
+        ("more DATA than content-length, late", vec![headers(with(put(), &[("content-length", "2")]), false), Frame::Pause(pause), body(&inner)], false),
+        ("less DATA than content-length, late", vec![headers(with(put(), &[("content-length", "400")]), false), Frame::Pause(pause), body("")], false),
     ];
 
     let mut failures = Vec::new();

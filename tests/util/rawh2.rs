@@ -42,6 +42,9 @@ pub enum Frame {
         bytes: Vec<u8>,
         end_stream: bool,
     },
+    /// Not a frame: send what came before and wait, so the server acts on it first (the
+    /// gate forwards a request head before its body has arrived).
+    Pause(Duration),
 }
 
 impl Frame {
@@ -121,6 +124,12 @@ pub async fn exchange(addr: SocketAddr, ca_pem: &Path, frames: &[Frame]) -> io::
             Frame::Data { bytes, end_stream } => {
                 let flags = if *end_stream { END_STREAM } else { 0 };
                 frame(&mut out, DATA, flags, 1, bytes);
+            }
+            Frame::Pause(wait) => {
+                let _ = tls.write_all(&out).await;
+                let _ = tls.flush().await;
+                out.clear();
+                tokio::time::sleep(*wait).await;
             }
         }
     }
