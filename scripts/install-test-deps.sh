@@ -2,7 +2,7 @@
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
 # with), docker-compose (which validates compose.yaml), and g++ and cargo-fuzz for the fuzz
-# targets (scripts/fuzz). Idempotent: installs only what is
+# targets (scripts/fuzz, when FUZZ_SECONDS is set). Idempotent: installs only what is
 # missing, and runs `apt-get update` once, only when something is. Debian/Ubuntu; run as root
 # or with sudo available.
 set -eu
@@ -34,8 +34,9 @@ need nginx nginx
 # libFuzzer, which the fuzz targets (fuzz/, scripts/fuzz) link, is C++.
 need g++ g++
 
-# cargo-fuzz for scripts/fuzz: about a minute to build, once per machine.
-if ! cargo fuzz --version >/dev/null 2>&1; then
+# cargo-fuzz for scripts/fuzz: about a minute to build, once per machine, so only when the
+# fuzzing run is asked for (FUZZ_SECONDS, see scripts/test).
+if [ "${FUZZ_SECONDS:-0}" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then
     echo "install-test-deps: installing cargo-fuzz"
     cargo install cargo-fuzz --version 0.13.2 --locked
 fi
