@@ -747,6 +747,8 @@ async fn http2_frames_no_client_library_sends_never_reach_the_upstream() {
         (":path with %2f", vec![headers(base("GET", "/v2/team%2f..%2fsecret/app/manifests/1"), true)], true),
         (":path *", vec![headers(base("OPTIONS", "*"), true)], true),
         (":path absolute", vec![headers(base("GET", "https://localhost/v2/secret/app/manifests/1"), true)], true),
+        ("CONNECT to the registry's address", vec![Frame::headers(&[(":method", "CONNECT"), (":authority", "127.0.0.1:5000"), ("authorization", &auth)], true)], true),
+        ("empty :path", vec![headers(base("GET", ""), true)], true),
         ("no :path", vec![headers(base("GET", "/v2/team/app/manifests/1").into_iter().filter(|(n, _)| *n != ":path").collect(), true)], true),
         ("host disagreeing with :authority", vec![headers(with(base("GET", "/v2/team/app/manifests/1"), &[("host", "registry.internal")]), true)], true),
         ("x-http-method-override", vec![headers(with(base("GET", "/v2/team/app/manifests/1"), &[("x-http-method-override", "DELETE")]), true)], true),
