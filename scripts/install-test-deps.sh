@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
-# with), pebble (the ACME test server), testssl.sh (the TLS scan), and the checkers of the
+# with), pebble (the ACME test server), testssl.sh (the TLS scan), g++ and, when
+# FUZZ_SECONDS is set, cargo-fuzz (the fuzz targets, scripts/fuzz), and the checkers of the
 # deployment files: docker-compose (compose.yaml), systemd-analyze
 # (contrib/registry-gate.service), shellcheck (scripts/) and, from PyPI, kubernetes-validate
 # (deploy/kubernetes, against the schemas it bundles, offline).
@@ -38,6 +39,8 @@ need systemd-analyze systemd
 need shellcheck shellcheck
 need python3 python3
 need testssl testssl.sh
+# libFuzzer, which the fuzz targets (fuzz/, scripts/fuzz) link, is C++.
+need g++ g++
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -66,4 +69,11 @@ else
     fi
     python3 -m pip install --quiet "$KUBERNETES_VALIDATE" ||
         python3 -m pip install --quiet --break-system-packages "$KUBERNETES_VALIDATE"
+fi
+
+# cargo-fuzz for scripts/fuzz: about a minute to build, once per machine, so only when the
+# fuzzing run is asked for (FUZZ_SECONDS, see scripts/test).
+if [ "${FUZZ_SECONDS:-0}" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "install-test-deps: installing cargo-fuzz"
+    cargo install cargo-fuzz --version 0.13.2 --locked
 fi

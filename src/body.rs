@@ -64,9 +64,9 @@ impl Exchange {
         self.completed.load(Ordering::Relaxed) && !self.client_body_failed()
     }
 
-    /// True when reading the client's request body failed (the client reset or closed the
-    /// connection mid-upload). The registry's request then fails too, through no fault of its
-    /// own.
+    /// True once reading the client's request body failed (bad chunked framing, a DATA frame
+    /// past `content-length`, a client gone mid-upload): whatever the upstream exchange then
+    /// reports is the client's fault, not the registry's.
     pub fn client_body_failed(&self) -> bool {
         self.client_body_failed.load(Ordering::Relaxed)
     }

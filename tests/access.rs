@@ -136,11 +136,12 @@ async fn raw_exchange(addr: SocketAddr, ca_pem: &Path, request: &[u8]) -> String
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The status codes of every response in a raw HTTP/1.1 exchange, in order.
+/// The status codes of every response in a raw HTTP/1.1 exchange, in order. Found anywhere,
+/// not only at line starts: a body without a final CR LF (the recorder's `{}`) runs straight
+/// into the next response's status line, which a line-start search would miss.
 fn statuses(raw: &str) -> Vec<u16> {
-    raw.split("\r\n")
-        .filter_map(|line| line.strip_prefix("HTTP/1.1 "))
-        .filter_map(|rest| rest.get(..3)?.parse().ok())
+    raw.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| raw.get(at + 9..at + 12)?.parse().ok())
         .collect()
 }
 

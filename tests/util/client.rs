@@ -317,3 +317,37 @@ pub async fn raw_https_exchange(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "raw exchange timed out"))?
 }
+
+/// Writes `request` byte for byte over a fresh TLS connection (HTTP/1.1, no ALPN) and returns
+/// everything the server sends back until it closes, resets, or stays silent for `quiet`.
+/// Unlike `raw_https_exchange`, a connection kept open still yields what was answered, so a
+/// test can count the responses to pipelined (or smuggled) requests.
+pub async fn raw_exchange_until_quiet(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    request: &[u8],
+    quiet: Duration,
+) -> Vec<u8> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(ca_pem)));
+    let name = ServerName::try_from("localhost").expect("server name");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake with {addr}: {e}"));
+    // The server may answer and close before reading everything (a refused head): what it
+    // said is still there to read.
+    let _ = tls.write_all(request).await;
+    let _ = tls.flush().await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(quiet, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}

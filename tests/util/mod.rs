@@ -15,6 +15,7 @@
 //! - `image`    OCI image layouts made by hand, and `skopeo`
 //! - `netns`    a network namespace with a non-loopback address, for docker's secure mode
 //! - `pebble`   the ACME test server
+//! - `rawh2`    HTTP/2 frames written byte for byte, for requests real clients refuse to send
 
 // Each test file compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
@@ -26,6 +27,7 @@ pub mod image;
 pub mod netns;
 pub mod pebble;
 pub mod pki;
+pub mod rawh2;
 pub mod recorder;
 pub mod registry;
 

@@ -32,6 +32,8 @@ pub struct Recorded {
     pub local_addr: SocketAddr,
     /// Set when reading the body failed (e.g. the gate cut it short).
     pub body_error: Option<String>,
+    /// Trailer fields of a chunked body, names lowercase.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Recorded {
@@ -236,9 +238,20 @@ async fn handle(
     let (parts, mut body) = req.into_parts();
     let mut body_len = 0u64;
     let mut body_error = None;
+    let mut trailers = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(frame) => body_len += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(frame) => {
+                body_len += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(fields) = frame.trailers_ref() {
+                    trailers.extend(fields.iter().map(|(n, v)| {
+                        (
+                            n.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    }));
+                }
+            }
             Err(e) => {
                 body_error = Some(e.to_string());
                 break;
@@ -262,6 +275,7 @@ async fn handle(
         body_len,
         local_addr,
         body_error,
+        trailers,
     };
     let reply = responder(&recorded);
     requests.lock().expect("recorder lock").push(recorded);
