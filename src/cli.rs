@@ -34,6 +34,9 @@ pub enum Command {
     /// Validate the configuration and certificates like `nginx -t`: exit 0 with a summary,
     /// or exit 2 listing every problem.
     Check,
+    /// Check a running setup end to end (registry, certificate, users, the gate's answers)
+    /// and say what is wrong and how to fix it; exit 1 if anything failed.
+    Doctor,
     /// Exit 0 if the gate answers on its listener (for a container HEALTHCHECK), 1 if not.
     Healthcheck {
         /// Ask /readyz (the registry behind answers too) instead of /healthz.

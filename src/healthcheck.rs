@@ -20,18 +20,41 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Probes `listen` (an unspecified address is reached on loopback); `Ok(status)` is the
 /// HTTP status of the answer.
 pub async fn probe(listen: SocketAddr, path: &str) -> Result<u16, String> {
-    let ip = match listen.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        other => other,
-    };
-    let target = SocketAddr::new(ip, listen.port());
+    let target = local_target(listen);
     tokio::time::timeout(PROBE_TIMEOUT, exchange(target, path))
         .await
         .map_err(|_| format!("{target}: no answer within {PROBE_TIMEOUT:?}"))?
 }
 
+/// Where this host reaches a listener: an unspecified address means loopback.
+pub fn local_target(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
 async fn exchange(target: SocketAddr, path: &str) -> Result<u16, String> {
+    let answer = fetch(target, path).await?;
+    answer
+        .head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("{target}: not an HTTP answer"))
+}
+
+/// What the gate answered one GET: the response head and the certificate chain it served.
+pub struct Answer {
+    pub head: String,
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+/// One GET over a fresh TLS connection to `target`, with `Connection: close`; the answer's
+/// head (up to 16 KiB) and the served certificate chain, unverified.
+pub async fn fetch(target: SocketAddr, path: &str) -> Result<Answer, String> {
     let provider = crate::tls::provider();
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -48,17 +71,29 @@ async fn exchange(target: SocketAddr, path: &str) -> Result<u16, String> {
         .connect(name, tcp)
         .await
         .map_err(|e| format!("{target}: TLS: {e}"))?;
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tls.write_all(request.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let mut head = vec![0u8; 64];
-    let n = tls.read(&mut head).await.map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("{target}: not an HTTP answer"))
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        let n = tls.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(Answer {
+        head: String::from_utf8_lossy(&head).into_owned(),
+        chain,
+    })
 }
 
 #[derive(Debug)]

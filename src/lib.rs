@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - `cli`: the command line.
+//! - `doctor`: `registry-gate doctor`, end-to-end checks of a running setup.
 //! - `config`: `proxy.toml` parsed (`config::raw`) and validated (`config::Config`).
 //! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
 //! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
@@ -27,6 +28,7 @@ pub mod body;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod filter;
 pub mod forward;
@@ -58,6 +60,7 @@ pub fn run_cli(cli: Cli) -> i32 {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config.as_deref()),
         Command::Check => check(cli.config.as_deref()),
+        Command::Doctor => doctor::run(cli.config.as_deref()),
         Command::Healthcheck { ready } => healthcheck(cli.config.as_deref(), ready),
         Command::Gencert {
             dir,

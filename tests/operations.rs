@@ -359,3 +359,51 @@ async fn a_proxy_protocol_header_from_an_untrusted_peer_is_refused() {
         gate.log()
     );
 }
+
+#[test]
+fn doctor_passes_a_working_setup_and_names_what_breaks() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url).basic_auth(&[("builder", "builder-secret")]),
+    );
+    let doctor = || {
+        run(util::gate::gate_command()
+            .arg("doctor")
+            .arg("--config")
+            .arg(&gate.config_path))
+    };
+    let healthy = doctor();
+    let text = String::from_utf8_lossy(&healthy.stdout).into_owned();
+    assert!(healthy.status.success(), "{}", describe(&healthy));
+    for line in [
+        "ok    htpasswd: 1 usable users",
+        "ok    registry at http://",
+        "ok    upload URLs reach clients as",
+        "with a login challenge",
+        "0 failure(s)",
+    ] {
+        assert!(text.contains(line), "missing {line:?}:\n{text}");
+    }
+    // The probe upload was cancelled: nothing is left in the registry.
+    assert!(registry.stored_blob_digests().is_empty());
+
+    // An htpasswd line the gate cannot use, and a registry that is gone.
+    let htpasswd = gate.config_path.with_file_name("htpasswd");
+    let mut lines = std::fs::read_to_string(&htpasswd).expect("htpasswd");
+    lines.push_str("olduser:abJnggxhB/yWI\n");
+    std::fs::write(&htpasswd, lines).expect("write htpasswd");
+    drop(registry);
+    let broken = doctor();
+    let text = String::from_utf8_lossy(&broken.stdout).into_owned();
+    assert_eq!(broken.status.code(), Some(1), "{}", describe(&broken));
+    assert!(
+        text.contains("FAIL  htpasswd:") && text.contains(":2:"),
+        "the bad line is not named with its file and line:\n{text}"
+    );
+    assert!(
+        text.contains("FAIL  registry at http://") && text.contains("is it running"),
+        "{text}"
+    );
+}
