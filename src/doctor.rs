@@ -208,7 +208,7 @@ async fn check_upstream(config: &Config, public_host: &str, report: &mut Report)
         .headers()
         .get(header::DATE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate_parse(v))
+        .and_then(httpdate_parse)
     {
         let skew = match date.duration_since(SystemTime::now()) {
             Ok(d) => d,
