@@ -5,13 +5,9 @@
 //! certificates. What happens to one request is `pipeline`'s business, not this module's.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -323,7 +319,7 @@ async fn serve_connection(
         // A peer that stops answering pings is gone; its streams are released.
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    let io = TokioIo::new(ActivityIo::new(tls_stream, activity.clone()));
+    let io = TokioIo::new(tls_stream);
     let connection = builder.serve_connection(io, service);
     tokio::select! {
         result = watcher.watch(connection.into_owned()) => {
@@ -333,6 +329,11 @@ async fn serve_connection(
         }
         () = activity.idle_for(server.idle_timeout) => {
             tracing::debug!(peer = %peer, "closing an idle connection");
+        }
+        () = activity.no_request_within(server.header_timeout) => {
+            // hyper's header timeout covers HTTP/1.1 heads; this also covers a client that
+            // trickles the HTTP/2 preface or its first HEADERS frame.
+            tracing::debug!(peer = %peer, "closing a connection that sent no request in time");
         }
     }
 }
@@ -449,13 +450,16 @@ async fn proxied_peer(
 const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// What a connection is doing, for the idle timeout: when bytes last moved, and how many
-/// requests are in flight (a request waiting on a slow registry is not idle).
+/// What a connection is doing, for the idle timeout: when a request last started or ended,
+/// and how many are in flight (a request waiting on a slow registry is not idle). Bytes alone
+/// do not count: a client trickling a request head or HTTP/2 control frames between requests
+/// is holding the connection, not using it.
 #[derive(Debug)]
 pub struct ConnActivity {
     started: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    any_request: std::sync::atomic::AtomicBool,
 }
 
 /// Held by a request from its start until its response body is finished or dropped.
@@ -475,12 +479,24 @@ impl ConnActivity {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            any_request: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.any_request.store(true, Ordering::Relaxed);
+        self.touch();
         InFlight(self.clone())
+    }
+
+    /// Resolves if no request has started `limit` after the connection was set up; never
+    /// once one has.
+    async fn no_request_within(&self, limit: Duration) {
+        tokio::time::sleep_until((self.started + limit).into()).await;
+        if self.any_request.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn touch(&self) {
@@ -488,8 +504,8 @@ impl ConnActivity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Resolves once no request is in flight and no byte has moved for `limit` — including
-    /// on a fresh connection that never sends a request.
+    /// Resolves once no request has been in flight for `limit`, including on a fresh
+    /// connection that never sends a request.
     async fn idle_for(&self, limit: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
@@ -505,77 +521,6 @@ impl ConnActivity {
             }
             tokio::time::sleep(deadline - now).await;
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The TLS stream, noting every byte read or written as activity.
-    struct ActivityIo<T> {
-        #[pin]
-        inner: T,
-        activity: Arc<ConnActivity>,
-    }
-}
-
-impl<T> ActivityIo<T> {
-    fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
-        ActivityIo { inner, activity }
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let result = this.inner.poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let result = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
     }
 }
 

@@ -1240,3 +1240,85 @@ fn gencert_on_a_full_filesystem_leaves_no_partial_pair_and_succeeds_once_there_i
         ["ca-key.pem", "ca.pem", "cert.pem", "key.pem"]
     );
 }
+
+/// A TLS connection that negotiated HTTP/2.
+async fn h2_tls(gate: &Gate) -> Tls {
+    let mut config = util::client::tls_config(&gate.pki.ca_pem);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_preface_or_ping_trickle_is_cut_like_a_slow_http1_head() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    // Bytes keep moving the whole time; only a timeout that counts requests, not bytes, can
+    // end these connections.
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url())
+            .server_toml("header_timeout = \"2s\"\nidle_timeout = \"3s\"\n"),
+    );
+
+    // The connection preface, one byte every 300 ms.
+    let (reader, mut writer) = tokio::io::split(h2_tls(&gate).await);
+    let dribble = tokio::spawn(async move {
+        for byte in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+            if writer.write_all(&[*byte]).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let started = Instant::now();
+    within(
+        15,
+        "the gate cutting a trickled preface",
+        until_closed(reader),
+    )
+    .await;
+    let waited = started.elapsed();
+    dribble.abort();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "trickled preface cut after {waited:?}, expected about the 2 s header timeout"
+    );
+
+    // A full preface and SETTINGS, then PING frames every 500 ms and never a request.
+    let (reader, mut writer) = tokio::io::split(h2_tls(&gate).await);
+    let pinger = tokio::spawn(async move {
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // empty SETTINGS
+        if writer.write_all(&hello).await.is_err() {
+            return;
+        }
+        let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        while writer.write_all(&ping).await.is_ok() && writer.flush().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let started = Instant::now();
+    within(
+        15,
+        "the gate cutting a ping-only connection",
+        until_closed(reader),
+    )
+    .await;
+    let waited = started.elapsed();
+    pinger.abort();
+    assert!(
+        waited < Duration::from_secs(6),
+        "a connection sending only pings stayed open {waited:?}"
+    );
+    assert!(recorder.requests().is_empty());
+    eprintln!("trickled preface cut after {waited:?}");
+}
