@@ -33,6 +33,7 @@
 set -euo pipefail
 
 REPS=3
+REPS_SET=0
 QUICK=0
 WRITE=0
 DURATION=""
@@ -45,7 +46,7 @@ usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
-        --reps) REPS="$2"; shift ;;
+        --reps) REPS="$2"; REPS_SET=1; shift ;;
         --write) WRITE=1 ;;
         --targets) TARGETS_ARG="$2"; shift ;;
         --scenarios) SCENARIOS_ARG="$2"; shift ;;
@@ -61,7 +62,7 @@ done
 if [ "$QUICK" -eq 1 ]; then
     BLOB_MIB=64; PAR_MIB=16; CHUNK_MIB=16
     : "${DURATION:=3}"; : "${IDLE_CONNS:=1000}"
-    [ "$REPS" = 3 ] && REPS=1
+    [ "$REPS_SET" -eq 1 ] || REPS=1
 else
     BLOB_MIB=1024; PAR_MIB=256; CHUNK_MIB=64
     : "${DURATION:=10}"; : "${IDLE_CONNS:=10000}"
