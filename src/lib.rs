@@ -6,6 +6,7 @@
 //! - `config`: `proxy.toml` parsed (`config::raw`) and validated (`config::Config`).
 //! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
 //! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
+//! - `read_ahead`: one large socket read under TLS instead of rustls's 4 KiB ones.
 //! - `pipeline`: the path of one request, top to bottom.
 //! - `filter`: user agents and client addresses turned away before any other work.
 //! - `registry_path`: method + path -> endpoint, action, repository (or a rejection).
@@ -30,6 +31,7 @@ pub mod forward;
 pub mod healthcheck;
 pub mod log;
 pub mod pipeline;
+pub mod read_ahead;
 pub mod registry_path;
 pub mod rules;
 pub mod server;

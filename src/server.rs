@@ -190,7 +190,11 @@ async fn serve_connection(
     let server = snapshot.config.server.clone();
     let tls = TlsAcceptor::from(shared.tls());
 
-    let tls_stream = match tokio::time::timeout(server.handshake_timeout, tls.accept(stream)).await
+    let tls_stream = match tokio::time::timeout(
+        server.handshake_timeout,
+        tls.accept(crate::read_ahead::ReadAhead::new(stream)),
+    )
+    .await
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
