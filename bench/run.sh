@@ -656,12 +656,14 @@ s6_handshakes() {
     local t="$1" rep="$2" c0 c1
     [ "$t" = direct ] && return 0
     c0="$(cpu_ticks "$t")"
-    wrk -t2 -c16 -d"${DURATION}s" --timeout 10s -H 'Connection: close' -H "$AUTH_APR1" \
+    # GET /v2/ without credentials: the proxy answers 401 itself, so the registry (about
+    # 1 ms of CPU per request) does not set the pace of a handshake benchmark.
+    wrk -t2 -c16 -d"${DURATION}s" --timeout 10s -H 'Connection: close' \
         "${BASE[$t]}/v2/" >"$TMP/wrk.out" 2>&1 || die "$t: wrk failed: $(cat "$TMP/wrk.out")"
     c1="$(cpu_ticks "$t")"
     local rps p50 p99 non2xx sockerr reqs
     read -r rps p50 p99 non2xx sockerr reqs < <(parse_wrk <"$TMP/wrk.out")
-    [ "$reqs" -gt 0 ] && [ "$non2xx" -eq 0 ] || die "$t: S6: $(cat "$TMP/wrk.out")"
+    [ "$reqs" -gt 0 ] && [ "$non2xx" -eq "$reqs" ] || die "$t: S6: expected only 401 answers: $(cat "$TMP/wrk.out")"
     record s6_conn_per_s "$t" "$rep" "$rps"
     record s6_cpu_us "$t" "$rep" "$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz / n * 1e6 }')"
 }
