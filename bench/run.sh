@@ -467,8 +467,8 @@ EOF
     wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
 }
 
-for t in "${TARGETS[@]}"; do
-    case "$t" in
+start_target() {
+    case "$1" in
         direct) PID[direct]="${PID[registry]}" ;;
         nginx) start_nginx nginx "" ;;
         # proxy_buffers and proxy_busy_buffers_size only so nginx accepts the larger
@@ -477,7 +477,8 @@ for t in "${TARGETS[@]}"; do
         gate) start_gate gate "$GATE_BIN" ;;
         gate-b) start_gate gate-b "$COMPARE_GATE" ;;
     esac
-done
+}
+for t in "${TARGETS[@]}"; do start_target "$t"; done
 # The registry is a "target" only as direct; pids_of registry is the registry.
 log "targets: ${TARGETS[*]}"
 
@@ -627,6 +628,10 @@ s4() {
 s5_idle() {
     local t="$1" rep="$2" before after port line
     [ "$t" = direct ] && return 0
+    # A fresh process: one that held connections before keeps the freed memory in its
+    # allocator and would hold the next N for almost nothing.
+    stop_pid "${PID[$t]}"
+    start_target "$t"
     port="${BASE[$t]##*:}"
     sleep 1
     before="$(status_kib "$t" VmRSS)"
