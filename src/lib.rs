@@ -7,6 +7,7 @@
 //! - `config`: `proxy.toml` parsed (`config::raw`) and validated (`config::Config`).
 //! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
 //! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
+//! - `read_ahead`: one large socket read under TLS instead of rustls's 4 KiB ones.
 //! - `pipeline`: the path of one request, top to bottom.
 //! - `plain_http`: the port-80 listener: ACME http-01 answers, 308 to https.
 //! - `proxy_protocol`: the PROXY protocol v1/v2 header a TCP balancer puts first.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plain_http;
 pub mod proxy_protocol;
+pub mod read_ahead;
 pub mod registry_path;
 pub mod rules;
 pub mod server;

@@ -16,7 +16,15 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. Called once, after the configuration is known.
 pub fn init(config: &LogConfig) {
     // The level was validated when the configuration was loaded.
-    let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls warns once per handshake about client quirks an operator cannot fix (curl and
+    // wrk send an IP address as SNI): at "warn" that is a log line and a write per new
+    // connection. Only its errors are kept, unless the filter names rustls itself.
+    if !config.level.contains("rustls") {
+        if let Ok(directive) = "rustls=error".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -262,7 +262,11 @@ async fn serve_connection(
         peer
     };
 
-    let tls_stream = match tokio::time::timeout(server.handshake_timeout, tls.accept(stream)).await
+    let tls_stream = match tokio::time::timeout(
+        server.handshake_timeout,
+        tls.accept(crate::read_ahead::ReadAhead::new(stream)),
+    )
+    .await
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

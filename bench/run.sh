@@ -1,0 +1,749 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: registry-gate against nginx (the distribution docs recipe) and
+# against the registry itself, all on loopback.
+#
+# Targets (all running at once, requests interleaved between them):
+#   direct       docker-registry serve, plain HTTP: the upper bound (no proxy, no TLS)
+#   nginx        nginx as the distribution recipe, with production settings (worker_processes
+#                auto, upstream keepalive, proxy_http_version 1.1, proxy_buffering off,
+#                proxy_request_buffering off, TLS 1.2+1.3, auth_basic)
+#   nginx-tuned  the same plus proxy_buffer_size 64k
+#   gate         target/release/registry-gate ([auth] mode = "basic")
+# All proxies use the same certificate (ECDSA P-256) and the same htpasswd file.
+#
+# Scenarios:
+#   S1  one 1 GiB blob download (HTTP/1.1; and over HTTP/2 for the proxies): MB/s, proxy CPU s/GiB
+#   S2  1 GiB upload, monolithic PUT and chunked PATCH: MB/s, proxy CPU s/GiB
+#   S3  manifest GET, wrk -c64 with Basic auth, bcrypt and APR1 user: req/s, p50, p99, CPU/req
+#   S4  16 parallel 256 MiB downloads: aggregate MB/s, proxy CPU s/GiB
+#   S5  peak RSS over S1-S4 (VmHWM), memory per idle TLS connection (N held open)
+#   S6  new TLS connections/s (wrk, Connection: close), HTTP/2 small requests (h2load)
+# Every download is checked for size and sha256; every upload ends with PUT ?digest=, which
+# the registry only answers 201 after verifying the digest.
+#
+# Usage: bash bench/run.sh [--quick] [--reps N] [--write] [--targets LIST] [--scenarios LIST]
+#                          [--idle-conns N] [--duration SECS] [--compare-gate PATH]
+#   --quick          small sizes (64 MiB, 16 x 16 MiB), 1 repetition, 3 s runs, 1000 idle
+#                    connections: checks that everything works, numbers are not meaningful
+#   --reps N         repetitions (default 3); the report gives median (min-max)
+#   --write          also write the report to bench/results-run.md
+#   --targets LIST   comma-separated subset of direct,nginx,nginx-tuned,gate
+#   --scenarios LIST comma-separated subset of S1,S2,S3,S4,S5,S6
+#   --compare-gate PATH  add a target "gate-b" running another registry-gate binary (A/B tests)
+set -euo pipefail
+
+REPS=3
+REPS_SET=0
+QUICK=0
+WRITE=0
+DURATION=""
+IDLE_CONNS=""
+TARGETS_ARG="direct,nginx,nginx-tuned,gate"
+SCENARIOS_ARG="S1,S2,S3,S4,S5,S6"
+COMPARE_GATE=""
+
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --reps) REPS="$2"; REPS_SET=1; shift ;;
+        --write) WRITE=1 ;;
+        --targets) TARGETS_ARG="$2"; shift ;;
+        --scenarios) SCENARIOS_ARG="$2"; shift ;;
+        --duration) DURATION="$2"; shift ;;
+        --idle-conns) IDLE_CONNS="$2"; shift ;;
+        --compare-gate) COMPARE_GATE="$(realpath "$2")"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" -eq 1 ]; then
+    BLOB_MIB=64; PAR_MIB=16; CHUNK_MIB=16
+    : "${DURATION:=3}"; : "${IDLE_CONNS:=1000}"
+    [ "$REPS_SET" -eq 1 ] || REPS=1
+else
+    BLOB_MIB=1024; PAR_MIB=256; CHUNK_MIB=64
+    : "${DURATION:=10}"; : "${IDLE_CONNS:=10000}"
+fi
+PARALLEL=16
+for n in "$REPS" "$DURATION" "$IDLE_CONNS"; do
+    [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || { echo "run.sh: not a positive whole number: $n" >&2; exit 2; }
+done
+IFS=, read -r -a TARGETS <<<"$TARGETS_ARG"
+IFS=, read -r -a SCENARIOS <<<"$SCENARIOS_ARG"
+for t in "${TARGETS[@]}"; do
+    case "$t" in direct|nginx|nginx-tuned|gate) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
+done
+[ -z "$COMPARE_GATE" ] || TARGETS+=(gate-b)
+want() { case ",$SCENARIOS_ARG," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MANIFEST_TYPE="application/vnd.oci.image.manifest.v1+json"
+REPO="bench/app"
+PASS="bench-$(date +%s)-$$"
+USER_BCRYPT="bench-bcrypt"
+USER_APR1="bench-apr1"
+
+log() { echo "run.sh: $*" >&2; }
+die() { echo "run.sh: FAILED: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools: install what is missing (Debian/Ubuntu), as scripts/install-test-deps.sh does.
+# ---------------------------------------------------------------------------------------------
+missing=""
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    case " $missing " in *" $2 "*) ;; *) missing="$missing $2" ;; esac
+}
+need nginx nginx
+need wrk wrk
+need h2load nghttp2-client
+need htpasswd apache2-utils
+need curl curl
+need docker-registry docker-registry
+need python3 python3
+need sha256sum coreutils
+need split coreutils
+if [ -n "$missing" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    log "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq $missing >&2 \
+        || { $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq $missing >&2; } \
+        || die "cannot install:$missing (apt-get install$missing)"
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo is not installed (https://rustup.rs)"
+
+# Idle connections need file descriptors in the client and in the proxy (which inherits this).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((IDLE_CONNS + 200)) ] \
+    || die "ulimit -n is $(ulimit -n), need $((IDLE_CONNS + 200)) for --idle-conns $IDLE_CONNS (raise the hard limit or lower --idle-conns)"
+
+log "cargo build --release"
+(cd "$ROOT" && cargo build --release --quiet >&2)
+GATE_BIN="$ROOT/target/release/registry-gate"
+[ -x "$GATE_BIN" ] || die "no $GATE_BIN after cargo build --release"
+
+# ---------------------------------------------------------------------------------------------
+# Scratch directory, process bookkeeping, cleanup.
+# ---------------------------------------------------------------------------------------------
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/registry-gate-run.XXXXXX")"
+declare -A PID=()     # target -> main pid (nginx: master)
+PIDS_EXTRA=()         # helpers (idle clients)
+
+stop_pid() {
+    local pid="$1"
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    local p
+    for p in "${PIDS_EXTRA[@]}"; do stop_pid "$p"; done
+    for p in "${PID[@]}"; do stop_pid "$p"; done
+    if [ "$rc" -ne 0 ]; then
+        for f in "$TMP"/*.log "$TMP"/*/error.log; do
+            [ -s "$f" ] || continue
+            echo "--- $f (last 15 lines) ---" >&2
+            tail -n 15 "$f" >&2
+        done
+    fi
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+now() { date +%s.%N; }
+
+# wait_http URL [curl args…]: until URL answers with any HTTP status (15 s).
+wait_http() {
+    local url="$1" code; shift
+    for _ in $(seq 150); do
+        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null || true)"
+        [ -n "$code" ] && [ "$code" != "000" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# The pids whose CPU and memory count for a target: nginx master and its workers, the gate,
+# or for direct the registry.
+pids_of() {
+    local main="${PID[$1]}"
+    echo "$main"
+    case "$1" in nginx*) pgrep -P "$main" || true ;; esac
+}
+# User + system CPU of a target, in clock ticks.
+cpu_ticks() {
+    local total=0 p t
+    for p in $(pids_of "$1"); do
+        t="$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)"
+        total=$((total + t))
+    done
+    echo "$total"
+}
+CLK_TCK="$(getconf CLK_TCK)"
+# status_kib TARGET FIELD: sum of FIELD (VmRSS, VmHWM) over the target's processes, in KiB.
+status_kib() {
+    local total=0 p v
+    for p in $(pids_of "$1"); do
+        v="$(awk -v f="$2:" '$1 == f { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)"
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+RESULTS="$TMP/results.tsv"
+: >"$RESULTS"
+# record METRIC TARGET REP VALUE
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
+
+# ---------------------------------------------------------------------------------------------
+# Test material: certificate, htpasswd (one bcrypt and one APR1 user), blobs.
+# ---------------------------------------------------------------------------------------------
+log "certificate (registry-gate gencert, ECDSA P-256) and htpasswd"
+"$GATE_BIN" gencert --dir "$TMP/pki" --dns localhost --ip 127.0.0.1 >"$TMP/gencert.log" 2>&1 \
+    || die "gencert failed: $(cat "$TMP/gencert.log")"
+CA="$TMP/pki/ca.pem"; CERT="$TMP/pki/cert.pem"; KEY="$TMP/pki/key.pem"
+{
+    htpasswd -nbB -C 10 "$USER_BCRYPT" "$PASS" | sed '/^$/d'
+    htpasswd -nbm "$USER_APR1" "$PASS" | sed '/^$/d'
+} >"$TMP/htpasswd"
+chmod 600 "$TMP/htpasswd"
+grep -qF "$USER_BCRYPT:\$2y\$10\$" "$TMP/htpasswd" || die "htpasswd -B -C 10 did not write a \$2y\$10\$ hash"
+grep -qF "$USER_APR1:\$apr1\$" "$TMP/htpasswd" || die "htpasswd -m did not write an \$apr1\$ hash"
+basic() { echo "Authorization: Basic $(printf '%s:%s' "$1" "$PASS" | base64 -w0)"; }
+AUTH_BCRYPT="$(basic "$USER_BCRYPT")"
+AUTH_APR1="$(basic "$USER_APR1")"
+
+log "blobs: ${BLOB_MIB} MiB and ${PAR_MIB} MiB of random bytes"
+head -c "$((BLOB_MIB * 1048576))" /dev/urandom >"$TMP/big.blob"
+head -c "$((PAR_MIB * 1048576))" /dev/urandom >"$TMP/par.blob"
+BIG_SIZE="$(stat -c %s "$TMP/big.blob")"
+PAR_SIZE="$(stat -c %s "$TMP/par.blob")"
+BIG_SHA="$(sha256sum "$TMP/big.blob" | cut -d' ' -f1)"
+PAR_SHA="$(sha256sum "$TMP/par.blob" | cut -d' ' -f1)"
+mkdir -p "$TMP/chunks"
+split -b "${CHUNK_MIB}M" -d -a 4 "$TMP/big.blob" "$TMP/chunks/c"
+
+# ---------------------------------------------------------------------------------------------
+# The registry, filled directly.
+# ---------------------------------------------------------------------------------------------
+REGISTRY_PORT="$(free_port)"
+REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
+mkdir -p "$TMP/storage"
+cat >"$TMP/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $TMP/storage
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+  secret: registry-gate-bench
+EOF
+log "starting docker-registry on $REGISTRY_URL"
+docker-registry serve "$TMP/registry.yml" >"$TMP/registry.log" 2>&1 </dev/null &
+PID[registry]=$!
+wait_http "$REGISTRY_URL/v2/" || die "docker-registry did not answer on $REGISTRY_URL/v2/"
+
+# location_of HEADERS_FILE BASE: the Location header, made absolute.
+location_of() {
+    local loc
+    loc="$(tr -d '\r' <"$1" | sed -n 's/^[Ll]ocation: //p' | tail -n1)"
+    [ -n "$loc" ] || return 1
+    case "$loc" in http*) echo "$loc" ;; *) echo "$2$loc" ;; esac
+}
+with_digest() { case "$1" in *\?*) echo "$1&digest=$2" ;; *) echo "$1?digest=$2" ;; esac; }
+
+# Client options per target: base URL and curl arguments (certificate, credentials).
+declare -A BASE=()
+BASE[direct]="$REGISTRY_URL"
+curl_args() {
+    case "$1" in
+        direct) echo "" ;;
+        *) echo "--cacert $CA -u $USER_APR1:$PASS" ;;
+    esac
+}
+
+# upload_monolithic TARGET REPO FILE DIGEST: POST, then one PUT ?digest= with the whole file.
+upload_monolithic() {
+    local target="$1" repo="$2" file="$3" digest="$4" base="${BASE[$1]}" loc code
+    # shellcheck disable=SC2046
+    curl -sS --http1.1 -o /dev/null -D "$TMP/h.post" -X POST $(curl_args "$target") \
+        "$base/v2/$repo/blobs/uploads/" || return 1
+    loc="$(location_of "$TMP/h.post" "$base")" || { log "$target: no Location after POST"; return 1; }
+    # shellcheck disable=SC2046
+    code="$(curl -sS --http1.1 -o /dev/null -w '%{http_code}' -T "$file" -H 'Expect:' \
+        -H 'Content-Type: application/octet-stream' $(curl_args "$target") "$(with_digest "$loc" "sha256:$digest")")" || return 1
+    [ "$code" = 201 ] || { log "$target: monolithic PUT answered $code"; return 1; }
+}
+
+# upload_chunked TARGET REPO DIGEST: POST, a PATCH per chunk file, then PUT ?digest=.
+upload_chunked() {
+    local target="$1" repo="$2" digest="$3" base="${BASE[$1]}" loc code start=0 size chunk
+    # shellcheck disable=SC2046
+    curl -sS --http1.1 -o /dev/null -D "$TMP/h.post" -X POST $(curl_args "$target") \
+        "$base/v2/$repo/blobs/uploads/" || return 1
+    loc="$(location_of "$TMP/h.post" "$base")" || { log "$target: no Location after POST"; return 1; }
+    for chunk in "$TMP"/chunks/c*; do
+        size="$(stat -c %s "$chunk")"
+        # shellcheck disable=SC2046
+        code="$(curl -sS --http1.1 -o /dev/null -D "$TMP/h.patch" -w '%{http_code}' -X PATCH -T "$chunk" \
+            -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+            -H "Content-Range: $start-$((start + size - 1))" $(curl_args "$target") "$loc")" || return 1
+        [ "$code" = 202 ] || { log "$target: PATCH answered $code"; return 1; }
+        loc="$(location_of "$TMP/h.patch" "$base")" || { log "$target: no Location after PATCH"; return 1; }
+        start=$((start + size))
+    done
+    # shellcheck disable=SC2046
+    code="$(curl -sS --http1.1 -o /dev/null -w '%{http_code}' -X PUT --data-binary '' \
+        -H 'Content-Type: application/octet-stream' $(curl_args "$target") "$(with_digest "$loc" "sha256:$digest")")" || return 1
+    [ "$code" = 201 ] || { log "$target: final PUT answered $code"; return 1; }
+}
+
+log "pushing the blobs and a small OCI image to the registry"
+upload_monolithic direct "$REPO" "$TMP/big.blob" "$BIG_SHA" || die "pushing the big blob failed"
+upload_monolithic direct "$REPO" "$TMP/par.blob" "$PAR_SHA" || die "pushing the parallel blob failed"
+printf '{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}' >"$TMP/config.json"
+CONFIG_SHA="$(sha256sum "$TMP/config.json" | cut -d' ' -f1)"
+upload_monolithic direct "$REPO" "$TMP/config.json" "$CONFIG_SHA" || die "pushing the config failed"
+printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%d}]}' \
+    "$MANIFEST_TYPE" "$CONFIG_SHA" "$(stat -c %s "$TMP/config.json")" "$PAR_SHA" "$PAR_SIZE" >"$TMP/manifest.json"
+code="$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -H "Content-Type: $MANIFEST_TYPE" \
+    --data-binary "@$TMP/manifest.json" "$REGISTRY_URL/v2/$REPO/manifests/latest")"
+[ "$code" = 201 ] || die "manifest PUT answered $code, not 201"
+MANIFEST_BYTES="$(stat -c %s "$TMP/manifest.json")"
+
+# ---------------------------------------------------------------------------------------------
+# The proxies.
+# ---------------------------------------------------------------------------------------------
+# nginx as the distribution docs recipe (docs/recipes/nginx.md), with the production settings
+# that recipe leaves out. $2 = extra proxy directives.
+write_nginx_conf() {
+    local dir="$1" port="$2" extra="$3" user_line=""
+    [ "$(id -u)" -ne 0 ] || user_line="user root;"   # workers must read the htpasswd in $TMP
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+$user_line
+worker_processes auto;
+worker_rlimit_nofile $(ulimit -n);
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events {
+    worker_connections $(ulimit -n);
+}
+http {
+    # The gate runs with [log] level = "warn", which has no access log either.
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+
+    upstream docker-registry {
+        server 127.0.0.1:$REGISTRY_PORT;
+        keepalive 64;
+    }
+
+    ## Set a variable to help us decide if we need to add the
+    ## 'Docker-Distribution-Api-Version' header.
+    map \$upstream_http_docker_distribution_api_version \$docker_distribution_api_version {
+        '' 'registry/2.0';
+    }
+
+    server {
+        listen 127.0.0.1:$port ssl http2;
+        server_name localhost;
+
+        ssl_certificate $CERT;
+        ssl_certificate_key $KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers 'EECDH+AESGCM:EDH+AESGCM:AES256+EECDH:AES256+EDH';
+        ssl_prefer_server_ciphers on;
+        ssl_session_cache shared:SSL:10m;
+
+        # disable any limits to avoid HTTP 413 for large image uploads
+        client_max_body_size 0;
+
+        # required to avoid HTTP 411: see Issue #1486 (https://github.com/moby/moby/issues/1486)
+        chunked_transfer_encoding on;
+
+        location /v2/ {
+            # Do not allow connections from docker 1.5 and earlier
+            # docker pre-1.6.0 did not properly set the user agent on ping, catch "Go *" user agents
+            if (\$http_user_agent ~ "^(docker\/1\.(3|4|5(?!\.[0-9]-dev))|Go ).*\$" ) {
+                return 404;
+            }
+
+            auth_basic "Registry realm";
+            auth_basic_user_file $TMP/htpasswd;
+
+            add_header 'Docker-Distribution-Api-Version' \$docker_distribution_api_version always;
+
+            proxy_pass                          http://docker-registry;
+            proxy_set_header  Host              \$http_host;
+            proxy_set_header  X-Real-IP         \$remote_addr;
+            proxy_set_header  X-Forwarded-For   \$proxy_add_x_forwarded_for;
+            proxy_set_header  X-Forwarded-Proto \$scheme;
+            proxy_read_timeout                  900;
+
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            $extra
+        }
+    }
+}
+EOF
+}
+
+start_nginx() {
+    local name="$1" extra="$2" port dir="$TMP/$1"
+    port="$(free_port)"
+    write_nginx_conf "$dir" "$port" "$extra"
+    nginx -t -p "$dir" -c "$dir/nginx.conf" >"$dir.test.log" 2>&1 || die "nginx -t ($name): $(cat "$dir.test.log")"
+    nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$TMP/$name.log" 2>&1 </dev/null &
+    PID[$name]=$!
+    BASE[$name]="https://127.0.0.1:$port"
+    wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
+}
+
+start_gate() {
+    local name="$1" bin="$2" port
+    port="$(free_port)"
+    mkdir -p "$TMP/$name"
+    cat >"$TMP/$name/gate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+shutdown_grace = "2s"
+# Every benchmark client comes from 127.0.0.1; S5 holds $IDLE_CONNS connections open.
+max_connections = $((IDLE_CONNS + 1000))
+max_connections_per_ip = $((IDLE_CONNS + 1000))
+
+[upstream]
+url = "$REGISTRY_URL"
+
+[tls]
+cert = "$CERT"
+key = "$KEY"
+dir = "$TMP/$name"
+
+[log]
+level = "warn"
+
+[auth]
+mode = "basic"
+htpasswd = ["$TMP/htpasswd"]
+EOF
+    "$bin" run --config "$TMP/$name/gate.toml" >"$TMP/$name.log" 2>&1 </dev/null &
+    PID[$name]=$!
+    BASE[$name]="https://127.0.0.1:$port"
+    wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
+}
+
+start_target() {
+    case "$1" in
+        direct) PID[direct]="${PID[registry]}" ;;
+        nginx) start_nginx nginx "" ;;
+        # proxy_buffers and proxy_busy_buffers_size only so nginx accepts the larger
+        # proxy_buffer_size; with proxy_buffering off they are not used.
+        nginx-tuned) start_nginx nginx-tuned "proxy_buffer_size 64k; proxy_buffers 4 64k; proxy_busy_buffers_size 128k;" ;;
+        gate) start_gate gate "$GATE_BIN" ;;
+        gate-b) start_gate gate-b "$COMPARE_GATE" ;;
+    esac
+}
+for t in "${TARGETS[@]}"; do start_target "$t"; done
+# The registry is a "target" only as direct; pids_of registry is the registry.
+log "targets: ${TARGETS[*]}"
+
+# Sanity: the manifest through every target, with each user; auth really on.
+for t in "${TARGETS[@]}"; do
+    if [ "$t" = direct ]; then
+        code="$(curl -sS -o "$TMP/m" -w '%{http_code}' -H "Accept: $MANIFEST_TYPE" "$REGISTRY_URL/v2/$REPO/manifests/latest")"
+        [ "$code" = 200 ] && cmp -s "$TMP/m" "$TMP/manifest.json" || die "direct: manifest GET answered $code"
+        continue
+    fi
+    code="$(curl -sS -o /dev/null -w '%{http_code}' --cacert "$CA" "${BASE[$t]}/v2/$REPO/manifests/latest")"
+    [ "$code" = 401 ] || die "$t: manifest GET without credentials answered $code, not 401"
+    for h in "$AUTH_BCRYPT" "$AUTH_APR1"; do
+        code="$(curl -sS -o "$TMP/m" -w '%{http_code}' --cacert "$CA" -H "$h" -H "Accept: $MANIFEST_TYPE" \
+            "${BASE[$t]}/v2/$REPO/manifests/latest")"
+        [ "$code" = 200 ] && cmp -s "$TMP/m" "$TMP/manifest.json" || die "$t: manifest GET answered $code or other bytes"
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios. Each function runs one target once and records its metrics.
+# ---------------------------------------------------------------------------------------------
+GIB=1073741824
+# mbps BYTES T0 T1 (seconds since the epoch), cpu_per_gib TICKS BYTES
+mbps() { awk -v b="$1" -v t0="$2" -v t1="$3" 'BEGIN { printf "%.1f", b / (t1 - t0) / 1e6 }'; }
+cpu_per_gib() { awk -v t="$1" -v b="$2" -v hz="$CLK_TCK" -v g="$GIB" 'BEGIN { printf "%.3f", t / hz / (b / g) }'; }
+
+# download TARGET URL_PATH SIZE SHA OUTPREFIX [curl args…]: one verified download.
+download() {
+    local target="$1" path="$2" size="$3" sha="$4" out="$5"; shift 5
+    local got_sha got_size
+    # shellcheck disable=SC2046
+    got_sha="$(curl -sS --fail $(curl_args "$target") "$@" -w '%{stderr}%{size_download}\n' \
+        "${BASE[$target]}$path" 2>"$out.err" | sha256sum | cut -d' ' -f1)" || return 1
+    got_size="$(tail -n1 "$out.err")"
+    [ "$got_size" = "$size" ] || { log "$target: downloaded $got_size bytes, expected $size: $(head -c 300 "$out.err")"; return 1; }
+    [ "$got_sha" = "$sha" ] || { log "$target: sha256 of the download is $got_sha, expected $sha"; return 1; }
+}
+
+s1() {
+    local t="$1" rep="$2" proto="$3" flag t0 t1 c0 c1
+    [ "$proto" = h2 ] && flag=--http2 || flag=--http1.1
+    c0="$(cpu_ticks "$t")"; t0="$(now)"
+    download "$t" "/v2/$REPO/blobs/sha256:$BIG_SHA" "$BIG_SIZE" "$BIG_SHA" "$TMP/s1" "$flag" \
+        || die "$t: S1 ($proto) download failed"
+    t1="$(now)"; c1="$(cpu_ticks "$t")"
+    local suffix=""; [ "$proto" = h2 ] && suffix="_h2"
+    record "s1${suffix}_mbps" "$t" "$rep" "$(mbps "$BIG_SIZE" "$t0" "$t1")"
+    record "s1${suffix}_cpu" "$t" "$rep" "$(cpu_per_gib $((c1 - c0)) "$BIG_SIZE")"
+}
+
+s2() {
+    local t="$1" rep="$2" mode="$3" t0 t1 c0 c1
+    c0="$(cpu_ticks "$t")"; t0="$(now)"
+    if [ "$mode" = put ]; then
+        upload_monolithic "$t" "bench/up-$t" "$TMP/big.blob" "$BIG_SHA" || die "$t: S2 monolithic upload failed"
+    else
+        upload_chunked "$t" "bench/up-$t" "$BIG_SHA" || die "$t: S2 chunked upload failed"
+    fi
+    t1="$(now)"; c1="$(cpu_ticks "$t")"
+    record "s2_${mode}_mbps" "$t" "$rep" "$(mbps "$BIG_SIZE" "$t0" "$t1")"
+    record "s2_${mode}_cpu" "$t" "$rep" "$(cpu_per_gib $((c1 - c0)) "$BIG_SIZE")"
+}
+
+# wrk output -> "rps p50_ms p99_ms non2xx socket_errors requests"
+parse_wrk() {
+    awk '
+        function ms(v,   n, u) {
+            n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+            if (u == "us") return n / 1000
+            if (u == "ms") return n
+            if (u == "s") return n * 1000
+            if (u == "m") return n * 60000
+            return -1
+        }
+        BEGIN { rps = ""; p50 = -1; p99 = -1; non2xx = 0; sockerr = 0; reqs = 0 }
+        /^Requests\/sec:/ { rps = $2 }
+        / requests in / { reqs = $1 }
+        /^[ \t]+50%/ { p50 = ms($2) }
+        /^[ \t]+99%/ { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { gsub(/,/, ""); sockerr = $4 + $6 + $8 + $10 }
+        END { printf "%s %s %s %d %d %d\n", rps, p50, p99, non2xx, sockerr, reqs }
+    '
+}
+
+s3() {
+    local t="$1" rep="$2" kind="$3" url c0 c1
+    local -a headers=(-H "Accept: $MANIFEST_TYPE")
+    url="${BASE[$t]}/v2/$REPO/manifests/latest"
+    if [ "$t" != direct ]; then
+        if [ "$kind" = bcrypt ]; then headers+=(-H "$AUTH_BCRYPT"); else headers+=(-H "$AUTH_APR1"); fi
+    fi
+    wrk -t2 -c64 -d2s --timeout 10s "${headers[@]}" "$url" >/dev/null 2>&1 || true
+    c0="$(cpu_ticks "$t")"
+    wrk -t2 -c64 -d"${DURATION}s" --timeout 10s --latency "${headers[@]}" "$url" >"$TMP/wrk.out" 2>&1 \
+        || die "$t: wrk failed: $(cat "$TMP/wrk.out")"
+    c1="$(cpu_ticks "$t")"
+    local rps p50 p99 non2xx sockerr reqs
+    read -r rps p50 p99 non2xx sockerr reqs < <(parse_wrk <"$TMP/wrk.out")
+    [ -n "$rps" ] || die "$t: S3 $kind: cannot parse wrk output: $(cat "$TMP/wrk.out")"
+    [ "$non2xx" -eq 0 ] || die "$t: S3 $kind: $non2xx non-2xx answers: $(cat "$TMP/wrk.out")"
+    [ "$sockerr" -eq 0 ] || log "$t: S3 $kind: $sockerr socket errors (timeouts count here)"
+    record "s3_${kind}_rps" "$t" "$rep" "$rps"
+    # nginx checks bcrypt on every request in its event loop: it may complete none at all.
+    if [ "$reqs" -eq 0 ]; then
+        log "$t: S3 $kind: no request completed in ${DURATION}s"
+        settle "$t"
+        return 0
+    fi
+    record "s3_${kind}_p50" "$t" "$rep" "$p50"
+    record "s3_${kind}_p99" "$t" "$rep" "$p99"
+    record "s3_${kind}_cpu_us" "$t" "$rep" "$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz / n * 1e6 }')"
+    settle "$t"
+}
+
+# settle TARGET: wait until the target stops using CPU (nginx may still be checking bcrypt
+# passwords of requests wrk gave up on), so it does not slow the next target down.
+settle() {
+    local a b
+    a="$(cpu_ticks "$1")"
+    for _ in $(seq 240); do
+        sleep 0.5
+        b="$(cpu_ticks "$1")"
+        [ "$b" -gt $((a + 2)) ] || return 0
+        a="$b"
+    done
+    log "$1 is still busy after 120 s"
+}
+
+s4() {
+    local t="$1" rep="$2" t0 t1 c0 c1 i
+    local -a jobs=()
+    c0="$(cpu_ticks "$t")"; t0="$(now)"
+    for i in $(seq "$PARALLEL"); do
+        download "$t" "/v2/$REPO/blobs/sha256:$PAR_SHA" "$PAR_SIZE" "$PAR_SHA" "$TMP/s4-$i" --http1.1 &
+        jobs+=($!)
+    done
+    local failed=0
+    for i in "${jobs[@]}"; do wait "$i" || failed=$((failed + 1)); done
+    t1="$(now)"; c1="$(cpu_ticks "$t")"
+    [ "$failed" -eq 0 ] || die "$t: S4: $failed of $PARALLEL downloads failed"
+    record s4_mbps "$t" "$rep" "$(mbps $((PAR_SIZE * PARALLEL)) "$t0" "$t1")"
+    record s4_cpu "$t" "$rep" "$(cpu_per_gib $((c1 - c0)) $((PAR_SIZE * PARALLEL)))"
+}
+
+s5_idle() {
+    local t="$1" rep="$2" before after port line
+    [ "$t" = direct ] && return 0
+    # A fresh process: one that held connections before keeps the freed memory in its
+    # allocator and would hold the next N for almost nothing.
+    stop_pid "${PID[$t]}"
+    start_target "$t"
+    port="${BASE[$t]##*:}"
+    sleep 1
+    before="$(status_kib "$t" VmRSS)"
+    python3 "$ROOT/bench/idle_conns.py" --cacert "$CA" 127.0.0.1 "$port" "$IDLE_CONNS" \
+        >"$TMP/idle.out" 2>"$TMP/idle.err" < <(sleep 600) &
+    local client=$!
+    PIDS_EXTRA+=("$client")
+    for _ in $(seq 1200); do
+        line="$(head -n1 "$TMP/idle.out")"
+        [ -n "$line" ] && break
+        kill -0 "$client" 2>/dev/null || break
+        sleep 0.1
+    done
+    case "$line" in
+        ready*) ;;
+        *) die "$t: S5: the idle client did not connect: $line $(head -c 500 "$TMP/idle.err")" ;;
+    esac
+    sleep 2
+    after="$(status_kib "$t" VmRSS)"
+    stop_pid "$client"
+    PIDS_EXTRA=()
+    record s5_idle_kib "$t" "$rep" "$(awk -v a="$after" -v b="$before" -v n="$IDLE_CONNS" 'BEGIN { printf "%.2f", (a - b) / n }')"
+    sleep 2   # let the proxy close them before the next target
+}
+
+s6_handshakes() {
+    local t="$1" rep="$2" c0 c1
+    [ "$t" = direct ] && return 0
+    c0="$(cpu_ticks "$t")"
+    # GET /v2/ without credentials: the proxy answers 401 itself, so the registry (about
+    # 1 ms of CPU per request) does not set the pace of a handshake benchmark.
+    wrk -t2 -c16 -d"${DURATION}s" --timeout 10s -H 'Connection: close' \
+        "${BASE[$t]}/v2/" >"$TMP/wrk.out" 2>&1 || die "$t: wrk failed: $(cat "$TMP/wrk.out")"
+    c1="$(cpu_ticks "$t")"
+    local rps p50 p99 non2xx sockerr reqs
+    read -r rps p50 p99 non2xx sockerr reqs < <(parse_wrk <"$TMP/wrk.out")
+    [ "$reqs" -gt 0 ] && [ "$non2xx" -eq "$reqs" ] || die "$t: S6: expected only 401 answers: $(cat "$TMP/wrk.out")"
+    record s6_conn_per_s "$t" "$rep" "$rps"
+    record s6_cpu_us "$t" "$rep" "$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz / n * 1e6 }')"
+}
+
+s6_h2() {
+    local t="$1" rep="$2" rps ok
+    [ "$t" = direct ] && return 0
+    h2load -c64 -m10 -t2 -D "$DURATION" --warm-up-time=1 -H "$AUTH_APR1" -H "Accept: $MANIFEST_TYPE" \
+        "${BASE[$t]}/v2/$REPO/manifests/latest" >"$TMP/h2.out" 2>&1 || die "$t: h2load failed: $(cat "$TMP/h2.out")"
+    grep -q 'Application protocol: h2' "$TMP/h2.out" || die "$t: h2load did not negotiate h2: $(cat "$TMP/h2.out")"
+    rps="$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2.out")"
+    ok="$(awk '/^status codes:/ { print ($5 + $7 + $9 == 0) }' "$TMP/h2.out")"
+    [ -n "$rps" ] && [ "$ok" = 1 ] || die "$t: h2load: $(cat "$TMP/h2.out")"
+    record s6_h2_rps "$t" "$rep" "$rps"
+}
+
+# Targets in a rotated order each repetition, so no target always goes first.
+rotated() {
+    local rep="$1" n="${#TARGETS[@]}" i
+    for i in $(seq 0 $((n - 1))); do echo "${TARGETS[$(((i + rep) % n))]}"; done
+}
+
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+log "$REPS repetition(s): ${BLOB_MIB} MiB blob, $PARALLEL x ${PAR_MIB} MiB, ${DURATION}s runs, $IDLE_CONNS idle connections"
+for rep in $(seq "$REPS"); do
+    mapfile -t order < <(rotated "$rep")
+    log "repetition $rep/$REPS (order: ${order[*]}; loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
+    if want S1; then
+        for t in "${order[@]}"; do log "  S1 $t"; s1 "$t" "$rep" h1; done
+        for t in "${order[@]}"; do [ "$t" = direct ] || { log "  S1 h2 $t"; s1 "$t" "$rep" h2; }; done
+    fi
+    if want S2; then
+        for t in "${order[@]}"; do log "  S2 PUT $t"; s2 "$t" "$rep" put; done
+        for t in "${order[@]}"; do log "  S2 PATCH $t"; s2 "$t" "$rep" patch; done
+    fi
+    if want S3; then
+        for kind in apr1 bcrypt; do
+            for t in "${order[@]}"; do log "  S3 $kind $t"; s3 "$t" "$rep" "$kind"; done
+        done
+    fi
+    if want S4; then
+        for t in "${order[@]}"; do log "  S4 $t"; s4 "$t" "$rep"; done
+    fi
+done
+# Peak RSS over S1-S4 (before the idle connections of S5).
+for t in "${TARGETS[@]}"; do
+    [ "$t" = direct ] || record s5_peak_mib "$t" 1 "$(awk -v k="$(status_kib "$t" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
+done
+for rep in $(seq "$REPS"); do
+    mapfile -t order < <(rotated "$rep")
+    if want S5; then
+        for t in "${order[@]}"; do [ "$t" = direct ] || log "  S5 idle $t"; s5_idle "$t" "$rep"; done
+    fi
+    if want S6; then
+        for t in "${order[@]}"; do [ "$t" = direct ] || log "  S6 handshakes $t"; s6_handshakes "$t" "$rep"; done
+        for t in "${order[@]}"; do [ "$t" = direct ] || log "  S6 h2 $t"; s6_h2 "$t" "$rep"; done
+    fi
+done
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+# ---------------------------------------------------------------------------------------------
+COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || COMMIT="$COMMIT+dirty"
+export RUN_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" RUN_COMMIT="$COMMIT" RUN_REPS="$REPS" RUN_QUICK="$QUICK"
+export RUN_CPU="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)" RUN_NPROC="$(nproc)"
+export RUN_AES="$(grep -qw aes /proc/cpuinfo && echo yes || echo no)" RUN_KERNEL="$(uname -r)"
+export RUN_NGINX="$(nginx -v 2>&1 | sed 's/^nginx version: //')" RUN_REGISTRY="$(docker-registry --version | awk '{ print $3 }')"
+export RUN_RUSTC="$(rustc --version)" RUN_CURL="$(curl --version | head -n1 | cut -d' ' -f1-2)"
+export RUN_LOAD_START="$LOAD_START" RUN_LOAD_END="$LOAD_END" RUN_BLOB_MIB="$BLOB_MIB" RUN_PAR_MIB="$PAR_MIB"
+export RUN_CHUNK_MIB="$CHUNK_MIB" RUN_DURATION="$DURATION" RUN_IDLE="$IDLE_CONNS" RUN_MANIFEST="$MANIFEST_BYTES"
+REPORT="$(python3 "$ROOT/bench/report.py" "$RESULTS")"
+echo "$REPORT"
+if [ "$WRITE" -eq 1 ]; then
+    echo "$REPORT" >"$ROOT/bench/results-run.md"
+    log "wrote bench/results-run.md"
+fi
