@@ -121,12 +121,60 @@ fn other_lines(file: &Path, user: &str) -> Result<Vec<String>, HtpasswdError> {
 }
 
 fn write(file: &Path, lines: &[String]) -> Result<(), HtpasswdError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut text = lines.join("\n");
     text.push('\n');
-    crate::tls::selfsigned::write_atomic(file, text.as_bytes(), 0o600).map_err(|e| {
-        HtpasswdError::Io {
-            file: file.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        }
-    })
+    let io = |source: std::io::Error| HtpasswdError::Io {
+        file: file.to_path_buf(),
+        source,
+    };
+    // An edited file keeps its owner and mode: root running `htpasswd add` on a file the
+    // gate's own user reads must not leave a root-only file the gate can no longer open.
+    let existing = std::fs::metadata(file).ok();
+    let mode = existing.as_ref().map_or(0o600, |m| m.mode() & 0o7777);
+    crate::tls::selfsigned::write_atomic(file, text.as_bytes(), mode)
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    if let Some(old) = existing {
+        std::os::unix::fs::chown(file, Some(old.uid()), Some(old.gid())).map_err(io)?;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn an_edited_file_keeps_its_owner_and_mode() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("htpasswd");
+        std::fs::write(&file, "a:x\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        // As root (CI), hand the file to another user, as a service user would own it.
+        let owner = if running_as_root() {
+            65534
+        } else {
+            std::fs::metadata(&file).expect("stat").uid()
+        };
+        let _ = std::os::unix::fs::chown(&file, Some(owner), None);
+        write(&file, &["a:y".to_string(), "b:z".to_string()]).expect("write");
+        let meta = std::fs::metadata(&file).expect("stat");
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        assert_eq!(meta.uid(), owner);
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "a:y\nb:z\n");
+        let fresh = dir.path().join("new");
+        write(&fresh, &["c:w".to_string()]).expect("write");
+        assert_eq!(
+            std::fs::metadata(&fresh).expect("stat").mode() & 0o777,
+            0o600
+        );
+    }
+
+    fn running_as_root() -> bool {
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
+    }
 }
