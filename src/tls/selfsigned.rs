@@ -349,7 +349,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError>
 /// the error names `path`, the file the operator asked for.
 fn stage((path, data, mode): Pending<'_>) -> Result<PathBuf, TlsError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    // The whole name plus `.tmp`: `client.cert` and `client.key` must not share one.
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
