@@ -148,6 +148,7 @@ impl Shared {
         let auth = load_users(&config, verify_slots.clone())?;
         let tokens = load_token_key(&config)?;
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
+        certs.replace_extra(&prepared.tls.extra);
         let ticketer = tls::ticketer().map_err(|e| vec![e.into()])?;
         let server_tls = tls::server_config(
             certs.clone(),
@@ -277,6 +278,7 @@ impl Shared {
             *current = ticketer;
         }
         self.certs.replace(prepared.tls.key);
+        self.certs.replace_extra(&prepared.tls.extra);
         self.tls.store(server_tls);
         self.snapshot.store(Arc::new(Snapshot {
             config: Arc::new(prepared.config),
@@ -326,6 +328,10 @@ pub async fn watch_files(shared: Arc<Shared>) {
 fn watched_files(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = config.source.iter().cloned().collect();
     if let TlsSource::Files { cert, key } = &config.tls.source {
+        files.push(cert.clone());
+        files.push(key.clone());
+    }
+    for (cert, key) in &config.tls.extra {
         files.push(cert.clone());
         files.push(key.clone());
     }

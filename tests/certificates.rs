@@ -274,3 +274,58 @@ fn certificate_files_replaced_on_disk_are_served_and_a_bad_pair_is_refused() {
         "a bad pair replaced the good one"
     );
 }
+
+/// Completes a handshake to 127.0.0.1:`port` asking for `name` and trusting only `ca`.
+fn handshake_as(port: u16, name: &str, ca: &Path) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let connector =
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(util::client::tls_config(ca)));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let server_name =
+            rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+        connector
+            .connect(server_name, tcp)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn further_certificates_are_chosen_by_sni_and_the_default_serves_the_rest() {
+    let tmp = temp_dir();
+    let main = tmp.path().join("certs");
+    gencert_localhost(main.to_str().expect("utf-8"));
+    let other = tmp.path().join("other");
+    let out = gencert(&[
+        "--dir",
+        other.to_str().expect("utf-8"),
+        "--dns",
+        "registry.other.test",
+        "--dns",
+        "*.apps.test",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let registry = Registry::start(tmp.path());
+    let (_gate, port) = start_gate(
+        tmp.path(),
+        &registry.url,
+        "\n[[tls.certificates]]\ncert = \"other/cert.pem\"\nkey = \"other/key.pem\"\n",
+        "[auth]\nmode = \"none\"\n",
+    );
+    let (main_ca, other_ca) = (main.join("ca.pem"), other.join("ca.pem"));
+    assert_eq!(handshake_as(port, "localhost", &main_ca), Ok(()));
+    assert_eq!(handshake_as(port, "registry.other.test", &other_ca), Ok(()));
+    assert_eq!(handshake_as(port, "x.apps.test", &other_ca), Ok(()));
+    // Each name got the other CA's certificate, not the default one, and vice versa.
+    assert!(handshake_as(port, "registry.other.test", &main_ca).is_err());
+    assert!(handshake_as(port, "localhost", &other_ca).is_err());
+    // A wildcard covers one label only: a deeper name falls back to the default.
+    assert!(handshake_as(port, "a.b.apps.test", &other_ca).is_err());
+}

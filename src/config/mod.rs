@@ -205,6 +205,9 @@ pub struct AcmeConfig {
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub source: TlsSource,
+    /// `[[tls.certificates]]`: further certificate/key files, served to clients whose SNI
+    /// names one of their DNS names.
+    pub extra: Vec<(PathBuf, PathBuf)>,
     /// Where generated material lives.
     pub dir: PathBuf,
     /// Client certificates, when `[tls] client_ca` is set.
@@ -501,8 +504,16 @@ impl Config {
                 })
             }
         };
+        let extra = raw
+            .tls
+            .certificates
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (base.join(c.cert), base.join(c.key)))
+            .collect();
         let tls = TlsConfig {
             source,
+            extra,
             dir,
             client,
         };

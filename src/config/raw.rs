@@ -103,6 +103,14 @@ pub struct RawTls {
     pub client_auth: Option<String>,
     pub client_identity: Option<String>,
     pub acme: Option<RawAcme>,
+    pub certificates: Option<Vec<RawCertificate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

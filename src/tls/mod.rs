@@ -11,7 +11,7 @@ pub mod selfsigned;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -54,6 +54,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct CertStore {
     /// `None` only with ACME before the first certificate: handshakes are refused.
     current: ArcSwapOption<CertifiedKey>,
+    /// `[[tls.certificates]]`, with the DNS names each is chosen for.
+    by_name: ArcSwap<Vec<(Vec<String>, Arc<CertifiedKey>)>>,
     challenges: acme::Challenges,
 }
 
@@ -61,12 +63,40 @@ impl CertStore {
     pub fn new(initial: Option<Arc<CertifiedKey>>) -> Self {
         CertStore {
             current: ArcSwapOption::new(initial),
+            by_name: ArcSwap::from_pointee(Vec::new()),
             challenges: acme::Challenges::default(),
         }
     }
 
     pub fn replace(&self, next: Option<Arc<CertifiedKey>>) {
         self.current.store(next);
+    }
+
+    /// Replaces the certificates chosen by SNI.
+    pub fn replace_extra(&self, extra: &[Arc<CertifiedKey>]) {
+        let named = extra
+            .iter()
+            .map(|key| {
+                let names = acme::CertFacts::of(key)
+                    .map(|f| f.names)
+                    .unwrap_or_default();
+                (names, key.clone())
+            })
+            .collect();
+        self.by_name.store(Arc::new(named));
+    }
+
+    /// The `[[tls.certificates]]` entry naming `server_name`: an exact DNS name, or a
+    /// wildcard covering exactly one more label.
+    fn for_name(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = server_name.to_ascii_lowercase();
+        let parent = name.split_once('.').map(|(_, rest)| rest);
+        self.by_name.load().iter().find_map(|(names, key)| {
+            names
+                .iter()
+                .any(|n| *n == name || n.strip_prefix("*.").is_some_and(|p| Some(p) == parent))
+                .then(|| key.clone())
+        })
     }
 
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
@@ -96,6 +126,9 @@ impl ResolvesServerCert for CertStore {
         if acme_validation {
             return self.challenges.tls_alpn(hello.server_name());
         }
+        if let Some(key) = hello.server_name().and_then(|n| self.for_name(n)) {
+            return Some(key);
+        }
         let current = self.current.load_full();
         if current.is_none() {
             tracing::warn!(
@@ -114,6 +147,8 @@ pub struct Loaded {
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// Set when the gate generated its own CA: where clients find the CA to trust.
     pub generated: Option<selfsigned::Generated>,
+    /// `[[tls.certificates]]`, chosen by SNI.
+    pub extra: Vec<Arc<CertifiedKey>>,
 }
 
 /// Loads (or, with no files configured, generates) the server certificate.
@@ -126,28 +161,29 @@ pub fn load(
         Some(client) => Some(client_verifier(client, provider)?),
         None => None,
     };
-    match &config.source {
-        TlsSource::Files { cert, key } => Ok(Loaded {
-            key: Some(files::load_certified_key(cert, key, provider)?),
-            client_verifier,
-            generated: None,
-        }),
+    let extra = config
+        .extra
+        .iter()
+        .map(|(cert, key)| files::load_certified_key(cert, key, provider))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (key, generated) = match &config.source {
+        TlsSource::Files { cert, key } => {
+            (Some(files::load_certified_key(cert, key, provider)?), None)
+        }
         TlsSource::Generated => {
             let generated = selfsigned::ensure(&config.dir, extra_ips)?;
             let key = files::load_certified_key(&generated.cert, &generated.key, provider)?;
-            Ok(Loaded {
-                key: Some(key),
-                client_verifier,
-                generated: Some(generated),
-            })
+            (Some(key), Some(generated))
         }
         // An unusable cache is not fatal: the renewal task says why and orders a new one.
-        TlsSource::Acme(acme) => Ok(Loaded {
-            key: acme::cached(acme, provider).ok().flatten(),
-            client_verifier,
-            generated: None,
-        }),
-    }
+        TlsSource::Acme(acme) => (acme::cached(acme, provider).ok().flatten(), None),
+    };
+    Ok(Loaded {
+        key,
+        client_verifier,
+        generated,
+        extra,
+    })
 }
 
 fn client_verifier(
