@@ -124,10 +124,22 @@ pub async fn run(
     tokio::spawn(crate::state::watch_files(shared.clone()));
     shared.ensure_acme();
     if let Some(http) = http_listener {
-        tokio::spawn(serve_plain_http(shared.clone(), http, stop_rx.clone()));
+        tokio::spawn(serve_plain(
+            shared.clone(),
+            http,
+            stop_rx.clone(),
+            "plain-HTTP (ACME http-01, redirects to https)",
+            plain_http_answer,
+        ));
     }
     if let Some(metrics) = metrics_listener {
-        tokio::spawn(serve_metrics(shared.clone(), metrics, stop_rx.clone()));
+        tokio::spawn(serve_plain(
+            shared.clone(),
+            metrics,
+            stop_rx.clone(),
+            "metrics",
+            metrics_answer,
+        ));
     }
 
     let graceful = GracefulShutdown::new();
@@ -342,21 +354,47 @@ async fn serve_connection(
     }
 }
 
-/// The plain-HTTP listener: ACME http-01 answers and redirects, HTTP/1.1 only. Each
-/// connection gets the TLS listener's header timeout and lives at most `idle_timeout`: a
-/// redirect or a challenge answer needs no more.
-async fn serve_plain_http(
+/// The answer of one of the gate's own plain-HTTP listeners to a request.
+type PlainAnswer = fn(
+    &Shared,
+    &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+
+/// The plain-HTTP listener (`[server] http_listen`): ACME http-01 answers and redirects.
+fn plain_http_answer(
+    shared: &Shared,
+    request: &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let https_port = shared.snapshot().config.server.listen.port();
+    crate::plain_http::answer(request, shared.certs().challenges(), https_port)
+}
+
+/// The metrics listener: `GET /metrics` in the Prometheus text format (it belongs on a
+/// private address; Prometheus scrapes without TLS by default).
+fn metrics_answer(
+    shared: &Shared,
+    request: &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    crate::metrics::answer(request, shared.certs())
+}
+
+/// One of the gate's own small plain-HTTP/1.1 listeners (port 80, metrics): nothing on it
+/// is forwarded. Each connection gets the TLS listener's header timeout and lives at most
+/// `idle_timeout`: a redirect, a challenge answer or a scrape needs no more.
+async fn serve_plain(
     shared: Arc<Shared>,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
+    name: &'static str,
+    answer: PlainAnswer,
 ) {
-    tracing::info!(listen = ?listener.local_addr().ok(), "plain-HTTP listener: ACME http-01 and redirects to https");
+    tracing::info!(listen = ?listener.local_addr().ok(), "{name} listener");
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::error!(error = %e, "accept failed on the plain-HTTP listener");
+                    tracing::error!(error = %e, "accept failed on the {name} listener");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
@@ -366,11 +404,9 @@ async fn serve_plain_http(
         let shared = shared.clone();
         tokio::spawn(async move {
             let server = shared.snapshot().config.server.clone();
-            let https_port = server.listen.port();
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let response =
-                    crate::plain_http::answer(&request, shared.certs().challenges(), https_port);
-                tracing::debug!(peer = %peer, path = %request.uri().path(), status = response.status().as_u16(), "plain-HTTP request");
+                let response = answer(&shared, &request);
+                tracing::debug!(peer = %peer, path = %request.uri().path(), status = response.status().as_u16(), "{name} request");
                 std::future::ready(Ok::<_, std::convert::Infallible>(response))
             });
             let connection = hyper::server::conn::http1::Builder::new()
@@ -379,40 +415,6 @@ async fn serve_plain_http(
                 .max_buf_size(server.max_header_bytes)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(server.idle_timeout, connection).await;
-        });
-    }
-}
-
-/// The metrics listener: `GET /metrics` in the Prometheus text format, plain HTTP/1.1 (it
-/// belongs on a private address; Prometheus scrapes without TLS by default).
-async fn serve_metrics(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
-    tracing::info!(listen = ?listener.local_addr().ok(), "metrics listener");
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::error!(error = %e, "accept failed on the metrics listener");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let timeout = shared.snapshot().config.server.idle_timeout;
-            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let response = crate::metrics::answer(&request, shared.certs());
-                std::future::ready(Ok::<_, std::convert::Infallible>(response))
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(timeout, connection).await;
         });
     }
 }

@@ -136,13 +136,15 @@ impl Pebble {
         self.log().matches("Added order").count()
     }
 
-    /// Serials of the certificates pebble issued, in order.
+    /// Serials of the certificates pebble issued, in order, as lowercase hex without
+    /// leading zeros.
     pub fn issued_serials(&self) -> Vec<String> {
         self.log()
             .lines()
             .filter_map(|l| l.split("Issued certificate serial ").nth(1))
             .filter_map(|rest| rest.split_whitespace().next())
-            .map(str::to_string)
+            // Pebble pads to 16 hex digits; certificates carry no leading zeros.
+            .map(|serial| serial.trim_start_matches('0').to_string())
             .collect()
     }
 
