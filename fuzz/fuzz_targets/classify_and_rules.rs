@@ -14,6 +14,9 @@ use libfuzzer_sys::fuzz_target;
 use registry_gate::registry_path::{classify, is_valid_repository_name, Action};
 use registry_gate::rules::{Decision, Identity, RuleSpec, Rules};
 
+/// The rules here carry no `from` list, so any client address decides the same.
+const ANYWHERE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
+
 const METHODS: [&str; 9] = [
     "GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "get", "PROPFIND",
 ];
@@ -73,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
             users: vec!["*".into(), "anonymous".into()],
             repositories: vec![p.to_string()],
             actions: vec![if i % 2 == 0 { "pull" } else { "push" }.into()],
+            from: Vec::new(),
         })
         .collect();
     let Ok(rules) = Rules::compile(&BTreeMap::new(), &specs) else {
@@ -103,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
                 })
                 .unwrap_or(Decision::Deny { rule: None });
             assert_eq!(
-                rules.decide(&who, name, action),
+                rules.decide(&who, ANYWHERE, name, action),
                 expected,
                 "patterns {patterns:?}, name {name:?}, user {user:?}, {action}"
             );

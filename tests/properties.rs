@@ -1,0 +1,263 @@
+//! The bounded fuzzing run CI can afford: the parsers a client or an operator feeds, run on
+//! inputs mutated from the committed fuzz seeds (`fuzz/seeds/`), with the same properties
+//! the cargo-fuzz targets check. No coverage guidance (that is `scripts/fuzz`, opt-in
+//! because its instrumented build takes many minutes), but a fixed, reproducible stream of
+//! inputs per parser, so a crash found here is found again with the same seed.
+
+mod util;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use registry_gate::auth::htpasswd::{HtpasswdFile, LoadOptions};
+use registry_gate::auth::parse_basic;
+use registry_gate::auth::token::parse_scopes;
+use registry_gate::config::Config;
+use registry_gate::proxy_protocol::{parse_v1, read_header};
+use registry_gate::registry_path::{classify, is_valid_repository_name};
+use util::XorShift;
+
+/// Time per parser: 30 s, a bounded fuzzing run per target as CI can afford it;
+/// `PROPERTY_SECONDS` changes it (6 parsers, two at a time: about 90 s of the suite).
+fn budget() -> Duration {
+    let seconds = std::env::var("PROPERTY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    Duration::from_secs(seconds)
+}
+
+/// Tokens that make mutations reach the interesting branches faster than random bytes.
+const DICTIONARY: &[&[u8]] = &[
+    b"/v2/",
+    b"/",
+    b"..",
+    b"%2f",
+    b"%2e",
+    b"%",
+    b";",
+    b"?",
+    b"&",
+    b"=",
+    b":",
+    b"\r\n",
+    b"\n",
+    b"\0",
+    b"sha256:",
+    b"blobs",
+    b"manifests",
+    b"uploads",
+    b"tags/list",
+    b"_catalog",
+    b"mount=",
+    b"from=",
+    b"digest=",
+    b"Basic ",
+    b"PROXY ",
+    b"TCP4 ",
+    b"TCP6 ",
+    b"UNKNOWN",
+    b"\xff",
+    b"$2y$",
+    b"$apr1$",
+    b"{SHA}",
+    b"{SSHA}",
+    b"$5$",
+    b"$6$",
+    b"[server]",
+    b"[[rules]]",
+    b"\"",
+    b"[",
+    b"]",
+    b"=",
+    b"repository:",
+    b"pull,push",
+    b"*",
+    b"\r\n\r\n\0\r\nQUIT\n",
+];
+
+/// Inputs for one parser: each committed seed, then mutations of them, until the budget.
+fn inputs(target: &str, mut check: impl FnMut(&[u8])) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds")
+        .join(target);
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| std::fs::read(entry.expect("seed").path()).expect("read seed"))
+        .collect();
+    seeds.sort();
+    assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
+    for seed in &seeds {
+        check(seed);
+    }
+    let mut rng = XorShift::new(0x5eed_0000 ^ target.len() as u64);
+    let deadline = Instant::now() + budget();
+    let mut runs = seeds.len();
+    while Instant::now() < deadline {
+        for _ in 0..256 {
+            let mut input = seeds[rng.next_u64() as usize % seeds.len()].clone();
+            for _ in 0..=(rng.next_u64() % 8) {
+                mutate(&mut input, &mut rng);
+            }
+            check(&input);
+            runs += 1;
+        }
+    }
+    runs
+}
+
+fn mutate(input: &mut Vec<u8>, rng: &mut XorShift) {
+    let at = |rng: &mut XorShift, len: usize| (rng.next_u64() as usize) % (len + 1);
+    match rng.next_u64() % 6 {
+        0 if !input.is_empty() => {
+            let i = at(rng, input.len() - 1);
+            input[i] = rng.next_u64() as u8;
+        }
+        1 => {
+            let i = at(rng, input.len());
+            input.insert(i, rng.next_u64() as u8);
+        }
+        2 if !input.is_empty() => {
+            let i = at(rng, input.len() - 1);
+            let n = (rng.next_u64() as usize % 8).min(input.len() - i);
+            input.drain(i..i + n);
+        }
+        3 | 4 => {
+            let token = DICTIONARY[rng.next_u64() as usize % DICTIONARY.len()];
+            let i = at(rng, input.len());
+            input.splice(i..i, token.iter().copied());
+        }
+        _ if input.len() > 1 => {
+            // Repeat a slice: long runs find quadratic paths and length limits.
+            let i = at(rng, input.len() - 1);
+            let n = (rng.next_u64() as usize % 64).min(input.len() - i);
+            let piece = input[i..i + n].to_vec();
+            for _ in 0..(rng.next_u64() % 16) {
+                input.extend_from_slice(&piece);
+            }
+        }
+        _ => input.push(rng.next_u64() as u8),
+    }
+}
+
+#[test]
+fn authorization_headers() {
+    let runs = inputs("authorization", |data| {
+        if let Some((user, _password)) = parse_basic(data) {
+            assert!(!user.is_empty() && !user.contains(':'), "{data:?}");
+        }
+    });
+    eprintln!("authorization: {runs} inputs");
+}
+
+#[test]
+fn htpasswd_files() {
+    let runs = inputs("htpasswd", |data| {
+        let Some((&flags, rest)) = data.split_first() else {
+            return;
+        };
+        let Ok(text) = std::str::from_utf8(rest) else {
+            return;
+        };
+        let options = LoadOptions {
+            allow_insecure: flags & 1 == 1,
+        };
+        match HtpasswdFile::parse(Path::new("property"), text, &options) {
+            Ok(file) => {
+                for user in file.users() {
+                    assert!(!user.is_empty() && !user.contains(':'), "{text:?}");
+                    let hash = file.get(user).expect("a listed user has a hash");
+                    if !hash.is_slow() {
+                        let _ = hash.verify(b"password");
+                    }
+                }
+            }
+            Err(errors) => assert!(!errors.is_empty(), "an error without a reason"),
+        }
+    });
+    eprintln!("htpasswd: {runs} inputs");
+}
+
+#[test]
+fn config_files() {
+    let runs = inputs("config", |data| {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        if let Err(errors) = Config::parse(text, Some(Path::new("/p/proxy.toml")), Path::new("/p"))
+        {
+            assert!(!errors.is_empty(), "an error without a reason");
+            for e in errors {
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    });
+    eprintln!("config: {runs} inputs");
+}
+
+#[test]
+fn registry_paths() {
+    let methods = [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::PATCH,
+        Method::POST,
+        Method::DELETE,
+    ];
+    let runs = inputs("classify_and_rules", |data| {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let (path, query) = match text.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (text, None),
+        };
+        let method = &methods[data.len() % methods.len()];
+        if let Ok(class) = classify(method, path, query) {
+            if let Some(repository) = class.repository {
+                assert!(
+                    is_valid_repository_name(repository),
+                    "{method} {text:?} classified with repository {repository:?}"
+                );
+                assert!(!repository.contains(".."), "{text:?}");
+            }
+        }
+    });
+    eprintln!("registry paths: {runs} inputs");
+}
+
+#[test]
+fn token_scopes() {
+    let runs = inputs("token", |data| {
+        if let Ok(text) = std::str::from_utf8(data) {
+            for scope in parse_scopes(text) {
+                assert!(!scope.kind.is_empty(), "{text:?}");
+            }
+        }
+    });
+    eprintln!("token scopes: {runs} inputs");
+}
+
+#[test]
+fn proxy_protocol_headers() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let runs = inputs("proxy_protocol", |data| {
+        runtime.block_on(async {
+            use tokio::io::AsyncReadExt;
+            let mut cursor = std::io::Cursor::new(data.to_vec());
+            let result = read_header(&mut cursor).await;
+            let consumed = cursor.position() as usize;
+            let mut rest = Vec::new();
+            cursor.read_to_end(&mut rest).await.expect("read rest");
+            assert_eq!(&data[consumed..], &rest[..], "bytes after the header lost");
+            if result.is_ok() && data.starts_with(b"PROXY ") {
+                assert_eq!(parse_v1(&data[..consumed]), result, "{data:?}");
+            }
+        });
+    });
+    eprintln!("proxy protocol: {runs} inputs");
+}
