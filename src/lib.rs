@@ -17,6 +17,7 @@
 //! - `rules`: (identity, repository, action) -> allow or deny, and which rule said so.
 //! - `token_service`: the `/token` endpoint of token mode.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
+//! - `fuzzing`: parser properties shared by `fuzz/` and `tests/properties.rs`.
 //! - `forward`: the pooled upstream client and the header rewriting.
 //! - `body`: streaming body wrappers (byte counts, idle timeout, access log on completion).
 //! - `error`: gate errors and the registry JSON error envelope.
@@ -33,6 +34,8 @@ pub mod doctor;
 pub mod error;
 pub mod filter;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod healthcheck;
 pub mod log;
 pub mod metrics;

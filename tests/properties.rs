@@ -10,11 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use registry_gate::auth::htpasswd::{HtpasswdFile, LoadOptions};
 use registry_gate::auth::parse_basic;
 use registry_gate::auth::token::parse_scopes;
 use registry_gate::config::Config;
-use registry_gate::proxy_protocol::{parse_v1, read_header};
 use registry_gate::registry_path::{classify, is_valid_repository_name};
 use util::XorShift;
 
@@ -153,29 +151,7 @@ fn authorization_headers() {
 
 #[test]
 fn htpasswd_files() {
-    let runs = inputs("htpasswd", |data| {
-        let Some((&flags, rest)) = data.split_first() else {
-            return;
-        };
-        let Ok(text) = std::str::from_utf8(rest) else {
-            return;
-        };
-        let options = LoadOptions {
-            allow_insecure: flags & 1 == 1,
-        };
-        match HtpasswdFile::parse(Path::new("property"), text, &options) {
-            Ok(file) => {
-                for user in file.users() {
-                    assert!(!user.is_empty() && !user.contains(':'), "{text:?}");
-                    let hash = file.get(user).expect("a listed user has a hash");
-                    if !hash.is_slow() {
-                        let _ = hash.verify(b"password");
-                    }
-                }
-            }
-            Err(errors) => assert!(!errors.is_empty(), "an error without a reason"),
-        }
-    });
+    let runs = inputs("htpasswd", registry_gate::fuzzing::htpasswd);
     eprintln!("htpasswd: {runs} inputs");
 }
 
@@ -246,18 +222,7 @@ fn proxy_protocol_headers() {
         .build()
         .expect("runtime");
     let runs = inputs("proxy_protocol", |data| {
-        runtime.block_on(async {
-            use tokio::io::AsyncReadExt;
-            let mut cursor = std::io::Cursor::new(data.to_vec());
-            let result = read_header(&mut cursor).await;
-            let consumed = cursor.position() as usize;
-            let mut rest = Vec::new();
-            cursor.read_to_end(&mut rest).await.expect("read rest");
-            assert_eq!(&data[consumed..], &rest[..], "bytes after the header lost");
-            if result.is_ok() && data.starts_with(b"PROXY ") {
-                assert_eq!(parse_v1(&data[..consumed]), result, "{data:?}");
-            }
-        });
+        registry_gate::fuzzing::proxy_protocol(&runtime, data)
     });
     eprintln!("proxy protocol: {runs} inputs");
 }
