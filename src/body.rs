@@ -168,9 +168,26 @@ pin_project! {
     }
 }
 
+/// The registry-stall timer. Moving a timer costs a lock on tokio's timer wheel, so frames
+/// only note the time; the timer is moved when it fires early.
 struct Idle {
     limit: Duration,
     timer: Pin<Box<Sleep>>,
+    last_frame: tokio::time::Instant,
+}
+
+impl Idle {
+    /// Whether the registry has been silent for the limit; re-arms the timer if not.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_frame + self.limit;
+            if tokio::time::Instant::now() >= deadline {
+                return true;
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +210,7 @@ impl ResponseBody {
             idle: Some(Idle {
                 limit: idle_limit,
                 timer: Box::pin(tokio::time::sleep(idle_limit)),
+                last_frame: tokio::time::Instant::now(),
             }),
             exchange: Some(exchange),
             record: None,
@@ -232,7 +250,7 @@ impl Body for ResponseBody {
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => {
                 if let Some(idle) = this.idle {
-                    if idle.timer.as_mut().poll(cx).is_ready() {
+                    if idle.expired(cx) {
                         return Poll::Ready(Some(Err(Box::new(UpstreamIdle(idle.limit)))));
                     }
                 }
@@ -240,8 +258,7 @@ impl Body for ResponseBody {
             }
             Poll::Ready(frame) => {
                 if let Some(idle) = this.idle {
-                    let next = tokio::time::Instant::now() + idle.limit;
-                    idle.timer.as_mut().reset(next);
+                    idle.last_frame = tokio::time::Instant::now();
                 }
                 if let Some(exchange) = this.exchange {
                     match &frame {

@@ -48,6 +48,8 @@ pub struct Shared {
     /// Set while the ACME renewal task runs, so a reload that adds `[tls.acme]` starts one
     /// and a second reload does not start another.
     acme_running: Arc<AtomicBool>,
+    /// The watched files as they were when the start read them; the watcher's baseline.
+    watched_at_start: FileStamps,
 }
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
@@ -78,6 +80,9 @@ pub struct Prepared {
     /// Set on the first zero-config start: the user and password just generated, to be shown
     /// once to the operator.
     pub generated_user: Option<(String, String)>,
+    /// The watched files' stamps, taken before the htpasswd files are read: a change made
+    /// after this point is seen by the file watcher, however late that task first runs.
+    pub watched: FileStamps,
 }
 
 /// Loads everything a start needs and reports every problem found. Used by `run`, `check`
@@ -96,10 +101,12 @@ pub fn prepare(
         }
         _ => None,
     };
+    let watched = fingerprint(&watched_files(&config));
     Ok(Prepared {
         config,
         tls,
         generated_user,
+        watched,
     })
 }
 
@@ -174,6 +181,7 @@ impl Shared {
             reloading: tokio::sync::Mutex::new(()),
             ticketer: std::sync::Mutex::new(ticketer),
             acme_running: Arc::new(AtomicBool::new(false)),
+            watched_at_start: prepared.watched.clone(),
         })
     }
 
@@ -298,7 +306,7 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Reloads when the configuration, certificate, key or an htpasswd file changes on disk
 /// (certbot renewals, `htpasswd` edits), as SIGHUP would.
 pub async fn watch_files(shared: Arc<Shared>) {
-    let mut seen = fingerprint(&watched_files(&shared.snapshot().config));
+    let mut seen = shared.watched_at_start.clone();
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
         let files = watched_files(&shared.snapshot().config);
@@ -340,8 +348,11 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
     files
 }
 
-/// Modification time and size of each file (following symlinks); `None` for a missing one.
-fn fingerprint(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+/// Modification time and size of each watched file (following symlinks); `None` for a
+/// missing one.
+pub type FileStamps = Vec<Option<(std::time::SystemTime, u64)>>;
+
+fn fingerprint(files: &[PathBuf]) -> FileStamps {
     files
         .iter()
         .map(|f| {
