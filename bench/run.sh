@@ -510,7 +510,12 @@ if [ "$HOLD" -eq 1 ]; then
     echo "blobs: /v2/$REPO/blobs/sha256:$BIG_SHA ($BIG_SIZE bytes), /v2/$REPO/blobs/sha256:$PAR_SHA ($PAR_SIZE bytes)"
     echo "manifest: /v2/$REPO/manifests/latest (Accept: $MANIFEST_TYPE); $AUTH_BCRYPT; $AUTH_APR1"
     echo "holding; Ctrl-C or kill $$ stops every target"
-    while :; do sleep 3600; done
+    # A waited-for background sleep, so a signal ends the hold at once.
+    while :; do
+        sleep 3600 &
+        PIDS_EXTRA+=("$!")
+        wait "$!" || true
+    done
 fi
 
 # ---------------------------------------------------------------------------------------------

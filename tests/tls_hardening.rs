@@ -118,6 +118,43 @@ fn suites_without_forward_secrecy_or_aead_are_refused() {
     assert!(handshake_done(&good), "{}", describe(&good));
 }
 
+/// Session tickets are issued and honoured (S6 in BENCHMARKS.md counts on it): a second
+/// connection offering the first one's ticket resumes the session. The server's suite order
+/// wins over OpenSSL's, which lists AES-256-GCM first.
+#[test]
+fn sessions_resume_from_a_ticket_and_the_server_picks_aes_128_gcm() {
+    require_tool("openssl", "openssl");
+    let (tmp, _recorder, gate) = gate();
+    let session = tmp.path().join("session.pem");
+    // A request with `Connection: close` and -ign_eof: openssl reads until the gate closes,
+    // so it has seen the ticket, which TLS 1.3 sends after the handshake.
+    let connect = |session_flag: &str| {
+        let script = format!(
+            "printf 'GET /v2/ HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' \\
+             | openssl s_client -connect {} -servername localhost -ign_eof {} {} 2>&1",
+            gate.authority(),
+            session_flag,
+            session.display()
+        );
+        combined(&run(Command::new("sh").args(["-c", &script])))
+    };
+    let first = connect("-sess_out");
+    assert!(
+        first.contains("New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256"),
+        "first connection:\n{first}"
+    );
+    assert!(
+        first.contains("HTTP/1.1 "),
+        "no answer on the first connection:\n{first}"
+    );
+    assert!(session.exists(), "openssl saved no session:\n{first}");
+    let second = connect("-sess_in");
+    assert!(
+        second.contains("Reused, TLSv1.3"),
+        "the ticket was not accepted:\n{second}"
+    );
+}
+
 #[test]
 fn no_sni_and_an_unknown_name_get_the_default_certificate() {
     let (_tmp, _recorder, gate) = gate();

@@ -269,6 +269,10 @@ pub fn server_config(
     config.ignore_client_order = true;
     // Shared across reloads so clients keep resuming sessions after a SIGHUP.
     config.ticketer = ticketer;
+    // One ticket per handshake, not rustls' two: a client resumes one connection with it,
+    // and registry clients that resume at all (OpenSSL-based ones; Go's docker and skopeo
+    // keep no session cache) keep only the newest ticket anyway.
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 
