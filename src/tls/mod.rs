@@ -56,8 +56,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// then ChaCha20-Poly1305 — the order of Go's crypto/tls (so of Caddy and Traefik) on CPUs
 /// with AES instructions. AES-128 gives 128-bit security like the X25519 or P-256 key
 /// exchange in front of it; AES-256 adds four rounds per block and, in TLS 1.3, SHA-384 for
-/// the key schedule, for which aws-lc has no SHA-extension code: on the benchmark machine
-/// (S6 in BENCHMARKS.md) its generic SHA-512 was 16 % of the gate's CPU per handshake.
+/// the key schedule, for which aws-lc ran its portable (`_nohw`) SHA-512 code on the
+/// benchmark machine's AMD CPU: 16 % of the gate's CPU per handshake (S6 in BENCHMARKS.md).
 fn suite_preference(suite: rustls::CipherSuite) -> u8 {
     use rustls::CipherSuite as S;
     match suite {
