@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+use crate::forward::BulkSlot;
 use crate::log::AccessRecord;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -163,6 +164,8 @@ pin_project! {
         inner: Inner,
         idle: Option<Idle>,
         exchange: Option<Arc<Exchange>>,
+        // Held while the registry's body streams; given back with the body.
+        bulk: Option<BulkSlot>,
         // Dropped with the body: that is when the request is over and the line is written.
         record: Option<AccessRecord>,
     }
@@ -203,8 +206,14 @@ impl ResponseBody {
         Self::new(Either::Right(Either::Right(Empty::new())))
     }
 
-    /// The registry's body, aborted if it stalls for `idle_limit`.
-    pub fn upstream(inner: Incoming, exchange: Arc<Exchange>, idle_limit: Duration) -> Self {
+    /// The registry's body, aborted if it stalls for `idle_limit`; `bulk` is the slot it
+    /// was read with, if any.
+    pub fn upstream(
+        inner: Incoming,
+        exchange: Arc<Exchange>,
+        idle_limit: Duration,
+        bulk: Option<BulkSlot>,
+    ) -> Self {
         ResponseBody {
             inner: Either::Left(inner),
             idle: Some(Idle {
@@ -213,6 +222,7 @@ impl ResponseBody {
                 last_frame: tokio::time::Instant::now(),
             }),
             exchange: Some(exchange),
+            bulk,
             record: None,
         }
     }
@@ -222,6 +232,7 @@ impl ResponseBody {
             inner,
             idle: None,
             exchange: None,
+            bulk: None,
             record: None,
         }
     }

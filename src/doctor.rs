@@ -244,7 +244,7 @@ async fn check_upstream(config: &Config, public_host: &str, report: &mut Report)
     headers.insert(header::HOST, public_value.clone());
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    let response = match upstream.send(request, &Exchange::new()).await {
+    let response = match upstream.send(request, &Exchange::new(), None).await {
         Ok(r) => r,
         Err(e) => {
             report.fail(&format!("test upload to {origin}: {e}"));
@@ -288,7 +288,7 @@ async fn check_upstream(config: &Config, public_host: &str, report: &mut Report)
             *cancel.method_mut() = Method::DELETE;
             *cancel.uri_mut() = uri;
             cancel.headers_mut().insert(header::HOST, public_value);
-            let _ = upstream.send(cancel, &Exchange::new()).await;
+            let _ = upstream.send(cancel, &Exchange::new(), None).await;
         }
     }
 }

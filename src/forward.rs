@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{Exchange, RequestBody};
 use crate::config::{UpstreamConfig, UpstreamTarget};
@@ -34,15 +35,24 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections kept per upstream: enough for a burst of parallel layer pulls.
 const POOL_MAX_IDLE: usize = 64;
 /// Largest read buffer per registry connection. hyper's default lets it grow to ~400 KiB,
-/// and a layer download holds about two of them (one being read, one being sent on): 16
-/// parallel pulls cost ~13 MiB more RSS than with 64 KiB. Smaller chunks cost a little CPU
-/// (S4 in BENCHMARKS.md: ~0.1 s/GiB), 128 KiB saved none of it.
+/// and a download pins two or three of them (one being read, the ones being sent on): 16
+/// parallel pulls would cost ~13 MiB more RSS than with 64 KiB.
 const UPSTREAM_MAX_BUF: usize = 64 * 1024;
+/// The read buffer of a layer download that holds a bulk slot: a quarter of the system
+/// calls, wakeups and body frames per byte of 64 KiB reads, 10–15 % less CPU per GiB
+/// (BENCHMARKS.md, session 3).
+const BULK_MAX_BUF: usize = 256 * 1024;
+/// Layer downloads that get [`BULK_MAX_BUF`] at once. Further parallel ones use 64 KiB
+/// reads, so memory stays bounded (about 3 MiB more at most) however many layers are pulled.
+const BULK_SLOTS: usize = 4;
 
 /// The pooled client to the registry.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<Connector, RequestBody>,
+    /// The same registry with large read buffers, for layer downloads holding a bulk slot.
+    bulk: Client<Connector, RequestBody>,
+    bulk_slots: Arc<Semaphore>,
     /// `http://authority` used to build request URIs (and the pool key).
     base: String,
     origin: String,
@@ -55,21 +65,25 @@ impl Upstream {
             target: Arc::new(config.target.clone()),
             connect_timeout: config.connect_timeout,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .http1_max_buf_size(UPSTREAM_MAX_BUF)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // The Host header is always set by `rewrite_request` to the client's own value.
-            .set_host(false)
-            .build(connector);
+        let client = |max_buf| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(POOL_MAX_IDLE)
+                .http1_max_buf_size(max_buf)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                // The Host header is always set by `rewrite_request` to the client's own value.
+                .set_host(false)
+                .build(connector.clone())
+        };
         let base = match &config.target {
             UpstreamTarget::Tcp { .. } => config.origin.clone(),
             UpstreamTarget::Unix(_) => "http://localhost".into(),
         };
         Upstream {
-            client,
+            client: client(UPSTREAM_MAX_BUF),
+            bulk: client(BULK_MAX_BUF),
+            bulk_slots: Arc::new(Semaphore::new(BULK_SLOTS)),
             base,
             origin: config.origin.clone(),
             read_timeout: config.read_timeout,
@@ -92,16 +106,29 @@ impl Upstream {
             .map_err(|_| GateError::BadRequest("request target is not a valid URI"))
     }
 
+    /// A bulk slot if one is free: the request it goes with is read with large buffers
+    /// until the slot (kept with the response body) is dropped.
+    pub fn bulk_slot(&self) -> Option<BulkSlot> {
+        let permit = self.bulk_slots.clone().try_acquire_owned().ok()?;
+        Some(BulkSlot { _permit: permit })
+    }
+
     /// Sends the request and waits for the response head. The wait ends with 504 only when
     /// nothing moved in either direction for the read timeout, so a slow 20 GiB upload is
-    /// never cut while it progresses.
+    /// never cut while it progresses. With a bulk slot the response is read in large chunks.
     pub async fn send(
         &self,
         request: Request<RequestBody>,
         exchange: &Exchange,
+        bulk: Option<&BulkSlot>,
     ) -> Result<Response<Incoming>, GateError> {
+        let client = if bulk.is_some() {
+            &self.bulk
+        } else {
+            &self.client
+        };
         tokio::select! {
-            result = self.client.request(request) => result.map_err(|e| {
+            result = client.request(request) => result.map_err(|e| {
                 // The registry's request fails when the client's body does; that is the
                 // client's doing, not a registry fault to answer 502 for and warn about.
                 if exchange.client_body_failed() {
@@ -141,6 +168,12 @@ impl Upstream {
             .map_err(|_| GateError::UpstreamTimeout)?
             .map_err(classify_client_error)
     }
+}
+
+/// One of the [`BULK_SLOTS`] large-buffer downloads; given back when dropped.
+#[derive(Debug)]
+pub struct BulkSlot {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// A readiness probe that takes longer than this counts as a failure: probes come every few
@@ -479,6 +512,31 @@ mod tests {
             );
         }
         h
+    }
+
+    #[tokio::test]
+    async fn bulk_slots_are_bounded_and_given_back() {
+        let upstream = Upstream::new(&UpstreamConfig {
+            target: UpstreamTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5000,
+            },
+            origin: "http://127.0.0.1:5000".into(),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+        });
+        let held: Vec<BulkSlot> = (0..BULK_SLOTS)
+            .filter_map(|_| upstream.bulk_slot())
+            .collect();
+        assert_eq!(held.len(), BULK_SLOTS);
+        assert!(
+            upstream.bulk_slot().is_none(),
+            "more large buffers than slots"
+        );
+        // A clone (a request's snapshot) shares the slots.
+        assert!(upstream.clone().bulk_slot().is_none());
+        drop(held);
+        assert!(upstream.bulk_slot().is_some(), "slots not given back");
     }
 
     fn client<'a>(peer: &str, trusted: &'a [IpNet]) -> ClientInfo<'a> {

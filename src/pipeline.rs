@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::auth::token::Claims;
@@ -210,9 +210,18 @@ async fn proxy(
         // the link to it may be plain HTTP.
         parts.headers.remove(header::AUTHORIZATION);
     }
+    // A layer download reads the registry in large chunks while a bulk slot is free.
+    let bulk = if class.kind == Kind::Blob && parts.method == Method::GET {
+        snapshot.upstream.bulk_slot()
+    } else {
+        None
+    };
     let exchange = record.exchange().clone();
     let upstream_request = Request::from_parts(parts, RequestBody::new(body, exchange.clone()));
-    let response = snapshot.upstream.send(upstream_request, &exchange).await?;
+    let response = snapshot
+        .upstream
+        .send(upstream_request, &exchange, bulk.as_ref())
+        .await?;
 
     // 6. Respond.
     let (mut parts, body) = response.into_parts();
@@ -237,7 +246,7 @@ async fn proxy(
         .await?;
         return Ok(Response::from_parts(parts, filtered));
     }
-    let body = ResponseBody::upstream(body, exchange, snapshot.upstream.read_timeout());
+    let body = ResponseBody::upstream(body, exchange, snapshot.upstream.read_timeout(), bulk);
     Ok(Response::from_parts(parts, body))
 }
 
