@@ -43,9 +43,9 @@ const UPSTREAM_MAX_BUF: usize = 64 * 1024;
 /// (BENCHMARKS.md, session 3).
 const BULK_MAX_BUF: usize = 256 * 1024;
 /// Layer downloads that get [`BULK_MAX_BUF`] at once. Further parallel ones use 64 KiB
-/// reads, so memory stays bounded however many layers are pulled. Four slots added 2.7 MiB
-/// to the benchmark's peak RSS for 7 % more throughput with 16 parallel pulls: two leave
-/// the 24 MiB target a margin and give single downloads the whole gain.
+/// reads, so memory stays bounded however many layers are pulled. Two give one or two
+/// downloads the whole gain; four added 2.7 MiB of peak RSS for 7 % more throughput with 16
+/// parallel pulls (BENCHMARKS.md, "After the fourth run").
 const BULK_SLOTS: usize = 2;
 
 /// The pooled client to the registry.
