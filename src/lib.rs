@@ -8,6 +8,7 @@
 //! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
 //! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
 //! - `read_ahead`: one large socket read under TLS instead of rustls's 4 KiB ones.
+//! - `linger`: the lingering close that keeps a last answer from being lost to a reset.
 //! - `pipeline`: the path of one request, top to bottom.
 //! - `plain_http`: the port-80 listener: ACME http-01 answers, 308 to https.
 //! - `proxy_protocol`: the PROXY protocol v1/v2 header a TCP balancer puts first.
@@ -37,6 +38,7 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod healthcheck;
+pub mod linger;
 pub mod log;
 pub mod metrics;
 pub mod pipeline;

@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::linger::Linger;
 use crate::pipeline::{self, ConnInfo};
 use crate::state::Shared;
 
@@ -276,7 +277,7 @@ async fn serve_connection(
 
     let tls_stream = match tokio::time::timeout(
         server.handshake_timeout,
-        tls.accept(crate::read_ahead::ReadAhead::new(stream)),
+        tls.accept(crate::read_ahead::ReadAhead::new(Linger::new(stream))),
     )
     .await
     {
@@ -413,7 +414,7 @@ async fn serve_plain(
                 .timer(TokioTimer::new())
                 .header_read_timeout(server.header_timeout)
                 .max_buf_size(server.max_header_bytes)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(Linger::new(stream)), service);
             let _ = tokio::time::timeout(server.idle_timeout, connection).await;
         });
     }

@@ -828,7 +828,7 @@ async fn oversized_request_heads_get_431_and_the_gate_keeps_serving() {
         ),
     )
     .await
-    .unwrap_or_default();
+    .unwrap_or_else(|e| format!("an error: {e}"));
     assert!(
         answer.starts_with("HTTP/1.1 431"),
         "expected 431, got: {answer:.200}"
@@ -844,6 +844,47 @@ async fn oversized_request_heads_get_431_and_the_gate_keeps_serving() {
         response.status(),
         200,
         "the gate stopped serving after a bad request"
+    );
+}
+
+/// A refused upload is answered before its body is read; the client, still sending, must see
+/// the 401 rather than a reset (the gate lingers on close as nginx does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_gets_its_answer_while_the_client_is_still_sending() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url()).basic_auth(&[("alice", "secret")]),
+    );
+    let body_len = 16 * 1024 * 1024;
+    let mut request = format!(
+        "PUT /v2/team/app/blobs/uploads/0b1e?digest=sha256:{} HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {body_len}\r\n\r\n",
+        "0".repeat(64)
+    )
+    .into_bytes();
+    request.resize(request.len() + body_len, b'x');
+    let answer = within(
+        60,
+        "refused upload",
+        raw_https_exchange(
+            gate.addr,
+            &gate.pki.ca_pem,
+            "localhost",
+            &request,
+            Duration::from_secs(30),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| format!("an error: {e}"));
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "expected 401, got: {answer:.200}"
+    );
+    assert!(
+        recorder.requests().is_empty(),
+        "the refused upload was forwarded"
     );
 }
 
