@@ -97,6 +97,7 @@ def main():
     p(f"- {env('RUN_REPS')} repetition(s), targets interleaved (rotated order); S1/S2 blob {env('RUN_BLOB_MIB')} MiB "
       f"(PATCH chunks {env('RUN_CHUNK_MIB')} MiB), S4 16 × {env('RUN_PAR_MIB')} MiB, wrk/h2load runs {env('RUN_DURATION')} s, "
       f"S5 {env('RUN_IDLE')} idle connections, S3 manifest {env('RUN_MANIFEST')} bytes")
+    p(f"- downloads (S1, S4) verified by size and sha256 {env('RUN_DIGEST')}")
     p("- cells: median (min–max) over repetitions; ratios: per repetition, then the median")
     p("")
     head = ["metric"] + present

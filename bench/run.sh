@@ -137,6 +137,8 @@ GATE_BIN="$ROOT/target/release/registry-gate"
 # Scratch directory, process bookkeeping, cleanup.
 # ---------------------------------------------------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/registry-gate-run.XXXXXX")"
+SINK=""               # tmpfs directory downloads land in (see "Downloads" below), or none
+DIGEST_WHERE=""
 declare -A PID=()     # target -> main pid (nginx: master)
 PIDS_EXTRA=()         # helpers (idle clients)
 
@@ -166,6 +168,7 @@ cleanup() {
         done
     fi
     rm -rf "$TMP"
+    [ -z "$SINK" ] || rm -rf "$SINK"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -526,27 +529,68 @@ GIB=1073741824
 mbps() { awk -v b="$1" -v t0="$2" -v t1="$3" 'BEGIN { printf "%.1f", b / (t1 - t0) / 1e6 }'; }
 cpu_per_gib() { awk -v t="$1" -v b="$2" -v hz="$CLK_TCK" -v g="$GIB" 'BEGIN { printf "%.3f", t / hz / (b / g) }'; }
 
-# download TARGET URL_PATH SIZE SHA OUTPREFIX [curl args…]: one verified download.
-# The digest is taken by openssl (SHA-NI, ~0.6 CPU-s/GiB here), not sha256sum (~3 CPU-s/GiB):
-# with sha256sum in the pipe the client, not the proxy, set every target's download speed.
+# Downloads. curl writes each one into a tmpfs file that was filled with zeros before the
+# clock started (opened with 1<>: overwritten in place, no page allocated while timed); its
+# size and sha256 are checked after the clock stopped. A digest in curl's pipe instead puts
+# a pipe and a second process in every target's path: measured here, curl's system time per
+# GiB doubled (0.5 -> 1.0 s) and every proxy's single download fell to the same ~420 MB/s,
+# the client's speed, not the proxy's (see BENCHMARKS.md, sixth run). Without room in
+# /dev/shm the digest goes back into the pipe, and the report says so.
+sink_setup() {
+    local need avail
+    need=$(( (BIG_SIZE + PAR_SIZE * PARALLEL) / 1024 + 1024 * 1024 ))
+    avail="$(df -k --output=avail /dev/shm 2>/dev/null | tail -n1 | tr -d ' ' || true)"
+    if [ -n "$avail" ] && [ "$avail" -gt "$need" ]; then
+        SINK="$(mktemp -d /dev/shm/registry-gate-sink.XXXXXX)"
+        DIGEST_WHERE="after each download, from a preallocated tmpfs file"
+    else
+        log "/dev/shm has less than $((need / 1024)) MiB free: digests taken in curl's pipe (slower client)"
+        DIGEST_WHERE="in curl's pipe (no room in /dev/shm)"
+    fi
+}
+
+# download_prepare OUTPREFIX SIZE: before the clock starts.
+download_prepare() {
+    rm -f "$1.err" "$1.sha"
+    [ -z "$SINK" ] || head -c "$2" /dev/zero >"$SINK/$(basename "$1")"
+}
+
+# download TARGET URL_PATH OUTPREFIX [curl args…]: the timed part of one download.
 download() {
-    local target="$1" path="$2" size="$3" sha="$4" out="$5"; shift 5
-    local got_sha got_size
-    # shellcheck disable=SC2046
-    got_sha="$(curl -sS --fail $(curl_args "$target") "$@" -w '%{stderr}%{size_download}\n' \
-        "${BASE[$target]}$path" 2>"$out.err" | openssl dgst -sha256 -r | cut -d' ' -f1)" || return 1
-    got_size="$(tail -n1 "$out.err")"
-    [ "$got_size" = "$size" ] || { log "$target: downloaded $got_size bytes, expected $size: $(head -c 300 "$out.err")"; return 1; }
+    local target="$1" path="$2" out="$3"; shift 3
+    if [ -n "$SINK" ]; then
+        # shellcheck disable=SC2046
+        curl -sS --fail $(curl_args "$target") "$@" -w '%{stderr}%{size_download}\n' \
+            "${BASE[$target]}$path" 2>"$out.err" 1<>"$SINK/$(basename "$out")"
+    else
+        # shellcheck disable=SC2046
+        curl -sS --fail $(curl_args "$target") "$@" -w '%{stderr}%{size_download}\n' \
+            "${BASE[$target]}$path" 2>"$out.err" | openssl dgst -sha256 -r | cut -d' ' -f1 >"$out.sha"
+    fi
+}
+
+# download_verify TARGET OUTPREFIX SIZE SHA: byte count and sha256, after the clock stops.
+download_verify() {
+    local target="$1" out="$2" size="$3" sha="$4" got_sha got_size
+    got_size="$(tail -n1 "$out.err" 2>/dev/null || true)"
+    [ "$got_size" = "$size" ] || { log "$target: downloaded ${got_size:-no} bytes, expected $size: $(head -c 300 "$out.err" 2>/dev/null)"; return 1; }
+    if [ -n "$SINK" ]; then
+        got_sha="$(openssl dgst -sha256 -r "$SINK/$(basename "$out")" | cut -d' ' -f1)"
+    else
+        got_sha="$(cat "$out.sha")"
+    fi
     [ "$got_sha" = "$sha" ] || { log "$target: sha256 of the download is $got_sha, expected $sha"; return 1; }
 }
 
 s1() {
     local t="$1" rep="$2" proto="$3" flag t0 t1 c0 c1
     [ "$proto" = h2 ] && flag=--http2 || flag=--http1.1
+    download_prepare "$TMP/s1" "$BIG_SIZE"
     c0="$(cpu_ticks "$t")"; t0="$(now)"
-    download "$t" "/v2/$REPO/blobs/sha256:$BIG_SHA" "$BIG_SIZE" "$BIG_SHA" "$TMP/s1" "$flag" \
-        || die "$t: S1 ($proto) download failed"
+    download "$t" "/v2/$REPO/blobs/sha256:$BIG_SHA" "$TMP/s1" "$flag" \
+        || die "$t: S1 ($proto) download failed: $(head -c 300 "$TMP/s1.err")"
     t1="$(now)"; c1="$(cpu_ticks "$t")"
+    download_verify "$t" "$TMP/s1" "$BIG_SIZE" "$BIG_SHA" || die "$t: S1 ($proto) download failed"
     local suffix=""; [ "$proto" = h2 ] && suffix="_h2"
     record "s1${suffix}_mbps" "$t" "$rep" "$(mbps "$BIG_SIZE" "$t0" "$t1")"
     record "s1${suffix}_cpu" "$t" "$rep" "$(cpu_per_gib $((c1 - c0)) "$BIG_SIZE")"
@@ -634,14 +678,18 @@ settle() {
 s4() {
     local t="$1" rep="$2" t0 t1 c0 c1 i
     local -a jobs=()
+    for i in $(seq "$PARALLEL"); do download_prepare "$TMP/s4-$i" "$PAR_SIZE"; done
     c0="$(cpu_ticks "$t")"; t0="$(now)"
     for i in $(seq "$PARALLEL"); do
-        download "$t" "/v2/$REPO/blobs/sha256:$PAR_SHA" "$PAR_SIZE" "$PAR_SHA" "$TMP/s4-$i" --http1.1 &
+        download "$t" "/v2/$REPO/blobs/sha256:$PAR_SHA" "$TMP/s4-$i" --http1.1 &
         jobs+=($!)
     done
     local failed=0
     for i in "${jobs[@]}"; do wait "$i" || failed=$((failed + 1)); done
     t1="$(now)"; c1="$(cpu_ticks "$t")"
+    for i in $(seq "$PARALLEL"); do
+        download_verify "$t" "$TMP/s4-$i" "$PAR_SIZE" "$PAR_SHA" || failed=$((failed + 1))
+    done
     [ "$failed" -eq 0 ] || die "$t: S4: $failed of $PARALLEL downloads failed"
     record s4_mbps "$t" "$rep" "$(mbps $((PAR_SIZE * PARALLEL)) "$t0" "$t1")"
     record s4_cpu "$t" "$rep" "$(cpu_per_gib $((c1 - c0)) $((PAR_SIZE * PARALLEL)))"
@@ -713,6 +761,7 @@ rotated() {
     for i in $(seq 0 $((n - 1))); do echo "${TARGETS[$(((i + rep) % n))]}"; done
 }
 
+sink_setup
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "$REPS repetition(s): ${BLOB_MIB} MiB blob, $PARALLEL x ${PAR_MIB} MiB, ${DURATION}s runs, $IDLE_CONNS idle connections"
 for rep in $(seq "$REPS"); do
@@ -762,6 +811,7 @@ export RUN_AES="$(grep -qw aes /proc/cpuinfo && echo yes || echo no)" RUN_KERNEL
 export RUN_NGINX="$(nginx -v 2>&1 | sed 's/^nginx version: //')" RUN_REGISTRY="$(docker-registry --version | awk '{ print $3 }')"
 export RUN_RUSTC="$(rustc --version)" RUN_CURL="$(curl --version | head -n1 | cut -d' ' -f1-2)"
 export RUN_LOAD_START="$LOAD_START" RUN_LOAD_END="$LOAD_END" RUN_BLOB_MIB="$BLOB_MIB" RUN_PAR_MIB="$PAR_MIB"
+export RUN_DIGEST="$DIGEST_WHERE"
 export RUN_CHUNK_MIB="$CHUNK_MIB" RUN_DURATION="$DURATION" RUN_IDLE="$IDLE_CONNS" RUN_MANIFEST="$MANIFEST_BYTES"
 REPORT="$(python3 "$ROOT/bench/report.py" "$RESULTS")"
 echo "$REPORT"
