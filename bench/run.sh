@@ -26,7 +26,8 @@
 #   --quick          small sizes (64 MiB, 16 x 16 MiB), 1 repetition, 3 s runs, 1000 idle
 #                    connections: checks that everything works, numbers are not meaningful
 #   --reps N         repetitions (default 3); the report gives median (min-max)
-#   --write          also write the report to bench/results-run.md
+#   --write          also write the report to bench/results-run.md and every repetition's
+#                    raw value to bench/results-run.tsv (metric, target, repetition, value)
 #   --targets LIST   comma-separated subset of direct,nginx,nginx-tuned,gate
 #   --scenarios LIST comma-separated subset of S1,S2,S3,S4,S5,S6
 #   --compare-gate PATH  add a target "gate-b" running another registry-gate binary (A/B tests)
@@ -817,5 +818,6 @@ REPORT="$(python3 "$ROOT/bench/report.py" "$RESULTS")"
 echo "$REPORT"
 if [ "$WRITE" -eq 1 ]; then
     echo "$REPORT" >"$ROOT/bench/results-run.md"
-    log "wrote bench/results-run.md"
+    cp "$RESULTS" "$ROOT/bench/results-run.tsv"
+    log "wrote bench/results-run.md and bench/results-run.tsv"
 fi
