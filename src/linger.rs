@@ -150,6 +150,15 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
+    /// Reads the first KiB of a request, answers 403 without reading the rest, drops `conn`.
+    async fn answer_and_drop<S: AsyncRead + AsyncWrite + Unpin>(mut conn: S) {
+        let mut first = [0u8; 1024];
+        conn.read_exact(&mut first).await.expect("read");
+        conn.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+            .await
+            .expect("write");
+    }
+
     /// The client writes `upload` bytes the server never reads, then reads the answer the
     /// server wrote before dropping its end. Returns what the client got.
     async fn answer_after_unread_upload(wrap: bool, upload: usize) -> io::Result<Vec<u8>> {
@@ -157,19 +166,10 @@ mod tests {
         let addr = listener.local_addr()?;
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("accept");
-            let mut first = [0u8; 1024];
             if wrap {
-                let mut conn = Linger::new(stream);
-                conn.read_exact(&mut first).await.expect("read");
-                conn.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n")
-                    .await
-                    .expect("write");
+                answer_and_drop(Linger::new(stream)).await;
             } else {
-                let mut conn = stream;
-                conn.read_exact(&mut first).await.expect("read");
-                conn.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n")
-                    .await
-                    .expect("write");
+                answer_and_drop(stream).await;
             }
         });
         let mut client = TcpStream::connect(addr).await?;
