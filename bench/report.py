@@ -37,7 +37,7 @@ METRICS = [
     ("s6_h2_rps", "S6 HTTP/2 manifest GET req/s (h2load)", True),
 ]
 
-COLUMNS = ["direct", "nginx", "nginx-tuned", "gate", "gate-b"]
+COLUMNS = ["direct", "nginx", "nginx-tuned", "nginx-noauth", "gate", "gate-b"]
 
 
 def load(path):
@@ -151,6 +151,14 @@ def main():
     p("|---|---:|---|")
     for name, value, verdict in goals:
         p(f"| {name} | {value} | {verdict} |")
+    # The floor under the S3 ratios: the same TLS hop with no authentication at all.
+    floor = [(kind, ratio(data, f"s3_{kind}_rps", "nginx-noauth", "direct")) for kind in ("apr1", "bcrypt")]
+    if all(v is not None for _, v in floor):
+        p("")
+        p("S3 reference, the TLS proxy hop with no authentication (nginx-noauth/direct, same runs): "
+          + ", ".join(f"{fmt(v)} in the {kind.upper() if kind == 'apr1' else kind} runs" for kind, v in floor)
+          + f"; gate/nginx-noauth {fmt(ratio(data, 's3_apr1_rps', 'gate', 'nginx-noauth'))} (APR1), "
+          + f"{fmt(ratio(data, 's3_bcrypt_rps', 'gate', 'nginx-noauth'))} (bcrypt).")
     print("\n".join(out))
 
 

@@ -8,6 +8,8 @@
 #                auto, upstream keepalive, proxy_http_version 1.1, proxy_buffering off,
 #                proxy_request_buffering off, TLS 1.2+1.3, auth_basic)
 #   nginx-tuned  the same plus proxy_buffer_size 64k
+#   nginx-noauth nginx-tuned without auth_basic, in S3 only: what the TLS proxy hop costs
+#                with no authentication at all, the floor for S3's "gate/direct" ratio
 #   gate         target/release/registry-gate ([auth] mode = "basic")
 # All proxies use the same certificate (ECDSA P-256) and the same htpasswd file.
 #
@@ -28,7 +30,7 @@
 #   --reps N         repetitions (default 3); the report gives median (min-max)
 #   --write          also write the report to bench/results-run.md and every repetition's
 #                    raw value to bench/results-run.tsv (metric, target, repetition, value)
-#   --targets LIST   comma-separated subset of direct,nginx,nginx-tuned,gate
+#   --targets LIST   comma-separated subset of direct,nginx,nginx-tuned,nginx-noauth,gate
 #   --scenarios LIST comma-separated subset of S1,S2,S3,S4,S5,S6
 #   --compare-gate PATH  add a target "gate-b" running another registry-gate binary (A/B tests)
 #   --hold           set everything up, print each target's URL, the blob paths and the client
@@ -41,7 +43,7 @@ QUICK=0
 WRITE=0
 DURATION=""
 IDLE_CONNS=""
-TARGETS_ARG="direct,nginx,nginx-tuned,gate"
+TARGETS_ARG="direct,nginx,nginx-tuned,nginx-noauth,gate"
 SCENARIOS_ARG="S1,S2,S3,S4,S5,S6"
 COMPARE_GATE=""
 HOLD=0
@@ -79,7 +81,7 @@ done
 IFS=, read -r -a TARGETS <<<"$TARGETS_ARG"
 IFS=, read -r -a SCENARIOS <<<"$SCENARIOS_ARG"
 for t in "${TARGETS[@]}"; do
-    case "$t" in direct|nginx|nginx-tuned|gate) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
+    case "$t" in direct|nginx|nginx-tuned|nginx-noauth|gate) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
 done
 [ -z "$COMPARE_GATE" ] || TARGETS+=(gate-b)
 want() { case ",$SCENARIOS_ARG," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -352,8 +354,11 @@ MANIFEST_BYTES="$(stat -c %s "$TMP/manifest.json")"
 # ---------------------------------------------------------------------------------------------
 # nginx as the distribution docs recipe (docs/recipes/nginx.md), with the production settings
 # that recipe leaves out. $2 = extra proxy directives.
+# write_nginx_conf DIR PORT EXTRA AUTH: AUTH "off" leaves auth_basic out (nginx-noauth).
 write_nginx_conf() {
-    local dir="$1" port="$2" extra="$3" user_line=""
+    local dir="$1" port="$2" extra="$3" auth="$4" user_line="" auth_lines=""
+    [ "$auth" = off ] || auth_lines="auth_basic \"Registry realm\";
+            auth_basic_user_file $TMP/htpasswd;"
     [ "$(id -u)" -ne 0 ] || user_line="user root;"   # workers must read the htpasswd in $TMP
     mkdir -p "$dir"
     cat >"$dir/nginx.conf" <<EOF
@@ -409,8 +414,7 @@ http {
                 return 404;
             }
 
-            auth_basic "Registry realm";
-            auth_basic_user_file $TMP/htpasswd;
+            $auth_lines
 
             add_header 'Docker-Distribution-Api-Version' \$docker_distribution_api_version always;
 
@@ -433,9 +437,9 @@ EOF
 }
 
 start_nginx() {
-    local name="$1" extra="$2" port dir="$TMP/$1"
+    local name="$1" extra="$2" auth="${3:-on}" port dir="$TMP/$1"
     port="$(free_port)"
-    write_nginx_conf "$dir" "$port" "$extra"
+    write_nginx_conf "$dir" "$port" "$extra" "$auth"
     nginx -t -p "$dir" -c "$dir/nginx.conf" >"$dir.test.log" 2>&1 || die "nginx -t ($name): $(cat "$dir.test.log")"
     nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$TMP/$name.log" 2>&1 </dev/null &
     PID[$name]=$!
@@ -476,13 +480,15 @@ EOF
     wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
 }
 
+# proxy_buffers and proxy_busy_buffers_size only so nginx accepts the larger
+# proxy_buffer_size; with proxy_buffering off they are not used.
+NGINX_TUNED="proxy_buffer_size 64k; proxy_buffers 4 64k; proxy_busy_buffers_size 128k;"
 start_target() {
     case "$1" in
         direct) PID[direct]="${PID[registry]}" ;;
         nginx) start_nginx nginx "" ;;
-        # proxy_buffers and proxy_busy_buffers_size only so nginx accepts the larger
-        # proxy_buffer_size; with proxy_buffering off they are not used.
-        nginx-tuned) start_nginx nginx-tuned "proxy_buffer_size 64k; proxy_buffers 4 64k; proxy_busy_buffers_size 128k;" ;;
+        nginx-tuned) start_nginx nginx-tuned "$NGINX_TUNED" ;;
+        nginx-noauth) start_nginx nginx-noauth "$NGINX_TUNED" off ;;
         gate) start_gate gate "$GATE_BIN" ;;
         gate-b) start_gate gate-b "$COMPARE_GATE" ;;
     esac
@@ -498,7 +504,11 @@ for t in "${TARGETS[@]}"; do
         [ "$code" = 200 ] && cmp -s "$TMP/m" "$TMP/manifest.json" || die "direct: manifest GET answered $code"
         continue
     fi
-    code="$(curl -sS -o /dev/null -w '%{http_code}' --cacert "$CA" "${BASE[$t]}/v2/$REPO/manifests/latest")"
+    code="$(curl -sS -o /dev/null -w '%{http_code}' --cacert "$CA" -H "Accept: $MANIFEST_TYPE" "${BASE[$t]}/v2/$REPO/manifests/latest")"
+    if [ "$t" = nginx-noauth ]; then
+        [ "$code" = 200 ] || die "$t: manifest GET without credentials answered $code, not 200"
+        continue
+    fi
     [ "$code" = 401 ] || die "$t: manifest GET without credentials answered $code, not 401"
     for h in "$AUTH_BCRYPT" "$AUTH_APR1"; do
         code="$(curl -sS -o "$TMP/m" -w '%{http_code}' --cacert "$CA" -H "$h" -H "Accept: $MANIFEST_TYPE" \
@@ -768,13 +778,15 @@ log "$REPS repetition(s): ${BLOB_MIB} MiB blob, $PARALLEL x ${PAR_MIB} MiB, ${DU
 for rep in $(seq "$REPS"); do
     mapfile -t order < <(rotated "$rep")
     log "repetition $rep/$REPS (order: ${order[*]}; loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
+    # nginx-noauth is a reference for S3 alone; every other scenario runs the rest.
+    mapfile -t main < <(printf '%s\n' "${order[@]}" | grep -vx nginx-noauth)
     if want S1; then
-        for t in "${order[@]}"; do log "  S1 $t"; s1 "$t" "$rep" h1; done
-        for t in "${order[@]}"; do [ "$t" = direct ] || { log "  S1 h2 $t"; s1 "$t" "$rep" h2; }; done
+        for t in "${main[@]}"; do log "  S1 $t"; s1 "$t" "$rep" h1; done
+        for t in "${main[@]}"; do [ "$t" = direct ] || { log "  S1 h2 $t"; s1 "$t" "$rep" h2; }; done
     fi
     if want S2; then
-        for t in "${order[@]}"; do log "  S2 PUT $t"; s2 "$t" "$rep" put; done
-        for t in "${order[@]}"; do log "  S2 PATCH $t"; s2 "$t" "$rep" patch; done
+        for t in "${main[@]}"; do log "  S2 PUT $t"; s2 "$t" "$rep" put; done
+        for t in "${main[@]}"; do log "  S2 PATCH $t"; s2 "$t" "$rep" patch; done
     fi
     if want S3; then
         for kind in apr1 bcrypt; do
@@ -782,21 +794,21 @@ for rep in $(seq "$REPS"); do
         done
     fi
     if want S4; then
-        for t in "${order[@]}"; do log "  S4 $t"; s4 "$t" "$rep"; done
+        for t in "${main[@]}"; do log "  S4 $t"; s4 "$t" "$rep"; done
     fi
 done
 # Peak RSS over S1-S4 (before the idle connections of S5).
 for t in "${TARGETS[@]}"; do
-    [ "$t" = direct ] || record s5_peak_mib "$t" 1 "$(awk -v k="$(status_kib "$t" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
+    [ "$t" = direct ] || [ "$t" = nginx-noauth ] || record s5_peak_mib "$t" 1 "$(awk -v k="$(status_kib "$t" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
 done
 for rep in $(seq "$REPS"); do
-    mapfile -t order < <(rotated "$rep")
+    mapfile -t main < <(rotated "$rep" | grep -vx nginx-noauth)
     if want S5; then
-        for t in "${order[@]}"; do [ "$t" = direct ] || log "  S5 idle $t"; s5_idle "$t" "$rep"; done
+        for t in "${main[@]}"; do [ "$t" = direct ] || log "  S5 idle $t"; s5_idle "$t" "$rep"; done
     fi
     if want S6; then
-        for t in "${order[@]}"; do [ "$t" = direct ] || log "  S6 handshakes $t"; s6_handshakes "$t" "$rep"; done
-        for t in "${order[@]}"; do [ "$t" = direct ] || log "  S6 h2 $t"; s6_h2 "$t" "$rep"; done
+        for t in "${main[@]}"; do [ "$t" = direct ] || log "  S6 handshakes $t"; s6_handshakes "$t" "$rep"; done
+        for t in "${main[@]}"; do [ "$t" = direct ] || log "  S6 h2 $t"; s6_h2 "$t" "$rep"; done
     fi
 done
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
