@@ -152,11 +152,12 @@ def main():
     for name, value, verdict in goals:
         p(f"| {name} | {value} | {verdict} |")
     # The floor under the S3 ratios: the same TLS hop with no authentication at all.
-    floor = [(kind, ratio(data, f"s3_{kind}_rps", "nginx-noauth", "direct")) for kind in ("apr1", "bcrypt")]
+    floor = [(label, ratio(data, f"s3_{kind}_rps", "nginx-noauth", "direct"))
+             for kind, label in (("apr1", "APR1"), ("bcrypt", "bcrypt"))]
     if all(v is not None for _, v in floor):
         p("")
         p("S3 reference, the TLS proxy hop with no authentication (nginx-noauth/direct, same runs): "
-          + ", ".join(f"{fmt(v)} in the {kind.upper() if kind == 'apr1' else kind} runs" for kind, v in floor)
+          + ", ".join(f"{fmt(v)} in the {label} runs" for label, v in floor)
           + f"; gate/nginx-noauth {fmt(ratio(data, 's3_apr1_rps', 'gate', 'nginx-noauth'))} (APR1), "
           + f"{fmt(ratio(data, 's3_bcrypt_rps', 'gate', 'nginx-noauth'))} (bcrypt).")
     print("\n".join(out))

@@ -771,6 +771,8 @@ rotated() {
     local rep="$1" n="${#TARGETS[@]}" i
     for i in $(seq 0 $((n - 1))); do echo "${TARGETS[$(((i + rep) % n))]}"; done
 }
+# The same without nginx-noauth: a reference for S3 alone, every other scenario runs these.
+rotated_main() { rotated "$1" | grep -vx nginx-noauth || true; }
 
 sink_setup
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -778,8 +780,7 @@ log "$REPS repetition(s): ${BLOB_MIB} MiB blob, $PARALLEL x ${PAR_MIB} MiB, ${DU
 for rep in $(seq "$REPS"); do
     mapfile -t order < <(rotated "$rep")
     log "repetition $rep/$REPS (order: ${order[*]}; loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
-    # nginx-noauth is a reference for S3 alone; every other scenario runs the rest.
-    mapfile -t main < <(printf '%s\n' "${order[@]}" | grep -vx nginx-noauth)
+    mapfile -t main < <(rotated_main "$rep")
     if want S1; then
         for t in "${main[@]}"; do log "  S1 $t"; s1 "$t" "$rep" h1; done
         for t in "${main[@]}"; do [ "$t" = direct ] || { log "  S1 h2 $t"; s1 "$t" "$rep" h2; }; done
@@ -798,11 +799,11 @@ for rep in $(seq "$REPS"); do
     fi
 done
 # Peak RSS over S1-S4 (before the idle connections of S5).
-for t in "${TARGETS[@]}"; do
-    [ "$t" = direct ] || [ "$t" = nginx-noauth ] || record s5_peak_mib "$t" 1 "$(awk -v k="$(status_kib "$t" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
+for t in $(rotated_main 0); do
+    [ "$t" = direct ] || record s5_peak_mib "$t" 1 "$(awk -v k="$(status_kib "$t" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
 done
 for rep in $(seq "$REPS"); do
-    mapfile -t main < <(rotated "$rep" | grep -vx nginx-noauth)
+    mapfile -t main < <(rotated_main "$rep")
     if want S5; then
         for t in "${main[@]}"; do [ "$t" = direct ] || log "  S5 idle $t"; s5_idle "$t" "$rep"; done
     fi
