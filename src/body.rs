@@ -32,6 +32,7 @@ pub struct Exchange {
     last_activity_ms: AtomicU64,
     completed: AtomicBool,
     client_body_failed: AtomicBool,
+    client_body_ended: AtomicBool,
 }
 
 impl Exchange {
@@ -43,6 +44,7 @@ impl Exchange {
             last_activity_ms: AtomicU64::new(0),
             completed: AtomicBool::new(false),
             client_body_failed: AtomicBool::new(false),
+            client_body_ended: AtomicBool::new(false),
         })
     }
 
@@ -70,6 +72,12 @@ impl Exchange {
     /// reports is the client's fault, not the registry's.
     pub fn client_body_failed(&self) -> bool {
         self.client_body_failed.load(Ordering::Relaxed)
+    }
+
+    /// True once the client's request body was read to its end (or had none): only then
+    /// can an HTTP/1.1 connection carry the client's next request.
+    pub fn client_body_ended(&self) -> bool {
+        self.client_body_ended.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -103,6 +111,9 @@ pin_project! {
 
 impl RequestBody {
     pub fn new(inner: Incoming, exchange: Arc<Exchange>) -> Self {
+        if inner.is_end_stream() {
+            exchange.client_body_ended.store(true, Ordering::Relaxed);
+        }
         RequestBody {
             inner: Either::Left(inner),
             exchange,
@@ -125,8 +136,8 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -135,12 +146,22 @@ impl Body for RequestBody {
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 this.exchange.touch();
+                // hyper stops polling a body that says it has ended, so the final `None`
+                // may never come.
+                if this.inner.is_end_stream() {
+                    this.exchange
+                        .client_body_ended
+                        .store(true, Ordering::Relaxed);
+                }
             }
             Some(Err(_)) => this
                 .exchange
                 .client_body_failed
                 .store(true, Ordering::Relaxed),
-            None => {}
+            None => this
+                .exchange
+                .client_body_ended
+                .store(true, Ordering::Relaxed),
         }
         Poll::Ready(frame)
     }
@@ -151,6 +172,101 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The most of an unread request body the gate reads and discards to keep the connection
+/// open after answering without it: a manifest or a token form fits many times over, a layer
+/// does not (nginx discards any size; reading gigabytes nobody wants costs more than the
+/// client's reconnect).
+pub const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// How long that discarding may hold the answer back: a client that declared a small body
+/// has already sent it, or is stalling and gets the answer with `Connection: close`.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The client's request body from the request's arrival until a step forwards it, reads it,
+/// or the gate answers without it. What is left of it when the answer is ready decides
+/// whether the connection can carry the client's next request (`settle`).
+pub struct ClientBody {
+    incoming: Option<Incoming>,
+    exchange: Arc<Exchange>,
+    expects_continue: bool,
+}
+
+/// How the connection goes on after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The request is over on the wire: the connection can carry the next one.
+    KeepAlive,
+    /// Part of the body is still unread or in flight: the answer must say
+    /// `Connection: close`, or a client reusing the connection loses its next request.
+    Close,
+}
+
+impl ClientBody {
+    pub fn new(incoming: Incoming, exchange: Arc<Exchange>, expects_continue: bool) -> Self {
+        ClientBody {
+            incoming: Some(incoming),
+            exchange,
+            expects_continue,
+        }
+    }
+
+    /// The body, to forward or read. Taken once: the one step that consumes it takes it, and
+    /// a later take (there is none) would get an empty body, never the client's bytes twice.
+    pub fn take(&mut self) -> RequestBody {
+        match self.incoming.take() {
+            Some(incoming) => RequestBody::new(incoming, self.exchange.clone()),
+            None => RequestBody::empty(),
+        }
+    }
+
+    /// Leaves the connection able to go on. An HTTP/1.1 answer given before the body was read
+    /// would otherwise be sent as keep-alive and the connection closed behind it by hyper (it
+    /// cannot find the next request's start), so a client that reuses it at once loses a
+    /// request. A small unread body is read and discarded, as nginx does; anything else
+    /// makes the answer close the connection. HTTP/2 needs nothing: the stream is reset with
+    /// NO_ERROR after the answer (RFC 9113 §8.1) and the connection goes on.
+    pub async fn settle(mut self, version: http::Version) -> Settled {
+        if version != http::Version::HTTP_11 && version != http::Version::HTTP_10 {
+            return Settled::KeepAlive;
+        }
+        let Some(mut incoming) = self.incoming.take() else {
+            return if self.exchange.client_body_ended() {
+                Settled::KeepAlive
+            } else {
+                Settled::Close
+            };
+        };
+        if incoming.is_end_stream() {
+            return Settled::KeepAlive;
+        }
+        // Reading would make hyper send `100 Continue` and invite a body nobody wants.
+        if self.expects_continue || incoming.size_hint().lower() > DRAIN_LIMIT {
+            return Settled::Close;
+        }
+        let drain = async {
+            let mut read = 0u64;
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut incoming).await {
+                let Ok(frame) = frame else {
+                    return Settled::Close;
+                };
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                }
+                if read > DRAIN_LIMIT {
+                    return Settled::Close;
+                }
+                if incoming.is_end_stream() {
+                    break;
+                }
+            }
+            Settled::KeepAlive
+        };
+        tokio::time::timeout(DRAIN_TIMEOUT, drain)
+            .await
+            .unwrap_or(Settled::Close)
     }
 }
 

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::auth::token::Claims;
 use crate::auth::{Failure, Identity};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBody, ResponseBody, Settled};
 use crate::catalog;
 use crate::error::{Challenge, GateError, Side, API_VERSION, API_VERSION_HEADER};
 use crate::forward::{self, ClientInfo};
@@ -60,8 +60,17 @@ pub async fn handle(
     );
     record.in_flight = Some(conn.activity.enter());
     let is_registry_api = is_registry_path(request.uri().path());
+    let version = request.version();
+    let (parts, incoming) = request.into_parts();
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = ClientBody::new(incoming, record.exchange().clone(), expects_continue);
+    let request = Request::from_parts(parts, ());
 
-    let mut response = match proxy(&snapshot, &shared, &conn, &mut record, request).await {
+    let mut response = match proxy(&snapshot, &shared, &conn, &mut record, request, &mut body).await
+    {
         Ok(response) => response,
         Err(e) => {
             crate::metrics::get().error(&e);
@@ -76,6 +85,12 @@ pub async fn handle(
             e.to_response()
         }
     };
+    // An answer given before the whole body was read must leave the connection usable.
+    if body.settle(version).await == Settled::Close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     if is_registry_api && !response.headers().contains_key(API_VERSION_HEADER) {
         response
@@ -101,7 +116,8 @@ async fn proxy(
     shared: &Shared,
     conn: &ConnInfo,
     record: &mut AccessRecord,
-    request: Request<Incoming>,
+    request: Request<()>,
+    body: &mut ClientBody,
 ) -> Result<Response<ResponseBody>, GateError> {
     // 0. Who may talk to the gate at all (health probes excepted: they reveal nothing, and a
     // container's own probe comes from loopback). The real client address, worked out once,
@@ -148,13 +164,9 @@ async fn proxy(
         }
         _ => {}
     }
-    if let Some(tokens) = &snapshot.tokens {
-        if request.uri().path() == token_service::TOKEN_PATH {
-            return token_service::answer(
-                snapshot, shared, tokens, conn, client_ip, record, request,
-            )
+    if snapshot.tokens.is_some() && request.uri().path() == token_service::TOKEN_PATH {
+        return token_service::answer(snapshot, shared, conn, client_ip, record, request, body)
             .await;
-        }
     }
 
     // 2. What it is: endpoint, action, repository. Anything unclassifiable stops here.
@@ -191,7 +203,7 @@ async fn proxy(
     }
 
     // 5. Forward.
-    let (mut parts, body) = request.into_parts();
+    let (mut parts, ()) = request.into_parts();
     parts.uri = snapshot.upstream.uri_for(&path_and_query)?;
     // The registry speaks HTTP/1.1 whatever the client used.
     parts.version = Version::HTTP_11;
@@ -217,7 +229,7 @@ async fn proxy(
         None
     };
     let exchange = record.exchange().clone();
-    let upstream_request = Request::from_parts(parts, RequestBody::new(body, exchange.clone()));
+    let upstream_request = Request::from_parts(parts, body.take());
     let response = snapshot
         .upstream
         .send(upstream_request, &exchange, bulk.as_ref())
@@ -263,7 +275,7 @@ async fn authenticate(
     shared: &Shared,
     conn: &ConnInfo,
     peer: IpAddr,
-    request: &Request<Incoming>,
+    request: &Request<()>,
     class: &Classified<'_>,
 ) -> Result<Caller, GateError> {
     let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
@@ -324,7 +336,7 @@ fn bearer(value: &HeaderValue) -> Option<&str> {
 /// a Bearer challenge naming the token endpoint and the scope this request needs.
 fn challenge(
     snapshot: &Snapshot,
-    request: &Request<Incoming>,
+    request: &Request<()>,
     class: &Classified<'_>,
     insufficient_scope: bool,
     reason: &'static str,
@@ -370,7 +382,7 @@ fn authorise(
     snapshot: &Snapshot,
     caller: &Caller,
     client_ip: std::net::IpAddr,
-    request: &Request<Incoming>,
+    request: &Request<()>,
     class: &Classified<'_>,
     record: &mut AccessRecord,
 ) -> Result<(), GateError> {
@@ -465,7 +477,7 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-method-override",
 ];
 
-fn refuse_method_override(request: &Request<Incoming>) -> Result<(), GateError> {
+fn refuse_method_override(request: &Request<()>) -> Result<(), GateError> {
     if METHOD_OVERRIDES
         .iter()
         .any(|h| request.headers().contains_key(*h))
@@ -479,7 +491,7 @@ fn refuse_method_override(request: &Request<Incoming>) -> Result<(), GateError> 
 
 /// The registry reads `mount` and `from` with Go's `FormValue`, which also reads a form body
 /// and prefers it to the query the rules saw. No registry client sends forms, so none pass.
-fn refuse_form_bodies(request: &Request<Incoming>) -> Result<(), GateError> {
+fn refuse_form_bodies(request: &Request<()>) -> Result<(), GateError> {
     // Compared as bytes: Go still reads a form whose Content-Type has non-UTF-8 parameters.
     let form = request
         .headers()
@@ -520,7 +532,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 /// Only origin-form targets (`/path?query`) are forwarded. Absolute-form (`GET http://x/`)
 /// would let a client name a host the Host header contradicts; asterisk-form has no place in
 /// the registry API.
-fn check_target(request: &Request<Incoming>) -> Result<(), GateError> {
+fn check_target(request: &Request<()>) -> Result<(), GateError> {
     let uri = request.uri();
     let origin_form = match request.version() {
         // HTTP/2 always carries scheme and authority as pseudo-headers.
@@ -539,7 +551,7 @@ fn check_target(request: &Request<Incoming>) -> Result<(), GateError> {
 }
 
 /// The host the client addressed, which the registry needs to build upload URLs.
-pub fn public_host(request: &Request<Incoming>) -> Result<HeaderValue, GateError> {
+pub fn public_host(request: &Request<()>) -> Result<HeaderValue, GateError> {
     if let Some(host) = request.headers().get(header::HOST) {
         if request.headers().get_all(header::HOST).iter().count() > 1 {
             return Err(GateError::BadRequest("more than one Host header"));

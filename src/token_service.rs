@@ -8,11 +8,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
-use crate::auth::token::{parse_scopes, Grant, Scope, TokenKey};
+use crate::auth::token::{parse_scopes, Grant, Scope};
 use crate::auth::{Failure, Identity};
-use crate::body::ResponseBody;
+use crate::body::{ClientBody, ResponseBody};
 use crate::error::{Challenge, GateError};
 use crate::log::AccessRecord;
 use crate::pipeline::ConnInfo;
@@ -29,13 +28,13 @@ const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub async fn answer(
     snapshot: &Snapshot,
     shared: &Shared,
-    tokens: &TokenKey,
     conn: &ConnInfo,
     peer: std::net::IpAddr,
     record: &mut AccessRecord,
-    request: Request<Incoming>,
+    request: Request<()>,
+    body: &mut ClientBody,
 ) -> Result<Response<ResponseBody>, GateError> {
-    let Some(auth) = &snapshot.auth else {
+    let (Some(auth), Some(tokens)) = (&snapshot.auth, &snapshot.tokens) else {
         return Err(GateError::BadRequest("token mode without users"));
     };
     let (identity, scopes, oauth) = match *request.method() {
@@ -55,7 +54,7 @@ pub async fn answer(
             (identity, scopes, false)
         }
         Method::POST => {
-            let collect = Limited::new(request.into_body(), MAX_FORM_BYTES).collect();
+            let collect = Limited::new(body.take(), MAX_FORM_BYTES).collect();
             let body = tokio::time::timeout(FORM_TIMEOUT, collect)
                 .await
                 .map_err(|_| GateError::BadRequest("token request form not sent in time"))?

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 pub use throttle::Throttle;
 
@@ -89,7 +89,14 @@ pub struct Authenticator {
     /// Bounds concurrent hash verifications so a flood of wrong passwords cannot occupy
     /// every blocking thread.
     verify_slots: Arc<Semaphore>,
+    /// Verifications under way, by credential key: a client that sends the same user and
+    /// password while one runs (16 containers of `docker compose pull` starting at once)
+    /// waits for that result instead of queueing a hash check of its own.
+    in_flight: Mutex<HashMap<[u8; 32], Verification>>,
 }
+
+/// One hash verification's verdict, shared by every client that waits for it.
+type Verification = Arc<OnceCell<Result<(), Failure>>>;
 
 impl Authenticator {
     /// Loads every file; returns every unusable line of every file on failure.
@@ -138,6 +145,7 @@ impl Authenticator {
             cache_ttl,
             cache_key,
             verify_slots,
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -180,14 +188,52 @@ impl Authenticator {
             return Err(Failure::Throttled { retry_after });
         }
 
-        let hash = match self.users.get(&user) {
+        let Some(verification) = self.join_verification(key) else {
+            return Err(Failure::BadCredentials);
+        };
+        let verdict = *verification
+            .get_or_init(|| self.verify(&user, password, peer, throttle))
+            .await;
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            if in_flight
+                .get(&key)
+                .is_some_and(|v| Arc::ptr_eq(v, &verification))
+            {
+                in_flight.remove(&key);
+            }
+        }
+        match verdict {
+            Ok(()) => {
+                self.remember(key);
+                Ok(Identity::User(user))
+            }
+            Err(failure) => Err(failure),
+        }
+    }
+
+    /// The verification under way for `key`, or a new one to run.
+    fn join_verification(&self, key: [u8; 32]) -> Option<Verification> {
+        let mut in_flight = self.in_flight.lock().ok()?;
+        Some(in_flight.entry(key).or_default().clone())
+    }
+
+    /// One hash verification; a failure is recorded against `peer` once, however many
+    /// clients waited for it.
+    async fn verify(
+        &self,
+        user: &str,
+        password: Vec<u8>,
+        peer: IpAddr,
+        throttle: &Throttle,
+    ) -> Result<(), Failure> {
+        let hash = match self.users.get(user) {
             Some(h) => h.clone(),
             // An unknown user costs one verification against a real user's hash (same format,
             // same cost), exactly what a wrong password costs, so response time does not tell
             // which user names exist. The result is discarded below.
             None => self.timing_decoy.clone(),
         };
-        let known = self.users.contains_key(&user);
+        let known = self.users.contains_key(user);
         // Wait for a hashing slot, then look at the lockout again: requests that queued up
         // in parallel before the first failures were recorded must not all be verified.
         let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
@@ -201,8 +247,7 @@ impl Authenticator {
             .unwrap_or(false)
             && known;
         if ok {
-            self.remember(key);
-            Ok(Identity::User(user))
+            Ok(())
         } else {
             throttle.record_failure(peer);
             Err(Failure::BadCredentials)
