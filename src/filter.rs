@@ -56,7 +56,7 @@ impl Filter {
         Filter::new(patterns, Vec::new(), Vec::new())
     }
 
-    /// `client` is the real client address (see `forward::client_ip`).
+    /// `client` is the real client address (see `client_addr::client_ip`).
     pub fn check(&self, user_agent: Option<&[u8]>, client: IpAddr) -> Result<(), Refusal> {
         if self.deny.iter().any(|n| n.contains(&client))
             || (!self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&client)))

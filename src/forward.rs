@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{Exchange, RequestBody};
+use crate::client_addr::{canonical, client_ip, forwarded_for, is_trusted};
 use crate::config::{UpstreamConfig, UpstreamTarget};
 use crate::error::GateError;
 
@@ -220,20 +221,6 @@ impl ClientInfo<'_> {
     }
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    let ip = canonical(ip);
-    trusted.iter().any(|net| net.contains(&ip))
-}
-
-/// An IPv4 client on a dual-stack socket shows up as `::ffff:a.b.c.d`; rules are written
-/// for `a.b.c.d`.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy
 /// ones: they are never passed on.
 const HOP_BY_HOP: &[&str] = &[
@@ -320,32 +307,6 @@ pub fn rewrite_request(headers: &mut HeaderMap, host: &HeaderValue, client: &Cli
     if !trusted || !headers.contains_key("x-request-id") {
         set(headers, "x-request-id", client.request_id);
     }
-}
-
-fn forwarded_for(headers: &HeaderMap) -> String {
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The address of the real client: the peer, or, when the peer is a trusted proxy, the last
-/// address in its X-Forwarded-For chain that is not itself a trusted proxy. Throttling and
-/// logging use this, so one client behind a load balancer cannot lock out everyone.
-pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
-    let peer_ip = canonical(peer.ip());
-    if !is_trusted(peer_ip, trusted) {
-        return peer_ip;
-    }
-    forwarded_for(headers)
-        .split(',')
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .map(canonical)
-        .rev()
-        .find(|ip| !is_trusted(*ip, trusted))
-        .unwrap_or(peer_ip)
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {

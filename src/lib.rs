@@ -19,6 +19,7 @@
 //! - `token_service`: the `/token` endpoint of token mode.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `fuzzing`: parser properties shared by `fuzz/` and `tests/properties.rs`.
+//! - `client_addr`: the canonical client address and the real client behind trusted proxies.
 //! - `forward`: the pooled upstream client and the header rewriting.
 //! - `body`: streaming body wrappers (byte counts, idle timeout, access log on completion).
 //! - `error`: gate errors and the registry JSON error envelope.
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod body;
 pub mod catalog;
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod doctor;
 pub mod error;

@@ -122,7 +122,7 @@ async fn proxy(
     // 0. Who may talk to the gate at all (health probes excepted: they reveal nothing, and a
     // container's own probe comes from loopback). The real client address, worked out once,
     // also keys the login throttle.
-    let client_ip = forward::client_ip(
+    let client_ip = crate::client_addr::client_ip(
         request.headers(),
         conn.peer,
         &snapshot.config.server.trusted_proxies,

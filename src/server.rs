@@ -153,7 +153,7 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let limits = &shared.snapshot().config.server;
                     let slot = match slots.take(
-                        crate::forward::canonical(peer.ip()),
+                        crate::client_addr::canonical(peer.ip()),
                         limits.max_connections,
                         limits.max_connections_per_ip,
                     ) {
@@ -428,7 +428,7 @@ async fn proxied_peer(
     peer: SocketAddr,
     server: &crate::config::ServerConfig,
 ) -> Option<SocketAddr> {
-    let balancer = crate::forward::canonical(peer.ip());
+    let balancer = crate::client_addr::canonical(peer.ip());
     if !server.trusted_proxies.iter().any(|n| n.contains(&balancer)) {
         tracing::warn!(peer = %peer, "connection refused: PROXY protocol is on and the peer is not in [server] trusted_proxies");
         return None;
