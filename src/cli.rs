@@ -1,4 +1,4 @@
-//! The command line: subcommands, flags and their help text. Parsing only; `lib::run_cli`
+//! The command line: subcommands, flags and their help text. Parsing only; `cmd::run_cli`
 //! does the work.
 
 use std::path::PathBuf;

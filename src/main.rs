@@ -4,5 +4,5 @@ use clap::Parser;
 
 fn main() {
     let cli = registry_gate::cli::Cli::parse();
-    std::process::exit(registry_gate::run_cli(cli));
+    std::process::exit(registry_gate::cmd::run_cli(cli));
 }

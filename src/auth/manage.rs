@@ -1,74 +1,33 @@
-//! `registry-gate htpasswd …`: edits htpasswd files the way Apache's tool does, with bcrypt
-//! at cost 10 or more, mode 0600 and an atomic replace, so a running gate (which reloads on
-//! change) never reads a half-written file.
+//! Edits of htpasswd files the way Apache's tool makes them: one line per user, comments and
+//! other users kept, mode 0600 for a new file, owner and mode kept for an edited one, and an
+//! atomic replace, so a running gate (which reloads on change) never reads a half-written
+//! file. The command line around it is `cmd::htpasswd`.
 
-use std::io::BufRead;
 use std::path::Path;
 
-use super::htpasswd::{bcrypt_line, HtpasswdError, HtpasswdFile, LoadOptions};
-use crate::cli::HtpasswdAction;
+use super::htpasswd::{HtpasswdError, HtpasswdFile, LoadOptions};
 
-/// Runs one action; returns the exit code (`verify` answers 1 for a wrong password).
-pub fn run(file: &Path, action: HtpasswdAction) -> Result<i32, HtpasswdError> {
-    match action {
-        HtpasswdAction::Add {
-            user,
-            password_stdin,
-            cost,
-        } => {
-            let (password, generated) = if password_stdin {
-                (read_password()?, false)
-            } else {
-                (super::random_password()?, true)
-            };
-            let line = bcrypt_line(&user, &password, cost)?;
-            let mut lines = other_lines(file, &user)?;
-            lines.push(line);
-            write(file, &lines)?;
-            if generated {
-                println!("{password}");
-                eprintln!("registry-gate: user {user:?} saved in {}; the password above is shown only once", file.display());
-            } else {
-                eprintln!("registry-gate: user {user:?} saved in {}", file.display());
-            }
-            Ok(0)
-        }
-        HtpasswdAction::Remove { user } => {
-            let before = read_lines(file)?;
-            let lines = other_lines(file, &user)?;
-            if lines.len() == before.len() {
-                eprintln!("registry-gate: {}: no user {user:?}", file.display());
-                return Ok(1);
-            }
-            write(file, &lines)?;
-            eprintln!(
-                "registry-gate: user {user:?} removed from {}",
-                file.display()
-            );
-            Ok(0)
-        }
-        HtpasswdAction::Verify { user } => {
-            let parsed = load(file)?;
-            let password = read_password()?;
-            let ok = parsed
-                .get(&user)
-                .is_some_and(|h| h.verify(password.as_bytes()));
-            eprintln!(
-                "registry-gate: password for {user:?} {}",
-                if ok { "correct" } else { "not correct" }
-            );
-            Ok(if ok { 0 } else { 1 })
-        }
-        HtpasswdAction::List => {
-            for user in load(file)?.users() {
-                println!("{user}");
-            }
-            Ok(0)
-        }
-    }
+/// Adds `user` with the hash line `line` (made by `htpasswd::bcrypt_line`), replacing the
+/// user's old line if there is one; other lines and comments are kept as they were.
+pub fn save_user(file: &Path, user: &str, line: String) -> Result<(), HtpasswdError> {
+    let mut lines = other_lines(file, user)?;
+    lines.push(line);
+    write(file, &lines)
 }
 
-fn load(file: &Path) -> Result<HtpasswdFile, HtpasswdError> {
+/// Removes `user`'s line; `false` when there was none (the file is then left untouched).
+pub fn remove_user(file: &Path, user: &str) -> Result<bool, HtpasswdError> {
+    let before = read_lines(file)?;
+    let lines = other_lines(file, user)?;
+    if lines.len() == before.len() {
+        return Ok(false);
+    }
+    write(file, &lines)?;
+    Ok(true)
+}
+
+/// The file as the gate would read it, weak hashes allowed: the first problem only.
+pub fn load(file: &Path) -> Result<HtpasswdFile, HtpasswdError> {
     // The first problem is enough for a command-line answer; `check` lists them all.
     HtpasswdFile::load(
         file,
@@ -77,24 +36,6 @@ fn load(file: &Path) -> Result<HtpasswdFile, HtpasswdError> {
         },
     )
     .map_err(|mut errors| errors.remove(0))
-}
-
-fn read_password() -> Result<String, HtpasswdError> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|source| HtpasswdError::Io {
-            file: "(standard input)".into(),
-            source,
-        })?;
-    let password = line.trim_end_matches(['\r', '\n']).to_string();
-    if password.is_empty() {
-        return Err(HtpasswdError::Hash(
-            "empty password on standard input".into(),
-        ));
-    }
-    Ok(password)
 }
 
 fn read_lines(file: &Path) -> Result<Vec<String>, HtpasswdError> {
@@ -132,8 +73,7 @@ fn write(file: &Path, lines: &[String]) -> Result<(), HtpasswdError> {
     // gate's own user reads must not leave a root-only file the gate can no longer open.
     let existing = std::fs::metadata(file).ok();
     let mode = existing.as_ref().map_or(0o600, |m| m.mode() & 0o7777);
-    crate::tls::selfsigned::write_atomic(file, text.as_bytes(), mode)
-        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    crate::atomic_file::write(file, text.as_bytes(), mode).map_err(|e| io(e.source))?;
     if let Some(old) = existing {
         std::os::unix::fs::chown(file, Some(old.uid()), Some(old.gid())).map_err(io)?;
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).map_err(io)?;

@@ -307,12 +307,12 @@ pub fn ensure_generated_user(path: &Path) -> Result<Option<(String, String)>, Ht
             source,
         })?;
     }
-    crate::tls::selfsigned::write_atomic(path, format!("{line}\n").as_bytes(), 0o600).map_err(
-        |e| HtpasswdError::Io {
-            file: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        },
-    )?;
+    crate::atomic_file::write(path, format!("{line}\n").as_bytes(), 0o600).map_err(|e| {
+        HtpasswdError::Io {
+            file: e.path,
+            source: e.source,
+        }
+    })?;
     Ok(Some((GENERATED_USER.to_string(), password)))
 }
 

@@ -125,10 +125,10 @@ impl TokenKey {
                     message: e.to_string(),
                 })?;
             }
-            crate::tls::selfsigned::write_atomic(path, text.as_bytes(), 0o600).map_err(|e| {
+            crate::atomic_file::write(path, text.as_bytes(), 0o600).map_err(|e| {
                 TokenError::Write {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
+                    path: e.path,
+                    message: e.source.to_string(),
                 }
             })?;
         }

@@ -574,7 +574,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), AcmeError> {
             message: format!("cannot create the ACME cache directory: {e}"),
         })?;
     }
-    super::selfsigned::write_atomic(path, data, 0o600)?;
+    crate::atomic_file::write(path, data, 0o600).map_err(TlsError::from)?;
     Ok(())
 }
 

@@ -42,6 +42,15 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+impl From<crate::atomic_file::WriteError> for TlsError {
+    fn from(e: crate::atomic_file::WriteError) -> Self {
+        TlsError::Write {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// The crypto provider for every TLS use in the gate: aws-lc-rs, whose AES-GCM and ECDSA are
 /// the fastest available to rustls, with its suites in the order the gate prefers.
 pub fn provider() -> Arc<CryptoProvider> {

@@ -2,7 +2,6 @@
 //! signed by it, as the all-in-one registry images do, so that a first start needs no
 //! openssl. Existing files are reused; a key is never overwritten.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -116,7 +115,7 @@ pub fn generate_server(
     params.not_after = params.not_before + days(options.days);
     let key = new_key(options.rsa)?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(gen_err)?;
-    write_pair(
+    crate::atomic_file::write_both(
         (&out.key, key.serialize_pem().as_bytes(), 0o600),
         (&out.cert, cert.pem().as_bytes(), 0o644),
     )?;
@@ -162,7 +161,7 @@ pub fn generate_client(
     params.not_after = params.not_before + days(days_valid);
     let key = new_key(rsa)?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(gen_err)?;
-    write_pair(
+    crate::atomic_file::write_both(
         (&files.key, key.serialize_pem().as_bytes(), 0o600),
         (&files.cert, cert.pem().as_bytes(), 0o644),
     )?;
@@ -191,7 +190,7 @@ fn ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
         return load_ca(&cert_path, &key_path);
     }
     let (cert, key) = new_ca()?;
-    write_pair(
+    crate::atomic_file::write_both(
         (&key_path, key.serialize_pem().as_bytes(), 0o600),
         (&cert_path, cert.pem().as_bytes(), 0o644),
     )?;
@@ -303,83 +302,5 @@ fn io_err(path: &Path, e: std::io::Error) -> TlsError {
     TlsError::Write {
         path: path.to_path_buf(),
         source: e,
-    }
-}
-
-/// A file to write: path, contents, mode.
-type Pending<'a> = (&'a Path, &'a [u8], u32);
-
-/// Writes a key and its certificate both or neither. A full disk between the two writes must
-/// not leave a key without its certificate: `gencert` would then refuse to run again
-/// ("a key is already there") and the zero-config start would find a CA it cannot use.
-fn write_pair(key: Pending<'_>, cert: Pending<'_>) -> Result<(), TlsError> {
-    let key_tmp = stage(key)?;
-    let cert_tmp = match stage(cert) {
-        Ok(tmp) => tmp,
-        Err(e) => {
-            let _ = std::fs::remove_file(&key_tmp);
-            return Err(e);
-        }
-    };
-    // Renames need no space, so once both files are staged the pair lands.
-    for (tmp, (path, ..)) in [(&key_tmp, key), (&cert_tmp, cert)] {
-        if let Err(e) = std::fs::rename(tmp, path) {
-            let _ = std::fs::remove_file(&key_tmp);
-            let _ = std::fs::remove_file(&cert_tmp);
-            return Err(io_err(path, e));
-        }
-    }
-    sync_parent(key.0);
-    Ok(())
-}
-
-/// Writes through a temporary file, fsync and rename, so a crash or a full disk never leaves a
-/// half-written key behind.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
-    let tmp = stage((path, data, mode))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(path, e)
-    })?;
-    sync_parent(path);
-    Ok(())
-}
-
-/// Writes `data` to `<path>.tmp` and syncs it; on failure the temporary file is removed and
-/// the error names `path`, the file the operator asked for.
-fn stage((path, data, mode): Pending<'_>) -> Result<PathBuf, TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // The whole name plus `.tmp`: `client.cert` and `client.key` must not share one.
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    })();
-    match result {
-        Ok(()) => Ok(tmp),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(io_err(path, e))
-        }
-    }
-}
-
-/// Makes a rename durable: until the directory is synced, a crash may bring back the old
-/// entry. Best effort: the file itself is already safe.
-fn sync_parent(path: &Path) {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
     }
 }

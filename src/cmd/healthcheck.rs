@@ -6,6 +6,7 @@
 //! 127.0.0.1.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,33 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{report, EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK};
+use crate::config::Config;
+use crate::pipeline;
+
+/// Exit 0 when the gate's listener answers 200 on `/healthz` (`/readyz` with `ready`), 1 when
+/// it answers anything else or nothing, 2 when the configuration does not load.
+pub(super) fn run(config_path: Option<&Path>, ready: bool) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(errors) => return report(EXIT_BAD_CONFIG, errors),
+    };
+    let path = if ready {
+        pipeline::READYZ
+    } else {
+        pipeline::HEALTHZ
+    };
+    let runtime = match super::runtime(false) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(probe(config.server.listen, path)) {
+        Ok(200) => EXIT_OK,
+        Ok(status) => report(EXIT_FAILURE, [format!("{path} answered {status}")]),
+        Err(e) => report(EXIT_FAILURE, [e]),
+    }
+}
 
 /// A probe that takes longer than this is a failed probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -49,7 +49,7 @@ pub fn run(config_path: Option<&std::path::Path>) -> i32 {
             for e in errors {
                 println!("FAIL  {e}");
             }
-            return crate::EXIT_BAD_CONFIG;
+            return super::EXIT_BAD_CONFIG;
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -59,7 +59,7 @@ pub fn run(config_path: Option<&std::path::Path>) -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("registry-gate: cannot start the async runtime: {e}");
-            return crate::EXIT_FAILURE;
+            return super::EXIT_FAILURE;
         }
     };
     let mut report = Report::default();
@@ -82,9 +82,9 @@ pub fn run(config_path: Option<&std::path::Path>) -> i32 {
         report.failures, report.warnings
     );
     if report.failures == 0 {
-        crate::EXIT_OK
+        super::EXIT_OK
     } else {
-        crate::EXIT_FAILURE
+        super::EXIT_FAILURE
     }
 }
 
@@ -329,10 +329,10 @@ fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
 
 /// The gate itself: listening, answering `/v2/` the way docker expects.
 async fn check_gate(config: &Config, report: &mut Report) {
-    let target = crate::healthcheck::local_target(config.server.listen);
+    let target = super::healthcheck::local_target(config.server.listen);
     let answer = match tokio::time::timeout(
         Duration::from_secs(5),
-        crate::healthcheck::fetch(target, "/v2/"),
+        super::healthcheck::fetch(target, "/v2/"),
     )
     .await
     {
