@@ -4,8 +4,19 @@
 //! Loading never stops at the first problem: `Config::load` reports every bad key at once, so
 //! `registry-gate check` can list them all like `nginx -t`. Reading certificate files is not
 //! done here (that is `tls`); this module only says where they are.
+//!
+//! The work is split by stage:
+//! - this file: the validated types, their defaults, `ConfigError`, and loading (read the
+//!   file, deserialize, apply the environment, validate section by section in `from_raw`);
+//! - `raw`: the serde mirror of the TOML, with no logic;
+//! - `env`: the `REGISTRY_GATE_*` environment overrides, laid over the TOML before it is
+//!   deserialized;
+//! - `validate`: the `Validator`, one method per section (raw section in, validated section
+//!   out), and the parsers for durations, addresses and upstream URLs.
 
+mod env;
 mod raw;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,11 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
 
-use crate::rules::{RuleSpec, Rules};
+use crate::rules::Rules;
 
-use raw::{RawAuth, RawConfig};
+use raw::RawConfig;
+use validate::Validator;
+
+pub use validate::parse_duration;
 
 /// The htpasswd file created in `[tls] dir` when there is no `[auth]` section.
 pub const GENERATED_HTPASSWD: &str = "htpasswd";
@@ -289,7 +302,7 @@ impl Config {
         text: &str,
         path: Option<&Path>,
         base: &Path,
-        env: impl IntoIterator<Item = (String, String)>,
+        vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, Vec<ConfigError>> {
         let shown = display_path(path);
         // The file alone first: its errors carry line numbers.
@@ -299,298 +312,33 @@ impl Config {
                 message: e.to_string().trim_end().replace('\n', "\n    "),
             }]
         })?;
-        let overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != ENV_CONFIG)
-            .collect();
-        if overrides.is_empty() {
-            return Config::from_raw(raw, path, base);
-        }
-        let mut table: toml::Table = toml::from_str(text).unwrap_or_default();
-        let mut errors = Vec::new();
-        for (name, value) in &overrides {
-            if let Err(message) = apply_env(&mut table, name, value) {
-                errors.push(ConfigError::Env {
-                    name: name.clone(),
-                    message,
-                });
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let raw = RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
-            vec![ConfigError::Env {
-                name: names.join(", "),
-                message: e.to_string().trim_end().to_string(),
-            }]
-        })?;
+        let raw = env::overridden(text, vars)?.unwrap_or(raw);
         Config::from_raw(raw, path, base)
     }
 
+    /// Validates every section, in the order their errors are listed. What one section needs
+    /// from another is handed over here, in the open.
     fn from_raw(
         raw: RawConfig,
         path: Option<&Path>,
         base: &Path,
     ) -> Result<Config, Vec<ConfigError>> {
-        let mut v = Validator {
-            path: display_path(path),
-            errors: Vec::new(),
-        };
-
-        let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = v.check("server.listen", listen_text.parse::<SocketAddr>().map_err(|_| {
-            format!("{listen_text:?} is not an address:port such as \"0.0.0.0:443\" or \"[::]:443\"")
-        }));
-        let trusted_proxies: Vec<IpNet> = raw
-            .server
-            .trusted_proxies
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|s| v.check("server.trusted_proxies", parse_cidr(s)))
-            .collect();
-        let http_listen = raw.server.http_listen.as_deref().and_then(|text| {
-            v.check(
-                "server.http_listen",
-                text.parse::<SocketAddr>()
-                    .map_err(|_| format!("{text:?} is not an address:port such as \"0.0.0.0:80\"")),
-            )
-        });
-        let metrics_listen = raw.metrics.listen.as_deref().and_then(|text| {
-            v.check(
-                "metrics.listen",
-                text.parse::<SocketAddr>().map_err(|_| {
-                    format!("{text:?} is not an address:port such as \"127.0.0.1:9090\"")
-                }),
-            )
-        });
-        let proxy_protocol = raw.server.proxy_protocol.unwrap_or(false);
-        if proxy_protocol && trusted_proxies.is_empty() {
-            v.fail(
-                "server.proxy_protocol",
-                "the header is only believed from [server] trusted_proxies, which is empty: list the balancer's addresses".into(),
-            );
-        }
-        let server = ServerConfig {
-            listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
-            http_listen,
-            proxy_protocol,
-            trusted_proxies,
-            shutdown_grace: v.duration(
-                "server.shutdown_grace",
-                &raw.server.shutdown_grace,
-                DEFAULT_SHUTDOWN_GRACE,
-            ),
-            handshake_timeout: v.duration(
-                "server.handshake_timeout",
-                &raw.server.handshake_timeout,
-                DEFAULT_HANDSHAKE_TIMEOUT,
-            ),
-            header_timeout: v.duration(
-                "server.header_timeout",
-                &raw.server.header_timeout,
-                DEFAULT_HEADER_TIMEOUT,
-            ),
-            idle_timeout: v.duration(
-                "server.idle_timeout",
-                &raw.server.idle_timeout,
-                DEFAULT_IDLE_TIMEOUT,
-            ),
-            max_header_bytes: match raw.server.max_header_bytes {
-                Some(n) if n < 8192 => {
-                    v.fail(
-                        "server.max_header_bytes",
-                        format!("{n} is too small to hold a request head; use at least 8192"),
-                    );
-                    DEFAULT_MAX_HEADER_BYTES
-                }
-                Some(n) => n,
-                None => DEFAULT_MAX_HEADER_BYTES,
-            },
-            read_only: raw.server.read_only.unwrap_or(false),
-            max_connections: raw
-                .server
-                .max_connections
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-            max_connections_per_ip: v.at_least_one(
-                "server.max_connections_per_ip",
-                raw.server.max_connections_per_ip,
-                DEFAULT_MAX_CONNECTIONS_PER_IP,
-            ),
-        };
-
-        let url = raw.upstream.url.as_deref().unwrap_or(DEFAULT_UPSTREAM);
-        let parsed = v.check("upstream.url", parse_upstream(url, base));
-        let (target, origin) = parsed.unwrap_or((
-            UpstreamTarget::Tcp {
-                host: "127.0.0.1".into(),
-                port: 5000,
-            },
-            DEFAULT_UPSTREAM.into(),
-        ));
-        let upstream = UpstreamConfig {
-            target,
-            origin,
-            connect_timeout: v.duration(
-                "upstream.connect_timeout",
-                &raw.upstream.connect_timeout,
-                DEFAULT_CONNECT_TIMEOUT,
-            ),
-            read_timeout: v.duration(
-                "upstream.read_timeout",
-                &raw.upstream.read_timeout,
-                DEFAULT_READ_TIMEOUT,
-            ),
-        };
-
-        let dir = base.join(raw.tls.dir.as_deref().unwrap_or("certs"));
-        let acme = raw
-            .tls
-            .acme
-            .map(|acme| acme_config(&mut v, acme, base, &dir, server.http_listen.is_some()));
-        let source = match (raw.tls.cert, raw.tls.key) {
-            (Some(_), _) | (_, Some(_)) if acme.is_some() => {
-                v.fail("tls.acme", "[tls.acme] and tls.cert/tls.key are both set: the certificate comes from one place; remove one".into());
-                TlsSource::Generated
-            }
-            (None, None) if acme.is_some() => match acme {
-                Some(acme) => TlsSource::Acme(acme),
-                None => TlsSource::Generated,
-            },
-            (Some(cert), Some(key)) => TlsSource::Files {
-                cert: base.join(cert),
-                key: base.join(key),
-            },
-            (None, None) => TlsSource::Generated,
-            (Some(_), None) => {
-                v.fail("tls.key", "tls.cert is set but tls.key is not: set both, or neither to use a generated certificate".into());
-                TlsSource::Generated
-            }
-            (None, Some(_)) => {
-                v.fail("tls.cert", "tls.key is set but tls.cert is not: set both, or neither to use a generated certificate".into());
-                TlsSource::Generated
-            }
-        };
-        let client = match raw.tls.client_ca {
-            None => {
-                if raw.tls.client_auth.is_some() || raw.tls.client_identity.is_some() {
-                    v.fail("tls.client_ca", "tls.client_auth or tls.client_identity is set but tls.client_ca is not: name the CA bundle that signs client certificates".into());
-                }
-                None
-            }
-            Some(ca) => {
-                let required = match raw.tls.client_auth.as_deref() {
-                    None | Some("optional") => false,
-                    Some("required") => true,
-                    Some(other) => {
-                        v.fail("tls.client_auth", format!("{other:?} is not a client_auth mode; use \"optional\" or \"required\""));
-                        false
-                    }
-                };
-                let identity = match raw.tls.client_identity.as_deref() {
-                    None | Some("cn") => CertIdentity::CommonName,
-                    Some("san-dns") => CertIdentity::SanDns,
-                    Some("san-email") => CertIdentity::SanEmail,
-                    Some(other) => {
-                        v.fail("tls.client_identity", format!("{other:?} is not a certificate name; use \"cn\", \"san-dns\" or \"san-email\""));
-                        CertIdentity::CommonName
-                    }
-                };
-                Some(ClientCertConfig {
-                    ca: base.join(ca),
-                    required,
-                    identity,
-                })
-            }
-        };
-        let extra = raw
-            .tls
-            .certificates
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| (base.join(c.cert), base.join(c.key)))
-            .collect();
-        let tls = TlsConfig {
-            source,
-            extra,
-            dir,
-            client,
-        };
-
-        let level = raw.log.level.unwrap_or_else(|| "info".into());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-            v.fail(
-                "log.level",
-                format!(
-                    "{level:?} is not a log filter ({e}); use error, warn, info, debug or trace"
-                ),
-            );
-        }
-        let format = match raw.log.format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                v.fail(
-                    "log.format",
-                    format!("{other:?} is not a log format; use \"text\" or \"json\""),
-                );
-                LogFormat::Text
-            }
-        };
-        let log = LogConfig { level, format };
-
+        let mut v = Validator::new(display_path(path));
+        // [metrics] listen is checked among the [server] addresses, before the section's other
+        // keys, so that errors keep the order they have always been reported in.
+        let addresses = v.server_addresses(&raw.server);
+        let metrics_listen = v.metrics(raw.metrics);
+        let server = v.server(raw.server, addresses);
+        let upstream = v.upstream(raw.upstream, base);
+        // ACME's http-01 challenge can only be answered on [server] http_listen.
+        let tls = v.tls(raw.tls, base, server.http_listen.is_some());
+        let log = v.log(raw.log);
         let filter = v.filter(raw.filter);
+        // The generated htpasswd file and token key live in [tls] dir.
         let auth = v.auth(raw.auth, base, &tls.dir);
-        let mut specs: Vec<RuleSpec> = raw
-            .rules
-            .into_iter()
-            .map(|r| RuleSpec {
-                users: r.users,
-                repositories: r.repositories,
-                actions: r.actions,
-                from: r.from.unwrap_or_default(),
-            })
-            .collect();
-        if specs.is_empty() && !raw.groups.is_empty() {
-            v.fail(
-                "groups",
-                "groups are defined but there are no [[rules]] using them".into(),
-            );
-        }
-        if auth.anonymous_pull {
-            if specs.is_empty() {
-                // The no-rules default (every user may do everything), made explicit so the
-                // anonymous rule can follow it.
-                specs.push(rule_spec(&["*"], &["**"], &["*"]));
-            }
-            // `anonymous = "pull"` is a last rule: explicit rules still decide first.
-            specs.push(rule_spec(&["anonymous"], &["**"], &["pull"]));
-        }
-        let rules = if specs.is_empty() {
-            match auth.mode {
-                // The recipes without auth_basic: everyone may do everything.
-                AuthMode::None => Rules::allow_everyone(),
-                AuthMode::Basic | AuthMode::Token => Rules::allow_all_authenticated(),
-            }
-        } else {
-            match Rules::compile(&raw.groups, &specs) {
-                Ok(rules) => rules,
-                Err(errors) => {
-                    for e in errors {
-                        v.errors.push(ConfigError::Rules {
-                            path: v.path.clone(),
-                            message: e.to_string(),
-                        });
-                    }
-                    Rules::allow_all_authenticated()
-                }
-            }
-        };
-
-        if !v.errors.is_empty() {
-            return Err(v.errors);
-        }
+        // What having no rules means, and the anonymous pull rule, depend on [auth].
+        let rules = v.rules(raw.groups, raw.rules, &auth);
+        v.finish()?;
         Ok(Config {
             source: path.map(Path::to_path_buf),
             server,
@@ -605,403 +353,9 @@ impl Config {
     }
 }
 
-/// Every key can also come from the environment: `REGISTRY_GATE_<SECTION>__<KEY>`, e.g.
-/// `REGISTRY_GATE_SERVER__LISTEN=0.0.0.0:8443` or `REGISTRY_GATE_AUTH__HTPASSWD='["a", "b"]'`.
-const ENV_PREFIX: &str = "REGISTRY_GATE_";
-/// Names the configuration file itself (see `cli`), not a key.
-const ENV_CONFIG: &str = "REGISTRY_GATE_CONFIG";
-
-/// Sets one environment override in the TOML tree. The value is read as a TOML value when it
-/// is one (numbers, booleans, arrays, quoted strings) and as a plain string otherwise.
-fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> Result<(), String> {
-    let rest = &name[ENV_PREFIX.len()..];
-    let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-    if parts.len() < 2 || parts.iter().any(String::is_empty) {
-        return Err(format!(
-            "not a key: write {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}SERVER__LISTEN"
-        ));
-    }
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let mut node = table;
-    for section in &parts[..parts.len() - 1] {
-        let entry = node
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        node = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("[{section}] is not a table"))?;
-    }
-    node.insert(parts[parts.len() - 1].clone(), parsed);
-    Ok(())
-}
-
-fn rule_spec(users: &[&str], repositories: &[&str], actions: &[&str]) -> RuleSpec {
-    let own = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
-    RuleSpec {
-        users: own(users),
-        repositories: own(repositories),
-        actions: own(actions),
-        from: Vec::new(),
-    }
-}
-
-/// `[tls.acme]`, validated: names an ACME CA will accept, a directory URL, a challenge the
-/// listeners can answer.
-fn acme_config(
-    v: &mut Validator,
-    raw: raw::RawAcme,
-    base: &Path,
-    tls_dir: &Path,
-    has_http_listener: bool,
-) -> AcmeConfig {
-    let domains: Vec<String> = raw
-        .domains
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
-        .collect();
-    if domains.is_empty() {
-        v.fail(
-            "tls.acme.domains",
-            "no names given: list the host names clients use, e.g. domains = [\"registry.example.com\"]".into(),
-        );
-    }
-    for d in &domains {
-        if let Err(why) = check_acme_domain(d) {
-            v.fail("tls.acme.domains", format!("{d:?}: {why}"));
-        }
-    }
-    let contact = raw.contact.and_then(|c| {
-        let uri = if c.contains(':') {
-            c
-        } else {
-            format!("mailto:{c}")
-        };
-        match uri.strip_prefix("mailto:") {
-            Some(address) if address.contains('@') && !address.contains(char::is_whitespace) => {
-                Some(uri)
-            }
-            _ => {
-                v.fail(
-                    "tls.acme.contact",
-                    format!("{uri:?} is not an e-mail address such as \"ops@example.com\""),
-                );
-                None
-            }
-        }
-    });
-    let directory = match raw.directory.as_deref() {
-        None | Some("production") | Some("letsencrypt") => LETSENCRYPT_PRODUCTION.to_string(),
-        Some("staging") | Some("letsencrypt-staging") => LETSENCRYPT_STAGING.to_string(),
-        Some(url) if url.starts_with("https://") => url.to_string(),
-        Some(other) => {
-            v.fail(
-                "tls.acme.directory",
-                format!("{other:?} is not an ACME directory: use \"production\", \"staging\" or an https:// URL"),
-            );
-            LETSENCRYPT_PRODUCTION.to_string()
-        }
-    };
-    let challenge = match raw.challenge.as_deref() {
-        None | Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
-        Some("http-01") => {
-            if !has_http_listener {
-                v.fail(
-                    "tls.acme.challenge",
-                    "http-01 is answered on the plain-HTTP listener: set [server] http_listen = \"0.0.0.0:80\", or use challenge = \"tls-alpn-01\"".into(),
-                );
-            }
-            AcmeChallenge::Http01
-        }
-        Some(other) => {
-            v.fail(
-                "tls.acme.challenge",
-                format!(
-                    "{other:?} is not a supported challenge; use \"tls-alpn-01\" or \"http-01\""
-                ),
-            );
-            AcmeChallenge::TlsAlpn01
-        }
-    };
-    AcmeConfig {
-        domains,
-        contact,
-        directory,
-        challenge,
-        cache_dir: raw
-            .cache_dir
-            .map(|d| base.join(d))
-            .unwrap_or_else(|| tls_dir.join("acme")),
-        directory_ca: raw.directory_ca.map(|p| base.join(p)),
-        retry_interval: v.duration(
-            "tls.acme.retry_interval",
-            &raw.retry_interval,
-            DEFAULT_ACME_RETRY,
-        ),
-    }
-}
-
-/// A name an ACME CA can validate with tls-alpn-01 or http-01.
-fn check_acme_domain(name: &str) -> Result<(), String> {
-    if name.starts_with("*.") {
-        return Err("wildcard names need the dns-01 challenge, which the gate does not answer; list each name, or use a certificate from files".into());
-    }
-    if name.parse::<std::net::IpAddr>().is_ok() {
-        return Err("ACME certificates name hosts, not addresses; use a DNS name".into());
-    }
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if name.len() > 253 || !name.split('.').all(valid_label) {
-        return Err("not a DNS name (letters, digits, '-' and '.' only)".into());
-    }
-    Ok(())
-}
-
 fn display_path(path: Option<&Path>) -> String {
     path.map(|p| p.display().to_string())
         .unwrap_or_else(|| "(built-in defaults)".into())
-}
-
-/// Collects errors while letting validation go on with a placeholder value.
-struct Validator {
-    path: String,
-    errors: Vec<ConfigError>,
-}
-
-impl Validator {
-    fn fail(&mut self, key: &'static str, message: String) {
-        self.errors.push(ConfigError::Invalid {
-            path: self.path.clone(),
-            key,
-            message,
-        });
-    }
-
-    fn check<T>(&mut self, key: &'static str, r: Result<T, String>) -> Option<T> {
-        r.map_err(|m| self.fail(key, m)).ok()
-    }
-
-    fn at_least_one(&mut self, key: &'static str, value: Option<usize>, default: usize) -> usize {
-        match value {
-            Some(0) => {
-                self.fail(
-                    key,
-                    "0 would refuse every connection; use at least 1".into(),
-                );
-                default
-            }
-            Some(n) => n,
-            None => default,
-        }
-    }
-
-    fn filter(&mut self, raw: raw::RawFilter) -> crate::filter::Filter {
-        let user_agents = match raw.deny_user_agents {
-            None => {
-                return self.filter_nets(
-                    crate::filter::Filter::recipe_default(),
-                    raw.allow,
-                    raw.deny,
-                )
-            }
-            Some(list) => list,
-        };
-        let mut patterns = Vec::new();
-        for pattern in user_agents {
-            match regex::Regex::new(&pattern) {
-                Ok(r) => patterns.push(r),
-                Err(e) => self.fail(
-                    "filter.deny_user_agents",
-                    format!("{pattern:?} is not a regular expression: {e} (Rust regex syntax; no look-around)"),
-                ),
-            }
-        }
-        self.filter_nets(
-            crate::filter::Filter::new(patterns, Vec::new(), Vec::new()),
-            raw.allow,
-            raw.deny,
-        )
-    }
-
-    fn filter_nets(
-        &mut self,
-        base: crate::filter::Filter,
-        allow: Option<Vec<String>>,
-        deny: Option<Vec<String>>,
-    ) -> crate::filter::Filter {
-        let allow: Vec<IpNet> = allow
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|s| self.check("filter.allow", parse_cidr(s)))
-            .collect();
-        let deny: Vec<IpNet> = deny
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|s| self.check("filter.deny", parse_cidr(s)))
-            .collect();
-        base.with_addresses(allow, deny)
-    }
-
-    fn auth(&mut self, raw: Option<RawAuth>, base: &Path, tls_dir: &Path) -> AuthConfig {
-        let raw = raw.unwrap_or_default();
-        let mode = match raw.mode.as_deref() {
-            None | Some("basic") => AuthMode::Basic,
-            Some("token") => AuthMode::Token,
-            Some("none") => AuthMode::None,
-            Some(other) => {
-                self.fail(
-                    "auth.mode",
-                    format!("{other:?} is not an auth mode; use \"basic\", \"token\" or \"none\""),
-                );
-                AuthMode::Basic
-            }
-        };
-        // No htpasswd named: the zero-config file in [tls] dir, created on first start.
-        let generated_user = mode != AuthMode::None && raw.htpasswd.is_none();
-        let htpasswd: Vec<PathBuf> = match raw.htpasswd {
-            None if generated_user => vec![tls_dir.join(GENERATED_HTPASSWD)],
-            None => Vec::new(),
-            Some(files) => files.iter().map(|p| base.join(p)).collect(),
-        };
-        if mode != AuthMode::None && htpasswd.is_empty() {
-            self.fail(
-                "auth.htpasswd",
-                "password authentication needs at least one htpasswd file, e.g. htpasswd = [\"htpasswd\"] (create it with `registry-gate htpasswd add USER`)".into(),
-            );
-        }
-        if mode == AuthMode::None && !htpasswd.is_empty() {
-            self.fail("auth.htpasswd", "htpasswd files are set but mode is \"none\", so nobody would be asked for a password; use mode = \"basic\"".into());
-        }
-        let anonymous_pull = match raw.anonymous.as_deref() {
-            None | Some("none") => false,
-            Some("pull") => true,
-            Some(other) => {
-                self.fail(
-                    "auth.anonymous",
-                    format!("{other:?} is not an anonymous access level; use \"none\" or \"pull\""),
-                );
-                false
-            }
-        };
-        if anonymous_pull && mode == AuthMode::Basic {
-            self.fail(
-                "auth.anonymous",
-                "anonymous pull needs mode = \"token\": after a Basic challenge on /v2/ docker refuses to pull without credentials (\"no basic auth credentials\")".into(),
-            );
-        }
-        if let Some(service) = &raw.service {
-            if service.is_empty() || service.contains('"') || service.chars().any(char::is_control)
-            {
-                self.fail(
-                    "auth.service",
-                    "the service name must be non-empty, without quotes or control characters"
-                        .into(),
-                );
-            }
-        }
-        let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.into());
-        if realm.contains('"') || realm.chars().any(char::is_control) {
-            self.fail(
-                "auth.realm",
-                "the realm must not contain quotes or control characters".into(),
-            );
-        }
-        AuthConfig {
-            mode,
-            htpasswd,
-            generated_user,
-            realm,
-            allow_insecure_hashes: raw.allow_insecure_hashes.unwrap_or(false),
-            cache_ttl: self.duration(
-                "auth.cache_ttl",
-                &raw.cache_ttl,
-                crate::auth::DEFAULT_CACHE_TTL,
-            ),
-            filter_catalog: raw.filter_catalog.unwrap_or(true),
-            token_key: raw
-                .token_key
-                .map(|p| base.join(p))
-                .unwrap_or_else(|| tls_dir.join(GENERATED_TOKEN_KEY)),
-            token_ttl: self.duration("auth.token_ttl", &raw.token_ttl, DEFAULT_TOKEN_TTL),
-            service: raw.service.unwrap_or_else(|| DEFAULT_REALM.into()),
-            anonymous_pull,
-        }
-    }
-
-    fn duration(
-        &mut self,
-        key: &'static str,
-        value: &Option<String>,
-        default: Duration,
-    ) -> Duration {
-        match value {
-            None => default,
-            Some(text) => self.check(key, parse_duration(text)).unwrap_or(default),
-        }
-    }
-}
-
-/// Durations are written as in the recipes' spirit: `"900s"`, `"15m"`, `"1h 30m"`, `"500ms"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("{text:?} is not a duration ({e}); write it like \"900s\", \"15m\" or \"500ms\"")
-    })
-}
-
-fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            format!("{text:?} is not an address or CIDR such as \"10.0.0.0/8\" or \"192.0.2.7\"")
-        })
-}
-
-fn parse_upstream(url: &str, base: &Path) -> Result<(UpstreamTarget, String), String> {
-    if let Some(path) = url.strip_prefix("unix://") {
-        if path.is_empty() {
-            return Err(format!(
-                "{url:?} names no socket; write \"unix:///run/registry.sock\""
-            ));
-        }
-        // The registry on a unix socket still builds URLs from Host; its own origin never
-        // appears in a Location, so there is nothing to rewrite.
-        return Ok((
-            UpstreamTarget::Unix(base.join(path)),
-            "http://localhost".into(),
-        ));
-    }
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("{url:?} is not a URL ({e}); write \"http://127.0.0.1:5000\" or \"unix:///run/registry.sock\""))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "{url:?}: only http:// and unix:// upstreams are supported (the registry sits behind the gate on a trusted link)"
-        ));
-    }
-    if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!(
-            "{url:?}: the upstream URL must not have a path; the registry serves /v2/ at its root"
-        ));
-    }
-    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let origin = format!(
-        "http://{}",
-        uri.authority().map(|a| a.as_str()).unwrap_or("")
-    );
-    Ok((UpstreamTarget::Tcp { host, port }, origin))
 }
 
 #[cfg(test)]
@@ -1011,7 +365,9 @@ mod tests {
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    /// Parses as if from `/etc/gate/proxy.toml`; the section tests in `validate` and `env`
+    /// use it too.
+    pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         Config::parse(
             text,
             Some(Path::new("/etc/gate/proxy.toml")),
@@ -1019,57 +375,11 @@ mod tests {
         )
     }
 
-    fn messages(r: Result<Config, Vec<ConfigError>>) -> Vec<String> {
+    pub(super) fn messages(r: Result<Config, Vec<ConfigError>>) -> Vec<String> {
         match r {
             Ok(_) => panic!("expected errors"),
             Err(e) => e.iter().map(ToString::to_string).collect(),
         }
-    }
-
-    #[test]
-    fn proxy_protocol_needs_a_trusted_balancer() {
-        let m = messages(parse("[server]\nproxy_protocol = true\n")).join("\n");
-        assert!(m.contains("[server.proxy_protocol]: the header is only believed from [server] trusted_proxies"), "{m}");
-        let c = parse("[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.5\"]\n")
-            .expect("valid");
-        assert!(c.server.proxy_protocol);
-    }
-
-    #[test]
-    fn acme_defaults_and_shortcuts() {
-        let c = parse("[tls.acme]\ndomains = [\"Reg.Example.COM.\"]\ncontact = \"ops@example.com\"\ndirectory = \"staging\"\n").expect("valid");
-        match c.tls.source {
-            TlsSource::Acme(acme) => {
-                assert_eq!(acme.domains, vec!["reg.example.com".to_string()]);
-                assert_eq!(acme.contact.as_deref(), Some("mailto:ops@example.com"));
-                assert_eq!(acme.directory, LETSENCRYPT_STAGING);
-                assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
-                assert_eq!(acme.cache_dir, PathBuf::from("/etc/gate/certs/acme"));
-            }
-            other => panic!("ACME expected, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn acme_mistakes_name_the_key_and_the_fix() {
-        let m = messages(parse(
-            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[tls.acme]\ndomains = [\"*.example.com\", \"10.0.0.1\", \"bad_name.example\"]\nchallenge = \"http-01\"\ndirectory = \"http://acme.local/dir\"\ncontact = \"nobody\"\n",
-        ));
-        let all = m.join("\n");
-        for needle in [
-            "[tls.acme]: [tls.acme] and tls.cert/tls.key are both set",
-            "\"*.example.com\": wildcard names need the dns-01 challenge",
-            "\"10.0.0.1\": ACME certificates name hosts",
-            "\"bad_name.example\": not a DNS name",
-            "[tls.acme.challenge]: http-01 is answered on the plain-HTTP listener: set [server] http_listen",
-            "[tls.acme.directory]: \"http://acme.local/dir\" is not an ACME directory",
-            "[tls.acme.contact]: \"mailto:nobody\" is not an e-mail address",
-        ] {
-            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-        }
-        assert!(messages(parse("[tls.acme]\n"))
-            .join("")
-            .contains("no names given"));
     }
 
     #[test]
@@ -1087,22 +397,6 @@ mod tests {
         assert_eq!(c.upstream.read_timeout, Duration::from_secs(900));
         assert_eq!(c.tls.dir, PathBuf::from("/etc/gate/certs"));
         assert!(matches!(c.tls.source, TlsSource::Generated));
-    }
-
-    #[test]
-    fn relative_paths_resolve_against_the_config_dir() {
-        let c = parse("[tls]\ncert = \"c.pem\"\nkey = \"/abs/k.pem\"\n[upstream]\nurl = \"unix://run/r.sock\"").expect("valid");
-        match c.tls.source {
-            TlsSource::Files { cert, key } => {
-                assert_eq!(cert, PathBuf::from("/etc/gate/c.pem"));
-                assert_eq!(key, PathBuf::from("/abs/k.pem"));
-            }
-            TlsSource::Generated | TlsSource::Acme(_) => panic!("files expected"),
-        }
-        assert_eq!(
-            c.upstream.target,
-            UpstreamTarget::Unix("/etc/gate/run/r.sock".into())
-        );
     }
 
     #[test]
@@ -1243,69 +537,5 @@ mod tests {
         assert!(!rules
             .decide(&Identity::Anonymous, ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
-    }
-
-    fn with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Config::parse_with_env(
-            text,
-            Some(Path::new("/etc/gate/proxy.toml")),
-            Path::new("/etc/gate"),
-            env,
-        )
-    }
-
-    #[test]
-    fn environment_overrides_every_kind_of_key() {
-        let c = with_env(
-            "[server]\nlisten = \"127.0.0.1:1\"\n",
-            &[
-                ("REGISTRY_GATE_SERVER__LISTEN", "127.0.0.1:8443"),
-                ("REGISTRY_GATE_SERVER__MAX_CONNECTIONS", "7"),
-                ("REGISTRY_GATE_SERVER__READ_ONLY", "true"),
-                ("REGISTRY_GATE_UPSTREAM__READ_TIMEOUT", "60s"),
-                ("REGISTRY_GATE_SERVER__TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
-                ("REGISTRY_GATE_CONFIG", "/elsewhere.toml"),
-                ("UNRELATED", "x"),
-            ],
-        )
-        .expect("valid");
-        assert_eq!(c.server.listen, "127.0.0.1:8443".parse().expect("addr"));
-        assert_eq!(c.server.max_connections, 7);
-        assert!(c.server.read_only);
-        assert_eq!(c.upstream.read_timeout, Duration::from_secs(60));
-        assert_eq!(c.server.trusted_proxies.len(), 1);
-    }
-
-    #[test]
-    fn a_wrong_environment_override_names_the_variable() {
-        let m = messages(with_env("", &[("REGISTRY_GATE_SERVER__LISEN", "x")]));
-        assert!(
-            m[0].contains("REGISTRY_GATE_SERVER__LISEN") && m[0].contains("lisen"),
-            "{m:?}"
-        );
-        let m = messages(with_env("", &[("REGISTRY_GATE_LISTEN", "x")]));
-        assert!(
-            m[0].contains("REGISTRY_GATE_LISTEN") && m[0].contains("SECTION"),
-            "{m:?}"
-        );
-        let m = messages(with_env("", &[("REGISTRY_GATE_SERVER__LISTEN", "nope")]));
-        assert!(m[0].contains("server.listen"), "{m:?}");
-    }
-
-    #[test]
-    fn durations_accept_units() {
-        assert_eq!(parse_duration("900s"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert!(parse_duration("900").is_err());
-    }
-
-    #[test]
-    fn trusted_proxies_accept_plain_addresses() {
-        let c =
-            parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]").expect("valid");
-        assert_eq!(c.server.trusted_proxies.len(), 2);
-        assert!(c.server.trusted_proxies[1]
-            .contains(&"192.0.2.7".parse::<std::net::IpAddr>().expect("ip")));
     }
 }

@@ -1,0 +1,798 @@
+//! Validation: each raw section of `proxy.toml` turned into its validated section, and the
+//! parsers for the values they share (durations, addresses, upstream URLs).
+//!
+//! The `Validator` never stops at the first problem: a bad value is recorded with its key and
+//! replaced by the default, so one `check` run lists everything. It owns no order of its own;
+//! `Config::from_raw` calls the sections in turn and passes what one needs from another.
+//! Files named here are not read (that is `tls` and `auth`), only placed against the config
+//! file's directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::rules::{RuleSpec, Rules};
+
+use super::raw::{
+    RawAcme, RawAuth, RawFilter, RawLog, RawMetrics, RawRule, RawServer, RawTls, RawUpstream,
+};
+use super::{
+    AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ConfigError,
+    LogConfig, LogFormat, ServerConfig, TlsConfig, TlsSource, UpstreamConfig, UpstreamTarget,
+    DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_REALM, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_TOKEN_TTL, DEFAULT_UPSTREAM, GENERATED_HTPASSWD, GENERATED_TOKEN_KEY,
+    LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING,
+};
+
+/// Collects errors while letting validation go on with a placeholder value.
+pub(super) struct Validator {
+    path: String,
+    errors: Vec<ConfigError>,
+}
+
+/// The addresses of `[server]`, checked before the rest of the section (see
+/// `Config::from_raw` for why).
+pub(super) struct ServerAddresses {
+    listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Validator {
+    /// `path` is how the file is named in every message.
+    pub(super) fn new(path: String) -> Validator {
+        Validator {
+            path,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Every problem found, or none.
+    pub(super) fn finish(self) -> Result<(), Vec<ConfigError>> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
+    }
+
+    pub(super) fn server_addresses(&mut self, raw: &RawServer) -> ServerAddresses {
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = self.check("server.listen", listen_text.parse::<SocketAddr>().map_err(|_| {
+            format!("{listen_text:?} is not an address:port such as \"0.0.0.0:443\" or \"[::]:443\"")
+        }));
+        let trusted_proxies: Vec<IpNet> = raw
+            .trusted_proxies
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| self.check("server.trusted_proxies", parse_cidr(s)))
+            .collect();
+        let http_listen = raw.http_listen.as_deref().and_then(|text| {
+            self.check(
+                "server.http_listen",
+                text.parse::<SocketAddr>()
+                    .map_err(|_| format!("{text:?} is not an address:port such as \"0.0.0.0:80\"")),
+            )
+        });
+        ServerAddresses {
+            listen,
+            http_listen,
+            trusted_proxies,
+        }
+    }
+
+    /// The rest of `[server]`, given its addresses from `server_addresses`.
+    pub(super) fn server(&mut self, raw: RawServer, addresses: ServerAddresses) -> ServerConfig {
+        let ServerAddresses {
+            listen,
+            http_listen,
+            trusted_proxies,
+        } = addresses;
+        let proxy_protocol = raw.proxy_protocol.unwrap_or(false);
+        if proxy_protocol && trusted_proxies.is_empty() {
+            self.fail(
+                "server.proxy_protocol",
+                "the header is only believed from [server] trusted_proxies, which is empty: list the balancer's addresses".into(),
+            );
+        }
+        ServerConfig {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
+            http_listen,
+            proxy_protocol,
+            trusted_proxies,
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                &raw.shutdown_grace,
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+            handshake_timeout: self.duration(
+                "server.handshake_timeout",
+                &raw.handshake_timeout,
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+            header_timeout: self.duration(
+                "server.header_timeout",
+                &raw.header_timeout,
+                DEFAULT_HEADER_TIMEOUT,
+            ),
+            idle_timeout: self.duration(
+                "server.idle_timeout",
+                &raw.idle_timeout,
+                DEFAULT_IDLE_TIMEOUT,
+            ),
+            max_header_bytes: match raw.max_header_bytes {
+                Some(n) if n < 8192 => {
+                    self.fail(
+                        "server.max_header_bytes",
+                        format!("{n} is too small to hold a request head; use at least 8192"),
+                    );
+                    DEFAULT_MAX_HEADER_BYTES
+                }
+                Some(n) => n,
+                None => DEFAULT_MAX_HEADER_BYTES,
+            },
+            read_only: raw.read_only.unwrap_or(false),
+            max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_ip: self.at_least_one(
+                "server.max_connections_per_ip",
+                raw.max_connections_per_ip,
+                DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ),
+        }
+    }
+
+    /// `[metrics] listen`: `None` when there is to be no metrics listener.
+    pub(super) fn metrics(&mut self, raw: RawMetrics) -> Option<SocketAddr> {
+        raw.listen.as_deref().and_then(|text| {
+            self.check(
+                "metrics.listen",
+                text.parse::<SocketAddr>().map_err(|_| {
+                    format!("{text:?} is not an address:port such as \"127.0.0.1:9090\"")
+                }),
+            )
+        })
+    }
+
+    pub(super) fn upstream(&mut self, raw: RawUpstream, base: &Path) -> UpstreamConfig {
+        let url = raw.url.as_deref().unwrap_or(DEFAULT_UPSTREAM);
+        let parsed = self.check("upstream.url", parse_upstream(url, base));
+        let (target, origin) = parsed.unwrap_or((
+            UpstreamTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5000,
+            },
+            DEFAULT_UPSTREAM.into(),
+        ));
+        UpstreamConfig {
+            target,
+            origin,
+            connect_timeout: self.duration(
+                "upstream.connect_timeout",
+                &raw.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            read_timeout: self.duration(
+                "upstream.read_timeout",
+                &raw.read_timeout,
+                DEFAULT_READ_TIMEOUT,
+            ),
+        }
+    }
+
+    /// `[tls]`: where the certificate comes from (files, generated, ACME), the extra
+    /// certificates and client certificates. `has_http_listener` is `[server] http_listen`
+    /// being set, which ACME's http-01 challenge needs.
+    pub(super) fn tls(&mut self, raw: RawTls, base: &Path, has_http_listener: bool) -> TlsConfig {
+        let dir = base.join(raw.dir.as_deref().unwrap_or("certs"));
+        let acme = raw
+            .acme
+            .map(|acme| self.acme_config(acme, base, &dir, has_http_listener));
+        let source = match (raw.cert, raw.key) {
+            (Some(_), _) | (_, Some(_)) if acme.is_some() => {
+                self.fail("tls.acme", "[tls.acme] and tls.cert/tls.key are both set: the certificate comes from one place; remove one".into());
+                TlsSource::Generated
+            }
+            (None, None) if acme.is_some() => match acme {
+                Some(acme) => TlsSource::Acme(acme),
+                None => TlsSource::Generated,
+            },
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert: base.join(cert),
+                key: base.join(key),
+            },
+            (None, None) => TlsSource::Generated,
+            (Some(_), None) => {
+                self.fail("tls.key", "tls.cert is set but tls.key is not: set both, or neither to use a generated certificate".into());
+                TlsSource::Generated
+            }
+            (None, Some(_)) => {
+                self.fail("tls.cert", "tls.key is set but tls.cert is not: set both, or neither to use a generated certificate".into());
+                TlsSource::Generated
+            }
+        };
+        let client = self.client_cert(raw.client_ca, raw.client_auth, raw.client_identity, base);
+        let extra = raw
+            .certificates
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (base.join(c.cert), base.join(c.key)))
+            .collect();
+        TlsConfig {
+            source,
+            extra,
+            dir,
+            client,
+        }
+    }
+
+    /// `[tls] client_ca`, `client_auth` and `client_identity`: client certificates, or `None`
+    /// when no CA is named.
+    fn client_cert(
+        &mut self,
+        ca: Option<String>,
+        client_auth: Option<String>,
+        client_identity: Option<String>,
+        base: &Path,
+    ) -> Option<ClientCertConfig> {
+        match ca {
+            None => {
+                if client_auth.is_some() || client_identity.is_some() {
+                    self.fail("tls.client_ca", "tls.client_auth or tls.client_identity is set but tls.client_ca is not: name the CA bundle that signs client certificates".into());
+                }
+                None
+            }
+            Some(ca) => {
+                let required = match client_auth.as_deref() {
+                    None | Some("optional") => false,
+                    Some("required") => true,
+                    Some(other) => {
+                        self.fail("tls.client_auth", format!("{other:?} is not a client_auth mode; use \"optional\" or \"required\""));
+                        false
+                    }
+                };
+                let identity = match client_identity.as_deref() {
+                    None | Some("cn") => CertIdentity::CommonName,
+                    Some("san-dns") => CertIdentity::SanDns,
+                    Some("san-email") => CertIdentity::SanEmail,
+                    Some(other) => {
+                        self.fail("tls.client_identity", format!("{other:?} is not a certificate name; use \"cn\", \"san-dns\" or \"san-email\""));
+                        CertIdentity::CommonName
+                    }
+                };
+                Some(ClientCertConfig {
+                    ca: base.join(ca),
+                    required,
+                    identity,
+                })
+            }
+        }
+    }
+
+    /// `[tls.acme]`, validated: names an ACME CA will accept, a directory URL, a challenge the
+    /// listeners can answer.
+    fn acme_config(
+        &mut self,
+        raw: RawAcme,
+        base: &Path,
+        tls_dir: &Path,
+        has_http_listener: bool,
+    ) -> AcmeConfig {
+        let domains: Vec<String> = raw
+            .domains
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        if domains.is_empty() {
+            self.fail(
+                "tls.acme.domains",
+                "no names given: list the host names clients use, e.g. domains = [\"registry.example.com\"]".into(),
+            );
+        }
+        for d in &domains {
+            if let Err(why) = check_acme_domain(d) {
+                self.fail("tls.acme.domains", format!("{d:?}: {why}"));
+            }
+        }
+        let contact = raw.contact.and_then(|c| {
+            let uri = if c.contains(':') {
+                c
+            } else {
+                format!("mailto:{c}")
+            };
+            match uri.strip_prefix("mailto:") {
+                Some(address)
+                    if address.contains('@') && !address.contains(char::is_whitespace) =>
+                {
+                    Some(uri)
+                }
+                _ => {
+                    self.fail(
+                        "tls.acme.contact",
+                        format!("{uri:?} is not an e-mail address such as \"ops@example.com\""),
+                    );
+                    None
+                }
+            }
+        });
+        let directory = match raw.directory.as_deref() {
+            None | Some("production") | Some("letsencrypt") => LETSENCRYPT_PRODUCTION.to_string(),
+            Some("staging") | Some("letsencrypt-staging") => LETSENCRYPT_STAGING.to_string(),
+            Some(url) if url.starts_with("https://") => url.to_string(),
+            Some(other) => {
+                self.fail(
+                    "tls.acme.directory",
+                    format!("{other:?} is not an ACME directory: use \"production\", \"staging\" or an https:// URL"),
+                );
+                LETSENCRYPT_PRODUCTION.to_string()
+            }
+        };
+        let challenge = match raw.challenge.as_deref() {
+            None | Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+            Some("http-01") => {
+                if !has_http_listener {
+                    self.fail(
+                        "tls.acme.challenge",
+                        "http-01 is answered on the plain-HTTP listener: set [server] http_listen = \"0.0.0.0:80\", or use challenge = \"tls-alpn-01\"".into(),
+                    );
+                }
+                AcmeChallenge::Http01
+            }
+            Some(other) => {
+                self.fail(
+                    "tls.acme.challenge",
+                    format!(
+                        "{other:?} is not a supported challenge; use \"tls-alpn-01\" or \"http-01\""
+                    ),
+                );
+                AcmeChallenge::TlsAlpn01
+            }
+        };
+        AcmeConfig {
+            domains,
+            contact,
+            directory,
+            challenge,
+            cache_dir: raw
+                .cache_dir
+                .map(|d| base.join(d))
+                .unwrap_or_else(|| tls_dir.join("acme")),
+            directory_ca: raw.directory_ca.map(|p| base.join(p)),
+            retry_interval: self.duration(
+                "tls.acme.retry_interval",
+                &raw.retry_interval,
+                DEFAULT_ACME_RETRY,
+            ),
+        }
+    }
+
+    pub(super) fn log(&mut self, raw: RawLog) -> LogConfig {
+        let level = raw.level.unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            self.fail(
+                "log.level",
+                format!(
+                    "{level:?} is not a log filter ({e}); use error, warn, info, debug or trace"
+                ),
+            );
+        }
+        let format = match raw.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.fail(
+                    "log.format",
+                    format!("{other:?} is not a log format; use \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        LogConfig { level, format }
+    }
+
+    pub(super) fn filter(&mut self, raw: RawFilter) -> crate::filter::Filter {
+        let user_agents = match raw.deny_user_agents {
+            None => {
+                return self.filter_nets(
+                    crate::filter::Filter::recipe_default(),
+                    raw.allow,
+                    raw.deny,
+                )
+            }
+            Some(list) => list,
+        };
+        let mut patterns = Vec::new();
+        for pattern in user_agents {
+            match regex::Regex::new(&pattern) {
+                Ok(r) => patterns.push(r),
+                Err(e) => self.fail(
+                    "filter.deny_user_agents",
+                    format!("{pattern:?} is not a regular expression: {e} (Rust regex syntax; no look-around)"),
+                ),
+            }
+        }
+        self.filter_nets(
+            crate::filter::Filter::new(patterns, Vec::new(), Vec::new()),
+            raw.allow,
+            raw.deny,
+        )
+    }
+
+    fn filter_nets(
+        &mut self,
+        base: crate::filter::Filter,
+        allow: Option<Vec<String>>,
+        deny: Option<Vec<String>>,
+    ) -> crate::filter::Filter {
+        let allow: Vec<IpNet> = allow
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| self.check("filter.allow", parse_cidr(s)))
+            .collect();
+        let deny: Vec<IpNet> = deny
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| self.check("filter.deny", parse_cidr(s)))
+            .collect();
+        base.with_addresses(allow, deny)
+    }
+
+    /// `[auth]`; `tls_dir` is `[tls] dir`, where the generated htpasswd file and token key
+    /// live when none is named.
+    pub(super) fn auth(&mut self, raw: Option<RawAuth>, base: &Path, tls_dir: &Path) -> AuthConfig {
+        let raw = raw.unwrap_or_default();
+        let mode = match raw.mode.as_deref() {
+            None | Some("basic") => AuthMode::Basic,
+            Some("token") => AuthMode::Token,
+            Some("none") => AuthMode::None,
+            Some(other) => {
+                self.fail(
+                    "auth.mode",
+                    format!("{other:?} is not an auth mode; use \"basic\", \"token\" or \"none\""),
+                );
+                AuthMode::Basic
+            }
+        };
+        // No htpasswd named: the zero-config file in [tls] dir, created on first start.
+        let generated_user = mode != AuthMode::None && raw.htpasswd.is_none();
+        let htpasswd: Vec<PathBuf> = match raw.htpasswd {
+            None if generated_user => vec![tls_dir.join(GENERATED_HTPASSWD)],
+            None => Vec::new(),
+            Some(files) => files.iter().map(|p| base.join(p)).collect(),
+        };
+        if mode != AuthMode::None && htpasswd.is_empty() {
+            self.fail(
+                "auth.htpasswd",
+                "password authentication needs at least one htpasswd file, e.g. htpasswd = [\"htpasswd\"] (create it with `registry-gate htpasswd add USER`)".into(),
+            );
+        }
+        if mode == AuthMode::None && !htpasswd.is_empty() {
+            self.fail("auth.htpasswd", "htpasswd files are set but mode is \"none\", so nobody would be asked for a password; use mode = \"basic\"".into());
+        }
+        let anonymous_pull = match raw.anonymous.as_deref() {
+            None | Some("none") => false,
+            Some("pull") => true,
+            Some(other) => {
+                self.fail(
+                    "auth.anonymous",
+                    format!("{other:?} is not an anonymous access level; use \"none\" or \"pull\""),
+                );
+                false
+            }
+        };
+        if anonymous_pull && mode == AuthMode::Basic {
+            self.fail(
+                "auth.anonymous",
+                "anonymous pull needs mode = \"token\": after a Basic challenge on /v2/ docker refuses to pull without credentials (\"no basic auth credentials\")".into(),
+            );
+        }
+        if let Some(service) = &raw.service {
+            if service.is_empty() || service.contains('"') || service.chars().any(char::is_control)
+            {
+                self.fail(
+                    "auth.service",
+                    "the service name must be non-empty, without quotes or control characters"
+                        .into(),
+                );
+            }
+        }
+        let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.into());
+        if realm.contains('"') || realm.chars().any(char::is_control) {
+            self.fail(
+                "auth.realm",
+                "the realm must not contain quotes or control characters".into(),
+            );
+        }
+        AuthConfig {
+            mode,
+            htpasswd,
+            generated_user,
+            realm,
+            allow_insecure_hashes: raw.allow_insecure_hashes.unwrap_or(false),
+            cache_ttl: self.duration(
+                "auth.cache_ttl",
+                &raw.cache_ttl,
+                crate::auth::DEFAULT_CACHE_TTL,
+            ),
+            filter_catalog: raw.filter_catalog.unwrap_or(true),
+            token_key: raw
+                .token_key
+                .map(|p| base.join(p))
+                .unwrap_or_else(|| tls_dir.join(GENERATED_TOKEN_KEY)),
+            token_ttl: self.duration("auth.token_ttl", &raw.token_ttl, DEFAULT_TOKEN_TTL),
+            service: raw.service.unwrap_or_else(|| DEFAULT_REALM.into()),
+            anonymous_pull,
+        }
+    }
+
+    /// `[groups]` and `[[rules]]` compiled. `auth` decides what no rules mean (everyone, or
+    /// every authenticated user) and whether the anonymous pull rule is appended.
+    pub(super) fn rules(
+        &mut self,
+        groups: BTreeMap<String, Vec<String>>,
+        rules: Vec<RawRule>,
+        auth: &AuthConfig,
+    ) -> Rules {
+        let mut specs: Vec<RuleSpec> = rules
+            .into_iter()
+            .map(|r| RuleSpec {
+                users: r.users,
+                repositories: r.repositories,
+                actions: r.actions,
+                from: r.from.unwrap_or_default(),
+            })
+            .collect();
+        if specs.is_empty() && !groups.is_empty() {
+            self.fail(
+                "groups",
+                "groups are defined but there are no [[rules]] using them".into(),
+            );
+        }
+        if auth.anonymous_pull {
+            if specs.is_empty() {
+                // The no-rules default (every user may do everything), made explicit so the
+                // anonymous rule can follow it.
+                specs.push(rule_spec(&["*"], &["**"], &["*"]));
+            }
+            // `anonymous = "pull"` is a last rule: explicit rules still decide first.
+            specs.push(rule_spec(&["anonymous"], &["**"], &["pull"]));
+        }
+        if specs.is_empty() {
+            match auth.mode {
+                // The recipes without auth_basic: everyone may do everything.
+                AuthMode::None => Rules::allow_everyone(),
+                AuthMode::Basic | AuthMode::Token => Rules::allow_all_authenticated(),
+            }
+        } else {
+            match Rules::compile(&groups, &specs) {
+                Ok(rules) => rules,
+                Err(errors) => {
+                    for e in errors {
+                        self.errors.push(ConfigError::Rules {
+                            path: self.path.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                    Rules::allow_all_authenticated()
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, key: &'static str, message: String) {
+        self.errors.push(ConfigError::Invalid {
+            path: self.path.clone(),
+            key,
+            message,
+        });
+    }
+
+    fn check<T>(&mut self, key: &'static str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|m| self.fail(key, m)).ok()
+    }
+
+    fn at_least_one(&mut self, key: &'static str, value: Option<usize>, default: usize) -> usize {
+        match value {
+            Some(0) => {
+                self.fail(
+                    key,
+                    "0 would refuse every connection; use at least 1".into(),
+                );
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &'static str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(text) => self.check(key, parse_duration(text)).unwrap_or(default),
+        }
+    }
+}
+
+fn rule_spec(users: &[&str], repositories: &[&str], actions: &[&str]) -> RuleSpec {
+    let own = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    RuleSpec {
+        users: own(users),
+        repositories: own(repositories),
+        actions: own(actions),
+        from: Vec::new(),
+    }
+}
+
+/// A name an ACME CA can validate with tls-alpn-01 or http-01.
+fn check_acme_domain(name: &str) -> Result<(), String> {
+    if name.starts_with("*.") {
+        return Err("wildcard names need the dns-01 challenge, which the gate does not answer; list each name, or use a certificate from files".into());
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err("ACME certificates name hosts, not addresses; use a DNS name".into());
+    }
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err("not a DNS name (letters, digits, '-' and '.' only)".into());
+    }
+    Ok(())
+}
+
+/// Durations are written as in the recipes' spirit: `"900s"`, `"15m"`, `"1h 30m"`, `"500ms"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write it like \"900s\", \"15m\" or \"500ms\"")
+    })
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!("{text:?} is not an address or CIDR such as \"10.0.0.0/8\" or \"192.0.2.7\"")
+        })
+}
+
+fn parse_upstream(url: &str, base: &Path) -> Result<(UpstreamTarget, String), String> {
+    if let Some(path) = url.strip_prefix("unix://") {
+        if path.is_empty() {
+            return Err(format!(
+                "{url:?} names no socket; write \"unix:///run/registry.sock\""
+            ));
+        }
+        // The registry on a unix socket still builds URLs from Host; its own origin never
+        // appears in a Location, so there is nothing to rewrite.
+        return Ok((
+            UpstreamTarget::Unix(base.join(path)),
+            "http://localhost".into(),
+        ));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL ({e}); write \"http://127.0.0.1:5000\" or \"unix:///run/registry.sock\""))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "{url:?}: only http:// and unix:// upstreams are supported (the registry sits behind the gate on a trusted link)"
+        ));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!(
+            "{url:?}: the upstream URL must not have a path; the registry serves /v2/ at its root"
+        ));
+    }
+    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let origin = format!(
+        "http://{}",
+        uri.authority().map(|a| a.as_str()).unwrap_or("")
+    );
+    Ok((UpstreamTarget::Tcp { host, port }, origin))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::super::tests::{messages, parse};
+    use super::*;
+
+    #[test]
+    fn proxy_protocol_needs_a_trusted_balancer() {
+        let m = messages(parse("[server]\nproxy_protocol = true\n")).join("\n");
+        assert!(m.contains("[server.proxy_protocol]: the header is only believed from [server] trusted_proxies"), "{m}");
+        let c = parse("[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.5\"]\n")
+            .expect("valid");
+        assert!(c.server.proxy_protocol);
+    }
+
+    #[test]
+    fn trusted_proxies_accept_plain_addresses() {
+        let c =
+            parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]").expect("valid");
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert!(c.server.trusted_proxies[1]
+            .contains(&"192.0.2.7".parse::<std::net::IpAddr>().expect("ip")));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let c = parse("[tls]\ncert = \"c.pem\"\nkey = \"/abs/k.pem\"\n[upstream]\nurl = \"unix://run/r.sock\"").expect("valid");
+        match c.tls.source {
+            TlsSource::Files { cert, key } => {
+                assert_eq!(cert, PathBuf::from("/etc/gate/c.pem"));
+                assert_eq!(key, PathBuf::from("/abs/k.pem"));
+            }
+            TlsSource::Generated | TlsSource::Acme(_) => panic!("files expected"),
+        }
+        assert_eq!(
+            c.upstream.target,
+            UpstreamTarget::Unix("/etc/gate/run/r.sock".into())
+        );
+    }
+
+    #[test]
+    fn acme_defaults_and_shortcuts() {
+        let c = parse("[tls.acme]\ndomains = [\"Reg.Example.COM.\"]\ncontact = \"ops@example.com\"\ndirectory = \"staging\"\n").expect("valid");
+        match c.tls.source {
+            TlsSource::Acme(acme) => {
+                assert_eq!(acme.domains, vec!["reg.example.com".to_string()]);
+                assert_eq!(acme.contact.as_deref(), Some("mailto:ops@example.com"));
+                assert_eq!(acme.directory, LETSENCRYPT_STAGING);
+                assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
+                assert_eq!(acme.cache_dir, PathBuf::from("/etc/gate/certs/acme"));
+            }
+            other => panic!("ACME expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn acme_mistakes_name_the_key_and_the_fix() {
+        let m = messages(parse(
+            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[tls.acme]\ndomains = [\"*.example.com\", \"10.0.0.1\", \"bad_name.example\"]\nchallenge = \"http-01\"\ndirectory = \"http://acme.local/dir\"\ncontact = \"nobody\"\n",
+        ));
+        let all = m.join("\n");
+        for needle in [
+            "[tls.acme]: [tls.acme] and tls.cert/tls.key are both set",
+            "\"*.example.com\": wildcard names need the dns-01 challenge",
+            "\"10.0.0.1\": ACME certificates name hosts",
+            "\"bad_name.example\": not a DNS name",
+            "[tls.acme.challenge]: http-01 is answered on the plain-HTTP listener: set [server] http_listen",
+            "[tls.acme.directory]: \"http://acme.local/dir\" is not an ACME directory",
+            "[tls.acme.contact]: \"mailto:nobody\" is not an e-mail address",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(messages(parse("[tls.acme]\n"))
+            .join("")
+            .contains("no names given"));
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        assert_eq!(parse_duration("900s"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("900").is_err());
+    }
+}
