@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::auth::htpasswd::{HtpasswdFile, LoadOptions};
-use crate::proxy_protocol::{parse_v1, read_header};
+use crate::server::proxy_protocol::{parse_v1, read_header};
 
 /// The htpasswd parser never panics, and whatever it accepts verifies a password without
 /// panicking. The first byte chooses the options. Slow hashes (bcrypt, SHA-crypt) are parsed

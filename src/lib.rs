@@ -2,54 +2,43 @@
 //! checks who is asking, and streams every request unbuffered to the registry.
 //!
 //! # Layout
-//! - `cli`: the command line.
-//! - `doctor`: `registry-gate doctor`, end-to-end checks of a running setup.
-//! - `config`: `proxy.toml` parsed (`config::raw`) and validated (`config::Config`).
-//! - `tls`: certificates (files or generated), the rustls server configuration, hot swap.
-//! - `server`: listener, accept loop, handshakes, graceful shutdown, signals.
-//! - `read_ahead`: one large socket read under TLS instead of rustls's 4 KiB ones.
-//! - `linger`: the lingering close that keeps a last answer from being lost to a reset.
-//! - `pipeline`: the path of one request, top to bottom.
-//! - `plain_http`: the port-80 listener: ACME http-01 answers, 308 to https.
-//! - `proxy_protocol`: the PROXY protocol v1/v2 header a TCP balancer puts first.
-//! - `filter`: user agents and client addresses turned away before any other work.
-//! - `registry_path`: method + path -> endpoint, action, repository (or a rejection).
-//! - `auth`: Basic credentials against htpasswd files, verified-credential cache, throttling.
-//! - `rules`: (identity, repository, action) -> allow or deny, and which rule said so.
-//! - `token_service`: the `/token` endpoint of token mode.
-//! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
-//! - `fuzzing`: parser properties shared by `fuzz/` and `tests/properties.rs`.
-//! - `client_addr`: the canonical client address and the real client behind trusted proxies.
-//! - `forward`: the pooled upstream client and the header rewriting.
-//! - `body`: streaming body wrappers (byte counts, idle timeout, access log on completion).
-//! - `error`: gate errors and the registry JSON error envelope.
-//! - `log`: tracing setup and the access log record.
-//! - `metrics`: Prometheus counters and the `[metrics] listen` endpoint.
-//! - `state`: the reloadable snapshot shared by all connections.
+//! The crate is built in floors; a module imports only from its own floor or the ones below
+//! (`scripts/check-layers` keeps it so). `docs/architecture.md` walks a request through them.
+//!
+//! 1. The command line: `cli` (clap) and `cmd` (one file per subcommand, exit codes).
+//! 2. `server`: listeners, accept loop, handshakes, PROXY protocol, lingering close, graceful
+//!    shutdown, signals, the plain-HTTP and metrics listeners.
+//! 3. `proxy`: the phases of one request in order (`proxy/mod.rs`), with its context, the
+//!    caller's identity and decision, header rewriting, bodies, the upstream client, catalog
+//!    filtering, the token endpoint, the access record, errors, and the reloadable snapshot.
+//! 4. The policy and its inputs, each on its own: `config` (`proxy.toml` parsed and
+//!    validated), `tls` (certificates, ACME, the rustls configuration), `auth` (htpasswd,
+//!    client certificates, tokens, throttling), `rules` (who may do what), `filter` (user
+//!    agents and addresses), `registry_path` (method + path to endpoint, action,
+//!    repository), `metrics` (Prometheus counters by label), `log` (the tracing subscriber).
+//! 5. Shared by all: `client_addr` (the canonical client address and the real client behind
+//!    trusted proxies) and `atomic_file` (files written whole or not at all).
+//!
+//! `fuzzing` holds the parser properties shared by `fuzz/` and the property tests.
 
-pub mod atomic_file;
-pub mod auth;
-pub mod body;
-pub mod catalog;
 pub mod cli;
-pub mod client_addr;
 pub mod cmd;
+
+pub mod server;
+
+pub mod proxy;
+
+pub mod auth;
 pub mod config;
-pub mod error;
 pub mod filter;
-pub mod forward;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod linger;
 pub mod log;
 pub mod metrics;
-pub mod pipeline;
-pub mod plain_http;
-pub mod proxy_protocol;
-pub mod read_ahead;
 pub mod registry_path;
 pub mod rules;
-pub mod server;
-pub mod state;
 pub mod tls;
-pub mod token_service;
+
+pub mod atomic_file;
+pub mod client_addr;
+
+#[doc(hidden)]
+pub mod fuzzing;

@@ -18,7 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::error::GateError;
 use crate::tls::CertStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,24 +169,20 @@ impl Metrics {
     }
 
     /// An error answered instead of a forwarded response.
-    pub fn error(&self, error: &GateError) {
-        match error {
-            GateError::Unauthorized { reason, .. } => {
-                self.auth_failures
-                    .get_or_create(&ReasonLabels { reason })
-                    .inc();
-            }
-            GateError::Throttled(_) => {
-                self.throttled.inc();
-            }
-            GateError::UpstreamUnreachable(_) => self.upstream_error("unreachable"),
-            GateError::UpstreamTimeout => self.upstream_error("timeout"),
-            GateError::UpstreamFailed(_) => self.upstream_error("failed"),
-            _ => {}
-        }
+    /// A refused login, by reason (`missing`, `wrong_password`, ...).
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
-    fn upstream_error(&self, reason: &'static str) {
+    /// A request turned away by the login throttle.
+    pub fn throttled(&self) {
+        self.throttled.inc();
+    }
+
+    /// A failed exchange with the registry, by reason (`unreachable`, `timeout`, `failed`).
+    pub fn upstream_error(&self, reason: &'static str) {
         self.upstream_errors
             .get_or_create(&ReasonLabels { reason })
             .inc();
@@ -288,8 +283,8 @@ mod tests {
             0,
             Duration::ZERO,
         );
-        m.error(&GateError::Throttled(Duration::from_secs(1)));
-        m.error(&GateError::UpstreamTimeout);
+        m.throttled();
+        m.upstream_error("timeout");
         m.connection_refused("max_connections_per_ip");
         m.connection_opened();
         let mut text = String::new();

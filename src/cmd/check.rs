@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::{report, EXIT_BAD_CONFIG, EXIT_OK};
 use crate::config::{self, Config, TlsSource};
-use crate::{auth, state, tls};
+use crate::proxy::state;
+use crate::{auth, tls};
 
 /// Like `nginx -t`: everything `run` would load, loaded, without listening or writing.
 pub(super) fn check(config_path: Option<&Path>) -> i32 {

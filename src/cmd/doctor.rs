@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
 
-use crate::body::{Exchange, RequestBody};
 use crate::config::{AuthMode, Config, TlsSource};
-use crate::forward::Upstream;
+use crate::proxy::body::{Exchange, RequestBody};
+use crate::proxy::upstream::Upstream;
 use crate::tls::acme::CertFacts;
 
 /// A certificate that expires sooner than this is worth a warning.
@@ -95,7 +95,7 @@ fn check_users(config: &Config, report: &mut Report) {
         return;
     }
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
-    match crate::state::load_users(config, slots) {
+    match crate::proxy::state::load_users(config, slots) {
         Ok(Some(auth)) => report.ok(&format!("htpasswd: {} usable users", auth.user_count())),
         Ok(None) => {}
         Err(errors) => {
@@ -264,7 +264,7 @@ async fn check_upstream(config: &Config, public_host: &str, report: &mut Report)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    crate::forward::rewrite_response(&mut headers, &origin, &public_value);
+    crate::proxy::headers::rewrite_response(&mut headers, &origin, &public_value);
     let location = headers
         .get(header::LOCATION)
         .and_then(|v| v.to_str().ok())

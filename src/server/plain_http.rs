@@ -2,13 +2,22 @@
 //! validations and sends every other request to https with a 308, like the recipes'
 //! `return 301 https://$host$request_uri` but keeping the method and body (308, not 301).
 //!
-//! Nothing here reaches the registry: no request on port 80 is ever forwarded.
+//! Nothing here reaches the registry: no request on port 80 is ever forwarded. The same small
+//! HTTP/1.1 loop serves the metrics listener, with its own answer.
 
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Bytes;
 
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::linger::Linger;
+use crate::proxy::state::Shared;
 use crate::tls::acme::Challenges;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -84,6 +93,71 @@ fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The answer of one of the gate's own plain-HTTP listeners to a request.
+type PlainAnswer = fn(
+    &Shared,
+    &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+
+/// The plain-HTTP listener (`[server] http_listen`): ACME http-01 answers and redirects.
+pub(super) fn plain_http_answer(
+    shared: &Shared,
+    request: &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let https_port = shared.snapshot().config.server.listen.port();
+    answer(request, shared.certs().challenges(), https_port)
+}
+
+/// The metrics listener: `GET /metrics` in the Prometheus text format (it belongs on a
+/// private address; Prometheus scrapes without TLS by default).
+pub(super) fn metrics_answer(
+    shared: &Shared,
+    request: &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    crate::metrics::answer(request, shared.certs())
+}
+
+/// One of the gate's own small plain-HTTP/1.1 listeners (port 80, metrics): nothing on it
+/// is forwarded. Each connection gets the TLS listener's header timeout and lives at most
+/// `idle_timeout`: a redirect, a challenge answer or a scrape needs no more.
+pub(super) async fn serve_plain(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    name: &'static str,
+    answer: PlainAnswer,
+) {
+    tracing::info!(listen = ?listener.local_addr().ok(), "{name} listener");
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "accept failed on the {name} listener");
+                    tokio::time::sleep(super::ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let server = shared.snapshot().config.server.clone();
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let response = answer(&shared, &request);
+                tracing::debug!(peer = %peer, path = %request.uri().path(), status = response.status().as_u16(), "{name} request");
+                std::future::ready(Ok::<_, std::convert::Infallible>(response))
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(server.header_timeout)
+                .max_buf_size(server.max_header_bytes)
+                .serve_connection(TokioIo::new(Linger::new(stream)), service);
+            let _ = tokio::time::timeout(server.idle_timeout, connection).await;
+        });
+    }
 }
 
 #[cfg(test)]

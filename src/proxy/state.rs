@@ -17,7 +17,7 @@ use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
 use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
 use crate::config::{AuthMode, Config, ConfigError, TlsSource};
-use crate::forward::Upstream;
+use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
 
 /// Everything one request needs, consistent for its whole life.

@@ -11,9 +11,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::body::ResponseBody;
-use crate::error::GateError;
-use crate::forward::Upstream;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::error::GateError;
+use crate::proxy::upstream::Upstream;
 
 /// A catalog page larger than this is refused rather than held in memory. distribution
 /// caps a page at 1000 names by default; 8 MiB is far beyond any real page.

@@ -9,14 +9,14 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
+use super::body::ResponseBody;
+use super::caller;
+use super::context::RequestContext;
+use super::error::{Challenge, GateError};
+use super::state::Snapshot;
 use crate::auth::token::{parse_scopes, Grant, Scope};
 use crate::auth::{Failure, Identity};
-use crate::body::{ClientBody, ResponseBody};
-use crate::error::{Challenge, GateError};
-use crate::log::AccessRecord;
-use crate::pipeline::ConnInfo;
 use crate::registry_path::{is_valid_repository_name, percent_decode, Action};
-use crate::state::{Shared, Snapshot};
 
 pub const TOKEN_PATH: &str = "/token";
 
@@ -25,17 +25,16 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 /// A login form arrives in one packet; a client dribbling it is holding a stream open.
 const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Answers a token request: a token for the granted scopes, or the reason there is none.
 pub async fn answer(
-    snapshot: &Snapshot,
-    shared: &Shared,
-    conn: &ConnInfo,
-    peer: std::net::IpAddr,
-    record: &mut AccessRecord,
+    ctx: &mut RequestContext,
     request: Request<()>,
-    body: &mut ClientBody,
 ) -> Result<Response<ResponseBody>, GateError> {
+    let snapshot = ctx.snapshot.clone();
+    let peer = ctx.client_ip;
     let (Some(auth), Some(tokens)) = (&snapshot.auth, &snapshot.tokens) else {
-        return Err(GateError::BadRequest("token mode without users"));
+        // Loading refuses token mode without users; a snapshot like this is a bug.
+        return Err(GateError::Internal("token mode without users"));
     };
     let (identity, scopes, oauth) = match *request.method() {
         Method::GET => {
@@ -44,17 +43,10 @@ pub async fn answer(
                 .flat_map(|s| parse_scopes(s))
                 .collect::<Vec<_>>();
             let header = request.headers().get(header::AUTHORIZATION);
-            let identity = match (header, &conn.cert_user) {
-                (None, Some(user)) => Ok(Identity::User(user.to_string())),
-                _ => {
-                    auth.authenticate(header.map(HeaderValue::as_bytes), peer, shared.throttle())
-                        .await
-                }
-            };
-            (identity, scopes, false)
+            (caller::credentials(ctx, header).await, scopes, false)
         }
         Method::POST => {
-            let collect = Limited::new(body.take(), MAX_FORM_BYTES).collect();
+            let collect = Limited::new(ctx.body.take(), MAX_FORM_BYTES).collect();
             let body = tokio::time::timeout(FORM_TIMEOUT, collect)
                 .await
                 .map_err(|_| GateError::BadRequest("token request form not sent in time"))?
@@ -87,7 +79,7 @@ pub async fn answer(
             let identity = if user.is_empty() {
                 Err(Failure::Malformed)
             } else {
-                auth.check_password(user, password.into_bytes(), peer, shared.throttle())
+                auth.check_password(user, password.into_bytes(), peer, ctx.shared.throttle())
                     .await
             };
             (identity, scopes, true)
@@ -101,9 +93,8 @@ pub async fn answer(
 
     let identity = match identity {
         Ok(identity) => identity,
-        Err(Failure::Throttled { retry_after }) => return Err(GateError::Throttled(retry_after)),
         Err(failure) => {
-            tracing::info!(peer = %peer, reason = failure.reason(), "token request with bad credentials");
+            let reason = caller::refused(failure, peer, "token request with bad credentials")?;
             if oauth {
                 return Ok(oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant"));
             }
@@ -111,13 +102,13 @@ pub async fn answer(
                 challenge: Challenge::Basic {
                     realm: snapshot.config.auth.realm.clone(),
                 },
-                reason: failure.reason(),
+                reason,
             });
         }
     };
-    record.user = identity.name().to_string();
-    let access = grants(snapshot, &identity, peer, &scopes);
-    record.decision = "allow";
+    ctx.record.user = identity.name().to_string();
+    let access = grants(&snapshot, &identity, peer, &scopes);
+    ctx.record.decision = "allow";
     let user = match &identity {
         Identity::User(u) => Some(u.as_str()),
         Identity::Anonymous => None,

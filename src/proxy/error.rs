@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ResponseBody;
+use crate::proxy::body::ResponseBody;
 use crate::registry_path::{Action, Rejection};
 
 /// The registry API version header every `/v2/` response carries; docker checks it on the ping.
@@ -56,11 +56,15 @@ impl Challenge {
     }
 }
 
-/// Who is at fault: decides the log level and, later, which metrics counter moves.
+/// Who is at fault: decides the log level (debug for clients, warn for the registry, error
+/// for the gate itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Client,
     Upstream,
+    /// The gate's own state is not what it must be; a bug or a broken deployment, never
+    /// something a client can cause on purpose.
+    Internal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +110,9 @@ pub enum GateError {
     /// The exchange with the registry broke after it started.
     #[error("the registry behind the gate failed: {0}")]
     UpstreamFailed(String),
+    /// The gate cannot serve the request from its own state; the detail is for the log.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl GateError {
@@ -122,6 +129,20 @@ impl GateError {
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_) => Side::Upstream,
+            GateError::Internal(_) => Side::Internal,
+        }
+    }
+
+    /// Moves the metrics counter this error belongs to, if one does; metrics see labels only.
+    pub fn count(&self) {
+        let metrics = crate::metrics::get();
+        match self {
+            GateError::Unauthorized { reason, .. } => metrics.auth_failure(reason),
+            GateError::Throttled(_) => metrics.throttled(),
+            GateError::UpstreamUnreachable(_) => metrics.upstream_error("unreachable"),
+            GateError::UpstreamTimeout => metrics.upstream_error("timeout"),
+            GateError::UpstreamFailed(_) => metrics.upstream_error("failed"),
+            _ => {}
         }
     }
 
@@ -157,6 +178,7 @@ impl GateError {
             GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+            GateError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
 
@@ -199,6 +221,7 @@ impl GateError {
                 "the registry behind the gate did not answer in time".into()
             }
             GateError::UpstreamFailed(_) => "the registry behind the gate failed to answer".into(),
+            GateError::Internal(_) => "the gate failed to answer; its log says why".into(),
         };
         let mut response = registry_error(status, code, &message);
         let headers = response.headers_mut();

@@ -1,0 +1,119 @@
+//! The access record of one request: who asked for what, what was decided and by which
+//! rule, bytes both ways, and whether the exchange completed. Filled in by the phases and
+//! written (log line and request metrics) when it is dropped, which is when the response body
+//! has been sent or abandoned, so a download's line carries its real size and duration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+
+use super::body::Exchange;
+use super::context::InFlight;
+
+/// Everything the access log says about one request; written on drop.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub request_id: String,
+    pub peer: SocketAddr,
+    pub method: Method,
+    pub path: String,
+    pub user_agent: String,
+    pub status: Option<StatusCode>,
+    /// The authenticated user, `-` for anonymous.
+    pub user: String,
+    pub action: Option<&'static str>,
+    pub repository: Option<String>,
+    /// Tag, digest or upload id.
+    pub reference: Option<String>,
+    /// `allow`, `deny`, or `-` where no rule was consulted (ping, errors before classifying).
+    pub decision: &'static str,
+    /// Index of the `[[rules]]` entry that decided; `default` when none did.
+    pub rule: Option<usize>,
+    /// Logged at debug instead of info (health probes).
+    pub quiet: bool,
+    /// Keeps the connection from counting as idle until the response is done.
+    pub in_flight: Option<InFlight>,
+    exchange: Arc<Exchange>,
+}
+
+impl AccessRecord {
+    pub fn new(
+        request_id: String,
+        peer: SocketAddr,
+        method: Method,
+        path: String,
+        user_agent: String,
+    ) -> Self {
+        AccessRecord {
+            request_id,
+            peer,
+            method,
+            path,
+            user_agent,
+            status: None,
+            user: "-".into(),
+            action: None,
+            repository: None,
+            reference: None,
+            decision: "-",
+            rule: None,
+            quiet: false,
+            in_flight: None,
+            exchange: Exchange::new(),
+        }
+    }
+
+    pub fn exchange(&self) -> &Arc<Exchange> {
+        &self.exchange
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let status = self.status.map(|s| s.as_u16()).unwrap_or(0);
+        crate::metrics::get().request(
+            &self.method,
+            status,
+            self.action,
+            self.exchange.bytes_in(),
+            self.exchange.bytes_out(),
+            self.exchange.elapsed(),
+        );
+        let outcome = if self.exchange.completed() {
+            "complete"
+        } else {
+            "aborted"
+        };
+        // Health probes arrive every few seconds; they would drown the audit trail at info.
+        macro_rules! access {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "access",
+                    $level,
+                    request_id = %self.request_id,
+                    peer = %self.peer.ip(),
+                    method = %self.method,
+                    path = %self.path,
+                    status,
+                    user = %self.user,
+                    action = self.action.unwrap_or("-"),
+                    repository = self.repository.as_deref().unwrap_or("-"),
+                    reference = self.reference.as_deref().unwrap_or("-"),
+                    decision = self.decision,
+                    rule = %self.rule.map(|r| format!("rules[{r}]")).unwrap_or_else(|| "-".into()),
+                    bytes_in = self.exchange.bytes_in(),
+                    bytes_out = self.exchange.bytes_out(),
+                    duration_ms = self.exchange.elapsed().as_millis() as u64,
+                    user_agent = %self.user_agent,
+                    outcome,
+                )
+            };
+        }
+        if self.quiet {
+            access!(tracing::Level::DEBUG);
+        } else {
+            access!(tracing::Level::INFO);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The request's form, checked before anything else looks at it: an origin-form target,
+//! exactly one Host (agreeing with HTTP/2's `:authority`), no method-override headers and no
+//! form bodies on the registry API. Each is a way to make the gate and the registry read one
+//! request differently; refusing them keeps the rules' view the registry's view.
+
+use http::header::{self, HeaderValue};
+use http::{Request, Version};
+
+use super::error::GateError;
+
+/// Headers by which some frameworks let a POST act as another method. The registry ignores
+/// them, but a proxy or registry in between might not: a request carrying one is refused
+/// rather than classified by a method it may not really have.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+pub(super) fn refuse_method_override(request: &Request<()>) -> Result<(), GateError> {
+    if METHOD_OVERRIDES
+        .iter()
+        .any(|h| request.headers().contains_key(*h))
+    {
+        return Err(GateError::BadRequest(
+            "method-override headers are not accepted",
+        ));
+    }
+    Ok(())
+}
+
+/// The registry reads `mount` and `from` with Go's `FormValue`, which also reads a form body
+/// and prefers it to the query the rules saw. No registry client sends forms, so none pass.
+pub(super) fn refuse_form_bodies(request: &Request<()>) -> Result<(), GateError> {
+    // Compared as bytes: Go still reads a form whose Content-Type has non-UTF-8 parameters.
+    let form = request
+        .headers()
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .any(|v| {
+            let v = v.as_bytes().trim_ascii_start().to_ascii_lowercase();
+            v.starts_with(b"application/x-www-form-urlencoded") || v.starts_with(b"multipart/")
+        });
+    if form {
+        return Err(GateError::BadRequest(
+            "form bodies are not accepted on the registry API",
+        ));
+    }
+    Ok(())
+}
+
+/// Only origin-form targets (`/path?query`) are forwarded. Absolute-form (`GET http://x/`)
+/// would let a client name a host the Host header contradicts; asterisk-form has no place in
+/// the registry API.
+pub(super) fn check_target(request: &Request<()>) -> Result<(), GateError> {
+    let uri = request.uri();
+    let origin_form = match request.version() {
+        // HTTP/2 always carries scheme and authority as pseudo-headers.
+        Version::HTTP_2 => true,
+        _ => uri.scheme().is_none() && uri.authority().is_none(),
+    };
+    if !origin_form {
+        return Err(GateError::BadRequest(
+            "absolute-form request targets are not accepted",
+        ));
+    }
+    if !uri.path().starts_with('/') {
+        return Err(GateError::BadRequest("the request target must be a path"));
+    }
+    Ok(())
+}
+
+/// The host the client addressed, which the registry needs to build upload URLs.
+pub fn public_host(request: &Request<()>) -> Result<HeaderValue, GateError> {
+    if let Some(host) = request.headers().get(header::HOST) {
+        if request.headers().get_all(header::HOST).iter().count() > 1 {
+            return Err(GateError::BadRequest("more than one Host header"));
+        }
+        // HTTP/2 names the host twice; two different answers is a malformed request
+        // (RFC 9113 §8.3.1), not a choice for the gate to make.
+        if request.version() == Version::HTTP_2 {
+            if let Some(authority) = request.uri().authority() {
+                if !authority
+                    .as_str()
+                    .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+                {
+                    return Err(GateError::BadRequest("Host and :authority disagree"));
+                }
+            }
+        }
+        return Ok(host.clone());
+    }
+    if request.version() == Version::HTTP_2 {
+        if let Some(authority) = request.uri().authority() {
+            return HeaderValue::from_str(authority.as_str())
+                .map_err(|_| GateError::BadRequest("invalid :authority"));
+        }
+    }
+    Err(GateError::BadRequest("a Host header is required"))
+}

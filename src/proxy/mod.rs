@@ -1,0 +1,323 @@
+//! The path of one request, top to bottom, like a phase chart: check who may talk to the
+//! gate and the request's form, classify it (endpoint, action, repository), authenticate,
+//! authorise, forward with rewritten headers, stream the answer back; the access log line is
+//! written when the response body is done.
+//!
+//! Each phase is a plain function that may answer early with a `GateError`; there are no
+//! hooks. Classification comes before authentication so that an unclassifiable request is
+//! refused without spending a password check on it, and nothing reaches the upstream client
+//! that the rules have not seen. The rooms beside this file:
+//!
+//! - `context`: the per-request context and the connection's activity.
+//! - `form`: the request-form checks of phase 1.
+//! - `caller`: phases 3 and 4, who asks and what they may do.
+//! - `headers`: forwarded headers and hop-by-hop removal, both ways.
+//! - `upstream`: the pooled client to the registry.
+//! - `body`: the client's body until forwarded, and the streaming response body.
+//! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
+//! - `token_endpoint`: the `/token` endpoint of token mode.
+//! - `access_log`: the access record, written when the response is done.
+//! - `error`: gate errors, their side, status and the registry JSON error body.
+//! - `state`: the snapshot requests are served from, and its reload.
+
+pub mod access_log;
+pub mod body;
+mod caller;
+pub mod catalog;
+pub mod context;
+pub mod error;
+mod form;
+pub mod headers;
+pub mod state;
+pub mod token_endpoint;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::registry_path::{self, Action, Kind};
+use access_log::AccessRecord;
+use body::{ClientBody, ResponseBody, Settled};
+use context::{ConnInfo, RequestContext};
+use error::{GateError, Side, API_VERSION, API_VERSION_HEADER};
+use headers::ClientInfo;
+use state::Shared;
+
+/// hyper's service entry point. Never fails: every error becomes a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let snapshot = shared.snapshot();
+    let mut record = AccessRecord::new(
+        next_request_id(),
+        conn.peer,
+        request.method().clone(),
+        request.uri().path().to_string(),
+        request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string(),
+    );
+    record.in_flight = Some(conn.activity.enter());
+    let is_registry_api = is_registry_path(request.uri().path());
+    let version = request.version();
+    let (parts, incoming) = request.into_parts();
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let body = ClientBody::new(incoming, record.exchange().clone(), expects_continue);
+    let request = Request::from_parts(parts, ());
+    let client_ip = crate::client_addr::client_ip(
+        request.headers(),
+        conn.peer,
+        &snapshot.config.server.trusted_proxies,
+    );
+    let mut ctx = RequestContext {
+        snapshot,
+        shared,
+        conn,
+        client_ip,
+        record,
+        body,
+    };
+
+    let mut response = match proxy(&mut ctx, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            e.count();
+            let request_id = &ctx.record.request_id;
+            match e.side() {
+                Side::Client => {
+                    tracing::debug!(request_id = %request_id, error = %e, "request refused")
+                }
+                Side::Upstream => {
+                    tracing::warn!(request_id = %request_id, error = %e, "upstream error")
+                }
+                Side::Internal => {
+                    tracing::error!(request_id = %request_id, error = %e, "the gate failed")
+                }
+            }
+            e.to_response()
+        }
+    };
+    let RequestContext {
+        mut record, body, ..
+    } = ctx;
+    // An answer given before the whole body was read must leave the connection usable.
+    if body.settle(version).await == Settled::Close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+
+    if is_registry_api && !response.headers().contains_key(API_VERSION_HEADER) {
+        response
+            .headers_mut()
+            .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+    }
+    // Every answer comes over TLS; a browser that ever reaches the gate should never try it
+    // in plain text, nor render a blob or an error body as HTML (the registry sets nosniff on
+    // its own answers, the gate's were missing it; testssl.sh rates both as findings).
+    let headers = response.headers_mut();
+    headers
+        .entry(header::STRICT_TRANSPORT_SECURITY)
+        .or_insert(HeaderValue::from_static(HSTS));
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    record.status = Some(response.status());
+    Ok(response.map(|body| body.with_record(record)))
+}
+
+/// The phases, in order; each may answer early with an error.
+async fn proxy(
+    ctx: &mut RequestContext,
+    request: Request<()>,
+) -> Result<Response<ResponseBody>, GateError> {
+    let snapshot = ctx.snapshot.clone();
+    let client_ip = ctx.client_ip;
+    // 0. Who may talk to the gate at all (health probes excepted: they reveal nothing, and a
+    // container's own probe comes from loopback).
+    let path = request.uri().path();
+    if path != HEALTHZ && path != READYZ {
+        let user_agent = request
+            .headers()
+            .get(header::USER_AGENT)
+            .map(HeaderValue::as_bytes);
+        snapshot
+            .config
+            .filter
+            .check(user_agent, client_ip)
+            .map_err(GateError::Filtered)?;
+    }
+
+    // 1. The request's form: origin-form target, one Host, no smuggled method.
+    form::check_target(&request)?;
+    let host = form::public_host(&request)?;
+    form::refuse_method_override(&request)?;
+
+    // The gate's own endpoints; never forwarded.
+    match request.uri().path() {
+        HEALTHZ => {
+            ctx.record.quiet = true;
+            return Ok(plain(StatusCode::OK, "ok\n"));
+        }
+        READYZ => {
+            ctx.record.quiet = true;
+            return Ok(if snapshot.upstream.ready().await {
+                plain(StatusCode::OK, "ready\n")
+            } else {
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the registry is not answering\n",
+                )
+            });
+        }
+        _ => {}
+    }
+    if snapshot.tokens.is_some() && request.uri().path() == token_endpoint::TOKEN_PATH {
+        return token_endpoint::answer(ctx, request).await;
+    }
+
+    // 2. What it is: endpoint, action, repository. Anything unclassifiable stops here.
+    let uri = request.uri().clone();
+    let class = registry_path::classify(request.method(), uri.path(), uri.query())
+        .map_err(GateError::Rejected)?;
+    form::refuse_form_bodies(&request)?;
+    let record = &mut ctx.record;
+    record.action = Some(class.action.as_str());
+    record.repository = class.repository.map(str::to_string);
+    record.reference = class.reference.map(str::to_string);
+
+    // 3. Who asks.
+    let caller = caller::authenticate(ctx, &request, &class).await?;
+    let identity = &caller.identity;
+    ctx.record.user = identity.name().to_string();
+
+    // 4. May they.
+    let mut path_and_query = uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    caller::authorise(ctx, &caller, &request, &class)?;
+    if let Some(from) = &class.mount_from {
+        if !snapshot
+            .config
+            .rules
+            .decide(&identity.as_rule(), client_ip, from, Action::Pull)
+            .is_allowed()
+        {
+            // Docker Hub's behaviour: a mount the user may not read from silently becomes a
+            // plain upload, so the layer is sent instead of borrowed.
+            path_and_query = catalog::without_mount(uri.path(), uri.query());
+        }
+    }
+
+    // 5. Forward.
+    let (mut parts, ()) = request.into_parts();
+    parts.uri = snapshot.upstream.uri_for(&path_and_query)?;
+    // The registry speaks HTTP/1.1 whatever the client used.
+    parts.version = Version::HTTP_11;
+    headers::rewrite_request(
+        &mut parts.headers,
+        &host,
+        &ClientInfo {
+            peer: ctx.conn.peer,
+            local_port: ctx.conn.local.port(),
+            trusted_proxies: &snapshot.config.server.trusted_proxies,
+            request_id: &ctx.record.request_id,
+        },
+    );
+    if snapshot.auth.is_some() {
+        // The gate checked the credentials; the registry behind it has no use for them, and
+        // the link to it may be plain HTTP.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
+    // A layer download reads the registry in large chunks while a bulk slot is free.
+    let bulk = if class.kind == Kind::Blob && parts.method == Method::GET {
+        snapshot.upstream.bulk_slot()
+    } else {
+        None
+    };
+    let exchange = ctx.record.exchange().clone();
+    let upstream_request = Request::from_parts(parts, ctx.body.take());
+    let response = snapshot
+        .upstream
+        .send(upstream_request, &exchange, bulk.as_ref())
+        .await?;
+
+    // 6. Respond.
+    let (mut parts, body) = response.into_parts();
+    headers::rewrite_response(&mut parts.headers, snapshot.upstream.origin(), &host);
+    if class.kind == Kind::Catalog
+        && snapshot.config.auth.filter_catalog
+        && parts.status.is_success()
+    {
+        let rules = &snapshot.config.rules;
+        let who = identity.as_rule();
+        let filtered = catalog::filter(
+            body,
+            &mut parts.headers,
+            &snapshot.upstream,
+            &host,
+            |repo| {
+                rules
+                    .decide(&who, client_ip, repo, Action::Pull)
+                    .is_allowed()
+            },
+        )
+        .await?;
+        return Ok(Response::from_parts(parts, filtered));
+    }
+    let body = ResponseBody::upstream(body, exchange, snapshot.upstream.read_timeout(), bulk);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// One year, the value HSTS preload lists ask for; no `includeSubDomains`: the gate speaks
+/// for its own host only.
+const HSTS: &str = "max-age=31536000";
+
+/// Liveness: the gate answers. Readiness: the registry behind it answers too.
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(bytes::Bytes::from_static(
+        text.as_bytes(),
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn is_registry_path(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
+/// Unique per process and start: the start time in the high bits keeps ids from two runs of
+/// the gate apart in one log.
+fn next_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{start:x}-{n:x}")
+}

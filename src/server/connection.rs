@@ -1,0 +1,160 @@
+//! One TLS connection, from accept to close: the PROXY protocol header when a balancer sends
+//! one, the handshake within its time budget, the tls-alpn-01 answer, the client
+//! certificate's user, then hyper serving HTTP/1.1 or HTTP/2 until the client leaves, the
+//! connection idles out, or shutdown drains it. What happens to each request is `proxy`'s.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::linger::Linger;
+use super::proxy_protocol;
+use super::read_ahead::ReadAhead;
+use crate::proxy;
+use crate::proxy::context::{ConnActivity, ConnInfo};
+use crate::proxy::state::Shared;
+
+pub(super) async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let snapshot = shared.snapshot();
+    let server = snapshot.config.server.clone();
+    let tls = TlsAcceptor::from(shared.tls());
+    let mut stream = stream;
+    let peer = if server.proxy_protocol {
+        match proxied_peer(&mut stream, peer, &server).await {
+            Some(client) => client,
+            None => return,
+        }
+    } else {
+        peer
+    };
+
+    let tls_stream = match tokio::time::timeout(
+        server.handshake_timeout,
+        tls.accept(ReadAhead::new(Linger::new(stream))),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+
+    if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::acme::ACME_TLS_ALPN) {
+        // A tls-alpn-01 validation: the handshake was the whole answer (RFC 8737).
+        tracing::debug!(peer = %peer, "answered an ACME tls-alpn-01 validation");
+        let mut tls_stream = tls_stream;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls_stream).await;
+        return;
+    }
+
+    // A certificate is only present if rustls verified it against [tls] client_ca.
+    let cert_user = match (
+        &snapshot.config.tls.client,
+        tls_stream.get_ref().1.peer_certificates(),
+    ) {
+        (Some(client), Some([leaf, ..])) => {
+            crate::auth::client_cert::identity(leaf.as_ref(), client.identity).map(Arc::<str>::from)
+        }
+        _ => None,
+    };
+    drop(snapshot);
+    let activity = ConnActivity::new();
+    let conn = ConnInfo {
+        peer,
+        local,
+        cert_user,
+        activity: activity.clone(),
+    };
+    let service = service_fn(move |request| proxy::handle(shared.clone(), conn.clone(), request));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout)
+        .max_buf_size(server.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(server.max_header_bytes as u32)
+        // Large windows let one stream move layers at full speed instead of waiting on
+        // WINDOW_UPDATE round trips.
+        .adaptive_window(true)
+        // A peer that stops answering pings is gone; its streams are released.
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let io = TokioIo::new(tls_stream);
+    let connection = builder.serve_connection(io, service);
+    tokio::select! {
+        result = watcher.watch(connection.into_owned()) => {
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = activity.idle_for(server.idle_timeout) => {
+            tracing::debug!(peer = %peer, "closing an idle connection");
+        }
+        () = activity.no_request_within(server.header_timeout) => {
+            // hyper's header timeout covers HTTP/1.1 heads; this also covers a client that
+            // trickles the HTTP/2 preface or its first HEADERS frame.
+            tracing::debug!(peer = %peer, "closing a connection that sent no request in time");
+        }
+    }
+}
+
+/// With `[server] proxy_protocol`: the client the balancer's header names, or `None` when
+/// the connection must be closed (a peer that is no trusted balancer, no or a bad header).
+/// The header shares the handshake's time budget.
+async fn proxied_peer(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    server: &crate::config::ServerConfig,
+) -> Option<SocketAddr> {
+    let balancer = crate::client_addr::canonical(peer.ip());
+    if !server.trusted_proxies.iter().any(|n| n.contains(&balancer)) {
+        tracing::warn!(peer = %peer, "connection refused: PROXY protocol is on and the peer is not in [server] trusted_proxies");
+        return None;
+    }
+    match tokio::time::timeout(
+        server.handshake_timeout,
+        proxy_protocol::read_header(stream),
+    )
+    .await
+    {
+        Ok(Ok(proxy_protocol::ProxiedPeer::Client(client))) => Some(client),
+        Ok(Ok(proxy_protocol::ProxiedPeer::Local)) => Some(peer),
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %peer, error = %e, "connection refused");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "PROXY protocol header timed out");
+            None
+        }
+    }
+}
+
+/// HTTP/2 liveness pings: sent after this much silence, and the connection closed when one
+/// is not answered in time.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
