@@ -12,7 +12,7 @@
 //!
 //! Caller beware: the registry reads `mount` and `from` with Go's `FormValue`, which also reads
 //! a request *body* sent as `application/x-www-form-urlencoded` or `multipart/form-data` (and
-//! prefers it to the query). This module sees only the query, so the pipeline must refuse those
+//! prefers it to the query). This module sees only the query, so the proxy floor must refuse those
 //! content types on `/v2/` requests, or a mount source could slip past the rules.
 
 use http::Method;
@@ -102,7 +102,7 @@ pub fn classify<'a>(
     check_normalised(path)?;
     let rest = path.strip_prefix("/v2").ok_or(Rejection::NotRegistryApi)?;
     let (kind, repository, reference) = match rest {
-        // `/v2` without the slash is served too (the registry redirects it), and the pipeline
+        // `/v2` without the slash is served too (the registry redirects it), and the proxy floor
         // already counts it as API traffic, so it must not fall through unclassified-but-allowed.
         "" | "/" => (Kind::Ping, None, None),
         "/_catalog" => (Kind::Catalog, None, None),

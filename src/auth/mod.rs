@@ -71,9 +71,6 @@ impl Failure {
     }
 }
 
-/// How long a verified credential is remembered: docker sends the same Basic header on every
-/// request of a push, and bcrypt costs tens of milliseconds each time.
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 /// Entries kept at most; a flood of distinct valid credentials cannot grow memory past this.
 const CACHE_CAPACITY: usize = 4096;
 
@@ -398,7 +395,7 @@ mod tests {
         let auth = Authenticator::load(
             &[path],
             &LoadOptions::default(),
-            DEFAULT_CACHE_TTL,
+            crate::config::DEFAULT_CACHE_TTL,
             Arc::new(Semaphore::new(2)),
         )
         .expect("valid htpasswd");

@@ -38,6 +38,9 @@ pub const GENERATED_HTPASSWD: &str = "htpasswd";
 pub const GENERATED_TOKEN_KEY: &str = "token.key";
 /// Docker asks for a new token when one expires; five minutes is what Docker Hub issues.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// How long a verified credential is remembered (`[auth] cache_ttl`): docker sends the same
+/// Basic header on every request of a push, and bcrypt costs tens of milliseconds each time.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 /// The realm docker shows nowhere but browsers do; the recipes use the host name.
 pub const DEFAULT_REALM: &str = "registry-gate";
 

@@ -515,11 +515,7 @@ impl Validator {
             generated_user,
             realm,
             allow_insecure_hashes: raw.allow_insecure_hashes.unwrap_or(false),
-            cache_ttl: self.duration(
-                "auth.cache_ttl",
-                &raw.cache_ttl,
-                crate::auth::DEFAULT_CACHE_TTL,
-            ),
+            cache_ttl: self.duration("auth.cache_ttl", &raw.cache_ttl, super::DEFAULT_CACHE_TTL),
             filter_catalog: raw.filter_catalog.unwrap_or(true),
             token_key: raw
                 .token_key

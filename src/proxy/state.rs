@@ -1,5 +1,7 @@
-//! The gate's shared state: an immutable snapshot (configuration, upstream client) swapped
-//! whole on reload, and the certificate store the TLS resolver reads.
+//! The gate's shared state: an immutable snapshot (configuration, users, token key, upstream
+//! client) that requests are served from, swapped whole on reload, and the certificate store
+//! the TLS resolver reads. The server floor holds it and triggers reloads; the proxy reads
+//! one snapshot per request.
 //!
 //! A reload builds and validates everything aside; only when all of it is good does it swap.
 //! On failure the running snapshot stays and the errors are returned for the log.
@@ -145,41 +147,81 @@ fn load_token_key(config: &Config) -> Result<Option<Arc<TokenKey>>, Vec<PrepareE
     .map_err(|e| vec![e.into()])
 }
 
+/// Tickets keep a resumed session's client certificate identity, so they may only be kept
+/// across a reload that uses no client CA at all.
+type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
+
+/// A snapshot and the TLS configuration that goes with it, built aside from the running
+/// ones.
+struct Next {
+    snapshot: Snapshot,
+    server_tls: Arc<rustls::ServerConfig>,
+    ticketer: Ticketer,
+}
+
+/// The one way a snapshot is made, at start (`previous` is `None`) and on every reload, so a
+/// start and a reload of the same files give the same gate. Kept from `previous`: the
+/// pooled registry connections while the road to the registry is the same, and the session
+/// ticket keys while no client CA is configured.
+fn build(
+    prepared: &Prepared,
+    auth: Option<Arc<Authenticator>>,
+    tokens: Option<Arc<TokenKey>>,
+    certs: &Arc<CertStore>,
+    provider: &Arc<CryptoProvider>,
+    previous: Option<(&Snapshot, Ticketer)>,
+) -> Result<Next, Vec<PrepareError>> {
+    let config = &prepared.config;
+    let upstream = match &previous {
+        Some((old, _)) if same_upstream(&old.config, config) => old.upstream.clone(),
+        _ => Upstream::new(&config.upstream),
+    };
+    let ticketer = match previous {
+        Some((_, ticketer)) if prepared.tls.client_verifier.is_none() => ticketer,
+        _ => tls::ticketer().map_err(|e| vec![e.into()])?,
+    };
+    let server_tls = tls::server_config(
+        certs.clone(),
+        provider.clone(),
+        prepared.tls.client_verifier.clone(),
+        ticketer.clone(),
+        answers_tls_alpn(config),
+    )
+    .map_err(|e| vec![e.into()])?;
+    Ok(Next {
+        snapshot: Snapshot {
+            config: Arc::new(config.clone()),
+            upstream,
+            auth,
+            tokens,
+        },
+        server_tls,
+        ticketer,
+    })
+}
+
 impl Shared {
+    /// The first snapshot, built exactly as a reload builds one.
     pub fn new(
         prepared: &Prepared,
         provider: Arc<CryptoProvider>,
     ) -> Result<Shared, Vec<PrepareError>> {
-        let config = Arc::new(prepared.config.clone());
         let verify_slots = Arc::new(Semaphore::new(verify_slot_count()));
-        let auth = load_users(&config, verify_slots.clone())?;
-        let tokens = load_token_key(&config)?;
+        let auth = load_users(&prepared.config, verify_slots.clone())?;
+        let tokens = load_token_key(&prepared.config)?;
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
         certs.replace_extra(&prepared.tls.extra);
-        let ticketer = tls::ticketer().map_err(|e| vec![e.into()])?;
-        let server_tls = tls::server_config(
-            certs.clone(),
-            provider.clone(),
-            prepared.tls.client_verifier.clone(),
-            ticketer.clone(),
-            answers_tls_alpn(&config),
-        )
-        .map_err(|e| vec![e.into()])?;
+        let next = build(prepared, auth, tokens, &certs, &provider, None)?;
         Ok(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                upstream: Upstream::new(&config.upstream),
-                config: config.clone(),
-                auth,
-                tokens,
-            }),
+            snapshot: ArcSwap::from_pointee(next.snapshot),
             certs,
-            tls: ArcSwap::new(server_tls),
+            tls: ArcSwap::new(next.server_tls),
             provider,
-            config_path: config.source.clone(),
+            config_path: prepared.config.source.clone(),
             throttle: Throttle::new(),
             verify_slots,
             reloading: tokio::sync::Mutex::new(()),
-            ticketer: std::sync::Mutex::new(ticketer),
+            ticketer: std::sync::Mutex::new(next.ticketer),
             acme_running: Arc::new(AtomicBool::new(false)),
             watched_at_start: prepared.watched.clone(),
         })
@@ -193,7 +235,7 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    fn current_ticketer(&self) -> Arc<dyn rustls::server::ProducesTickets> {
+    fn current_ticketer(&self) -> Ticketer {
         match self.ticketer.lock() {
             Ok(t) => t.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -263,37 +305,21 @@ impl Shared {
                 "server.listen changed: a restart is needed to listen on the new address; keeping the old one"
             );
         }
-        // Keep the pooled connections unless the road to the registry changed.
-        let upstream = if same_upstream(&old.config, &prepared.config) {
-            old.upstream.clone()
-        } else {
-            Upstream::new(&prepared.config.upstream)
-        };
-        let ticketer = if prepared.tls.client_verifier.is_some() {
-            tls::ticketer().map_err(|e| vec![e.into()])?
-        } else {
-            self.current_ticketer()
-        };
-        let server_tls = tls::server_config(
-            self.certs.clone(),
-            self.provider.clone(),
-            prepared.tls.client_verifier.clone(),
-            ticketer.clone(),
-            answers_tls_alpn(&prepared.config),
-        )
-        .map_err(|e| vec![e.into()])?;
+        let next = build(
+            &prepared,
+            auth,
+            tokens,
+            &self.certs,
+            &self.provider,
+            Some((&old, self.current_ticketer())),
+        )?;
         if let Ok(mut current) = self.ticketer.lock() {
-            *current = ticketer;
+            *current = next.ticketer;
         }
         self.certs.replace(prepared.tls.key);
         self.certs.replace_extra(&prepared.tls.extra);
-        self.tls.store(server_tls);
-        self.snapshot.store(Arc::new(Snapshot {
-            config: Arc::new(prepared.config),
-            upstream,
-            auth,
-            tokens,
-        }));
+        self.tls.store(next.server_tls);
+        self.snapshot.store(Arc::new(next.snapshot));
         self.ensure_acme();
         Ok(())
     }

@@ -10,7 +10,7 @@
 //! (a FIN after the last answer) and whatever the client still sends is read and thrown
 //! away until it closes, pauses for [`LINGER_TIMEOUT`], or [`LINGER_TIME`] has passed.
 //!
-//! This module owns only the socket's last moments; what was answered is the pipeline's.
+//! This module owns only the socket's last moments; what was answered is the proxy floor's.
 
 use std::io;
 use std::pin::Pin;
