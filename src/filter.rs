@@ -78,7 +78,7 @@ mod tests {
     use super::*;
 
     /// What nginx's PCRE pattern decides for each (checked against nginx itself in
-    /// tests/filter.rs).
+    /// tests/it/filter.rs).
     pub const USER_AGENTS: &[(&str, bool)] = &[
         (
             "docker/1.3.0 go/go1.3.3 git-commit/c78088f kernel/3.16 os/linux arch/amd64",

@@ -1,6 +1,6 @@
 //! Properties of the parsers a client or an operator feeds, as one function per parser over
 //! arbitrary bytes: they panic when a property fails. The cargo-fuzz targets (`fuzz/`) and
-//! the bounded run CI can afford (`tests/properties.rs`) both call these, so the two always
+//! the bounded run CI can afford (`tests/it/properties.rs`) both call these, so the two always
 //! check the same thing. Not part of the gate's behaviour.
 
 use std::path::Path;

@@ -31,7 +31,6 @@ pub struct GateConfig {
     pub shutdown_grace: String,
     pub read_timeout: String,
     pub trusted_proxies: Option<Vec<String>>,
-    pub log_format: String,
     pub auth: Auth,
     /// Extra `key = value` lines inside `[server]` and `[tls]`.
     pub server_toml: String,
@@ -50,7 +49,6 @@ impl GateConfig {
             shutdown_grace: "30s".into(),
             read_timeout: "900s".into(),
             trusted_proxies: None,
-            log_format: "text".into(),
             auth: Auth::None,
             server_toml: String::new(),
             tls_toml: String::new(),
@@ -71,11 +69,6 @@ impl GateConfig {
 
     pub fn trusted_proxies(mut self, nets: &[&str]) -> Self {
         self.trusted_proxies = Some(nets.iter().map(|n| n.to_string()).collect());
-        self
-    }
-
-    pub fn log_format(mut self, format: &str) -> Self {
-        self.log_format = format.into();
         self
     }
 
@@ -136,13 +129,12 @@ impl GateConfig {
              {tls_extra}\
              \n[log]\n\
              level = \"info\"\n\
-             format = \"{format}\"\n\
+             format = \"text\"\n\
              {auth}\
              {extra}",
             grace = self.shutdown_grace,
             upstream = self.upstream,
             read_timeout = self.read_timeout,
-            format = self.log_format,
             // With ACME the certificate comes from the CA, and the gate refuses both.
             files = if self.extra_toml.contains("[tls.acme]") {
                 String::new()

@@ -24,7 +24,6 @@ use super::client::{Framing, PseudoRandomBody};
 pub struct Recorded {
     pub method: String,
     pub uri: String,
-    pub version: http::Version,
     /// In arrival order, names lowercase; repeated headers appear repeatedly.
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
@@ -261,7 +260,6 @@ async fn handle(
     let recorded = Recorded {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
-        version: parts.version,
         headers: parts
             .headers
             .iter()

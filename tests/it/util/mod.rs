@@ -17,9 +17,6 @@
 //! - `pebble`   the ACME test server
 //! - `rawh2`    HTTP/2 frames written byte for byte, for requests real clients refuse to send
 
-// Each test file compiles its own copy of this module and uses only part of it.
-#![allow(dead_code)]
-
 pub mod client;
 pub mod docker;
 pub mod gate;

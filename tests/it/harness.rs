@@ -1,7 +1,7 @@
 //! The harness itself, checked without the gate: the registry, the recorder, the hand-made
 //! OCI images and dockerd work directly, so a failure in `core.rs` is the gate's.
 
-mod util;
+use crate::util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -5,7 +5,7 @@
 //! TLS 1.2/1.3 negotiation is proved in `core.rs`; handshakes that never finish in
 //! `faults.rs`.
 
-mod util;
+use crate::util;
 
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! The gate over time: the zero-config first start (own CA, certificate and user, reused on
 //! the next start) and users changed on disk while it runs.
 
-mod util;
+use crate::util;
 
 use std::fs::File;
 use std::net::SocketAddr;

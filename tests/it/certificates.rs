@@ -2,7 +2,7 @@
 //! by skopeo with strict verification, client certificates it makes, and certificate files
 //! replaced on disk while the gate runs.
 
-mod util;
+use crate::util;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -164,7 +164,6 @@ pub enum Framing {
 pub struct PseudoRandomBody {
     rng: XorShift,
     remaining: u64,
-    len: u64,
     framing: Framing,
     digest: DigestHandle,
 }
@@ -188,7 +187,6 @@ impl PseudoRandomBody {
         let body = PseudoRandomBody {
             rng: XorShift::new(seed),
             remaining: len,
-            len,
             framing,
             digest: digest.clone(),
         };
@@ -234,12 +232,6 @@ impl Body for PseudoRandomBody {
             // Unknown size: hyper falls back to chunked transfer encoding.
             Framing::Chunked => SizeHint::default(),
         }
-    }
-}
-
-impl PseudoRandomBody {
-    pub fn len(&self) -> u64 {
-        self.len
     }
 }
 

@@ -2,7 +2,7 @@
 //! cached and reused across restarts, renewed and swapped during a transfer, and the failures
 //! an operator meets (CA unreachable, order refused, corrupt cache) logged without a crash.
 
-mod util;
+use crate::util;
 
 use std::net::SocketAddr;
 use std::path::Path;

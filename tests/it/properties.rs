@@ -4,7 +4,7 @@
 //! because its instrumented build takes many minutes), but a fixed, reproducible stream of
 //! inputs per parser, so a crash found here is found again with the same seed.
 
-mod util;
+use crate::util;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

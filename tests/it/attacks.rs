@@ -18,7 +18,7 @@
 //! `access.rs` already covers the first bypass list (dot segments, encoded slashes, override
 //! headers, form bodies, one CL+TE pair); these tables extend it rather than repeat it.
 
-mod util;
+use crate::util;
 
 use std::net::SocketAddr;
 use std::path::Path;

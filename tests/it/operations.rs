@@ -2,7 +2,7 @@
 //! per-action address rules, and the PROXY protocol behind a balancer (headers written by
 //! hand, as HAProxy or a cloud L4 balancer sends them).
 
-mod util;
+use crate::util;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

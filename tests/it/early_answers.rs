@@ -8,7 +8,7 @@
 //! A correct client only reuses a connection the server did not announce closing; the
 //! raw clients here do exactly that, and count every request that got no answer.
 
-mod util;
+use crate::util;
 
 use std::io;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! back to plain HTTP (it does all three differently for 127.0.0.0/8). The registry is on a
 //! unix socket, which the namespace shares with the host.
 
-mod util;
+use crate::util;
 
 use std::path::{Path, PathBuf};
 

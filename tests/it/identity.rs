@@ -2,7 +2,7 @@
 //! anonymously) and client certificates, proved with the real docker and skopeo clients
 //! against the real registry.
 
-mod util;
+use crate::util;
 
 use std::path::Path;
 

@@ -9,7 +9,7 @@
 //! per-address limit (`core.rs`); users changed on disk (`lifecycle.rs`); certificate files
 //! replaced on disk (`certificates.rs`).
 
-mod util;
+use crate::util;
 
 use std::future::Future;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! `[filter]`: the default user-agent rule decides exactly as the nginx recipe's PCRE pattern
 //! does (checked against nginx itself), and address rules refuse real clients.
 
-mod util;
+use crate::util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! blobs stream without buffering, forwarding headers are the gate's and not the client's,
 //! errors speak the registry's JSON, shutdown is graceful, and bad configs fail clearly.
 
-mod util;
+use crate::util;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -5,7 +5,7 @@
 //! upstream differ, set the way an operator would: through the environment.
 //! (`scripts/check-kubernetes` validates the manifests themselves.)
 
-mod util;
+use crate::util;
 
 use std::fs::File;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! this test, a push and a pull by skopeo with the generated password and CA, and a stop
 //! that must leave no process behind.
 
-mod util;
+use crate::util;
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;

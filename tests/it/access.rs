@@ -4,7 +4,7 @@
 //! subcommand, and raw byte-exact requests that try to slip past the rules (none of which
 //! may reach the registry).
 
-mod util;
+use crate::util;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

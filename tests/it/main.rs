@@ -1,0 +1,27 @@
+//! The integration tests, one crate: cargo builds and links it once, and every suite shares
+//! the one harness in `util`. Each suite starts the real things it needs (the gate binary,
+//! `docker-registry`, skopeo, `dockerd`, pebble, nginx, network namespaces) and cleans up
+//! what it started.
+//!
+//! One module per suite; `cargo test --test it SUITE::` runs one of them, e.g.
+//! `cargo test --test it attacks::`.
+
+mod util;
+
+mod access;
+mod acme;
+mod attacks;
+mod certificates;
+mod deploy_kubernetes;
+mod early_answers;
+mod faults;
+mod filter;
+mod harness;
+mod identity;
+mod lifecycle;
+mod operations;
+mod promise;
+mod properties;
+mod quickstart;
+mod secure_docker;
+mod tls_hardening;
