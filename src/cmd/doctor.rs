@@ -329,7 +329,13 @@ fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
 
 /// The gate itself: listening, answering `/v2/` the way docker expects.
 async fn check_gate(config: &Config, report: &mut Report) {
-    let target = super::healthcheck::local_target(config.server.listen);
+    let target = match super::healthcheck::local_target(config.server.listen) {
+        Ok(target) => target,
+        Err(e) => {
+            report.fail(&e);
+            return;
+        }
+    };
     let answer = match tokio::time::timeout(
         Duration::from_secs(5),
         super::healthcheck::fetch(target, "/v2/"),

@@ -44,20 +44,27 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Probes `listen` (an unspecified address is reached on loopback); `Ok(status)` is the
 /// HTTP status of the answer.
 pub async fn probe(listen: SocketAddr, path: &str) -> Result<u16, String> {
-    let target = local_target(listen);
+    let target = local_target(listen)?;
     tokio::time::timeout(PROBE_TIMEOUT, exchange(target, path))
         .await
         .map_err(|_| format!("{target}: no answer within {PROBE_TIMEOUT:?}"))?
 }
 
-/// Where this host reaches a listener: an unspecified address means loopback.
-pub fn local_target(listen: SocketAddr) -> SocketAddr {
+/// Where this host reaches a listener: an unspecified address means loopback. Port 0 (the
+/// kernel picks one, told only in the gate's log) cannot be reached from the config alone.
+pub fn local_target(listen: SocketAddr) -> Result<SocketAddr, String> {
+    if listen.port() == 0 {
+        return Err(format!(
+            "[server] listen is {listen}: the port is chosen at start and logged \
+             (\"listening listener=https addr=...\"); set a fixed port to probe the gate"
+        ));
+    }
     let ip = match listen.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         other => other,
     };
-    SocketAddr::new(ip, listen.port())
+    Ok(SocketAddr::new(ip, listen.port()))
 }
 
 async fn exchange(target: SocketAddr, path: &str) -> Result<u16, String> {

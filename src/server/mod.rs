@@ -37,6 +37,8 @@ pub enum ServerError {
         source: std::io::Error,
         hint: &'static str,
     },
+    #[error("cannot read the address of a bound socket: {0}")]
+    LocalAddr(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -55,6 +57,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         };
         ServerError::Bind { addr, source, hint }
     })
+}
+
+/// Logs `listening listener=<name> addr=<ip:port>` with the address the socket really has:
+/// with port 0 in the config, this line is the only place the chosen port is told.
+fn announce(name: &'static str, listener: &TcpListener) -> Result<SocketAddr, ServerError> {
+    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    tracing::info!(listener = %name, addr = %addr, "listening");
+    Ok(addr)
 }
 
 /// Raises the soft limit on open files to the hard limit, as nginx's `worker_rlimit_nofile`
@@ -109,7 +119,6 @@ impl Signals {
     }
 }
 
-/// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
 /// The bound sockets: the TLS listener and the optional plain-HTTP and metrics ones.
 pub struct Listeners {
     pub tls: TcpListener,
@@ -117,6 +126,7 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
 }
 
+/// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
 pub async fn run(
     shared: Arc<Shared>,
     listeners: Listeners,
@@ -127,20 +137,28 @@ pub async fn run(
         http: http_listener,
         metrics: metrics_listener,
     } = listeners;
+    // The addresses the kernel gave, which differ from the configured ones for port 0: the
+    // log is how a supervisor or a test learns where the gate listens.
+    let https_addr = announce("https", &listener)?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_handlers(shared.clone(), signals, stop_tx);
     tokio::spawn(crate::proxy::state::watch_files(shared.clone()));
     shared.ensure_acme();
     if let Some(http) = http_listener {
+        announce("http", &http)?;
+        let https_port = https_addr.port();
         tokio::spawn(serve_plain(
             shared.clone(),
             http,
             stop_rx.clone(),
             "plain-HTTP (ACME http-01, redirects to https)",
-            plain_http_answer,
+            move |shared: &Shared, request: &hyper::Request<hyper::body::Incoming>| {
+                plain_http_answer(shared, request, https_port)
+            },
         ));
     }
     if let Some(metrics) = metrics_listener {
+        announce("metrics", &metrics)?;
         tokio::spawn(serve_plain(
             shared.clone(),
             metrics,
@@ -151,9 +169,7 @@ pub async fn run(
     }
 
     let graceful = GracefulShutdown::new();
-    let local = listener.local_addr().ok();
     let slots = Arc::new(ConnectionSlots::default());
-    tracing::info!(listen = ?local, "registry-gate listening");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

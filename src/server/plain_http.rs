@@ -95,18 +95,13 @@ fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-/// The answer of one of the gate's own plain-HTTP listeners to a request.
-type PlainAnswer = fn(
-    &Shared,
-    &hyper::Request<hyper::body::Incoming>,
-) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
-
-/// The plain-HTTP listener (`[server] http_listen`): ACME http-01 answers and redirects.
+/// The plain-HTTP listener (`[server] http_listen`): ACME http-01 answers and redirects to
+/// `https_port`, the port the TLS listener really got (the configured one, unless that is 0).
 pub(super) fn plain_http_answer(
     shared: &Shared,
     request: &hyper::Request<hyper::body::Incoming>,
+    https_port: u16,
 ) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
-    let https_port = shared.snapshot().config.server.listen.port();
     answer(request, shared.certs().challenges(), https_port)
 }
 
@@ -127,9 +122,15 @@ pub(super) async fn serve_plain(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     name: &'static str,
-    answer: PlainAnswer,
+    answer: impl Fn(
+            &Shared,
+            &hyper::Request<hyper::body::Incoming>,
+        ) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>>
+        + Copy
+        + Send
+        + Sync
+        + 'static,
 ) {
-    tracing::info!(listen = ?listener.local_addr().ok(), "{name} listener");
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -214,7 +214,7 @@ async fn users_changed_on_disk_take_effect_and_a_broken_file_is_refused() {
 async fn health_endpoints_and_the_healthcheck_command_tell_up_from_down() {
     let tmp = temp_dir();
     let registry = Registry::start(tmp.path());
-    let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url));
+    let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url).fixed_port());
     let client = gate.client(Proto::Http1);
     assert_eq!(status(&client, &gate.url("/healthz"), None).await, 200);
     assert_eq!(status(&client, &gate.url("/readyz"), None).await, 200);

@@ -16,7 +16,7 @@ use util::image::{oci_image, skopeo, skopeo_ok};
 use util::netns::Netns;
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
-use util::{describe, free_port, run, temp_dir};
+use util::{describe, run, temp_dir};
 
 /// `GET /metrics` over plain HTTP, parsed into series -> value.
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
@@ -54,14 +54,20 @@ fn sum(metrics: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
 fn metrics_count_real_traffic_failures_and_refused_connections() {
     let tmp = temp_dir();
     let registry = Registry::start(tmp.path());
-    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let gate = Gate::start(
         tmp.path(),
         GateConfig::new(&registry.url)
             .basic_auth(&[("builder", "builder-secret")])
             .server_toml("max_connections_per_ip = 3\n")
-            .extra_toml(&format!("\n[metrics]\nlisten = \"{metrics_addr}\"\n")),
+            .extra_toml("\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
     );
+    // Port 0: the gate says which port the kernel gave its metrics listener.
+    let mut metrics_addr = None;
+    util::wait_until(Duration::from_secs(5), || {
+        metrics_addr = gate.listener("metrics");
+        metrics_addr.is_some()
+    });
+    let metrics_addr = metrics_addr.expect("the gate logs its metrics listener's address");
     let before = scrape(metrics_addr);
     assert_eq!(sum(&before, "registry_gate_requests_total", &[]), 0.0);
     let expiry = sum(&before, "registry_gate_certificate_expiry_seconds", &[]);
@@ -366,7 +372,9 @@ fn doctor_passes_a_working_setup_and_names_what_breaks() {
     let registry = Registry::start(tmp.path());
     let gate = Gate::start(
         tmp.path(),
-        GateConfig::new(&registry.url).basic_auth(&[("builder", "builder-secret")]),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[("builder", "builder-secret")])
+            .fixed_port(),
     );
     let doctor = || {
         run(util::gate::gate_command()

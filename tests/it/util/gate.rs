@@ -62,6 +62,12 @@ impl GateConfig {
         self
     }
 
+    /// A port written into the config file, for commands that read it from there
+    /// (`healthcheck`, `doctor`): they cannot learn a port the kernel picked at start.
+    pub fn fixed_port(self) -> Self {
+        self.listen_on(SocketAddr::from(([127, 0, 0, 1], free_port())))
+    }
+
     pub fn shutdown_grace(mut self, grace: &str) -> Self {
         self.shutdown_grace = grace.into();
         self
@@ -198,12 +204,14 @@ impl Gate {
 
     fn start_at(tmp: &Path, config: GateConfig, netns: Option<&Netns>) -> Gate {
         let dir = tmp.join("gate");
-        let (pki, addr) = match netns {
+        // Without a fixed address the gate binds port 0 and reports the port it got: no
+        // window in which another test could take a port found free a moment earlier.
+        let (pki, listen) = match netns {
             None => (
                 Pki::localhost(&dir.join("pki")),
                 config
                     .listen
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port()))),
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             ),
             Some(ns) => (
                 Pki::new(&dir.join("pki"), &["registry.test"], &[IpAddr::V4(ns.ip)]),
@@ -213,7 +221,7 @@ impl Gate {
         let config_path = dir.join("proxy.toml");
         write_file(
             &config_path,
-            config.to_toml(addr, "pki/cert.pem", "pki/key.pem"),
+            config.to_toml(listen, "pki/cert.pem", "pki/key.pem"),
         );
         if let Auth::Basic(users) = &config.auth {
             write_htpasswd(&dir.join("htpasswd"), users);
@@ -237,23 +245,49 @@ impl Gate {
 
         let mut gate = Gate {
             child,
-            addr,
+            addr: listen,
             pki,
             config_path,
             log_path,
             exit: None,
         };
         let up = wait_until(START_TIMEOUT, || {
-            gate.try_exit().is_none() && accepts_tcp(addr)
+            if gate.try_exit().is_some() {
+                return false;
+            }
+            match gate.listener("https") {
+                Some(bound) => {
+                    gate.addr = bound;
+                    accepts_tcp(bound)
+                }
+                None => false,
+            }
         });
         if !up {
             // Drop prints the log only while panicking; say what happened first.
             panic!(
-                "registry-gate did not accept TCP on {addr} within {START_TIMEOUT:?} (exit: {:?})",
+                "registry-gate did not report and accept TCP on {listen} within {START_TIMEOUT:?} (exit: {:?})",
                 gate.try_exit()
             );
         }
         gate
+    }
+
+    /// The address the gate reported for one of its listeners (`https`, `http`, `metrics`)
+    /// in its start-up line `listening listener=NAME addr=IP:PORT`; `None` before it is logged.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        let wanted = format!("listener={name} ");
+        self.log()
+            .lines()
+            .filter(|line| line.contains(" listening ") && line.contains(&wanted))
+            .find_map(|line| {
+                line.split("addr=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
     }
 
     pub fn port(&self) -> u16 {
