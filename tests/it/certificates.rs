@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use util::gate::gate_command;
+use util::gate::{gate_command, reported_listener};
 use util::image::{oci_image, skopeo};
 use util::registry::Registry;
 use util::{accepts_tcp, describe, read_text, run, temp_dir, wait_until, write_file, KillOnDrop};
@@ -51,12 +51,11 @@ fn file_fingerprint(cert: &Path) -> String {
 }
 
 fn start_gate(dir: &Path, registry_url: &str, extra_tls: &str, auth: &str) -> (KillOnDrop, u16) {
-    let port = util::free_port();
     let config = dir.join("proxy.toml");
     write_file(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{registry_url}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{registry_url}\"\n\
              [tls]\ncert = \"certs/cert.pem\"\nkey = \"certs/key.pem\"\n{extra_tls}\n{auth}"
         ),
     );
@@ -69,14 +68,16 @@ fn start_gate(dir: &Path, registry_url: &str, extra_tls: &str, auth: &str) -> (K
         .spawn()
         .expect("spawn gate");
     let gate = KillOnDrop(child);
+    let mut addr = None;
     assert!(
-        wait_until(Duration::from_secs(15), || accepts_tcp(
-            ([127, 0, 0, 1], port).into()
-        )),
+        wait_until(Duration::from_secs(15), || {
+            addr = reported_listener(&read_text(&dir.join("gate.log")), "https");
+            addr.is_some_and(accepts_tcp)
+        }),
         "gate did not start:\n{}",
         read_text(&dir.join("gate.log"))
     );
-    (gate, port)
+    (gate, addr.expect("reported").port())
 }
 
 #[test]

@@ -179,6 +179,22 @@ pub fn write_htpasswd(path: &Path, users: &[(String, String)]) {
     }
 }
 
+/// The address a gate's log reports for one of its listeners (`https`, `http`, `metrics`),
+/// from its start-up line `listening listener=NAME addr=IP:PORT`; `None` before it is logged.
+pub fn reported_listener(log: &str, name: &str) -> Option<SocketAddr> {
+    let wanted = format!("listener={name} ");
+    log.lines()
+        .filter(|line| line.contains(" listening ") && line.contains(&wanted))
+        .find_map(|line| {
+            line.split("addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
 pub struct Gate {
     child: Child,
     pub addr: SocketAddr,
@@ -273,21 +289,9 @@ impl Gate {
         gate
     }
 
-    /// The address the gate reported for one of its listeners (`https`, `http`, `metrics`)
-    /// in its start-up line `listening listener=NAME addr=IP:PORT`; `None` before it is logged.
+    /// The address the gate reported for one of its listeners; see `reported_listener`.
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
-        let wanted = format!("listener={name} ");
-        self.log()
-            .lines()
-            .filter(|line| line.contains(" listening ") && line.contains(&wanted))
-            .find_map(|line| {
-                line.split("addr=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+        reported_listener(&self.log(), name)
     }
 
     pub fn port(&self) -> u16 {
