@@ -15,12 +15,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use util::client::{empty, request, text, HttpsClient, Proto};
-use util::gate::{gate_command, write_htpasswd};
+use util::gate::{gate_command, reported_listener, write_htpasswd};
 use util::image::{oci_image, read_oci_layout, skopeo, skopeo_ok};
 use util::registry::Registry;
-use util::{
-    accepts_tcp, describe, free_port, read_text, run, temp_dir, wait_until, write_file, KillOnDrop,
-};
+use util::{accepts_tcp, describe, read_text, run, temp_dir, wait_until, write_file, KillOnDrop};
 
 const CONFIG_MAP: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -85,14 +83,14 @@ fn pod_layout(root: &Path) -> (PathBuf, PathBuf) {
     (config, generated.join("ca.pem"))
 }
 
-/// One replica: the shipped config, with listen and upstream from the environment.
+/// One replica: the shipped config, with listen and upstream from the environment. It
+/// binds port 0 and is found by the address it reports in its (JSON) log.
 fn replica(config: &Path, upstream: &str, log: &Path) -> (KillOnDrop, SocketAddr) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let out = File::create(log).expect("create gate log");
     let child = gate_command()
         .args(["run", "--config"])
         .arg(config)
-        .env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
+        .env("REGISTRY_GATE_SERVER__LISTEN", "127.0.0.1:0")
         .env("REGISTRY_GATE_UPSTREAM__URL", upstream)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone log handle"))
@@ -100,12 +98,16 @@ fn replica(config: &Path, upstream: &str, log: &Path) -> (KillOnDrop, SocketAddr
         .spawn()
         .expect("spawn registry-gate");
     let child = KillOnDrop(child);
+    let mut addr = None;
     assert!(
-        wait_until(Duration::from_secs(10), || accepts_tcp(addr)),
-        "replica on {addr} did not start:\n{}",
+        wait_until(Duration::from_secs(10), || {
+            addr = reported_listener(&read_text(log), "https");
+            addr.is_some_and(accepts_tcp)
+        }),
+        "replica did not start:\n{}",
         read_text(log)
     );
-    (child, addr)
+    (child, addr.expect("reported while waiting"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

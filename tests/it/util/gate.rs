@@ -180,19 +180,32 @@ pub fn write_htpasswd(path: &Path, users: &[(String, String)]) {
 }
 
 /// The address a gate's log reports for one of its listeners (`https`, `http`, `metrics`),
-/// from its start-up line `listening listener=NAME addr=IP:PORT`; `None` before it is logged.
+/// from its start-up line, in either log format: `listening listener=NAME addr=IP:PORT`
+/// (text) or `{…,"message":"listening","listener":NAME,"addr":"IP:PORT",…}` (JSON, fields
+/// flattened into the event). `None` before it is logged.
 pub fn reported_listener(log: &str, name: &str) -> Option<SocketAddr> {
     let wanted = format!("listener={name} ");
-    log.lines()
-        .filter(|line| line.contains(" listening ") && line.contains(&wanted))
-        .find_map(|line| {
-            line.split("addr=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+    log.lines().find_map(|line| {
+        if line.starts_with('{') {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            let fields = &value;
+            if fields.get("message")?.as_str()? != "listening"
+                || fields.get("listener")?.as_str()? != name
+            {
+                return None;
+            }
+            return fields.get("addr")?.as_str()?.parse().ok();
+        }
+        if !(line.contains(" listening ") && line.contains(&wanted)) {
+            return None;
+        }
+        line.split("addr=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 pub struct Gate {
