@@ -77,6 +77,44 @@ pub enum Command {
         #[command(subcommand)]
         action: HtpasswdAction,
     },
+    /// Manage access tokens: scoped, revocable credentials for CI jobs and pull secrets,
+    /// used as the password with any user name.
+    Token {
+        /// The token file. Default: `[auth] access_tokens` of the configuration, which is
+        /// access-tokens.toml next to the first htpasswd file.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print its secret, once: only a hash of it is stored.
+    Create {
+        /// A name for logs, metrics and `revoke` (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+        /// Repository patterns, in the syntax of [[rules]] (comma-separated or repeated).
+        #[arg(long, value_name = "PATTERNS", value_delimiter = ',', required = true)]
+        repositories: Vec<String>,
+        /// Actions: pull, push, delete or * (comma-separated or repeated).
+        #[arg(long, value_name = "ACTIONS", value_delimiter = ',', required = true)]
+        actions: Vec<String>,
+        /// Lifetime, such as 90d or 12h. Default: no expiry.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// The user the token acts for: it never does more than this user's rules allow,
+        /// and stops working when the user is removed. Without it the token is a robot
+        /// account whose scope is its whole permission.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+    },
+    /// List the tokens: name, owner, scope, created, expires, last used, state.
+    List,
+    /// Revoke a token at once (the running gate reloads the file within seconds).
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

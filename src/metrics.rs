@@ -37,6 +37,13 @@ struct DirectionLabels {
     direction: &'static str,
 }
 
+/// Token names come from the operator's token file, never from a client, and only a
+/// verified use is counted, so the series are as many as the tokens.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    token: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -49,6 +56,7 @@ pub struct Metrics {
     bytes: Family<DirectionLabels, Counter>,
     auth_failures: Family<ReasonLabels, Counter>,
     throttled: Counter,
+    token_uses: Family<TokenLabels, Counter>,
     upstream_errors: Family<ReasonLabels, Counter>,
     open_connections: Gauge,
     refused_connections: Family<ReasonLabels, Counter>,
@@ -101,6 +109,12 @@ impl Metrics {
             "Requests refused with 429 because their address failed to log in too often",
             throttled.clone(),
         );
+        let token_uses = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "access_token_uses",
+            "Logins with an access token, by token name (verified uses only)",
+            token_uses.clone(),
+        );
         let upstream_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "upstream_errors",
@@ -132,6 +146,7 @@ impl Metrics {
             bytes,
             auth_failures,
             throttled,
+            token_uses,
             upstream_errors,
             open_connections,
             refused_connections,
@@ -179,6 +194,15 @@ impl Metrics {
     /// A request turned away by the login throttle.
     pub fn throttled(&self) {
         self.throttled.inc();
+    }
+
+    /// A verified login with the access token `name`.
+    pub fn token_used(&self, name: &str) {
+        self.token_uses
+            .get_or_create(&TokenLabels {
+                token: name.to_string(),
+            })
+            .inc();
     }
 
     /// A failed exchange with the registry, by reason (`unreachable`, `timeout`, `failed`).

@@ -295,31 +295,8 @@ fn compile_rule(
         }
     }
 
-    let mut repositories = Vec::new();
-    for pattern in &spec.repositories {
-        match Pattern::parse(pattern) {
-            Ok(p) => repositories.push(p),
-            Err(fix) => errors.push(RulesError::BadPattern {
-                at: at("repositories"),
-                value: pattern.clone(),
-                fix,
-            }),
-        }
-    }
-
-    let mut actions = Vec::new();
-    for action in &spec.actions {
-        match action.as_str() {
-            "*" => actions.extend(Action::ALL),
-            "pull" => actions.push(Action::Pull),
-            "push" => actions.push(Action::Push),
-            "delete" => actions.push(Action::Delete),
-            _ => errors.push(RulesError::UnknownAction {
-                at: at("actions"),
-                value: action.clone(),
-            }),
-        }
-    }
+    let repositories = compile_patterns(&at("repositories"), &spec.repositories, errors);
+    let actions = compile_actions(&at("actions"), &spec.actions, errors);
 
     let mut from = Vec::new();
     for net in &spec.from {
@@ -341,6 +318,90 @@ fn compile_rule(
         actions,
         // An empty list would match nothing, silently; absent and empty both mean anywhere.
         from: (!from.is_empty()).then_some(from),
+    }
+}
+
+fn compile_patterns(at: &str, list: &[String], errors: &mut Vec<RulesError>) -> Vec<Pattern> {
+    let mut patterns = Vec::new();
+    for pattern in list {
+        match Pattern::parse(pattern) {
+            Ok(p) => patterns.push(p),
+            Err(fix) => errors.push(RulesError::BadPattern {
+                at: at.to_string(),
+                value: pattern.clone(),
+                fix,
+            }),
+        }
+    }
+    patterns
+}
+
+fn compile_actions(at: &str, list: &[String], errors: &mut Vec<RulesError>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for action in list {
+        match action.as_str() {
+            "*" => actions.extend(Action::ALL),
+            "pull" => actions.push(Action::Pull),
+            "push" => actions.push(Action::Push),
+            "delete" => actions.push(Action::Delete),
+            _ => errors.push(RulesError::UnknownAction {
+                at: at.to_string(),
+                value: action.clone(),
+            }),
+        }
+    }
+    actions
+}
+
+/// What a credential other than a password may reach (an access token's scope): repository
+/// patterns in the syntax of `[[rules]]` and the actions allowed on them, with no users and
+/// no addresses. `${user}` in a pattern is the credential's owner.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    repositories: Vec<Pattern>,
+    actions: Vec<Action>,
+}
+
+impl Scope {
+    /// `at` names the setting in messages (`--repositories`, `token[2]`).
+    pub fn compile(
+        at: &str,
+        repositories: &[String],
+        actions: &[String],
+    ) -> Result<Scope, Vec<RulesError>> {
+        let mut errors = Vec::new();
+        for (field, list, what) in [
+            ("repositories", repositories, "repository pattern"),
+            ("actions", actions, "action"),
+        ] {
+            if list.is_empty() {
+                errors.push(RulesError::EmptyList {
+                    at: format!("{at}.{field}"),
+                    what,
+                });
+            }
+        }
+        let scope = Scope {
+            repositories: compile_patterns(
+                &format!("{at}.repositories"),
+                repositories,
+                &mut errors,
+            ),
+            actions: compile_actions(&format!("{at}.actions"), actions, &mut errors),
+        };
+        if errors.is_empty() {
+            Ok(scope)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn allows(&self, repository: &str, action: Action, owner: Option<&str>) -> bool {
+        self.actions.contains(&action)
+            && self
+                .repositories
+                .iter()
+                .any(|p| p.matches(repository, owner))
     }
 }
 

@@ -5,6 +5,7 @@
 //! that identity may do something is `rules`' decision. It never logs a password, a hash or
 //! an Authorization value.
 
+pub mod access_tokens;
 pub mod client_cert;
 pub mod htpasswd;
 pub mod manage;
@@ -59,6 +60,9 @@ pub enum Failure {
     BadCredentials,
     /// Too many failures from this address; checked before any hashing.
     Throttled { retry_after: Duration },
+    /// A genuine access token that may not be used: `token_expired`, `token_revoked`,
+    /// `token_owner_unknown`. Not counted against the address: the secret was right.
+    TokenRefused { reason: &'static str },
 }
 
 impl Failure {
@@ -67,6 +71,7 @@ impl Failure {
             Failure::Malformed => "malformed",
             Failure::BadCredentials => "bad_credentials",
             Failure::Throttled { .. } => "throttled",
+            Failure::TokenRefused { reason } => reason,
         }
     }
 }
@@ -148,6 +153,10 @@ impl Authenticator {
 
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
     }
 
     pub fn user_count(&self) -> usize {

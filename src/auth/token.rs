@@ -51,6 +51,10 @@ pub struct Claims {
     pub iat: u64,
     pub exp: u64,
     pub access: Vec<Grant>,
+    /// The access token the login used, so that revoking it ends the tokens issued for it
+    /// at once rather than when they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tok: Option<String>,
 }
 
 impl Claims {
@@ -156,8 +160,14 @@ impl TokenKey {
         TokenKey { mac, service, ttl }
     }
 
-    /// A token for `user` (`None`: anonymous) carrying `access`.
-    pub fn issue(&self, user: Option<&str>, access: Vec<Grant>) -> (String, Claims) {
+    /// A token for `user` (`None`: anonymous) carrying `access`; `access_token` names the
+    /// access token the user logged in with, if any.
+    pub fn issue(
+        &self,
+        user: Option<&str>,
+        access_token: Option<&str>,
+        access: Vec<Grant>,
+    ) -> (String, Claims) {
         let now = unix_now();
         let claims = Claims {
             sub: user.unwrap_or("").to_string(),
@@ -165,6 +175,7 @@ impl TokenKey {
             iat: now,
             exp: now + self.ttl.as_secs(),
             access,
+            tok: access_token.map(str::to_string),
         };
         // Serialising plain strings and numbers cannot fail.
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
@@ -229,7 +240,11 @@ mod tests {
     #[test]
     fn issued_tokens_verify_and_carry_their_grants() {
         let k = key();
-        let (token, _) = k.issue(Some("alice"), vec![grant("team/app", &["pull", "push"])]);
+        let (token, _) = k.issue(
+            Some("alice"),
+            None,
+            vec![grant("team/app", &["pull", "push"])],
+        );
         let claims = k.verify(&token).expect("valid");
         assert_eq!(claims.sub, "alice");
         assert!(claims.allows("team/app", Action::Push));
@@ -240,7 +255,7 @@ mod tests {
     #[test]
     fn tampered_foreign_or_expired_tokens_are_refused() {
         let k = key();
-        let (token, _) = k.issue(None, vec![grant("a", &["pull"])]);
+        let (token, _) = k.issue(None, None, vec![grant("a", &["pull"])]);
         // Another key (another deployment) does not accept it.
         let other =
             TokenKey::from_secret(&[8u8; 32], "registry-gate".into(), Duration::from_secs(300));
@@ -264,11 +279,11 @@ mod tests {
         assert!(k.verify(&none).is_none());
         // Expired.
         let short = TokenKey::from_secret(&[7u8; 32], "registry-gate".into(), Duration::ZERO);
-        let (expired, _) = short.issue(Some("a"), vec![]);
+        let (expired, _) = short.issue(Some("a"), None, vec![]);
         assert!(k.verify(&expired).is_none());
         // Another service name.
         let svc = TokenKey::from_secret(&[7u8; 32], "other".into(), Duration::from_secs(300));
-        assert!(k.verify(&svc.issue(None, vec![]).0).is_none());
+        assert!(k.verify(&svc.issue(None, None, vec![]).0).is_none());
     }
 
     #[test]

@@ -54,13 +54,26 @@ pub(super) fn check(config_path: Option<&Path>) -> i32 {
             ", a generated user on first start".into()
         }
     };
+    let tokens = match state::load_access_tokens(&config) {
+        Ok(Some(tokens)) if !tokens.tokens().is_empty() => {
+            let now = std::time::SystemTime::now();
+            let usable = tokens
+                .tokens()
+                .iter()
+                .filter(|t| t.unusable(now).is_none())
+                .count();
+            format!(", {usable} access tokens")
+        }
+        Ok(_) => String::new(),
+        Err(errors) => return report(EXIT_BAD_CONFIG, errors),
+    };
     let source = config
         .source
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
     println!(
-        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}{users}",
+        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}{users}{tokens}",
         config.server.listen,
         match &config.upstream.target {
             config::UpstreamTarget::Tcp { .. } => config.upstream.origin.clone(),

@@ -8,6 +8,7 @@
 //! - `healthcheck`: a container HEALTHCHECK against the gate's own listener.
 //! - `gencert`: the gate's CA, server and client certificates, and how to trust them.
 //! - `htpasswd`: add, remove, verify and list users in an htpasswd file.
+//! - `token`: create, list and revoke access tokens.
 
 mod check;
 pub mod doctor;
@@ -15,6 +16,7 @@ mod gencert;
 pub mod healthcheck;
 mod htpasswd;
 mod run;
+mod token;
 
 use crate::cli::{Cli, Command};
 
@@ -55,6 +57,7 @@ pub fn run_cli(cli: Cli) -> i32 {
             Ok(code) => code,
             Err(e) => report(EXIT_FAILURE, [e]),
         },
+        Command::Token { file, action } => token::run(config, file, action),
     }
 }
 

@@ -36,6 +36,8 @@ pub use validate::parse_duration;
 pub const GENERATED_HTPASSWD: &str = "htpasswd";
 /// The token-signing key created in `[tls] dir` for token mode when none is configured.
 pub const GENERATED_TOKEN_KEY: &str = "token.key";
+/// The access token file's name, next to the first htpasswd file unless configured.
+pub const DEFAULT_ACCESS_TOKENS: &str = "access-tokens.toml";
 /// Docker asks for a new token when one expires; five minutes is what Docker Hub issues.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
 /// How long a verified credential is remembered (`[auth] cache_ttl`): docker sends the same
@@ -138,6 +140,8 @@ pub struct AuthConfig {
     /// `anonymous = "pull"`: clients without credentials may pull everything no rule
     /// forbids them (checked after the [[rules]]).
     pub anonymous_pull: bool,
+    /// The access token file (`registry-gate token`); `None` without authentication.
+    pub access_tokens: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -57,6 +57,7 @@ pub struct RawAuth {
     pub token_ttl: Option<String>,
     pub service: Option<String>,
     pub anonymous: Option<String>,
+    pub access_tokens: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -502,6 +502,23 @@ impl Validator {
                 );
             }
         }
+        // Next to the users, where an operator looks for credentials.
+        let access_tokens = match (&raw.access_tokens, htpasswd.first()) {
+            _ if mode == AuthMode::None => {
+                if raw.access_tokens.is_some() {
+                    self.fail("auth.access_tokens", "access tokens are set but mode is \"none\", so nobody would be asked for one; use mode = \"basic\" or \"token\"".into());
+                }
+                None
+            }
+            (Some(path), _) => Some(base.join(path)),
+            (None, Some(first)) => Some(
+                first
+                    .parent()
+                    .unwrap_or(base)
+                    .join(super::DEFAULT_ACCESS_TOKENS),
+            ),
+            (None, None) => None,
+        };
         let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.into());
         if realm.contains('"') || realm.chars().any(char::is_control) {
             self.fail(
@@ -524,6 +541,7 @@ impl Validator {
             token_ttl: self.duration("auth.token_ttl", &raw.token_ttl, DEFAULT_TOKEN_TTL),
             service: raw.service.unwrap_or_else(|| DEFAULT_REALM.into()),
             anonymous_pull,
+            access_tokens,
         }
     }
 

@@ -20,8 +20,10 @@ pub struct AccessRecord {
     pub path: String,
     pub user_agent: String,
     pub status: Option<StatusCode>,
-    /// The authenticated user, `-` for anonymous.
+    /// The authenticated user, `-` for anonymous; `token:NAME` for a robot access token.
     pub user: String,
+    /// The access token the caller logged in with.
+    pub token: Option<String>,
     pub action: Option<&'static str>,
     pub repository: Option<String>,
     /// Tag, digest or upload id.
@@ -53,6 +55,7 @@ impl AccessRecord {
             user_agent,
             status: None,
             user: "-".into(),
+            token: None,
             action: None,
             repository: None,
             reference: None,
@@ -97,6 +100,7 @@ impl Drop for AccessRecord {
                     path = %self.path,
                     status,
                     user = %self.user,
+                    token = self.token.as_deref().unwrap_or("-"),
                     action = self.action.unwrap_or("-"),
                     repository = self.repository.as_deref().unwrap_or("-"),
                     reference = self.reference.as_deref().unwrap_or("-"),

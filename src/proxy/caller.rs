@@ -1,9 +1,12 @@
 //! Who is asking and what they may do: the caller's identity from a bearer token, Basic
-//! credentials or a client certificate, the 401 challenge that tells a client how to log
-//! in, and the decision of read-only mode, token grants and access rules on a classified
-//! request. The rules themselves are `crate::rules`'; this file only asks them.
+//! credentials (an access token's secret or a password) or a client certificate, the 401
+//! challenge that tells a client how to log in, and the decision of read-only mode, token
+//! grants, access token scopes and access rules on a classified request. The rules
+//! themselves are `crate::rules`'; this file only asks them.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::header::{self, HeaderValue};
 use http::Request;
@@ -12,15 +15,51 @@ use super::context::RequestContext;
 use super::error::{Challenge, GateError};
 use super::state::Snapshot;
 use super::{form, token_endpoint};
+use crate::auth::access_tokens::AccessToken;
 use crate::auth::token::Claims;
 use crate::auth::{Failure, Identity};
 use crate::registry_path::{Action, Classified, Kind};
-use crate::rules::Decision;
+use crate::rules::{Decision, Rules};
 
-/// Who is asking, and with what: the identity, and in token mode the token's claims.
+/// Who is asking, and with what: the identity, in token mode the bearer token's claims, and
+/// the access token the caller logged in with.
 pub struct Caller {
+    /// For an access token: its owner, or `token:NAME` for a robot account.
     pub identity: Identity,
     pub token: Option<Claims>,
+    pub access_token: Option<Arc<AccessToken>>,
+}
+
+impl Caller {
+    fn with(identity: Identity) -> Caller {
+        Caller {
+            identity,
+            token: None,
+            access_token: None,
+        }
+    }
+
+    /// Whether the caller may take `action` on `repository`, by its access token's scope and
+    /// the rules. A robot account's scope is its whole permission; an owned token never
+    /// does more than its owner may. Bearer token grants are `authorise`'s to add.
+    pub fn may(&self, rules: &Rules, client: IpAddr, repository: &str, action: Action) -> bool {
+        if let Some(token) = &self.access_token {
+            if !token.allows(repository, action) {
+                return false;
+            }
+            if token.owner.is_none() {
+                return true;
+            }
+        }
+        rules
+            .decide(&self.identity.as_rule(), client, repository, action)
+            .is_allowed()
+    }
+
+    /// The access token's name, for the access log and events.
+    pub fn token_name(&self) -> Option<&str> {
+        self.access_token.as_deref().map(|t| t.name.as_str())
+    }
 }
 
 /// Establishes the caller's identity from, in order: a bearer token (token mode), Basic
@@ -37,23 +76,29 @@ pub(super) async fn authenticate(
         return Err(GateError::BadRequest("more than one Authorization header"));
     }
     if let (Some(tokens), Some(token)) = (&snapshot.tokens, header.and_then(bearer)) {
-        return match tokens.verify(token) {
-            Some(claims) => Ok(Caller {
-                identity: match claims.sub.as_str() {
-                    "" => Identity::Anonymous,
-                    user => Identity::User(user.to_string()),
-                },
-                token: Some(claims),
-            }),
+        let Some(claims) = tokens.verify(token) else {
             // Expired or foreign: docker fetches a fresh token when challenged.
-            None => Err(challenge(snapshot, request, class, false, "invalid_token")),
+            return Err(challenge(snapshot, request, class, false, "invalid_token"));
         };
+        // Issued for an access token: good only while that token is.
+        let access_token = match &claims.tok {
+            None => None,
+            Some(name) => match usable_access_token(ctx, name) {
+                Ok(token) => Some(token),
+                Err(reason) => return Err(challenge(snapshot, request, class, false, reason)),
+            },
+        };
+        return Ok(Caller {
+            identity: match claims.sub.as_str() {
+                "" => Identity::Anonymous,
+                user => Identity::User(user.to_string()),
+            },
+            token: Some(claims),
+            access_token,
+        });
     }
     match credentials(ctx, header).await {
-        Ok(identity) => Ok(Caller {
-            identity,
-            token: None,
-        }),
+        Ok(caller) => Ok(caller),
         Err(failure) => {
             let reason = refused(failure, ctx.client_ip, "authentication failed")?;
             Err(challenge(snapshot, request, class, false, reason))
@@ -61,27 +106,94 @@ pub(super) async fn authenticate(
     }
 }
 
-/// The identity an `Authorization` header (or its absence) proves: a verified client
+/// The caller an `Authorization` header (or its absence) proves: a verified client
 /// certificate identifies its holder unless they log in explicitly; without users configured
 /// everyone is anonymous. Shared by the registry API and the token endpoint's `GET`.
 pub(super) async fn credentials(
     ctx: &RequestContext,
     header: Option<&HeaderValue>,
-) -> Result<Identity, Failure> {
-    if let (None, Some(user)) = (header, &ctx.conn.cert_user) {
-        return Ok(Identity::User(user.to_string()));
+) -> Result<Caller, Failure> {
+    let Some(header) = header else {
+        return Ok(Caller::with(match &ctx.conn.cert_user {
+            Some(user) => Identity::User(user.to_string()),
+            None => Identity::Anonymous,
+        }));
+    };
+    if ctx.snapshot.auth.is_none() {
+        return Ok(Caller::with(Identity::Anonymous));
     }
-    match &ctx.snapshot.auth {
-        Some(auth) => {
-            auth.authenticate(
-                header.map(HeaderValue::as_bytes),
-                ctx.client_ip,
-                ctx.shared.throttle(),
-            )
-            .await
+    let (user, password) = crate::auth::parse_basic(header.as_bytes()).ok_or(Failure::Malformed)?;
+    check_password(ctx, user, password).await
+}
+
+/// Checks a user name and password (a Basic header's, or the token endpoint's form): an
+/// access token's secret first, which costs one HMAC, then the htpasswd users. With an
+/// access token the user name is not looked at: CI systems and Kubernetes pull secrets put
+/// anything there.
+pub(super) async fn check_password(
+    ctx: &RequestContext,
+    user: String,
+    password: Vec<u8>,
+) -> Result<Caller, Failure> {
+    let snapshot = &ctx.snapshot;
+    let Some(auth) = &snapshot.auth else {
+        return Ok(Caller::with(Identity::Anonymous));
+    };
+    if let Some(token) = snapshot
+        .access_tokens
+        .as_ref()
+        .and_then(|tokens| tokens.find(&password))
+    {
+        let token = usable_access_token(ctx, &token.name)
+            .map_err(|reason| Failure::TokenRefused { reason })?;
+        crate::metrics::get().token_used(&token.name);
+        return Ok(Caller {
+            identity: Identity::User(token.principal()),
+            token: None,
+            access_token: Some(token),
+        });
+    }
+    auth.check_password(user, password, ctx.client_ip, ctx.shared.throttle())
+        .await
+        .map(Caller::with)
+}
+
+/// The access token `name` if it may be used now; otherwise the reason, logged with the
+/// token's name (its secret is never at hand here). A use is recorded for `token list`.
+fn usable_access_token(ctx: &RequestContext, name: &str) -> Result<Arc<AccessToken>, &'static str> {
+    let snapshot = &ctx.snapshot;
+    let Some(token) = snapshot
+        .access_tokens
+        .as_ref()
+        .and_then(|tokens| tokens.get(name))
+    else {
+        tracing::info!(token = %name, peer = %ctx.client_ip, "access token refused: it is no longer in the token file");
+        return Err("token_unknown");
+    };
+    let now = SystemTime::now();
+    if let Some(unusable) = token.unusable(now) {
+        let (what, at) = match unusable {
+            crate::auth::access_tokens::Unusable::Revoked(at) => ("revoked", at),
+            crate::auth::access_tokens::Unusable::Expired(at) => ("expired", at),
+        };
+        tracing::info!(
+            token = %token.name,
+            peer = %ctx.client_ip,
+            at = %humantime::format_rfc3339_seconds(at),
+            "access token refused: it was {what}"
+        );
+        return Err(unusable.reason());
+    }
+    if let Some(owner) = &token.owner {
+        // The owner's rules bind the token; an owner removed from the users takes their
+        // tokens along.
+        if !snapshot.auth.as_ref().is_some_and(|a| a.has_user(owner)) {
+            tracing::info!(token = %token.name, owner = %owner, peer = %ctx.client_ip, "access token refused: its owner is no longer a user");
+            return Err("token_owner_unknown");
         }
-        None => Ok(Identity::Anonymous),
     }
+    ctx.shared.last_used().record(&token.name, now);
+    Ok(token.clone())
 }
 
 /// A failed login: a throttled client gets its 429 at once; any other failure is logged with
@@ -168,6 +280,8 @@ pub(super) fn authorise(
         return Err(GateError::ReadOnly);
     }
     let Some(repository) = class.repository else {
+        // The ping and the catalog need only a caller who logged in; an access token's
+        // scope is about repositories, and the catalog is filtered by it.
         // The ping: anyone who authenticated (in token mode, any valid token, so that an
         // anonymous docker pull goes on to ask for a pull token). The catalog: a user.
         let authenticated = *identity != Identity::Anonymous
@@ -177,6 +291,36 @@ pub(super) fn authorise(
         }
         return Ok(());
     };
+    if let Some(token) = &caller.access_token {
+        if !token.allows(repository, class.action) {
+            record.decision = "deny";
+            return Err(GateError::Denied {
+                user: format!("access token {:?}", token.name),
+                action: class.action,
+                repository: repository.to_string(),
+            });
+        }
+        if token.owner.is_none() {
+            // A robot account: its scope is its permission, and in token mode the bearer
+            // token must still carry the grant.
+            return match &caller.token {
+                Some(claims) if !claims.allows(repository, class.action) => {
+                    record.decision = "deny";
+                    Err(challenge(
+                        snapshot,
+                        request,
+                        class,
+                        true,
+                        "insufficient_scope",
+                    ))
+                }
+                _ => {
+                    record.decision = "allow";
+                    Ok(())
+                }
+            };
+        }
+    }
     let decision = config
         .rules
         .decide(&identity.as_rule(), client_ip, repository, class.action);

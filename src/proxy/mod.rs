@@ -201,8 +201,8 @@ async fn proxy(
 
     // 3. Who asks.
     let caller = caller::authenticate(ctx, &request, &class).await?;
-    let identity = &caller.identity;
-    ctx.record.user = identity.name().to_string();
+    ctx.record.user = caller.identity.name().to_string();
+    ctx.record.token = caller.token_name().map(str::to_string);
 
     // 4. May they.
     let mut path_and_query = uri
@@ -211,12 +211,7 @@ async fn proxy(
         .unwrap_or_else(|| "/".into());
     caller::authorise(ctx, &caller, &request, &class)?;
     if let Some(from) = &class.mount_from {
-        if !snapshot
-            .config
-            .rules
-            .decide(&identity.as_rule(), client_ip, from, Action::Pull)
-            .is_allowed()
-        {
+        if !caller.may(&snapshot.config.rules, client_ip, from, Action::Pull) {
             // Docker Hub's behaviour: a mount the user may not read from silently becomes a
             // plain upload, so the layer is sent instead of borrowed.
             path_and_query = catalog::without_mount(uri.path(), uri.query());
@@ -264,17 +259,12 @@ async fn proxy(
         && parts.status.is_success()
     {
         let rules = &snapshot.config.rules;
-        let who = identity.as_rule();
         let filtered = catalog::filter(
             body,
             &mut parts.headers,
             &snapshot.upstream,
             &host,
-            |repo| {
-                rules
-                    .decide(&who, client_ip, repo, Action::Pull)
-                    .is_allowed()
-            },
+            |repo| caller.may(rules, client_ip, repo, Action::Pull),
         )
         .await?;
         return Ok(Response::from_parts(parts, filtered));

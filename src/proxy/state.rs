@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use tokio::sync::Semaphore;
 
+use crate::auth::access_tokens::{AccessTokenError, AccessTokens, LastUsed};
 use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
 use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub auth: Option<Arc<Authenticator>>,
     /// Token mode's signing key.
     pub tokens: Option<Arc<TokenKey>>,
+    /// Access tokens (`registry-gate token`); `None` without authentication.
+    pub access_tokens: Option<Arc<AccessTokens>>,
 }
 
 pub struct Shared {
@@ -52,6 +55,8 @@ pub struct Shared {
     acme_running: Arc<AtomicBool>,
     /// The watched files as they were when the start read them; the watcher's baseline.
     watched_at_start: FileStamps,
+    /// When each access token was last used; outlives reloads, saved by `token_upkeep`.
+    last_used: Arc<LastUsed>,
 }
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
@@ -73,6 +78,8 @@ pub enum PrepareError {
     Htpasswd(#[from] HtpasswdError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    AccessToken(#[from] AccessTokenError),
 }
 
 /// Configuration and certificates, loaded and checked, not yet listening.
@@ -133,6 +140,16 @@ pub fn load_users(
     .map_err(|errors| errors.into_iter().map(PrepareError::from).collect())
 }
 
+/// The access token file a configuration names; a missing file holds no tokens.
+pub fn load_access_tokens(config: &Config) -> Result<Option<Arc<AccessTokens>>, Vec<PrepareError>> {
+    let Some(path) = &config.auth.access_tokens else {
+        return Ok(None);
+    };
+    AccessTokens::load(path)
+        .map(|t| Some(Arc::new(t)))
+        .map_err(|errors| errors.into_iter().map(PrepareError::from).collect())
+}
+
 /// Token mode's signing key, created in `[tls] dir` on first start when not configured.
 fn load_token_key(config: &Config) -> Result<Option<Arc<TokenKey>>, Vec<PrepareError>> {
     if config.auth.mode != AuthMode::Token {
@@ -145,6 +162,24 @@ fn load_token_key(config: &Config) -> Result<Option<Arc<TokenKey>>, Vec<PrepareE
     )
     .map(|k| Some(Arc::new(k)))
     .map_err(|e| vec![e.into()])
+}
+
+/// What callers are checked against, loaded off the async runtime for each snapshot.
+struct Credentials {
+    users: Option<Arc<Authenticator>>,
+    token_key: Option<Arc<TokenKey>>,
+    access_tokens: Option<Arc<AccessTokens>>,
+}
+
+fn load_credentials(
+    config: &Config,
+    slots: Arc<Semaphore>,
+) -> Result<Credentials, Vec<PrepareError>> {
+    Ok(Credentials {
+        users: load_users(config, slots)?,
+        token_key: load_token_key(config)?,
+        access_tokens: load_access_tokens(config)?,
+    })
 }
 
 /// Tickets keep a resumed session's client certificate identity, so they may only be kept
@@ -165,8 +200,7 @@ struct Next {
 /// ticket keys while no client CA is configured.
 fn build(
     prepared: &Prepared,
-    auth: Option<Arc<Authenticator>>,
-    tokens: Option<Arc<TokenKey>>,
+    credentials: Credentials,
     certs: &Arc<CertStore>,
     provider: &Arc<CryptoProvider>,
     previous: Option<(&Snapshot, Ticketer)>,
@@ -192,8 +226,9 @@ fn build(
         snapshot: Snapshot {
             config: Arc::new(config.clone()),
             upstream,
-            auth,
-            tokens,
+            auth: credentials.users,
+            tokens: credentials.token_key,
+            access_tokens: credentials.access_tokens,
         },
         server_tls,
         ticketer,
@@ -207,11 +242,10 @@ impl Shared {
         provider: Arc<CryptoProvider>,
     ) -> Result<Shared, Vec<PrepareError>> {
         let verify_slots = Arc::new(Semaphore::new(verify_slot_count()));
-        let auth = load_users(&prepared.config, verify_slots.clone())?;
-        let tokens = load_token_key(&prepared.config)?;
+        let credentials = load_credentials(&prepared.config, verify_slots.clone())?;
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
         certs.replace_extra(&prepared.tls.extra);
-        let next = build(prepared, auth, tokens, &certs, &provider, None)?;
+        let next = build(prepared, credentials, &certs, &provider, None)?;
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(next.snapshot),
             certs,
@@ -224,11 +258,16 @@ impl Shared {
             ticketer: std::sync::Mutex::new(next.ticketer),
             acme_running: Arc::new(AtomicBool::new(false)),
             watched_at_start: prepared.watched.clone(),
+            last_used: Arc::new(LastUsed::default()),
         })
     }
 
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
+    }
+
+    pub fn last_used(&self) -> &LastUsed {
+        &self.last_used
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -285,11 +324,10 @@ impl Shared {
         let provider = self.provider.clone();
         // File reads and key parsing are blocking work.
         let slots = self.verify_slots.clone();
-        let (prepared, auth, tokens) = tokio::task::spawn_blocking(move || {
+        let (prepared, credentials) = tokio::task::spawn_blocking(move || {
             let prepared = prepare(path.as_deref(), &provider)?;
-            let auth = load_users(&prepared.config, slots)?;
-            let tokens = load_token_key(&prepared.config)?;
-            Ok::<_, Vec<PrepareError>>((prepared, auth, tokens))
+            let credentials = load_credentials(&prepared.config, slots)?;
+            Ok::<_, Vec<PrepareError>>((prepared, credentials))
         })
         .await
         .map_err(|e| {
@@ -307,8 +345,7 @@ impl Shared {
         }
         let next = build(
             &prepared,
-            auth,
-            tokens,
+            credentials,
             &self.certs,
             &self.provider,
             Some((&old, self.current_ticketer())),
@@ -371,7 +408,45 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
     }
     files.extend(config.tls.client.iter().map(|c| c.ca.clone()));
     files.extend(config.auth.htpasswd.iter().cloned());
+    files.extend(config.auth.access_tokens.iter().cloned());
     files
+}
+
+/// How often token uses are saved and expiry is looked at: at most one small write per
+/// interval, only after a use, where a write per use would be a disk write per CI login.
+const TOKEN_UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Saves when access tokens were last used (for `token list`) and warns, once per token and
+/// process, when a token is within `EXPIRY_WARNING` of expiring, so CI does not break
+/// silently on the day. Runs for the life of the gate.
+pub async fn token_upkeep(shared: Arc<Shared>) {
+    let mut warned = std::collections::HashSet::new();
+    loop {
+        if let Some(tokens) = shared.snapshot().access_tokens.clone() {
+            for token in tokens.expiring(std::time::SystemTime::now()) {
+                if warned.insert(token.name.clone()) {
+                    let expires = token
+                        .expires
+                        .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        token = %token.name,
+                        expires = %expires,
+                        "access token expires within 7 days; create its successor with `registry-gate token create`"
+                    );
+                }
+            }
+            let last_used = shared.last_used.clone();
+            let path = tokens.path().to_path_buf();
+            let saved = tokio::task::spawn_blocking(move || last_used.save(&path)).await;
+            if let Ok(Err(e)) = saved {
+                // A read-only mount (a Kubernetes Secret) cannot keep the record; the tokens
+                // work regardless.
+                tracing::debug!(error = %e, "could not save when access tokens were last used");
+            }
+        }
+        tokio::time::sleep(TOKEN_UPKEEP_INTERVAL).await;
+    }
 }
 
 /// Modification time and size of each watched file (following symlinks); `None` for a

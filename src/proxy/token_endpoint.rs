@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use super::body::ResponseBody;
-use super::caller;
+use super::caller::{self, Caller};
 use super::context::RequestContext;
 use super::error::{Challenge, GateError};
 use super::state::Snapshot;
@@ -32,11 +32,11 @@ pub async fn answer(
 ) -> Result<Response<ResponseBody>, GateError> {
     let snapshot = ctx.snapshot.clone();
     let peer = ctx.client_ip;
-    let (Some(auth), Some(tokens)) = (&snapshot.auth, &snapshot.tokens) else {
+    let (Some(_), Some(tokens)) = (&snapshot.auth, &snapshot.tokens) else {
         // Loading refuses token mode without users; a snapshot like this is a bug.
         return Err(GateError::Internal("token mode without users"));
     };
-    let (identity, scopes, oauth) = match *request.method() {
+    let (caller, scopes, oauth) = match *request.method() {
         Method::GET => {
             let scopes = query_values(request.uri().query(), "scope")
                 .iter()
@@ -76,13 +76,12 @@ pub async fn answer(
                 .iter()
                 .flat_map(|s| parse_scopes(s))
                 .collect();
-            let identity = if user.is_empty() {
+            let caller = if user.is_empty() {
                 Err(Failure::Malformed)
             } else {
-                auth.check_password(user, password.into_bytes(), peer, ctx.shared.throttle())
-                    .await
+                caller::check_password(ctx, user, password.into_bytes()).await
             };
-            (identity, scopes, true)
+            (caller, scopes, true)
         }
         _ => {
             return Err(GateError::Rejected(
@@ -91,8 +90,8 @@ pub async fn answer(
         }
     };
 
-    let identity = match identity {
-        Ok(identity) => identity,
+    let caller = match caller {
+        Ok(caller) => caller,
         Err(failure) => {
             let reason = caller::refused(failure, peer, "token request with bad credentials")?;
             if oauth {
@@ -106,14 +105,15 @@ pub async fn answer(
             });
         }
     };
-    ctx.record.user = identity.name().to_string();
-    let access = grants(&snapshot, &identity, peer, &scopes);
+    ctx.record.user = caller.identity.name().to_string();
+    ctx.record.token = caller.token_name().map(str::to_string);
+    let access = grants(&snapshot, &caller, peer, &scopes);
     ctx.record.decision = "allow";
-    let user = match &identity {
+    let user = match &caller.identity {
         Identity::User(u) => Some(u.as_str()),
         Identity::Anonymous => None,
     };
-    let (token, _) = tokens.issue(user, access);
+    let (token, _) = tokens.issue(user, caller.token_name(), access);
     let body = serde_json::json!({
         "token": token,
         "access_token": token,
@@ -131,21 +131,20 @@ pub async fn answer(
     Ok(response)
 }
 
-/// The requested actions the rules allow, per requested repository.
+/// The requested actions the caller may take (rules, and an access token's scope), per
+/// requested repository.
 fn grants(
     snapshot: &Snapshot,
-    identity: &Identity,
+    caller: &Caller,
     client: std::net::IpAddr,
     scopes: &[Scope],
 ) -> Vec<Grant> {
     let rules = &snapshot.config.rules;
-    let who = identity.as_rule();
     let mut out = Vec::new();
     for scope in scopes {
         if scope.kind != "repository" || !is_valid_repository_name(&scope.name) {
             continue;
         }
-        let allowed = rules.actions_for(&who, client, &scope.name);
         let wanted: Vec<Action> = if scope.actions.iter().any(|a| a == "*") {
             Action::ALL.to_vec()
         } else {
@@ -156,7 +155,7 @@ fn grants(
         };
         let actions: Vec<String> = wanted
             .into_iter()
-            .filter(|a| allowed.contains(a))
+            .filter(|a| caller.may(rules, client, &scope.name, *a))
             .map(|a| a.as_str().to_string())
             .collect();
         if !actions.is_empty() {

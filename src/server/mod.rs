@@ -143,6 +143,7 @@ pub async fn run(
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_handlers(shared.clone(), signals, stop_tx);
     tokio::spawn(crate::proxy::state::watch_files(shared.clone()));
+    tokio::spawn(crate::proxy::state::token_upkeep(shared.clone()));
     shared.ensure_acme();
     if let Some(http) = http_listener {
         announce("http", &http)?;
