@@ -72,6 +72,7 @@ pub fn run(config_path: Option<&std::path::Path>) -> i32 {
             .unwrap_or_else(|| "(built-in defaults)".into())
     ));
     check_users(&config, &mut report);
+    check_access_tokens(&config, &mut report);
     let public = check_certificate(&config, &mut report);
     runtime.block_on(async {
         check_upstream(&config, &public, &mut report).await;
@@ -103,6 +104,45 @@ fn check_users(config: &Config, report: &mut Report) {
                 report.fail(&format!("htpasswd: {e}"));
             }
         }
+    }
+}
+
+/// The access token file loads; tokens about to expire are named, since an expiring robot
+/// token silently breaks the CI that uses it.
+fn check_access_tokens(config: &Config, report: &mut Report) {
+    let tokens = match crate::proxy::state::load_access_tokens(config) {
+        Ok(Some(tokens)) if !tokens.tokens().is_empty() => tokens,
+        Ok(_) => return,
+        Err(errors) => {
+            for e in errors {
+                report.fail(&format!("access tokens: {e}"));
+            }
+            return;
+        }
+    };
+    let now = std::time::SystemTime::now();
+    let mut expiring = 0;
+    for token in tokens.expiring(now) {
+        expiring += 1;
+        let at = token
+            .expires
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default();
+        report.warn(&format!(
+            "access token {:?} expires at {at}: create its successor (`registry-gate token create`) and update the CI that uses it",
+            token.name
+        ));
+    }
+    let usable = tokens
+        .tokens()
+        .iter()
+        .filter(|t| t.unusable(now).is_none())
+        .count();
+    if expiring == 0 {
+        report.ok(&format!(
+            "access tokens: {usable} usable in {}",
+            tokens.path().display()
+        ));
     }
 }
 

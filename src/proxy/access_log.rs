@@ -100,7 +100,7 @@ impl Drop for AccessRecord {
                     path = %self.path,
                     status,
                     user = %self.user,
-                    token = self.token.as_deref().unwrap_or("-"),
+                    token = %self.token.as_deref().unwrap_or("-"),
                     action = self.action.unwrap_or("-"),
                     repository = self.repository.as_deref().unwrap_or("-"),
                     reference = self.reference.as_deref().unwrap_or("-"),

@@ -25,3 +25,4 @@ mod properties;
 mod quickstart;
 mod secure_docker;
 mod tls_hardening;
+mod tokens;

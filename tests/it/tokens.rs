@@ -1,0 +1,469 @@
+//! Access tokens (`registry-gate token`), proved with the real registry, skopeo and docker:
+//! a token is the password with any user name, does no more than its scope (and its owner's
+//! rules), is refused at once when revoked or expired, and its secret is never logged.
+
+use crate::util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use util::client::{empty, request, text, Proto};
+use util::docker::Dockerd;
+use util::gate::{gate_command, write_htpasswd, Gate, GateConfig};
+use util::image::{oci_image, read_oci_layout, skopeo};
+use util::registry::Registry;
+use util::{describe, temp_dir, wait_until};
+
+const RELOADED: &str = "a watched file changed";
+
+/// `registry-gate token ARGS --config <the gate's config>`.
+fn token(gate: &Gate, args: &[&str]) -> Output {
+    let out = gate_command()
+        .arg("token")
+        .args(args)
+        .arg("--config")
+        .arg(&gate.config_path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run registry-gate token");
+    out
+}
+
+/// Runs a token command that changes the file and waits until the gate has reloaded it.
+fn token_change(gate: &Gate, args: &[&str]) -> Output {
+    let before = gate.log().matches(RELOADED).count();
+    let out = token(gate, args);
+    assert!(out.status.success(), "token {args:?}: {}", describe(&out));
+    assert!(
+        wait_until(Duration::from_secs(10), || gate
+            .log()
+            .matches(RELOADED)
+            .count()
+            > before),
+        "the gate did not reload the token file:\n{}",
+        gate.log()
+    );
+    out
+}
+
+/// Creates a token and returns its secret, once the gate has it.
+fn create(gate: &Gate, args: &[&str]) -> String {
+    let mut all = vec!["create"];
+    all.extend_from_slice(args);
+    let out = token_change(gate, &all);
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        secret.starts_with("rgt_"),
+        "no secret printed: {}",
+        describe(&out)
+    );
+    secret
+}
+
+fn basic_gate(tmp: &Path, registry: &Registry, rules: &str) -> Gate {
+    Gate::start(
+        tmp,
+        GateConfig::new(&registry.url)
+            .basic_auth(&[("alice", "alice-secret"), ("bob", "bob-secret")])
+            .extra_toml(&format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{rules}")),
+    )
+}
+
+/// `skopeo copy` of `image` to `repo` on the gate with these credentials.
+fn push(gate: &Gate, image: &str, repo: &str, creds: &str) -> Output {
+    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
+    let dest = format!("docker://{}/{repo}", gate.authority());
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        creds,
+        image,
+        &dest,
+    ])
+}
+
+fn pull(gate: &Gate, repo: &str, creds: &str, into: &Path) -> Output {
+    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
+    let src = format!("docker://{}/{repo}", gate.authority());
+    let dest = format!("oci:{}:latest", into.display());
+    skopeo(&[
+        "copy",
+        "--src-cert-dir",
+        certs,
+        "--src-creds",
+        creds,
+        &src,
+        &dest,
+    ])
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The metrics listener's text.
+fn metrics(gate: &Gate) -> String {
+    let addr = gate.listener("metrics").expect("metrics listener reported");
+    let mut stream = TcpStream::connect(addr).expect("connect to metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .expect("send metrics request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read metrics");
+    answer
+}
+
+#[test]
+fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    // alice may only pull; everyone else may pull and push.
+    let rules = "[[rules]]\nusers = [\"alice\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n\
+                 [[rules]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\"]\n";
+    let gate = basic_gate(tmp.path(), &registry, rules);
+    let image = oci_image(&tmp.path().join("image"), 2, 64 * 1024);
+    let src = image.reference();
+
+    // A robot account for team/*: any user name goes with the secret.
+    let ci = create(
+        &gate,
+        &[
+            "--name",
+            "ci",
+            "--repositories",
+            "team/*",
+            "--actions",
+            "pull,push",
+        ],
+    );
+    let pushed = push(&gate, &src, "team/app:v1", &format!("whoever:{ci}"));
+    assert!(
+        pushed.status.success(),
+        "token push failed: {}\n{}",
+        describe(&pushed),
+        gate.log()
+    );
+    let pulled_dir = tmp.path().join("pulled");
+    let pulled = pull(&gate, "team/app:v1", &format!("ci:{ci}"), &pulled_dir);
+    assert!(
+        pulled.status.success(),
+        "token pull failed: {}",
+        describe(&pulled)
+    );
+    assert_eq!(
+        read_oci_layout(&pulled_dir).manifest_digest,
+        image.manifest_digest
+    );
+
+    // Outside the scope: refused (skopeo's first request is a HEAD, whose 403 carries no
+    // message; docker's test below sees one).
+    let outside = push(&gate, &src, "other/app:v1", &format!("ci:{ci}"));
+    assert!(
+        !outside.status.success(),
+        "pushed outside the scope: {}",
+        describe(&outside)
+    );
+    assert!(
+        output_text(&outside).contains("403"),
+        "{}",
+        describe(&outside)
+    );
+
+    // A pull-only token pulls but does not push.
+    let reader = create(
+        &gate,
+        &[
+            "--name",
+            "reader",
+            "--repositories",
+            "**",
+            "--actions",
+            "pull",
+        ],
+    );
+    let refused = push(&gate, &src, "team/app:v2", &format!("reader:{reader}"));
+    assert!(
+        !refused.status.success(),
+        "a pull token pushed: {}",
+        describe(&refused)
+    );
+    let pulled = pull(
+        &gate,
+        "team/app:v1",
+        &format!("x:{reader}"),
+        &tmp.path().join("p2"),
+    );
+    assert!(
+        pulled.status.success(),
+        "a pull token could not pull: {}",
+        describe(&pulled)
+    );
+
+    // An owned token never does more than its owner: alice may only pull.
+    let alices = create(
+        &gate,
+        &[
+            "--name",
+            "alice-laptop",
+            "--user",
+            "alice",
+            "--repositories",
+            "**",
+            "--actions",
+            "*",
+        ],
+    );
+    let refused = push(&gate, &src, "team/app:v3", &format!("alice:{alices}"));
+    assert!(
+        !refused.status.success(),
+        "alice's token pushed: {}",
+        describe(&refused)
+    );
+    let pulled = pull(
+        &gate,
+        "team/app:v1",
+        &format!("alice:{alices}"),
+        &tmp.path().join("p3"),
+    );
+    assert!(
+        pulled.status.success(),
+        "alice's token could not pull: {}",
+        describe(&pulled)
+    );
+    let log = gate.log();
+    assert!(
+        log.contains("user=alice token=alice-laptop"),
+        "the owned token's requests are not logged as alice with the token:\n{log}"
+    );
+    assert!(
+        log.contains("user=token:ci token=ci"),
+        "robot requests not attributed:\n{log}"
+    );
+
+    // A token for a user who does not exist is refused when created.
+    let nobody = token(
+        &gate,
+        &[
+            "create",
+            "--name",
+            "n",
+            "--user",
+            "nobody",
+            "--repositories",
+            "**",
+            "--actions",
+            "pull",
+        ],
+    );
+    assert!(
+        !nobody.status.success(),
+        "a token for nobody: {}",
+        describe(&nobody)
+    );
+    assert!(
+        output_text(&nobody).contains("no user \"nobody\""),
+        "{}",
+        describe(&nobody)
+    );
+
+    // Uses are counted per token, and recorded for `token list`.
+    let text = metrics(&gate);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("registry_gate_access_token_uses_total{token=\"ci\"}")),
+        "no use of ci counted:\n{text}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let list = output_text(&token(&gate, &["list"]));
+            list.lines().any(|l| {
+                l.starts_with("ci ")
+                    && l.contains("team/*:pull,push")
+                    && l.matches("Z").count() >= 2
+            })
+        }),
+        "token list never showed when ci was last used:\n{}",
+        output_text(&token(&gate, &["list"]))
+    );
+
+    // Revoked: refused at once, and the log names the token.
+    token_change(&gate, &["revoke", "ci"]);
+    let refused = push(&gate, &src, "team/app:v4", &format!("ci:{ci}"));
+    assert!(
+        !refused.status.success(),
+        "a revoked token pushed: {}",
+        describe(&refused)
+    );
+    let log = gate.log();
+    assert!(
+        log.contains("access token refused: it was revoked") && log.contains("token=ci"),
+        "the refusal does not name the token:\n{log}"
+    );
+    let list = output_text(&token(&gate, &["list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ci ") && l.trim_end().ends_with("revoked")),
+        "{list}"
+    );
+
+    // Expired: refused with its own reason.
+    let short = create(
+        &gate,
+        &[
+            "--name",
+            "short",
+            "--repositories",
+            "**",
+            "--actions",
+            "pull",
+            "--expires",
+            "1s",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let refused = pull(
+        &gate,
+        "team/app:v1",
+        &format!("short:{short}"),
+        &tmp.path().join("p4"),
+    );
+    assert!(
+        !refused.status.success(),
+        "an expired token pulled: {}",
+        describe(&refused)
+    );
+    assert!(
+        gate.log().contains("access token refused: it was expired"),
+        "{}",
+        gate.log()
+    );
+    assert!(
+        metrics(&gate).contains("registry_gate_auth_failures_total{reason=\"token_expired\"}"),
+        "expired use not counted"
+    );
+
+    // No secret ever reaches the log.
+    let log = gate.log();
+    for secret in [&ci, &reader, &alices, &short] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a token secret is in the log"
+        );
+    }
+    let file = std::fs::read_to_string(gate.config_path.with_file_name("access-tokens.toml"))
+        .expect("token file next to the htpasswd file");
+    assert!(
+        !file.contains(&ci) && file.contains("name = \"ci\""),
+        "{file}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_docker_logs_in_with_an_access_token_and_its_bearer_tokens_die_with_it() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let dir = tmp.path().join("gate");
+    std::fs::create_dir_all(&dir).expect("mkdir gate");
+    write_htpasswd(
+        &dir.join("htpasswd"),
+        &[("builder".into(), "builder-secret".into())],
+    );
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .extra_toml("[auth]\nmode = \"token\"\nhtpasswd = [\"htpasswd\"]\n"),
+    );
+    let ci = create(
+        &gate,
+        &[
+            "--name",
+            "ci",
+            "--repositories",
+            "team/*",
+            "--actions",
+            "pull,push",
+        ],
+    );
+
+    let dockerd = Dockerd::start(tmp.path());
+    let allowed = format!("{}/team/app:v1", gate.authority());
+    let outside = format!("{}/other/app:v1", gate.authority());
+    dockerd.import_image(&allowed);
+    dockerd.docker_ok(&["tag", &allowed, &outside]);
+    // -p is how CI scripts often pass it; docker only warns.
+    dockerd.docker_ok(&["login", "-u", "ci", "-p", &ci, &gate.authority()]);
+    dockerd.docker_ok(&["push", &allowed]);
+    let refused = dockerd.docker(&["push", &outside]);
+    assert!(
+        output_text(&refused).contains("may not push other/app"),
+        "docker should show the gate's reason:\n{}",
+        describe(&refused)
+    );
+    assert!(
+        !refused.status.success(),
+        "pushed outside the scope: {}",
+        describe(&refused)
+    );
+    let id = dockerd.image_id(&allowed);
+    dockerd.docker_ok(&["rmi", &allowed, &outside]);
+    dockerd.docker_ok(&["pull", &allowed]);
+    assert_eq!(dockerd.image_id(&allowed), id, "pulled image differs");
+
+    // A bearer token issued for the access token works until the access token is revoked.
+    let client = gate.client(Proto::Http1);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("anyone:{ci}"));
+    let answer = client
+        .send(
+            request(
+                "GET",
+                &gate.url("/token?service=registry-gate&scope=repository:team/app:pull"),
+            )
+            .header("authorization", format!("Basic {basic}"))
+            .body(empty())
+            .expect("token request"),
+        )
+        .await;
+    assert_eq!(
+        answer.status(),
+        200,
+        "no token for the access token:\n{}",
+        gate.log()
+    );
+    let body: serde_json::Value = serde_json::from_str(&text(answer).await).expect("token JSON");
+    let bearer = body["token"].as_str().expect("token").to_string();
+    let tags = |bearer: String| {
+        let client = gate.client(Proto::Http1);
+        let url = gate.url("/v2/team/app/tags/list");
+        async move {
+            client
+                .send(
+                    request("GET", &url)
+                        .header("authorization", format!("Bearer {bearer}"))
+                        .body(empty())
+                        .expect("tags request"),
+                )
+                .await
+                .status()
+        }
+    };
+    assert_eq!(tags(bearer.clone()).await, 200);
+    token_change(&gate, &["revoke", "ci"]);
+    assert_eq!(
+        tags(bearer).await,
+        401,
+        "a bearer token outlived its revoked access token"
+    );
+    let log = gate.log();
+    assert!(!log.contains(&ci), "the secret is in the log");
+}
