@@ -1,5 +1,7 @@
 //! Body types that stream between client and registry without buffering: each frame is passed
-//! on as it arrives, so memory stays flat whatever the size of a layer.
+//! on as it arrives, so memory stays flat whatever the size of a layer. The one exception is a
+//! manifest push `[[protect]]` must hash: `ClientBody::read_whole` reads it, capped, and hands
+//! the same bytes on.
 //!
 //! The wrappers only count bytes, note activity for the idle timeout, and finish the access
 //! log record when the response is done (or dropped half-way, which is logged as aborted).
