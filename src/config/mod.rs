@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::rules::Rules;
+use crate::rules::{Protections, Rules};
 
 use raw::RawConfig;
 use validate::Validator;
@@ -109,6 +109,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Compiled `[groups]` and `[[rules]]`, or the default for the auth mode.
     pub rules: Arc<Rules>,
+    /// Compiled `[[protect]]`: tags that may not be moved or deleted; empty when none.
+    pub protect: Arc<Protections>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,7 +346,9 @@ impl Config {
         // The generated htpasswd file and token key live in [tls] dir.
         let auth = v.auth(raw.auth, base, &tls.dir);
         // What having no rules means, and the anonymous pull rule, depend on [auth].
-        let rules = v.rules(raw.groups, raw.rules, &auth);
+        // Groups serve [[protect]] users too, so the rules are told whether any exist.
+        let rules = v.rules(&raw.groups, raw.rules, &auth, !raw.protect.is_empty());
+        let protect = v.protect(&raw.groups, raw.protect);
         v.finish()?;
         Ok(Config {
             source: path.map(Path::to_path_buf),
@@ -356,6 +360,7 @@ impl Config {
             metrics_listen,
             auth,
             rules: Arc::new(rules),
+            protect: Arc::new(protect),
         })
     }
 }
@@ -480,7 +485,11 @@ mod tests {
     fn the_example_rules_compile_when_uncommented() {
         let text = include_str!("../../proxy.toml.example");
         let start = text.find("# [groups]").expect("groups example");
-        let uncommented: String = text[start..]
+        // The [[protect]] example that follows has keys of the same names.
+        let end = text
+            .find("# Protected tags")
+            .expect("protect example after the rules");
+        let uncommented: String = text[start..end]
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| *l == "[groups]" || *l == "[[rules]]" || l.contains(" = ["))
@@ -544,5 +553,37 @@ mod tests {
         assert!(!rules
             .decide(&Identity::Anonymous, ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
+    }
+
+    #[test]
+    fn the_example_protection_compiles_when_uncommented() {
+        let text = include_str!("../../proxy.toml.example");
+        let start = text.find("# [[protect]]").expect("protect example");
+        let uncommented: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| *l == "[[protect]]" || l.contains(" = ["))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("[groups]\nadmins = [\"alice\"]\n{uncommented}"))
+            .unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
+        use crate::rules::Identity;
+        let protect = &c.protect;
+        assert_eq!(
+            protect.guarding(&Identity::User("bob"), "team/app", "v1"),
+            Some(0)
+        );
+        assert_eq!(
+            protect.guarding(&Identity::User("release-bot"), "team/app", "v1"),
+            None
+        );
+        assert_eq!(
+            protect.guarding(&Identity::User("alice"), "a/b/c", "v2.0"),
+            None
+        );
+        assert_eq!(
+            protect.guarding(&Identity::User("bob"), "team/app", "latest"),
+            None
+        );
     }
 }

@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub protect: Vec<RawProtect>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +69,14 @@ pub struct RawRule {
     pub repositories: Vec<String>,
     pub actions: Vec<String>,
     pub from: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProtect {
+    pub repositories: Vec<String>,
+    pub tags: Vec<String>,
+    pub users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
