@@ -9,6 +9,7 @@ pub mod access_tokens;
 pub mod client_cert;
 pub mod htpasswd;
 pub mod manage;
+pub mod oidc;
 mod throttle;
 pub mod token;
 
@@ -60,8 +61,10 @@ pub enum Failure {
     BadCredentials,
     /// Too many failures from this address; checked before any hashing.
     Throttled { retry_after: Duration },
-    /// A genuine access token that may not be used: `token_expired`, `token_revoked`,
-    /// `token_owner_unknown`. Not counted against the address: the secret was right.
+    /// An access token that may not be used (`token_expired`, `token_revoked`,
+    /// `token_owner_unknown`, `token_unknown`) or an OIDC ID token that did not verify
+    /// (`oidc_expired`, `oidc_bad_signature`, …). Not counted against the address: neither
+    /// can be guessed, and a CI runner sending a stale token must not lock out its host.
     TokenRefused { reason: &'static str },
 }
 

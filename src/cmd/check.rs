@@ -67,13 +67,18 @@ pub(super) fn check(config_path: Option<&Path>) -> i32 {
         Ok(_) => String::new(),
         Err(errors) => return report(EXIT_BAD_CONFIG, errors),
     };
+    let oidc = match state::load_oidc(&config) {
+        Ok(Some(_)) => format!(", {} OIDC issuers", config.auth.oidc.len()),
+        Ok(None) => String::new(),
+        Err(errors) => return report(EXIT_BAD_CONFIG, errors),
+    };
     let source = config
         .source
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
     println!(
-        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}{users}{tokens}",
+        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}{users}{tokens}{oidc}",
         config.server.listen,
         match &config.upstream.target {
             config::UpstreamTarget::Tcp { .. } => config.upstream.origin.clone(),

@@ -144,6 +144,95 @@ pub struct AuthConfig {
     pub anonymous_pull: bool,
     /// The access token file (`registry-gate token`); `None` without authentication.
     pub access_tokens: Option<PathBuf>,
+    /// `[[auth.oidc]]`: issuers whose ID tokens are accepted as passwords.
+    pub oidc: Vec<OidcConfig>,
+}
+
+/// One `[[auth.oidc]]` issuer: a CI system (GitHub Actions, GitLab CI, a Kubernetes
+/// cluster) whose signed ID tokens log jobs in without a stored secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// Exactly as the tokens' `iss` claim and the discovery document say it.
+    pub issuer: String,
+    /// Must be in the token's `aud` claim: the CI job asks for a token for this registry.
+    pub audience: String,
+    /// The rule identity a token maps to.
+    pub user: UserTemplate,
+    /// Claims that must have one of the listed values (`repository_owner = "my-org"`).
+    pub claims: Vec<(String, Vec<String>)>,
+    /// A PEM root for the issuer's own TLS (a private issuer); the system's roots otherwise.
+    pub ca: Option<PathBuf>,
+}
+
+/// `"ci:${repository}"`: literal text and claim names, validated when loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserTemplate {
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplatePart {
+    Text(String),
+    Claim(String),
+}
+
+impl UserTemplate {
+    /// Parses `text`; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<UserTemplate, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(TemplatePart::Text(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("{text:?}: \"${{\" without a closing \"}}\""))?;
+            let name = &after[..end];
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(format!(
+                    "{text:?}: \"{name}\" is not a claim name (letters, digits, '_', '-')"
+                ));
+            }
+            parts.push(TemplatePart::Claim(name.to_string()));
+            rest = &after[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Text(rest.to_string()));
+        }
+        if !parts.iter().any(|p| matches!(p, TemplatePart::Claim(_))) {
+            return Err(format!(
+                "{text:?} names no claim, so every token would be the same user; use e.g. \"ci:${{repository}}\""
+            ));
+        }
+        if text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '*')
+        {
+            return Err(format!(
+                "{text:?}: user names cannot contain spaces, control characters or \"*\""
+            ));
+        }
+        Ok(UserTemplate { parts })
+    }
+
+    /// The user for a token's claims; `Err(name)` names a claim that is missing or not a
+    /// plain value.
+    pub fn render<'a>(&'a self, claim: impl Fn(&str) -> Option<String>) -> Result<String, &'a str> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Text(t) => out.push_str(t),
+                TemplatePart::Claim(name) => out.push_str(&claim(name).ok_or(name.as_str())?),
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,17 @@ pub struct RawAuth {
     pub service: Option<String>,
     pub anonymous: Option<String>,
     pub access_tokens: Option<String>,
+    pub oidc: Option<Vec<RawOidc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub issuer: String,
+    pub audience: String,
+    pub user: Option<String>,
+    pub claims: Option<BTreeMap<String, toml::Value>>,
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

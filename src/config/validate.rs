@@ -17,17 +17,18 @@ use ipnet::IpNet;
 use crate::rules::{ProtectSpec, Protections, RuleSpec, Rules};
 
 use super::raw::{
-    RawAcme, RawAuth, RawFilter, RawLog, RawMetrics, RawProtect, RawRule, RawServer, RawTls,
-    RawUpstream,
+    RawAcme, RawAuth, RawFilter, RawLog, RawMetrics, RawOidc, RawProtect, RawRule, RawServer,
+    RawTls, RawUpstream,
 };
 use super::{
     AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ConfigError,
-    LogConfig, LogFormat, ServerConfig, TlsConfig, TlsSource, UpstreamConfig, UpstreamTarget,
-    DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_REALM, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_TOKEN_TTL, DEFAULT_UPSTREAM, GENERATED_HTPASSWD, GENERATED_TOKEN_KEY,
-    LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING,
+    LogConfig, LogFormat, OidcConfig, ServerConfig, TlsConfig, TlsSource, UpstreamConfig,
+    UpstreamTarget, UserTemplate, DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_READ_TIMEOUT, DEFAULT_REALM, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL,
+    DEFAULT_UPSTREAM, GENERATED_HTPASSWD, GENERATED_TOKEN_KEY, LETSENCRYPT_PRODUCTION,
+    LETSENCRYPT_STAGING,
 };
 
 /// Collects errors while letting validation go on with a placeholder value.
@@ -520,6 +521,7 @@ impl Validator {
             ),
             (None, None) => None,
         };
+        let oidc = self.oidc(raw.oidc.unwrap_or_default(), mode, base);
         let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.into());
         if realm.contains('"') || realm.chars().any(char::is_control) {
             self.fail(
@@ -543,6 +545,7 @@ impl Validator {
             service: raw.service.unwrap_or_else(|| DEFAULT_REALM.into()),
             anonymous_pull,
             access_tokens,
+            oidc,
         }
     }
 
@@ -569,6 +572,75 @@ impl Validator {
                 Protections::default()
             }
         }
+    }
+
+    /// `[[auth.oidc]]`: issuers of CI ID tokens. An issuer like GitHub Actions signs tokens
+    /// for every repository it hosts, with any audience the job asks for, so an issuer
+    /// without `claims` saying whose tokens count would let the whole world in.
+    fn oidc(&mut self, raw: Vec<RawOidc>, mode: AuthMode, base: &Path) -> Vec<OidcConfig> {
+        if !raw.is_empty() && mode == AuthMode::None {
+            self.fail(
+                "auth.oidc",
+                "OIDC issuers are set but mode is \"none\", so nobody logs in; use mode = \"basic\" or \"token\"".into(),
+            );
+        }
+        let mut out = Vec::new();
+        for (i, issuer) in raw.into_iter().enumerate() {
+            let url = issuer.issuer.trim_end_matches('/').to_string();
+            if !url.starts_with("https://") || url.len() <= "https://".len() {
+                self.fail(
+                    "auth.oidc.issuer",
+                    format!("[{i}] {:?} is not an https:// URL; write the issuer exactly as its tokens' \"iss\" claim says, e.g. \"https://token.actions.githubusercontent.com\"", issuer.issuer),
+                );
+            }
+            if issuer.audience.is_empty() {
+                self.fail(
+                    "auth.oidc.audience",
+                    format!("[{i}] the audience is empty; use the name CI jobs request tokens for, e.g. this registry's host name"),
+                );
+            }
+            let user = match UserTemplate::parse(issuer.user.as_deref().unwrap_or("${sub}")) {
+                Ok(t) => t,
+                Err(message) => {
+                    self.fail("auth.oidc.user", format!("[{i}] {message}"));
+                    continue;
+                }
+            };
+            let mut claims = Vec::new();
+            for (name, value) in issuer.claims.unwrap_or_default() {
+                let values = match value {
+                    toml::Value::String(s) => vec![s],
+                    toml::Value::Array(list) => list
+                        .into_iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if values.is_empty() {
+                    self.fail(
+                        "auth.oidc.claims",
+                        format!(
+                            "[{i}] {name}: give a string or a list of strings the claim must equal"
+                        ),
+                    );
+                }
+                claims.push((name, values));
+            }
+            if claims.is_empty() {
+                self.fail(
+                    "auth.oidc.claims",
+                    format!("[{i}] say whose tokens are accepted, e.g. claims = {{ repository_owner = \"my-org\" }}: an issuer such as GitHub Actions signs tokens for every repository it hosts, with any audience a job asks for"),
+                );
+            }
+            out.push(OidcConfig {
+                issuer: url,
+                audience: issuer.audience,
+                user,
+                claims,
+                ca: issuer.ca.map(|p| base.join(p)),
+            });
+        }
+        out
     }
 
     /// `[groups]` and `[[rules]]` compiled. `auth` decides what no rules mean (everyone, or

@@ -16,6 +16,7 @@ use super::error::{Challenge, GateError};
 use super::state::Snapshot;
 use super::{form, token_endpoint};
 use crate::auth::access_tokens::AccessToken;
+use crate::auth::oidc::Oidc;
 use crate::auth::token::Claims;
 use crate::auth::{Failure, Identity};
 use crate::registry_path::{Action, Classified, Kind};
@@ -28,6 +29,8 @@ pub struct Caller {
     pub identity: Identity,
     pub token: Option<Claims>,
     pub access_token: Option<Arc<AccessToken>>,
+    /// The `sub` claim of the OIDC ID token the caller logged in with.
+    pub oidc_subject: Option<String>,
 }
 
 impl Caller {
@@ -36,6 +39,7 @@ impl Caller {
             identity,
             token: None,
             access_token: None,
+            oidc_subject: None,
         }
     }
 
@@ -95,6 +99,7 @@ pub(super) async fn authenticate(
             },
             token: Some(claims),
             access_token,
+            oidc_subject: None,
         });
     }
     match credentials(ctx, header).await {
@@ -151,7 +156,33 @@ pub(super) async fn check_password(
             identity: Identity::User(token.principal()),
             token: None,
             access_token: Some(token),
+            oidc_subject: None,
         });
+    }
+    if let Some(oidc) = &snapshot.oidc {
+        if Oidc::looks_like_jwt(&password) {
+            // A CI job's ID token: verified against its issuer, never tried as a password.
+            let token = String::from_utf8_lossy(&password);
+            return match oidc.verify(&token).await {
+                Ok(verified) => Ok(Caller {
+                    identity: Identity::User(verified.user),
+                    token: None,
+                    access_token: None,
+                    oidc_subject: Some(verified.subject),
+                }),
+                Err(refusal) => {
+                    tracing::info!(
+                        peer = %ctx.client_ip,
+                        reason = refusal.reason,
+                        detail = %refusal.detail,
+                        "OIDC token refused"
+                    );
+                    Err(Failure::TokenRefused {
+                        reason: refusal.reason,
+                    })
+                }
+            };
+        }
     }
     auth.check_password(user, password, ctx.client_ip, ctx.shared.throttle())
         .await

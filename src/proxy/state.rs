@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::access_tokens::{AccessTokenError, AccessTokens, LastUsed};
 use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
+use crate::auth::oidc::{Oidc, OidcError};
 use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
 use crate::config::{AuthMode, Config, ConfigError, TlsSource};
@@ -33,6 +34,8 @@ pub struct Snapshot {
     pub tokens: Option<Arc<TokenKey>>,
     /// Access tokens (`registry-gate token`); `None` without authentication.
     pub access_tokens: Option<Arc<AccessTokens>>,
+    /// `[[auth.oidc]]` issuers; `None` when there are none.
+    pub oidc: Option<Arc<Oidc>>,
 }
 
 pub struct Shared {
@@ -80,6 +83,8 @@ pub enum PrepareError {
     Token(#[from] TokenError),
     #[error(transparent)]
     AccessToken(#[from] AccessTokenError),
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
 }
 
 /// Configuration and certificates, loaded and checked, not yet listening.
@@ -169,6 +174,18 @@ struct Credentials {
     users: Option<Arc<Authenticator>>,
     token_key: Option<Arc<TokenKey>>,
     access_tokens: Option<Arc<AccessTokens>>,
+    oidc: Option<Arc<Oidc>>,
+}
+
+/// The `[[auth.oidc]]` verifier (reads each issuer's `ca`, and the system's roots); keys
+/// are fetched on first use, not here.
+pub fn load_oidc(config: &Config) -> Result<Option<Arc<Oidc>>, Vec<PrepareError>> {
+    if config.auth.oidc.is_empty() {
+        return Ok(None);
+    }
+    Oidc::new(&config.auth.oidc)
+        .map(|o| Some(Arc::new(o)))
+        .map_err(|e| vec![e.into()])
 }
 
 fn load_credentials(
@@ -179,6 +196,7 @@ fn load_credentials(
         users: load_users(config, slots)?,
         token_key: load_token_key(config)?,
         access_tokens: load_access_tokens(config)?,
+        oidc: load_oidc(config)?,
     })
 }
 
@@ -210,6 +228,11 @@ fn build(
         Some((old, _)) if same_upstream(&old.config, config) => old.upstream.clone(),
         _ => Upstream::new(&config.upstream),
     };
+    // The issuers' keys stay cached while the issuers are the same.
+    let oidc = match &previous {
+        Some((old, _)) if old.config.auth.oidc == config.auth.oidc => old.oidc.clone(),
+        _ => credentials.oidc,
+    };
     let ticketer = match previous {
         Some((_, ticketer)) if prepared.tls.client_verifier.is_none() => ticketer,
         _ => tls::ticketer().map_err(|e| vec![e.into()])?,
@@ -229,6 +252,7 @@ fn build(
             auth: credentials.users,
             tokens: credentials.token_key,
             access_tokens: credentials.access_tokens,
+            oidc,
         },
         server_tls,
         ticketer,
