@@ -30,8 +30,8 @@ use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use serde::Serialize;
 use sha2::Sha256;
@@ -112,7 +112,9 @@ pub enum EventsError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("events[{index}].secret_file {path}: the file is empty; put a long random string in it")]
+    #[error(
+        "events[{index}].secret_file {path}: the file is empty; put a long random string in it"
+    )]
     EmptySecret { index: usize, path: PathBuf },
     #[error("events[{index}].ca {path}: {message}")]
     Ca {
@@ -403,7 +405,9 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 
 /// The wait after failed attempt `attempt` (1-based): 1 s, 2 s, 4 s, ... capped.
 pub fn backoff(attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX);
     FIRST_RETRY.saturating_mul(factor).min(MAX_RETRY)
 }
 
@@ -648,7 +652,11 @@ mod tests {
         assert!(errors[0].to_string().contains("events[0].secret_file"));
         config.secret = Some(EventSecret::File(dir.path().join("missing")));
         let errors = load(&[config]).err().expect("missing");
-        assert!(errors[0].to_string().contains("cannot read"), "{}", errors[0]);
+        assert!(
+            errors[0].to_string().contains("cannot read"),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]

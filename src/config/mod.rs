@@ -556,7 +556,10 @@ mod tests {
         let receiver = &c.events[0];
         assert_eq!(receiver.url.scheme_str(), Some("https"), "{uncommented}");
         assert!(matches!(receiver.secret, Some(EventSecret::File(_))));
-        assert_eq!(receiver.actions, vec![EventAction::Push, EventAction::Delete]);
+        assert_eq!(
+            receiver.actions,
+            vec![EventAction::Push, EventAction::Delete]
+        );
         assert_eq!(receiver.repositories.len(), 2);
         assert_eq!(receiver.timeout, DEFAULT_EVENT_TIMEOUT);
         assert!(receiver.ca.is_some());

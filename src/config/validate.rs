@@ -22,9 +22,10 @@ use super::raw::{
 };
 use super::{
     AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ConfigError,
-    EventAction, EventReceiver, EventSecret, DEFAULT_EVENT_TIMEOUT, LogConfig, LogFormat, ServerConfig, TlsConfig, TlsSource, UpstreamConfig, UpstreamTarget,
-    DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    EventAction, EventReceiver, EventSecret, LogConfig, LogFormat, ServerConfig, TlsConfig,
+    TlsSource, UpstreamConfig, UpstreamTarget, DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_EVENT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_REALM, DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_TOKEN_TTL, DEFAULT_UPSTREAM, GENERATED_HTPASSWD, GENERATED_TOKEN_KEY,
     LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING,
@@ -631,7 +632,11 @@ impl Validator {
                 None
             }
             (Some(secret), None) if secret.is_empty() => {
-                self.fail_at(key("secret"), "empty: an empty key signs nothing; set a long random string or remove the key".into());
+                self.fail_at(
+                    key("secret"),
+                    "empty: an empty key signs nothing; set a long random string or remove the key"
+                        .into(),
+                );
                 None
             }
             (Some(secret), None) => Some(EventSecret::Inline(secret)),
@@ -680,7 +685,10 @@ impl Validator {
         let timeout = match raw.timeout.as_deref().map(parse_duration) {
             None => DEFAULT_EVENT_TIMEOUT,
             Some(Ok(t)) if t.is_zero() => {
-                self.fail_at(key("timeout"), "0 would fail every delivery; use e.g. \"10s\"".into());
+                self.fail_at(
+                    key("timeout"),
+                    "0 would fail every delivery; use e.g. \"10s\"".into(),
+                );
                 DEFAULT_EVENT_TIMEOUT
             }
             Some(Ok(t)) => t,
@@ -690,7 +698,11 @@ impl Validator {
             }
         };
         let ca = raw.ca.map(|p| base.join(p));
-        if ca.is_some() && url.as_ref().is_some_and(|u| u.scheme_str() != Some("https")) {
+        if ca.is_some()
+            && url
+                .as_ref()
+                .is_some_and(|u| u.scheme_str() != Some("https"))
+        {
             self.fail_at(
                 key("ca"),
                 "a CA only applies to an https:// receiver; remove it or use https".into(),
