@@ -85,6 +85,9 @@ pub struct Event {
 pub struct Actor {
     /// The authenticated user as the access log names it (`-` for anonymous).
     pub user: String,
+    /// The access token the caller logged in with, by name; absent for a password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The JSON body, field for field.
@@ -574,6 +577,7 @@ mod tests {
             digest: Some("sha256:abc".into()),
             actor: Actor {
                 user: "builder".into(),
+                token: None,
             },
             client: "192.0.2.7".parse().expect("ip"),
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
@@ -609,14 +613,17 @@ mod tests {
         assert_eq!(body["tag"], "v1");
         assert_eq!(body["digest"], "sha256:abc");
         assert_eq!(body["actor"]["user"], "builder");
+        assert!(body["actor"].get("token").is_none(), "{body}");
         assert_eq!(body["client"], "192.0.2.7");
         assert_eq!(body["time"], "2023-11-14T22:13:20.123Z");
         assert_eq!(body["request_id"], "r-1");
         let mut by_digest = push("team/app");
         by_digest.tag = None;
+        by_digest.actor.token = Some("ci-robot".into());
         let body: serde_json::Value =
             serde_json::from_slice(&envelope_body(&by_digest)).expect("json");
         assert!(body.get("tag").is_none(), "{body}");
+        assert_eq!(body["actor"]["token"], "ci-robot");
     }
 
     fn envelope_body(event: &Event) -> Bytes {

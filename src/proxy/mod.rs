@@ -311,6 +311,7 @@ fn accepted_change<B>(
             .or_else(|| by_digest.then(|| reference.to_string())),
         actor: Actor {
             user: ctx.record.user.clone(),
+            token: ctx.record.token.clone(),
         },
         client: ctx.client_ip,
         time: std::time::SystemTime::now(),

@@ -24,7 +24,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::oneshot;
 
-use util::gate::{Gate, GateConfig};
+use util::gate::{gate_command, Gate, GateConfig};
 use util::image::{oci_image, skopeo, skopeo_ok, OciImage};
 use util::pki::Pki;
 use util::registry::Registry;
@@ -480,4 +480,52 @@ fn an_https_receiver_is_checked_against_its_ca() {
     });
     assert!(refused, "no certificate error logged:\n{}", gate.log());
     assert!(untrusted.hooks().is_empty(), "{:#?}", untrusted.hooks());
+}
+
+#[test]
+fn an_access_token_push_names_the_token_and_survives_the_reload_it_causes() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let receiver = Receiver::start(0);
+    let gate = start_gate(
+        tmp.path(),
+        &registry,
+        &events_table(tmp.path(), &receiver.url(), ""),
+    );
+    // Creating the token rewrites a watched file: the gate reloads and starts new receivers.
+    let out = gate_command()
+        .args([
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--repositories",
+            "team/*",
+        ])
+        .args(["--actions", "pull,push", "--config"])
+        .arg(&gate.config_path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run registry-gate token create");
+    assert!(out.status.success(), "{}", describe(&out));
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || gate
+            .log()
+            .contains("a watched file changed")),
+        "no reload:\n{}",
+        gate.log()
+    );
+    let image = oci_image(&tmp.path().join("image"), 1, 16 * 1024);
+    let out = push(&gate, &image, ("whoever", &secret), "team/app:v1");
+    assert!(out.status.success(), "{}", describe(&out));
+    let hooks = receiver.exactly(1, Duration::from_secs(15));
+    verify_signature(&hooks[0]);
+    let event = hooks[0].json();
+    assert_eq!(event["actor"]["token"], "ci", "{event}");
+    assert_eq!(event["digest"], image.manifest_digest.as_str(), "{event}");
+    assert!(
+        !gate.log().contains(&secret),
+        "the token secret is in the log"
+    );
 }
