@@ -13,11 +13,11 @@
 //!    filtering, the token endpoint, the access record, errors, and the reloadable snapshot.
 //! 4. The policy and its inputs, each on its own: `config` (`proxy.toml` parsed and
 //!    validated), `tls` (certificates, ACME, the rustls configuration), `auth` (htpasswd,
-//!    client certificates, tokens, throttling), `rules` (who may do what), `filter` (user
-//!    agents and addresses), `registry_path` (method + path to endpoint, action,
-//!    repository), `metrics` (Prometheus counters by label), `log` (the tracing subscriber),
-//!    `events` (push and delete events: the bounded queues, signatures, delivery with
-//!    retries to `[[events]]` receivers, off the request path).
+//!    client certificates, tokens, throttling), `rules` (who may do what, and the protected
+//!    tags), `filter` (user agents and addresses), `registry_path` (method + path to endpoint,
+//!    action, repository), `metrics` (Prometheus counters by label), `log` (the tracing
+//!    subscriber), `events` (push and delete events: the bounded queues, signatures,
+//!    delivery with retries to `[[events]]` receivers, off the request path).
 //! 5. Shared by all: `client_addr` (the canonical client address and the real client behind
 //!    trusted proxies) and `atomic_file` (files written whole or not at all).
 //!

@@ -63,6 +63,7 @@ pub struct Metrics {
     throttled: Counter,
     token_uses: Family<TokenLabels, Counter>,
     upstream_errors: Family<ReasonLabels, Counter>,
+    protect_refusals: Family<ReasonLabels, Counter>,
     open_connections: Gauge,
     refused_connections: Family<ReasonLabels, Counter>,
     certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -127,6 +128,12 @@ impl Metrics {
             "Requests the registry could not answer: unreachable, timeout, failed",
             upstream_errors.clone(),
         );
+        let protect_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "protect_refusals",
+            "Writes refused by [[protect]]: move (a push to a protected tag pointing elsewhere), delete (of a protected tag), delete_tagged (of the manifest a protected tag points to)",
+            protect_refusals.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -160,6 +167,7 @@ impl Metrics {
             throttled,
             token_uses,
             upstream_errors,
+            protect_refusals,
             open_connections,
             refused_connections,
             certificate_expiry,
@@ -221,6 +229,14 @@ impl Metrics {
     /// A failed exchange with the registry, by reason (`unreachable`, `timeout`, `failed`).
     pub fn upstream_error(&self, reason: &'static str) {
         self.upstream_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A write refused by `[[protect]]`, by what it would have done (`move`, `delete`,
+    /// `delete_tagged`).
+    pub fn protect_refusal(&self, reason: &'static str) {
+        self.protect_refusals
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
@@ -327,6 +343,7 @@ mod tests {
         );
         m.throttled();
         m.upstream_error("timeout");
+        m.protect_refusal("move");
         m.connection_refused("max_connections_per_ip");
         m.connection_opened();
         m.event("dropped");
@@ -338,6 +355,7 @@ mod tests {
             "registry_gate_body_bytes_total{direction=\"out\"} 1234",
             "registry_gate_throttled_requests_total 1",
             "registry_gate_upstream_errors_total{reason=\"timeout\"} 1",
+            "registry_gate_protect_refusals_total{reason=\"move\"} 1",
             "registry_gate_refused_connections_total{reason=\"max_connections_per_ip\"} 1",
             "registry_gate_open_connections 1",
             "registry_gate_events_total{outcome=\"dropped\"} 1",

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::rules::{RepositoryPattern, Rules};
+use crate::rules::{Protections, RepositoryPattern, Rules};
 
 use raw::RawConfig;
 use validate::Validator;
@@ -111,6 +111,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Compiled `[groups]` and `[[rules]]`, or the default for the auth mode.
     pub rules: Arc<Rules>,
+    /// Compiled `[[protect]]`: tags that may not be moved or deleted; empty when none.
+    pub protect: Arc<Protections>,
     /// `[[events]]`: where push and delete events are sent, in file order.
     pub events: Vec<EventReceiver>,
 }
@@ -404,7 +406,9 @@ impl Config {
         // The generated htpasswd file and token key live in [tls] dir.
         let auth = v.auth(raw.auth, base, &tls.dir);
         // What having no rules means, and the anonymous pull rule, depend on [auth].
-        let rules = v.rules(raw.groups, raw.rules, &auth);
+        // Groups serve [[protect]] users too, so the rules are told whether any exist.
+        let rules = v.rules(&raw.groups, raw.rules, &auth, !raw.protect.is_empty());
+        let protect = v.protect(&raw.groups, raw.protect);
         let events = v.events(raw.events, base);
         v.finish()?;
         Ok(Config {
@@ -417,6 +421,7 @@ impl Config {
             metrics_listen,
             auth,
             rules: Arc::new(rules),
+            protect: Arc::new(protect),
             events,
         })
     }
@@ -569,10 +574,10 @@ mod tests {
     fn the_example_rules_compile_when_uncommented() {
         let text = include_str!("../../proxy.toml.example");
         let start = text.find("# [groups]").expect("groups example");
-        // The [[events]] example that follows has keys of its own.
-        let end = text[start..]
-            .find("# [[events]]")
-            .map_or(text.len(), |e| start + e);
+        // The [[protect]] example that follows has keys of the same names.
+        let end = text
+            .find("# Protected tags")
+            .expect("protect example after the rules");
         let uncommented: String = text[start..end]
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
@@ -637,5 +642,41 @@ mod tests {
         assert!(!rules
             .decide(&Identity::Anonymous, ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
+    }
+
+    #[test]
+    fn the_example_protection_compiles_when_uncommented() {
+        let text = include_str!("../../proxy.toml.example");
+        let start = text.find("# [[protect]]").expect("protect example");
+        // The [[events]] example that follows has keys of its own.
+        let end = text[start..]
+            .find("# Push and delete events")
+            .map_or(text.len(), |e| start + e);
+        let uncommented: String = text[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| *l == "[[protect]]" || l.contains(" = ["))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("[groups]\nadmins = [\"alice\"]\n{uncommented}"))
+            .unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
+        use crate::rules::Identity;
+        let protect = &c.protect;
+        assert_eq!(
+            protect.guarding(&Identity::User("bob"), "team/app", "v1"),
+            Some(0)
+        );
+        assert_eq!(
+            protect.guarding(&Identity::User("release-bot"), "team/app", "v1"),
+            None
+        );
+        assert_eq!(
+            protect.guarding(&Identity::User("alice"), "a/b/c", "v2.0"),
+            None
+        );
+        assert_eq!(
+            protect.guarding(&Identity::User("bob"), "team/app", "latest"),
+            None
+        );
     }
 }

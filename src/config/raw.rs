@@ -29,6 +29,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub rules: Vec<RawRule>,
     #[serde(default)]
+    pub protect: Vec<RawProtect>,
+    #[serde(default)]
     pub events: Vec<RawEvents>,
 }
 
@@ -81,6 +83,14 @@ pub struct RawRule {
     pub repositories: Vec<String>,
     pub actions: Vec<String>,
     pub from: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProtect {
+    pub repositories: Vec<String>,
+    pub tags: Vec<String>,
+    pub users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::rules::{RepositoryPattern, RuleSpec, Rules};
+use crate::rules::{ProtectSpec, Protections, RepositoryPattern, RuleSpec, Rules};
 
 use super::raw::{
-    RawAcme, RawAuth, RawEvents, RawFilter, RawLog, RawMetrics, RawRule, RawServer, RawTls,
-    RawUpstream,
+    RawAcme, RawAuth, RawEvents, RawFilter, RawLog, RawMetrics, RawProtect, RawRule, RawServer,
+    RawTls, RawUpstream,
 };
 use super::{
     AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ConfigError,
@@ -547,13 +547,40 @@ impl Validator {
         }
     }
 
+    /// `[[protect]]` compiled; its `users` may name `[groups]`. Errors are reported after
+    /// those of the rules, whose checks of the groups come first.
+    pub(super) fn protect(
+        &mut self,
+        groups: &BTreeMap<String, Vec<String>>,
+        raw: Vec<RawProtect>,
+    ) -> Protections {
+        let specs: Vec<ProtectSpec> = raw
+            .into_iter()
+            .map(|p| ProtectSpec {
+                repositories: p.repositories,
+                tags: p.tags,
+                users: p.users.unwrap_or_default(),
+            })
+            .collect();
+        match Protections::compile(groups, &specs) {
+            Ok(protections) => protections,
+            Err(errors) => {
+                self.rule_errors(errors);
+                // Never a silently open gate: the config is refused as a whole.
+                Protections::default()
+            }
+        }
+    }
+
     /// `[groups]` and `[[rules]]` compiled. `auth` decides what no rules mean (everyone, or
-    /// every authenticated user) and whether the anonymous pull rule is appended.
+    /// every authenticated user) and whether the anonymous pull rule is appended;
+    /// `protections` says whether `[[protect]]` tables exist, which may use the groups too.
     pub(super) fn rules(
         &mut self,
-        groups: BTreeMap<String, Vec<String>>,
+        groups: &BTreeMap<String, Vec<String>>,
         rules: Vec<RawRule>,
         auth: &AuthConfig,
+        protections: bool,
     ) -> Rules {
         let mut specs: Vec<RuleSpec> = rules
             .into_iter()
@@ -565,10 +592,17 @@ impl Validator {
             })
             .collect();
         if specs.is_empty() && !groups.is_empty() {
-            self.fail(
-                "groups",
-                "groups are defined but there are no [[rules]] using them".into(),
-            );
+            if protections {
+                // Rules::compile checks the members otherwise.
+                let errors = crate::rules::check_groups(groups);
+                self.rule_errors(errors);
+            } else {
+                self.fail(
+                    "groups",
+                    "groups are defined but there are no [[rules]] or [[protect]] using them"
+                        .into(),
+                );
+            }
         }
         if auth.anonymous_pull {
             if specs.is_empty() {
@@ -586,18 +620,22 @@ impl Validator {
                 AuthMode::Basic | AuthMode::Token => Rules::allow_all_authenticated(),
             }
         } else {
-            match Rules::compile(&groups, &specs) {
+            match Rules::compile(groups, &specs) {
                 Ok(rules) => rules,
                 Err(errors) => {
-                    for e in errors {
-                        self.errors.push(ConfigError::Rules {
-                            path: self.path.clone(),
-                            message: e.to_string(),
-                        });
-                    }
+                    self.rule_errors(errors);
                     Rules::allow_all_authenticated()
                 }
             }
+        }
+    }
+
+    fn rule_errors(&mut self, errors: Vec<crate::rules::RulesError>) {
+        for e in errors {
+            self.errors.push(ConfigError::Rules {
+                path: self.path.clone(),
+                message: e.to_string(),
+            });
         }
     }
 
@@ -961,6 +999,75 @@ mod tests {
         assert!(messages(parse("[tls.acme]\n"))
             .join("")
             .contains("no names given"));
+    }
+
+    #[test]
+    fn protections_are_validated_with_their_keys() {
+        let m = messages(parse(
+            "[groups]\nadmins = [\"alice\"]\n\
+             [[protect]]\nrepositories = [\"*\"]\ntags = [\"v?\"]\nusers = [\"@ops\"]\n",
+        ))
+        .join("\n");
+        for needle in [
+            "/etc/gate/proxy.toml: protect[0].tags: bad tag pattern \"v?\"",
+            "/etc/gate/proxy.toml: protect[0].users: unknown group \"@ops\"; define it under [groups] (defined: @admins)",
+        ] {
+            assert!(m.contains(needle), "missing {needle:?} in:\n{m}");
+        }
+        // No "groups are defined but unused": [[protect]] uses them.
+        assert!(!m.contains("no [[rules]]"), "{m}");
+    }
+
+    #[test]
+    fn an_unknown_protect_key_is_an_error_with_its_line() {
+        let m = messages(parse(
+            "[[protect]]\nrepositories = [\"*\"]\ntags = [\"v*\"]\nuser = [\"bot\"]\n",
+        ));
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].contains("line 4"), "{}", m[0]);
+        assert!(m[0].contains("unknown field `user`"), "{}", m[0]);
+    }
+
+    #[test]
+    fn groups_used_only_by_protections_are_valid_and_checked() {
+        let c = parse(
+            "[groups]\nadmins = [\"alice\"]\n\
+             [[protect]]\nrepositories = [\"team/*\"]\ntags = [\"v*\"]\nusers = [\"@admins\"]\n",
+        )
+        .expect("valid");
+        use crate::rules::Identity;
+        assert_eq!(
+            c.protect
+                .guarding(&Identity::User("alice"), "team/app", "v1"),
+            None
+        );
+        assert_eq!(
+            c.protect.guarding(&Identity::User("bob"), "team/app", "v1"),
+            Some(0)
+        );
+        // With [auth] and no [[rules]], the default stays: every user may do everything.
+        assert!(c
+            .rules
+            .decide(
+                &Identity::User("bob"),
+                std::net::IpAddr::from([192, 0, 2, 1]),
+                "team/app",
+                crate::registry_path::Action::Delete
+            )
+            .is_allowed());
+        let m = messages(parse(
+            "[groups]\nadmins = [\"@root\"]\n\
+             [[protect]]\nrepositories = [\"*\"]\ntags = [\"v*\"]\n",
+        ))
+        .join("\n");
+        assert!(m.contains("groups.admins: bad user \"@root\""), "{m}");
+        assert!(
+            parse("[[protect]]\nrepositories = [\"*\"]\ntags = [\"v*\"]\n")
+                .expect("users are optional")
+                .protect
+                .guarding(&Identity::User("anyone"), "a", "v1")
+                .is_some()
+        );
     }
 
     #[test]

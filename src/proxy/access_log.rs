@@ -32,6 +32,8 @@ pub struct AccessRecord {
     pub decision: &'static str,
     /// Index of the `[[rules]]` entry that decided; `default` when none did.
     pub rule: Option<usize>,
+    /// Why a request the rules allowed was still refused, e.g. `protect[0]:move`.
+    pub reason: Option<String>,
     /// Logged at debug instead of info (health probes).
     pub quiet: bool,
     /// Keeps the connection from counting as idle until the response is done.
@@ -61,6 +63,7 @@ impl AccessRecord {
             reference: None,
             decision: "-",
             rule: None,
+            reason: None,
             quiet: false,
             in_flight: None,
             exchange: Exchange::new(),
@@ -106,6 +109,7 @@ impl Drop for AccessRecord {
                     reference = self.reference.as_deref().unwrap_or("-"),
                     decision = self.decision,
                     rule = %self.rule.map(|r| format!("rules[{r}]")).unwrap_or_else(|| "-".into()),
+                    reason = self.reason.as_deref().unwrap_or("-"),
                     bytes_in = self.exchange.bytes_in(),
                     bytes_out = self.exchange.bytes_out(),
                     duration_ms = self.exchange.elapsed().as_millis() as u64,

@@ -1,5 +1,7 @@
 //! Body types that stream between client and registry without buffering: each frame is passed
-//! on as it arrives, so memory stays flat whatever the size of a layer.
+//! on as it arrives, so memory stays flat whatever the size of a layer. The one exception is a
+//! manifest push `[[protect]]` must hash: `ClientBody::read_whole` reads it, capped, and hands
+//! the same bytes on.
 //!
 //! The wrappers only count bytes, note activity for the idle timeout, and finish the access
 //! log record when the response is done (or dropped half-way, which is logged as aborted).
@@ -100,11 +102,11 @@ impl Exchange {
 }
 
 pin_project! {
-    /// The client's request body on its way to the registry (or no body, for the gate's own
-    /// probes).
+    /// The client's request body on its way to the registry: streamed, or read whole
+    /// already (a manifest `[[protect]]` had to see), or no body, for the gate's own probes.
     pub struct RequestBody {
         #[pin]
-        inner: Either<Incoming, Empty<Bytes>>,
+        inner: Either<Incoming, Either<Full<Bytes>, Empty<Bytes>>>,
         exchange: Arc<Exchange>,
     }
 }
@@ -122,7 +124,16 @@ impl RequestBody {
 
     pub fn empty() -> Self {
         RequestBody {
-            inner: Either::Right(Empty::new()),
+            inner: Either::Right(Either::Right(Empty::new())),
+            exchange: Exchange::new(),
+        }
+    }
+
+    /// Bytes already read from the client. They were counted as they arrived, so this body
+    /// reports to an exchange of its own rather than count them twice.
+    fn full(bytes: Bytes) -> Self {
+        RequestBody {
+            inner: Either::Right(Either::Left(Full::new(bytes))),
             exchange: Exchange::new(),
         }
     }
@@ -190,8 +201,21 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// whether the connection can carry the client's next request (`settle`).
 pub struct ClientBody {
     incoming: Option<Incoming>,
+    /// The body once `read_whole` has read it, for `take` to forward.
+    read: Option<Bytes>,
     exchange: Arc<Exchange>,
     expects_continue: bool,
+}
+
+/// Why `ClientBody::read_whole` gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// More bytes than the limit (declared or sent).
+    TooLarge,
+    /// The client broke the body off, or framed it wrongly.
+    Failed,
+    /// Nothing arrived for the idle limit.
+    Stalled,
 }
 
 /// How the connection goes on after an answer.
@@ -208,6 +232,7 @@ impl ClientBody {
     pub fn new(incoming: Incoming, exchange: Arc<Exchange>, expects_continue: bool) -> Self {
         ClientBody {
             incoming: Some(incoming),
+            read: None,
             exchange,
             expects_continue,
         }
@@ -215,10 +240,46 @@ impl ClientBody {
 
     /// The body, to forward or read. Taken once: the one step that consumes it takes it, and
     /// a later take (there is none) would get an empty body, never the client's bytes twice.
+    /// After `read_whole`, the bytes it read, unchanged.
     pub fn take(&mut self) -> RequestBody {
+        if let Some(bytes) = self.read.take() {
+            return RequestBody::full(bytes);
+        }
         match self.incoming.take() {
             Some(incoming) => RequestBody::new(incoming, self.exchange.clone()),
             None => RequestBody::empty(),
+        }
+    }
+
+    /// Reads the whole body, at most `limit` bytes, and keeps it for `take`. A declared
+    /// length over the limit is refused before a byte is read; `idle` bounds a stall as the
+    /// upstream read timeout bounds a streamed one.
+    pub async fn read_whole(&mut self, limit: usize, idle: Duration) -> Result<Bytes, ReadError> {
+        if let Some(bytes) = &self.read {
+            return Ok(bytes.clone());
+        }
+        let Some(incoming) = self.incoming.take() else {
+            return Ok(Bytes::new());
+        };
+        if incoming.size_hint().lower() > limit as u64 {
+            // Left unread: `settle` closes the connection behind the answer.
+            self.incoming = Some(incoming);
+            return Err(ReadError::TooLarge);
+        }
+        let body =
+            http_body_util::Limited::new(RequestBody::new(incoming, self.exchange.clone()), limit);
+        let collected = tokio::select! {
+            collected = http_body_util::BodyExt::collect(body) => collected,
+            () = self.exchange.idle_for(idle) => return Err(ReadError::Stalled),
+        };
+        match collected {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                self.read = Some(bytes.clone());
+                Ok(bytes)
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
+            Err(_) => Err(ReadError::Failed),
         }
     }
 

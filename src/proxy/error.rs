@@ -56,6 +56,28 @@ impl Challenge {
     }
 }
 
+/// What a write to a protected tag would have done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtectRefusal {
+    /// A manifest push would point the tag at another manifest.
+    Move,
+    /// A delete names the tag.
+    Delete,
+    /// A delete by digest would take the manifest the tag points to.
+    DeleteTagged,
+}
+
+impl ProtectRefusal {
+    /// The metrics label and the access log's reason.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProtectRefusal::Move => "move",
+            ProtectRefusal::Delete => "delete",
+            ProtectRefusal::DeleteTagged => "delete_tagged",
+        }
+    }
+}
+
 /// Who is at fault: decides the log level (debug for clients, warn for the registry, error
 /// for the gate itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +119,19 @@ pub enum GateError {
     /// `[server] read_only`: writes are refused.
     #[error("the registry is read-only")]
     ReadOnly,
+    /// `[[protect]]`: the write would move or delete a protected tag. `protection` is the
+    /// index of the protection that holds it.
+    #[error("{repository}:{tag} is protected by protect[{protection}] ({refusal:?})")]
+    Protected {
+        repository: String,
+        tag: String,
+        protection: usize,
+        refusal: ProtectRefusal,
+    },
+    /// A manifest push that `[[protect]]` must read whole is larger than the registry would
+    /// take anyway.
+    #[error("the manifest is larger than {0} bytes")]
+    ManifestTooLarge(usize),
     /// The client broke off its request body (reset or closed mid-upload); the registry's
     /// request was aborted with it.
     #[error("the client broke off its request body")]
@@ -125,6 +160,8 @@ impl GateError {
             | GateError::Throttled(_)
             | GateError::Denied { .. }
             | GateError::ReadOnly
+            | GateError::Protected { .. }
+            | GateError::ManifestTooLarge(_)
             | GateError::ClientAborted => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
@@ -142,6 +179,7 @@ impl GateError {
             GateError::UpstreamUnreachable(_) => metrics.upstream_error("unreachable"),
             GateError::UpstreamTimeout => metrics.upstream_error("timeout"),
             GateError::UpstreamFailed(_) => metrics.upstream_error("failed"),
+            GateError::Protected { refusal, .. } => metrics.protect_refusal(refusal.label()),
             _ => {}
         }
     }
@@ -173,6 +211,13 @@ impl GateError {
             GateError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             GateError::Denied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             GateError::ReadOnly => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            // 409, not 403: the rules allowed the write, and whether it may happen depends on
+            // the registry's state (the same manifest pushed again, or a new tag, passes). A
+            // 403 would send the operator to [[rules]]; a conflict says the tag is taken.
+            // Docker and skopeo print the message of any 4xx with the registry's envelope.
+            GateError::Protected { .. } => (StatusCode::CONFLICT, "DENIED"),
+            // distribution's own limit; the registry would refuse it too.
+            GateError::ManifestTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
             // A client that is gone rarely reads this; 400 says whose side it was in the log.
             GateError::ClientAborted => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
@@ -213,6 +258,26 @@ impl GateError {
             GateError::ReadOnly => {
                 "the registry is in read-only mode: pushes and deletes are disabled".into()
             }
+            GateError::Protected {
+                repository,
+                tag,
+                refusal,
+                ..
+            } => match refusal {
+                ProtectRefusal::Move => format!(
+                    "{repository}:{tag} is a protected tag and already points to another manifest; push to a new tag instead"
+                ),
+                ProtectRefusal::Delete => {
+                    format!("{repository}:{tag} is a protected tag and cannot be deleted")
+                }
+                ProtectRefusal::DeleteTagged => format!(
+                    "this manifest is the protected tag {repository}:{tag} and cannot be deleted"
+                ),
+            },
+            GateError::ManifestTooLarge(limit) => format!(
+                "the manifest is larger than {} MiB, the registry's limit",
+                limit / (1024 * 1024)
+            ),
             GateError::ClientAborted => "the request body was cut off before its end".into(),
             GateError::UpstreamUnreachable(_) => {
                 "the registry behind the gate is unreachable".into()
@@ -340,6 +405,21 @@ mod tests {
                 "DENIED",
             ),
             (GateError::ReadOnly, 405, "UNSUPPORTED"),
+            (
+                GateError::Protected {
+                    repository: "team/app".into(),
+                    tag: "v1".into(),
+                    protection: 0,
+                    refusal: ProtectRefusal::Move,
+                },
+                409,
+                "DENIED",
+            ),
+            (
+                GateError::ManifestTooLarge(4 << 20),
+                413,
+                "MANIFEST_INVALID",
+            ),
             (GateError::ClientAborted, 400, "BLOB_UPLOAD_INVALID"),
             (
                 GateError::Filtered(crate::filter::Refusal::UserAgent),
@@ -399,6 +479,35 @@ mod tests {
         assert!(json["errors"][0]["message"]
             .as_str()
             .is_some_and(|m| m.contains("read-only")));
+    }
+
+    #[tokio::test]
+    async fn a_protected_tag_refusal_is_a_409_denied_naming_the_tag() {
+        for (refusal, words) in [
+            (ProtectRefusal::Move, "already points to another manifest"),
+            (ProtectRefusal::Delete, "cannot be deleted"),
+            (ProtectRefusal::DeleteTagged, "cannot be deleted"),
+        ] {
+            let e = GateError::Protected {
+                repository: "team/app".into(),
+                tag: "v1".into(),
+                protection: 2,
+                refusal,
+            };
+            assert_eq!(e.side(), Side::Client);
+            let (status, json, _) = parts(e).await;
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert_eq!(json["errors"][0]["code"], "DENIED");
+            let message = json["errors"][0]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("team/app:v1"), "{message}");
+            assert!(message.contains(words), "{message}");
+            // The exempt users are configuration, not the client's business.
+            assert!(!message.contains("protect["), "{message}");
+        }
+        let (_, json, _) = parts(GateError::ManifestTooLarge(4 << 20)).await;
+        assert!(json["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("4 MiB")));
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@
 //! - `upstream`: the pooled client to the registry.
 //! - `body`: the client's body until forwarded, and the streaming response body.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
+//! - `protect`: the `[[protect]]` phase, refusing writes that would move or delete a
+//!   protected tag.
 //! - `token_endpoint`: the `/token` endpoint of token mode.
 //! - `access_log`: the access record, written when the response is done.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
@@ -29,6 +31,7 @@ pub mod context;
 pub mod error;
 mod form;
 pub mod headers;
+mod protect;
 pub mod state;
 pub mod token_endpoint;
 pub mod upstream;
@@ -219,6 +222,9 @@ async fn proxy(
             path_and_query = catalog::without_mount(uri.path(), uri.query());
         }
     }
+
+    // 4b. Protected tags: a manifest write the rules allowed may still not move or delete one.
+    protect::check(ctx, &request, &class, &caller.identity.as_rule(), &host).await?;
 
     // 5. Forward.
     let (mut parts, ()) = request.into_parts();

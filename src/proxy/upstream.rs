@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
@@ -160,9 +160,24 @@ impl Upstream {
         path_and_query: &str,
         host: &HeaderValue,
     ) -> Result<Response<Incoming>, GateError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, host.clone());
+        self.lookup(Method::GET, path_and_query, headers).await
+    }
+
+    /// A bodiless request of the gate's own making with the headers given (`[[protect]]`
+    /// asks for a tag's digest with a HEAD and its `Accept` list), bounded by the read
+    /// timeout. `headers` must carry `Host`.
+    pub async fn lookup(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, GateError> {
         let mut request = Request::new(RequestBody::empty());
+        *request.method_mut() = method;
         *request.uri_mut() = self.uri_for(path_and_query)?;
-        request.headers_mut().insert(header::HOST, host.clone());
+        *request.headers_mut() = headers;
         tokio::time::timeout(self.read_timeout, self.client.request(request))
             .await
             .map_err(|_| GateError::UpstreamTimeout)?

@@ -23,6 +23,7 @@ mod lifecycle;
 mod operations;
 mod promise;
 mod properties;
+mod protect;
 mod quickstart;
 mod secure_docker;
 mod tls_hardening;

@@ -1,4 +1,5 @@
-//! The access rules: (identity, repository, action) -> `Decision`.
+//! The access rules: (identity, repository, action) -> `Decision`; and, in `protect`, the
+//! protected tags of `[[protect]]`, which reuse this file's user lists and repository globs.
 //!
 //! Owns: compiling `[groups]` and `[[rules]]` (already deserialized) into matchers, every
 //! validation message about them, and the decision. Must not touch: headers, TOML, requests;
@@ -39,6 +40,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::registry_path::Action;
+
+mod protect;
+
+pub use protect::{ProtectSpec, Protections};
 
 /// Who is asking. The rules do not care how the identity was proven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +100,12 @@ pub enum RulesError {
     BadAddress { at: String, value: String },
     #[error("{at}: bad repository pattern \"{value}\": {fix}")]
     BadPattern {
+        at: String,
+        value: String,
+        fix: &'static str,
+    },
+    #[error("{at}: bad tag pattern \"{value}\": {fix}")]
+    BadTagPattern {
         at: String,
         value: String,
         fix: &'static str,
@@ -166,15 +177,7 @@ impl Rules {
         groups: &BTreeMap<String, Vec<String>>,
         rules: &[RuleSpec],
     ) -> Result<Rules, Vec<RulesError>> {
-        let mut errors = Vec::new();
-        for (group, members) in groups {
-            let at = format!("groups.{group}");
-            for member in members {
-                if let Err(fix) = check_group_member(member) {
-                    errors.push(bad_user(&at, member, fix));
-                }
-            }
-        }
+        let mut errors = check_groups(groups);
         let compiled = rules
             .iter()
             .enumerate()
@@ -252,6 +255,21 @@ impl Rules {
     }
 }
 
+/// The members of `[groups]`: plain user names only. Run by `Rules::compile`; on its own
+/// when groups serve only `[[protect]]`.
+pub fn check_groups(groups: &BTreeMap<String, Vec<String>>) -> Vec<RulesError> {
+    let mut errors = Vec::new();
+    for (group, members) in groups {
+        let at = format!("groups.{group}");
+        for member in members {
+            if let Err(fix) = check_group_member(member) {
+                errors.push(bad_user(&at, member, fix));
+            }
+        }
+    }
+    errors
+}
+
 fn compile_rule(
     i: usize,
     spec: &RuleSpec,
@@ -272,30 +290,8 @@ fn compile_rule(
         }
     }
 
-    let mut users = Vec::new();
-    for user in &spec.users {
-        match user.as_str() {
-            "*" => users.push(UserMatcher::AnyAuthenticated),
-            "anonymous" => users.push(UserMatcher::Anonymous),
-            _ => match user.strip_prefix('@') {
-                Some(group) => match groups.get(group) {
-                    // Members were validated with the groups, so they are plain names.
-                    Some(members) => users.extend(members.iter().cloned().map(UserMatcher::Name)),
-                    None => errors.push(RulesError::UnknownGroup {
-                        at: at("users"),
-                        value: user.clone(),
-                        defined: defined_groups(groups),
-                    }),
-                },
-                None => match check_user_name(user) {
-                    Ok(()) => users.push(UserMatcher::Name(user.clone())),
-                    Err(fix) => errors.push(bad_user(&at("users"), user, fix)),
-                },
-            },
-        }
-    }
-
-    let repositories = compile_patterns(&at("repositories"), &spec.repositories, errors);
+    let users = compile_users(&at("users"), &spec.users, groups, errors);
+    let repositories = compile_repositories(&at("repositories"), &spec.repositories, errors);
     let actions = compile_actions(&at("actions"), &spec.actions, errors);
 
     let mut from = Vec::new();
@@ -321,11 +317,44 @@ fn compile_rule(
     }
 }
 
-fn compile_patterns(at: &str, list: &[String], errors: &mut Vec<RulesError>) -> Vec<Pattern> {
-    let mut patterns = Vec::new();
+/// The `users` list of a rule or a protection; `at` names the key in messages.
+fn compile_users(
+    at: &str,
+    list: &[String],
+    groups: &BTreeMap<String, Vec<String>>,
+    errors: &mut Vec<RulesError>,
+) -> Vec<UserMatcher> {
+    let mut users = Vec::new();
+    for user in list {
+        match user.as_str() {
+            "*" => users.push(UserMatcher::AnyAuthenticated),
+            "anonymous" => users.push(UserMatcher::Anonymous),
+            _ => match user.strip_prefix('@') {
+                Some(group) => match groups.get(group) {
+                    // Members were validated with the groups, so they are plain names.
+                    Some(members) => users.extend(members.iter().cloned().map(UserMatcher::Name)),
+                    None => errors.push(RulesError::UnknownGroup {
+                        at: at.to_string(),
+                        value: user.clone(),
+                        defined: defined_groups(groups),
+                    }),
+                },
+                None => match check_user_name(user) {
+                    Ok(()) => users.push(UserMatcher::Name(user.clone())),
+                    Err(fix) => errors.push(bad_user(at, user, fix)),
+                },
+            },
+        }
+    }
+    users
+}
+
+/// The `repositories` globs of a rule or a protection; `at` names the key in messages.
+fn compile_repositories(at: &str, list: &[String], errors: &mut Vec<RulesError>) -> Vec<Pattern> {
+    let mut repositories = Vec::new();
     for pattern in list {
         match Pattern::parse(pattern) {
-            Ok(p) => patterns.push(p),
+            Ok(p) => repositories.push(p),
             Err(fix) => errors.push(RulesError::BadPattern {
                 at: at.to_string(),
                 value: pattern.clone(),
@@ -333,7 +362,7 @@ fn compile_patterns(at: &str, list: &[String], errors: &mut Vec<RulesError>) -> 
             }),
         }
     }
-    patterns
+    repositories
 }
 
 fn compile_actions(at: &str, list: &[String], errors: &mut Vec<RulesError>) -> Vec<Action> {
@@ -382,7 +411,7 @@ impl Scope {
             }
         }
         let scope = Scope {
-            repositories: compile_patterns(
+            repositories: compile_repositories(
                 &format!("{at}.repositories"),
                 repositories,
                 &mut errors,

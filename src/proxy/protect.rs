@@ -1,0 +1,299 @@
+//! Protected tags at the door: a manifest push that would move a tag `[[protect]]` guards,
+//! or a delete that would remove one, is refused before it reaches the registry. Which tags
+//! are protected, and from whom, is `crate::rules`'; this room finds out what a write would
+//! do, by reading the pushed manifest (capped) and asking the registry, through the
+//! upstream client, what the tag points to now.
+//!
+//! It fails closed: when the registry cannot say what a tag points to, the write is refused
+//! with an upstream error, never forwarded unchecked.
+//!
+//! Known limits, since the registry offers no compare-and-swap: the check and the write are
+//! two requests, so two different manifests pushed to a new protected tag at the same moment
+//! may both find it absent (the later one wins), and a protected tag pushed between the check
+//! of a delete by digest and the delete is not seen. A PUT by digest moves no tag
+//! (distribution 2.8 has no `?tag=` on manifest pushes), so it is not looked at.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::body::ReadError;
+use super::context::RequestContext;
+use super::error::{GateError, ProtectRefusal};
+use super::upstream::Upstream;
+use crate::registry_path::{Classified, Kind};
+use crate::rules::Identity;
+
+/// distribution's own limit on a manifest body (`maxManifestBodySize`): it takes nothing
+/// larger, so reading more would only hold memory for a push that fails anyway.
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Every manifest type, so that the registry reports the digest of what it stores: asked for
+/// less, distribution 2.8 answers an index with one platform's manifest and a schema2
+/// manifest with a schema1 rewrite, each with another digest.
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// Tags asked for per page of a tags listing (distribution 2.8 ignores it and sends all).
+const TAGS_PAGE: usize = 1000;
+/// Pages of tags read at most before giving up: a repository with more tags than this
+/// cannot have its digests deleted through the gate while a protection covers it.
+const MAX_TAG_PAGES: usize = 100;
+/// A page of tag names larger than this is refused rather than held: 1000 names of at most
+/// 128 bytes come to well under 1 MiB.
+const MAX_TAGS_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Refuses a manifest write that would move or delete a protected tag; anything else, and
+/// every write by a user the protection exempts, passes untouched (and unbuffered).
+pub(super) async fn check(
+    ctx: &mut RequestContext,
+    request: &Request<()>,
+    class: &Classified<'_>,
+    who: &Identity<'_>,
+    host: &HeaderValue,
+) -> Result<(), GateError> {
+    let snapshot = ctx.snapshot.clone();
+    let protections = &snapshot.config.protect;
+    if protections.is_empty() || class.kind != Kind::Manifest {
+        return Ok(());
+    }
+    let (Some(repository), Some(reference)) = (class.repository, class.reference) else {
+        return Ok(());
+    };
+    let registry = Registry {
+        upstream: &snapshot.upstream,
+        host,
+        // The registry may check credentials itself when the gate does not.
+        authorization: if snapshot.auth.is_none() {
+            request.headers().get(header::AUTHORIZATION)
+        } else {
+            None
+        },
+    };
+    // The tag grammar has no `:`; every digest has one.
+    let by_digest = reference.contains(':');
+    let method = request.method();
+    let refusal = if method == Method::PUT && !by_digest {
+        let Some(protection) = protections.guarding(who, repository, reference) else {
+            return Ok(());
+        };
+        // A tag that does not exist yet may be pushed: the body streams as usual.
+        let Some(current) = registry.digest(repository, reference).await? else {
+            return Ok(());
+        };
+        let idle = snapshot.upstream.read_timeout();
+        let pushed = match ctx.body.read_whole(MAX_MANIFEST_BYTES, idle).await {
+            Ok(bytes) => format!("sha256:{}", hex(&Sha256::digest(&bytes))),
+            Err(ReadError::TooLarge) => {
+                return Err(GateError::ManifestTooLarge(MAX_MANIFEST_BYTES))
+            }
+            Err(ReadError::Failed) => return Err(GateError::ClientAborted),
+            Err(ReadError::Stalled) => {
+                return Err(GateError::BadRequest("the manifest stopped arriving"))
+            }
+        };
+        // The same manifest again (a CI retry) leaves the tag where it is.
+        if current.eq_ignore_ascii_case(&pushed) {
+            return Ok(());
+        }
+        (reference.to_string(), protection, ProtectRefusal::Move)
+    } else if method == Method::DELETE && !by_digest {
+        let Some(protection) = protections.guarding(who, repository, reference) else {
+            return Ok(());
+        };
+        (reference.to_string(), protection, ProtectRefusal::Delete)
+    } else if method == Method::DELETE {
+        if !protections.binds(who, repository) {
+            return Ok(());
+        }
+        // One listing and a HEAD per covered tag: deletes are rare, and a protected tag is
+        // found only by asking each one what it points to.
+        let mut found = None;
+        for tag in registry.tags(repository).await? {
+            let Some(protection) = protections.guarding(who, repository, &tag) else {
+                continue;
+            };
+            let current = registry.digest(repository, &tag).await?;
+            if current.is_some_and(|d| d.eq_ignore_ascii_case(reference)) {
+                found = Some((tag, protection, ProtectRefusal::DeleteTagged));
+                break;
+            }
+        }
+        match found {
+            Some(found) => found,
+            None => return Ok(()),
+        }
+    } else {
+        return Ok(());
+    };
+    let (tag, protection, refusal) = refusal;
+    ctx.record.decision = "deny";
+    ctx.record.reason = Some(format!("protect[{protection}]:{}", refusal.label()));
+    Err(GateError::Protected {
+        repository: repository.to_string(),
+        tag,
+        protection,
+        refusal,
+    })
+}
+
+/// The registry, as `[[protect]]` asks it about tags.
+struct Registry<'a> {
+    upstream: &'a Upstream,
+    host: &'a HeaderValue,
+    authorization: Option<&'a HeaderValue>,
+}
+
+#[derive(Deserialize)]
+struct TagsPage {
+    /// `null` in distribution's answer for a repository whose tags were all deleted.
+    tags: Option<Vec<String>>,
+}
+
+impl Registry<'_> {
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, self.host.clone());
+        if let Some(authorization) = self.authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
+        headers
+    }
+
+    /// The digest `tag` points to now, or `None` when there is no such tag (or repository).
+    async fn digest(&self, repository: &str, tag: &str) -> Result<Option<String>, GateError> {
+        let mut headers = self.headers();
+        headers.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_TYPES));
+        let path = format!("/v2/{repository}/manifests/{tag}");
+        let response = self.upstream.lookup(Method::HEAD, &path, headers).await?;
+        match response.status() {
+            StatusCode::OK => response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(|d| Some(d.to_string()))
+                .ok_or_else(|| {
+                    GateError::UpstreamFailed(format!(
+                        "[[protect]]: HEAD {path} named no Docker-Content-Digest"
+                    ))
+                }),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(GateError::UpstreamFailed(format!(
+                "[[protect]]: HEAD {path} answered {status}"
+            ))),
+        }
+    }
+
+    /// Every tag of `repository`, following the registry's `Link` pages; none when the
+    /// repository does not exist.
+    async fn tags(&self, repository: &str) -> Result<Vec<String>, GateError> {
+        let first = format!("/v2/{repository}/tags/list?n={TAGS_PAGE}");
+        let prefix = format!("/v2/{repository}/tags/list?");
+        let mut next = Some(first);
+        let mut tags = Vec::new();
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                return Err(GateError::UpstreamFailed(format!(
+                    "[[protect]]: {repository} has more than {MAX_TAG_PAGES} pages of tags"
+                )));
+            }
+            let response = self
+                .upstream
+                .lookup(Method::GET, &path, self.headers())
+                .await?;
+            match response.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND if pages == 1 => return Ok(Vec::new()),
+                status => {
+                    return Err(GateError::UpstreamFailed(format!(
+                        "[[protect]]: GET {path} answered {status}"
+                    )))
+                }
+            }
+            next = next_page(response.headers(), &prefix);
+            let bytes = Limited::new(response.into_body(), MAX_TAGS_PAGE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    GateError::UpstreamFailed(format!("[[protect]]: reading {path}: {e}"))
+                })?
+                .to_bytes();
+            let page: TagsPage = serde_json::from_slice(&bytes).map_err(|e| {
+                GateError::UpstreamFailed(format!("[[protect]]: {path} is not a tags list: {e}"))
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+        }
+        Ok(tags)
+    }
+}
+
+/// The target of `Link: </v2/NAME/tags/list?last=…&n=…>; rel="next"`, if it is a further
+/// page of the same listing (the registry is trusted, but a redirect elsewhere is no page).
+fn next_page(headers: &HeaderMap, prefix: &str) -> Option<String> {
+    let link = headers.get(header::LINK)?.to_str().ok()?;
+    let target = link.split_once('<')?.1.split_once('>')?.0;
+    let path = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+        .map_or(Some(target), |rest| rest.find('/').map(|i| &rest[i..]))?;
+    path.starts_with(prefix).then(|| path.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_tags_page_is_read_from_link_and_kept_to_the_listing() {
+        let prefix = "/v2/team/app/tags/list?";
+        let mut h = HeaderMap::new();
+        assert_eq!(next_page(&h, prefix), None);
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static("</v2/team/app/tags/list?last=v9&n=1000>; rel=\"next\""),
+        );
+        assert_eq!(
+            next_page(&h, prefix).as_deref(),
+            Some("/v2/team/app/tags/list?last=v9&n=1000")
+        );
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static(
+                "<http://127.0.0.1:5000/v2/team/app/tags/list?last=v9>; rel=\"next\"",
+            ),
+        );
+        assert_eq!(
+            next_page(&h, prefix).as_deref(),
+            Some("/v2/team/app/tags/list?last=v9")
+        );
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static("</v2/other/tags/list?last=v9>; rel=\"next\""),
+        );
+        assert_eq!(next_page(&h, prefix), None);
+    }
+
+    #[test]
+    fn every_manifest_type_is_accepted() {
+        for media_type in [
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+        ] {
+            assert!(MANIFEST_TYPES.split(", ").any(|t| t == media_type));
+        }
+        assert!(HeaderValue::from_str(MANIFEST_TYPES).is_ok());
+    }
+}

@@ -1,0 +1,343 @@
+//! Protected tags (`[[protect]]`) against the real registry and real clients: skopeo pushes a
+//! new protected tag, pushes it again, tries to move and delete it, and moves an unprotected
+//! one; an exempt user moves it; docker is refused an overwrite and prints why; and the gate
+//! never forwards a write it could not check.
+
+use crate::util;
+
+use std::time::Duration;
+
+use base64::Engine;
+use http::StatusCode;
+use util::client::{full, request, text, HttpsClient, Proto};
+use util::docker::Dockerd;
+use util::gate::{Gate, GateConfig};
+use util::image::{oci_image, skopeo, skopeo_ok, OciImage, MANIFEST_MEDIA_TYPE};
+use util::recorder::{Recorder, Reply};
+use util::registry::Registry;
+use util::{describe, sha256_digest, temp_dir, wait_until};
+
+const CI: (&str, &str) = ("ci", "ci-secret");
+const BOT: (&str, &str) = ("release-bot", "bot-secret");
+
+/// Version tags of `team/*` are protected; the release bot (through a group, so `[groups]`
+/// serving only `[[protect]]` is exercised too) may still move them.
+const PROTECT: &str = "\n[groups]\nreleasers = [\"release-bot\"]\n\
+     \n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"v*\"]\nusers = [\"@releasers\"]\n";
+
+fn gate_config(upstream: &str) -> GateConfig {
+    GateConfig::new(upstream)
+        .basic_auth(&[CI, BOT])
+        .extra_toml(PROTECT)
+}
+
+/// What skopeo needs to reach the gate as one user.
+struct Skopeo {
+    certs: String,
+    authority: String,
+}
+
+impl Skopeo {
+    fn for_gate(gate: &Gate) -> Skopeo {
+        Skopeo {
+            certs: gate.pki.cert_dir.to_str().expect("UTF-8 path").to_string(),
+            authority: gate.authority(),
+        }
+    }
+
+    fn remote(&self, reference: &str) -> String {
+        format!("docker://{}/{reference}", self.authority)
+    }
+
+    fn push(&self, who: (&str, &str), image: &OciImage, reference: &str) -> std::process::Output {
+        let creds = format!("{}:{}", who.0, who.1);
+        skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-cert-dir",
+            &self.certs,
+            "--dest-creds",
+            &creds,
+            &image.reference(),
+            &self.remote(reference),
+        ])
+    }
+
+    fn delete(&self, who: (&str, &str), reference: &str) -> std::process::Output {
+        let creds = format!("{}:{}", who.0, who.1);
+        skopeo(&[
+            "delete",
+            "--cert-dir",
+            &self.certs,
+            "--creds",
+            &creds,
+            &self.remote(reference),
+        ])
+    }
+
+    /// The digest of the manifest `reference` names now, or `None` if it names none.
+    fn digest(&self, reference: &str) -> Option<String> {
+        let creds = format!("{}:{}", CI.0, CI.1);
+        let out = skopeo(&[
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &self.certs,
+            "--creds",
+            &creds,
+            &self.remote(reference),
+        ]);
+        out.status.success().then(|| sha256_digest(&out.stdout))
+    }
+}
+
+fn refused_as_protected(out: &std::process::Output, what: &str) {
+    assert!(
+        !out.status.success(),
+        "{what} went through:\n{}",
+        describe(out)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // skopeo prints `denied: …` for a push, the raw error body for a delete.
+    let why = text.contains("team/app:v1 is a protected tag")
+        || text.contains("is the protected tag team/app:v1");
+    assert!(
+        text.to_lowercase().contains("denied") && why,
+        "{what}: the refusal does not say why:\n{}",
+        describe(out)
+    );
+}
+
+#[test]
+fn skopeo_cannot_move_or_delete_a_protected_tag_but_may_repeat_a_push() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
+    let sk = Skopeo::for_gate(&gate);
+    let a = oci_image(&tmp.path().join("alpha"), 1, 16 * 1024);
+    let b = oci_image(&tmp.path().join("bravo"), 1, 16 * 1024);
+    let c = oci_image(&tmp.path().join("charlie"), 1, 16 * 1024);
+    // Seeds come from the directory names; names differing in one letter can collide.
+    assert_ne!(a.manifest_digest, b.manifest_digest);
+    assert_ne!(b.manifest_digest, c.manifest_digest);
+
+    // A new protected tag may be pushed, and the same manifest again (a CI retry).
+    let first = sk.push(CI, &a, "team/app:v1");
+    assert!(first.status.success(), "first push: {}", describe(&first));
+    let again = sk.push(CI, &a, "team/app:v1");
+    assert!(
+        again.status.success(),
+        "same push again: {}",
+        describe(&again)
+    );
+
+    // Another manifest may not take the tag; the tag stays where it was.
+    refused_as_protected(&sk.push(CI, &b, "team/app:v1"), "moving team/app:v1");
+    assert_eq!(sk.digest("team/app:v1"), Some(a.manifest_digest.clone()));
+    log_says(&gate, "decision=\"deny\" rule=- reason=\"protect[0]:move\"");
+
+    // skopeo deletes a tag by the digest it points to; by digest directly, the same.
+    refused_as_protected(&sk.delete(CI, "team/app:v1"), "deleting team/app:v1");
+    let by_digest = format!("team/app@{}", a.manifest_digest);
+    refused_as_protected(&sk.delete(CI, &by_digest), "deleting v1's manifest");
+    assert_eq!(sk.digest("team/app:v1"), Some(a.manifest_digest.clone()));
+    log_says(&gate, "reason=\"protect[0]:delete_tagged\"");
+
+    // An unprotected tag moves and goes as before, in the same repository.
+    skopeo_ok_push(&sk, CI, &b, "team/app:latest");
+    skopeo_ok_push(&sk, CI, &c, "team/app:latest");
+    assert_eq!(
+        sk.digest("team/app:latest"),
+        Some(c.manifest_digest.clone())
+    );
+    let gone = sk.delete(CI, "team/app:latest");
+    assert!(gone.status.success(), "delete latest: {}", describe(&gone));
+    assert_eq!(sk.digest("team/app:latest"), None);
+    // Outside the protected repositories, version tags are ordinary.
+    skopeo_ok_push(&sk, CI, &a, "other/app:v1");
+    skopeo_ok_push(&sk, CI, &b, "other/app:v1");
+    assert_eq!(sk.digest("other/app:v1"), Some(b.manifest_digest.clone()));
+
+    // A user the protection lists may move the tag.
+    skopeo_ok_push(&sk, BOT, &b, "team/app:v1");
+    assert_eq!(sk.digest("team/app:v1"), Some(b.manifest_digest.clone()));
+    let untouched = skopeo_ok(&[
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        &sk.certs,
+        "--creds",
+        "ci:ci-secret",
+        &sk.remote(&format!("team/app@{}", a.manifest_digest)),
+    ]);
+    assert_eq!(sha256_digest(&untouched.stdout), a.manifest_digest);
+}
+
+fn skopeo_ok_push(sk: &Skopeo, who: (&str, &str), image: &OciImage, reference: &str) {
+    let out = sk.push(who, image, reference);
+    assert!(
+        out.status.success(),
+        "{} pushing {reference}: {}",
+        who.0,
+        describe(&out)
+    );
+}
+
+fn basic(who: (&str, &str)) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", who.0, who.1));
+    format!("Basic {token}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_409_denied_and_oversized_manifests_413() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
+    let sk = Skopeo::for_gate(&gate);
+    let a = oci_image(&tmp.path().join("image-a"), 1, 4 * 1024);
+    let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &a, "team/app:v2"))
+        .await
+        .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http2);
+
+    // A delete naming the tag is refused before the registry is asked anything.
+    let response = client
+        .send(
+            request("DELETE", &gate.url("/v2/team/app/manifests/v2"))
+                .header("Authorization", basic(CI))
+                .body(full(Vec::new()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: serde_json::Value = serde_json::from_str(&text(response).await).expect("JSON");
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "team/app:v2 is a protected tag and cannot be deleted"
+    );
+
+    // Past distribution's 4 MiB, a manifest the gate must read is refused, not buffered.
+    let huge = vec![b' '; 5 * 1024 * 1024];
+    let response = client
+        .send(
+            request("PUT", &gate.url("/v2/team/app/manifests/v2"))
+                .header("Authorization", basic(CI))
+                .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                .body(full(huge))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(text(response).await.contains("MANIFEST_INVALID"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_gate_cannot_check_is_never_forwarded() {
+    // A registry that fails every lookup: the digest HEAD and the tags listing.
+    let recorder = Recorder::start(|r| match r.method.as_str() {
+        "HEAD" | "GET" => Reply::status(500),
+        _ => Reply::status(201),
+    });
+    let tmp = temp_dir();
+    let gate = Gate::start(tmp.path(), gate_config(&recorder.url()));
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    let manifest = br#"{"schemaVersion":2}"#.to_vec();
+    for (method, path) in [
+        ("PUT", "/v2/team/app/manifests/v1"),
+        (
+            "DELETE",
+            "/v2/team/app/manifests/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+    ] {
+        let response = client
+            .send(
+                request(method, &gate.url(path))
+                    .header("Authorization", basic(CI))
+                    .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                    .body(full(manifest.clone()))
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{method} {path}");
+    }
+    // The exempt user is not checked, so their push goes through as ever.
+    let response = client
+        .send(
+            request("PUT", &gate.url("/v2/team/app/manifests/v1"))
+                .header("Authorization", basic(BOT))
+                .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                .body(full(manifest.clone()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let forwarded: Vec<String> = recorder
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" || r.method == "DELETE")
+        .map(|r| format!("{} {} {}", r.method, r.uri, r.body_len))
+        .collect();
+    assert_eq!(
+        forwarded,
+        vec![format!("PUT /v2/team/app/manifests/v1 {}", manifest.len())],
+        "an unchecked write reached the registry"
+    );
+}
+
+#[test]
+fn docker_is_refused_an_overwrite_of_a_protected_tag_and_says_why() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
+    let dockerd = Dockerd::start(tmp.path());
+    let authority = gate.authority();
+    dockerd.docker_ok(&["login", "-u", CI.0, "-p", CI.1, &authority]);
+    let release = format!("{authority}/team/app:v1");
+    // Two different images (import_image writes the name into the image), one tag.
+    let one = format!("{authority}/team/build:one");
+    let two = format!("{authority}/team/build:two");
+    let first = dockerd.import_image(&one);
+    let second = dockerd.import_image(&two);
+    assert_ne!(first, second);
+
+    dockerd.docker_ok(&["tag", &one, &release]);
+    dockerd.docker_ok(&["push", &release]);
+    // The same image again: docker sends the same manifest, and the push succeeds.
+    dockerd.docker_ok(&["push", &release]);
+
+    dockerd.docker_ok(&["tag", &two, &release]);
+    let refused = dockerd.docker(&["push", &release]);
+    assert!(
+        !refused.status.success(),
+        "the protected tag was overwritten:\n{}",
+        describe(&refused)
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("denied") && said.contains("team/app:v1 is a protected tag"),
+        "docker does not show the refusal:\n{}",
+        describe(&refused)
+    );
+
+    // The tag still holds the first image.
+    dockerd.docker_ok(&["rmi", &release, &one, &two]);
+    dockerd.docker_ok(&["pull", &release]);
+    assert_eq!(dockerd.image_id(&release), first);
+    log_says(&gate, "reason=\"protect[0]:move\"");
+}
+
+/// The access line is written when the answer's body is done, which may be just after the
+/// client has moved on.
+fn log_says(gate: &Gate, needle: &str) {
+    assert!(
+        wait_until(Duration::from_secs(5), || gate.log().contains(needle)),
+        "the gate's log never said {needle:?}:\n{}",
+        gate.log()
+    );
+}
