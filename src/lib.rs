@@ -16,7 +16,8 @@
 //!    client certificates, tokens, throttling), `rules` (who may do what, and the protected
 //!    tags), `filter` (user agents and addresses), `registry_path` (method + path to endpoint,
 //!    action, repository), `metrics` (Prometheus counters by label), `log` (the tracing
-//!    subscriber).
+//!    subscriber), `events` (push and delete events: the bounded queues, signatures,
+//!    delivery with retries to `[[events]]` receivers, off the request path).
 //! 5. Shared by all: `client_addr` (the canonical client address and the real client behind
 //!    trusted proxies) and `atomic_file` (files written whole or not at all).
 //!
@@ -31,6 +32,7 @@ pub mod proxy;
 
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod filter;
 pub mod log;
 pub mod metrics;

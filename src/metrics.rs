@@ -49,6 +49,11 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -62,6 +67,7 @@ pub struct Metrics {
     open_connections: Gauge,
     refused_connections: Family<ReasonLabels, Counter>,
     certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    events: Family<OutcomeLabels, Counter>,
 }
 
 /// Seconds; from a manifest HEAD (milliseconds) to a multi-gigabyte layer (minutes).
@@ -146,6 +152,12 @@ impl Metrics {
             "Seconds until the served certificate expires (negative once expired; absent before the first ACME certificate)",
             certificate_expiry.clone(),
         );
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Push and delete events per [[events]] receiver: delivered, failed (given up after every retry), dropped (the receiver's queue was full)",
+            events.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -159,6 +171,7 @@ impl Metrics {
             open_connections,
             refused_connections,
             certificate_expiry,
+            events,
         }
     }
 
@@ -240,6 +253,11 @@ impl Metrics {
         self.refused_connections
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// One event's fate at one receiver (`delivered`, `failed`, `dropped`).
+    pub fn event(&self, outcome: &'static str) {
+        self.events.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// The text exposition format, with the certificate expiry read now.
@@ -328,6 +346,7 @@ mod tests {
         m.protect_refusal("move");
         m.connection_refused("max_connections_per_ip");
         m.connection_opened();
+        m.event("dropped");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).expect("encode");
         for line in [
@@ -339,6 +358,7 @@ mod tests {
             "registry_gate_protect_refusals_total{reason=\"move\"} 1",
             "registry_gate_refused_connections_total{reason=\"max_connections_per_ip\"} 1",
             "registry_gate_open_connections 1",
+            "registry_gate_events_total{outcome=\"dropped\"} 1",
             "registry_gate_request_duration_seconds_bucket{le=\"0.05\",action=\"pull\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");

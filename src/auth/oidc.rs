@@ -637,7 +637,7 @@ mod tests {
         );
         assert!(find_key(&set, Some("missing"), "ES256").is_none());
         // Without a kid, only an unambiguous key is taken.
-        assert!(find_key(&[ec.clone()], None, "ES256").is_some());
+        assert!(find_key(std::slice::from_ref(&ec), None, "ES256").is_some());
         let mut second = ec.clone();
         second.kid = Some("ec2".into());
         assert!(find_key(&[ec, second], None, "ES256").is_none());

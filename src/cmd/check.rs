@@ -1,6 +1,6 @@
 //! `registry-gate check`: like `nginx -t`, everything `run` would load is loaded (the
-//! configuration, certificates or the ACME cache, htpasswd files), without listening or
-//! writing; exit 0 with a one-line summary, or 2 listing every problem.
+//! configuration, certificates or the ACME cache, htpasswd files, event secrets and CAs),
+//! without listening or writing; exit 0 with a one-line summary, or 2 listing every problem.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{report, EXIT_BAD_CONFIG, EXIT_OK};
 use crate::config::{self, Config, TlsSource};
 use crate::proxy::state;
-use crate::{auth, tls};
+use crate::{auth, events, tls};
 
 /// Like `nginx -t`: everything `run` would load, loaded, without listening or writing.
 pub(super) fn check(config_path: Option<&Path>) -> i32 {
@@ -72,13 +72,18 @@ pub(super) fn check(config_path: Option<&Path>) -> i32 {
         Ok(None) => String::new(),
         Err(errors) => return report(EXIT_BAD_CONFIG, errors),
     };
+    let receivers = match events::load(&config.events) {
+        Ok(loaded) if loaded.is_empty() => String::new(),
+        Ok(loaded) => format!(", {} event receiver(s)", loaded.len()),
+        Err(errors) => return report(EXIT_BAD_CONFIG, errors),
+    };
     let source = config
         .source
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
     println!(
-        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}{users}{tokens}{oidc}",
+        "registry-gate: {source}: configuration OK: listen {}, upstream {}, {certificate}{users}{tokens}{oidc}{receivers}",
         config.server.listen,
         match &config.upstream.target {
             config::UpstreamTarget::Tcp { .. } => config.upstream.origin.clone(),

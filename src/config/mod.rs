@@ -18,6 +18,7 @@ mod env;
 mod raw;
 mod validate;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::rules::{Protections, Rules};
+use crate::rules::{Protections, RepositoryPattern, Rules};
 
 use raw::RawConfig;
 use validate::Validator;
@@ -89,7 +90,8 @@ pub enum ConfigError {
     #[error("{path}: [{key}]: {message}")]
     Invalid {
         path: String,
-        key: &'static str,
+        /// `section.key`, or `events[0].url` for a key of a repeated table.
+        key: Cow<'static, str>,
         message: String,
     },
 }
@@ -111,6 +113,8 @@ pub struct Config {
     pub rules: Arc<Rules>,
     /// Compiled `[[protect]]`: tags that may not be moved or deleted; empty when none.
     pub protect: Arc<Protections>,
+    /// `[[events]]`: where push and delete events are sent, in file order.
+    pub events: Vec<EventReceiver>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +227,7 @@ impl UserTemplate {
 
     /// The user for a token's claims; `Err(name)` names a claim that is missing or not a
     /// plain value.
-    pub fn render<'a>(&'a self, claim: impl Fn(&str) -> Option<String>) -> Result<String, &'a str> {
+    pub fn render(&self, claim: impl Fn(&str) -> Option<String>) -> Result<String, &str> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -343,6 +347,62 @@ pub enum CertIdentity {
     SanEmail,
 }
 
+/// A receiver waits at most this long for each delivery attempt (`[[events]] timeout`): a
+/// webhook that has not answered by then is treated as down and retried later.
+pub const DEFAULT_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the registry accepted that an `[[events]]` receiver can be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventAction {
+    /// A manifest stored (`PUT /v2/<name>/manifests/<reference>` answered 201).
+    Push,
+    /// A manifest or tag deleted (`DELETE /v2/<name>/manifests/<reference>` answered 202).
+    Delete,
+}
+
+impl EventAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventAction::Push => "push",
+            EventAction::Delete => "delete",
+        }
+    }
+}
+
+/// One `[[events]]` table, validated. Its files (secret, CA) are named, not read: that is
+/// the `events` module's job, so a reload re-reads them.
+#[derive(Debug, Clone)]
+pub struct EventReceiver {
+    /// `http://` or `https://`, without user info.
+    pub url: http::Uri,
+    pub secret: Option<EventSecret>,
+    pub actions: Vec<EventAction>,
+    /// Empty: every repository.
+    pub repositories: Vec<RepositoryPattern>,
+    pub timeout: Duration,
+    /// A PEM bundle to trust instead of the system roots (https only).
+    pub ca: Option<PathBuf>,
+}
+
+/// Where a receiver's HMAC key comes from.
+#[derive(Clone)]
+pub enum EventSecret {
+    /// `secret`: in the configuration itself.
+    Inline(String),
+    /// `secret_file`: read on start and reload, so the key stays out of the config file.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for EventSecret {
+    // The key must never reach a log line or a panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventSecret::Inline(_) => f.write_str("Inline(<redacted>)"),
+            EventSecret::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -438,6 +498,7 @@ impl Config {
         // Groups serve [[protect]] users too, so the rules are told whether any exist.
         let rules = v.rules(&raw.groups, raw.rules, &auth, !raw.protect.is_empty());
         let protect = v.protect(&raw.groups, raw.protect);
+        let events = v.events(raw.events, base);
         v.finish()?;
         Ok(Config {
             source: path.map(Path::to_path_buf),
@@ -450,6 +511,7 @@ impl Config {
             auth,
             rules: Arc::new(rules),
             protect: Arc::new(protect),
+            events,
         })
     }
 }
@@ -571,6 +633,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_events_table_is_valid_when_uncommented() {
+        let text = include_str!("../../proxy.toml.example");
+        let start = text.find("# [[events]]").expect("events example");
+        let uncommented: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter_map(|l| match l.split_once("Example: ") {
+                Some((_, example)) => Some(example),
+                None => (l.starts_with('[') || l.contains(" = ")).then_some(l),
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
+        assert_eq!(c.events.len(), 1, "{uncommented}");
+        let receiver = &c.events[0];
+        assert_eq!(receiver.url.scheme_str(), Some("https"), "{uncommented}");
+        assert!(matches!(receiver.secret, Some(EventSecret::File(_))));
+        assert_eq!(
+            receiver.actions,
+            vec![EventAction::Push, EventAction::Delete]
+        );
+        assert_eq!(receiver.repositories.len(), 2);
+        assert_eq!(receiver.timeout, DEFAULT_EVENT_TIMEOUT);
+        assert!(receiver.ca.is_some());
+    }
+
+    #[test]
     fn the_example_rules_compile_when_uncommented() {
         let text = include_str!("../../proxy.toml.example");
         let start = text.find("# [groups]").expect("groups example");
@@ -648,7 +737,11 @@ mod tests {
     fn the_example_protection_compiles_when_uncommented() {
         let text = include_str!("../../proxy.toml.example");
         let start = text.find("# [[protect]]").expect("protect example");
-        let uncommented: String = text[start..]
+        // The [[events]] example that follows has keys of its own.
+        let end = text[start..]
+            .find("# Push and delete events")
+            .map_or(text.len(), |e| start + e);
+        let uncommented: String = text[start..end]
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| *l == "[[protect]]" || l.contains(" = ["))

@@ -30,6 +30,20 @@ pub struct RawConfig {
     pub rules: Vec<RawRule>,
     #[serde(default)]
     pub protect: Vec<RawProtect>,
+    #[serde(default)]
+    pub events: Vec<RawEvents>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
+    pub actions: Option<Vec<String>>,
+    pub repositories: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

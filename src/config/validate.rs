@@ -14,21 +14,21 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::rules::{ProtectSpec, Protections, RuleSpec, Rules};
+use crate::rules::{ProtectSpec, Protections, RepositoryPattern, RuleSpec, Rules};
 
 use super::raw::{
-    RawAcme, RawAuth, RawFilter, RawLog, RawMetrics, RawOidc, RawProtect, RawRule, RawServer,
-    RawTls, RawUpstream,
+    RawAcme, RawAuth, RawEvents, RawFilter, RawLog, RawMetrics, RawOidc, RawProtect, RawRule,
+    RawServer, RawTls, RawUpstream,
 };
 use super::{
     AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ConfigError,
-    LogConfig, LogFormat, OidcConfig, ServerConfig, TlsConfig, TlsSource, UpstreamConfig,
-    UpstreamTarget, UserTemplate, DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_READ_TIMEOUT, DEFAULT_REALM, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL,
-    DEFAULT_UPSTREAM, GENERATED_HTPASSWD, GENERATED_TOKEN_KEY, LETSENCRYPT_PRODUCTION,
-    LETSENCRYPT_STAGING,
+    EventAction, EventReceiver, EventSecret, LogConfig, LogFormat, OidcConfig, ServerConfig,
+    TlsConfig, TlsSource, UpstreamConfig, UpstreamTarget, UserTemplate, DEFAULT_ACME_RETRY,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_REALM,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, DEFAULT_UPSTREAM, GENERATED_HTPASSWD,
+    GENERATED_TOKEN_KEY, LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING,
 };
 
 /// Collects errors while letting validation go on with a placeholder value.
@@ -710,10 +710,139 @@ impl Validator {
         }
     }
 
+    /// `[[events]]`: the receivers of push and delete events. Their secret and CA files are
+    /// placed against the config file's directory, not read.
+    pub(super) fn events(&mut self, raw: Vec<RawEvents>, base: &Path) -> Vec<EventReceiver> {
+        raw.into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.event_receiver(i, r, base))
+            .collect()
+    }
+
+    fn event_receiver(&mut self, i: usize, raw: RawEvents, base: &Path) -> Option<EventReceiver> {
+        let key = |name: &str| format!("events[{i}].{name}");
+        let errors_before = self.errors.len();
+        let url = match raw.url.as_deref() {
+            None => {
+                self.fail_at(key("url"), "missing: name the receiver, e.g. url = \"https://ci.example.com/hooks/registry\"".into());
+                None
+            }
+            Some(text) => match parse_event_url(text) {
+                Ok(url) => Some(url),
+                Err(message) => {
+                    self.fail_at(key("url"), message);
+                    None
+                }
+            },
+        };
+        let secret = match (raw.secret, raw.secret_file) {
+            (Some(_), Some(_)) => {
+                self.fail_at(key("secret"), "secret and secret_file are both set: the key comes from one place; keep secret_file".into());
+                None
+            }
+            (Some(secret), None) if secret.is_empty() => {
+                self.fail_at(
+                    key("secret"),
+                    "empty: an empty key signs nothing; set a long random string or remove the key"
+                        .into(),
+                );
+                None
+            }
+            (Some(secret), None) => Some(EventSecret::Inline(secret)),
+            (None, Some(file)) => Some(EventSecret::File(base.join(file))),
+            (None, None) => None,
+        };
+        let mut actions = Vec::new();
+        let raw_actions = raw
+            .actions
+            .unwrap_or_else(|| vec!["push".into(), "delete".into()]);
+        if raw_actions.is_empty() {
+            self.fail_at(key("actions"), "the list is empty, so nothing would be sent; list \"push\" and/or \"delete\", or remove the table".into());
+        }
+        for action in raw_actions {
+            let wanted: &[EventAction] = match action.as_str() {
+                "push" => &[EventAction::Push],
+                "delete" => &[EventAction::Delete],
+                "*" => &[EventAction::Push, EventAction::Delete],
+                other => {
+                    self.fail_at(
+                        key("actions"),
+                        format!("unknown action {other:?}; use \"push\", \"delete\" or \"*\" (pulls are not events)"),
+                    );
+                    &[]
+                }
+            };
+            for a in wanted {
+                if !actions.contains(a) {
+                    actions.push(*a);
+                }
+            }
+        }
+        let mut repositories = Vec::new();
+        if raw.repositories.as_ref().is_some_and(Vec::is_empty) {
+            self.fail_at(key("repositories"), "the list is empty, so nothing would be sent; remove the key to send events for every repository".into());
+        }
+        for pattern in raw.repositories.unwrap_or_default() {
+            match RepositoryPattern::parse(&pattern) {
+                Ok(p) => repositories.push(p),
+                Err(fix) => self.fail_at(
+                    key("repositories"),
+                    format!("bad repository pattern {pattern:?}: {fix}"),
+                ),
+            }
+        }
+        let timeout = match raw.timeout.as_deref().map(parse_duration) {
+            None => DEFAULT_EVENT_TIMEOUT,
+            Some(Ok(t)) if t.is_zero() => {
+                self.fail_at(
+                    key("timeout"),
+                    "0 would fail every delivery; use e.g. \"10s\"".into(),
+                );
+                DEFAULT_EVENT_TIMEOUT
+            }
+            Some(Ok(t)) => t,
+            Some(Err(message)) => {
+                self.fail_at(key("timeout"), message);
+                DEFAULT_EVENT_TIMEOUT
+            }
+        };
+        let ca = raw.ca.map(|p| base.join(p));
+        if ca.is_some()
+            && url
+                .as_ref()
+                .is_some_and(|u| u.scheme_str() != Some("https"))
+        {
+            self.fail_at(
+                key("ca"),
+                "a CA only applies to an https:// receiver; remove it or use https".into(),
+            );
+        }
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        Some(EventReceiver {
+            url: url?,
+            secret,
+            actions,
+            repositories,
+            timeout,
+            ca,
+        })
+    }
+
     fn fail(&mut self, key: &'static str, message: String) {
         self.errors.push(ConfigError::Invalid {
             path: self.path.clone(),
-            key,
+            key: key.into(),
+            message,
+        });
+    }
+
+    /// `fail` for a key of a repeated table, such as `events[2].url`.
+    fn fail_at(&mut self, key: String, message: String) {
+        self.errors.push(ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.into(),
             message,
         });
     }
@@ -793,6 +922,35 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .map_err(|_| {
             format!("{text:?} is not an address or CIDR such as \"10.0.0.0/8\" or \"192.0.2.7\"")
         })
+}
+
+/// A receiver's URL: http or https, a host, no user info (credentials in a URL end up in
+/// logs and proxies; the signature is what authenticates the gate).
+fn parse_event_url(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text.parse().map_err(|e| {
+        format!("{text:?} is not a URL ({e}); write \"https://ci.example.com/hooks/registry\"")
+    })?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(format!(
+                "{text:?}: only http:// and https:// receivers are supported"
+            ))
+        }
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{text:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        // Not echoed: the message would put the password in the log.
+        return Err(
+            "the URL carries credentials (user:password@); remove them and set secret_file: receivers check the signature header".into(),
+        );
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    Ok(uri)
 }
 
 fn parse_upstream(url: &str, base: &Path) -> Result<(UpstreamTarget, String), String> {
@@ -981,6 +1139,60 @@ mod tests {
                 .guarding(&Identity::User("anyone"), "a", "v1")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn events_defaults_and_files() {
+        let c = parse(
+            "[[events]]\nurl = \"https://ci.example.com/hooks/registry?x=1\"\nsecret_file = \"hook.secret\"\n\n[[events]]\nurl = \"http://127.0.0.1:9000/\"\nactions = [\"delete\"]\nrepositories = [\"team/*\"]\ntimeout = \"3s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.events.len(), 2);
+        let first = &c.events[0];
+        assert_eq!(first.actions, vec![EventAction::Push, EventAction::Delete]);
+        assert!(first.repositories.is_empty());
+        assert_eq!(first.timeout, DEFAULT_EVENT_TIMEOUT);
+        assert!(
+            matches!(&first.secret, Some(EventSecret::File(p)) if p == &PathBuf::from("/etc/gate/hook.secret"))
+        );
+        let second = &c.events[1];
+        assert_eq!(second.actions, vec![EventAction::Delete]);
+        assert!(second.repositories[0].matches("team/app", None));
+        assert!(!second.repositories[0].matches("other/app", None));
+        assert_eq!(second.timeout, Duration::from_secs(3));
+        assert!(second.secret.is_none());
+    }
+
+    #[test]
+    fn events_mistakes_name_the_table_and_key() {
+        let m = messages(parse(
+            "[[events]]\nurl = \"ftp://hooks.example.com/x\"\n\n[[events]]\nurl = \"https://user:pw@hooks.example.com/\"\nactions = [\"push\", \"pull\"]\nsecret = \"a\"\nsecret_file = \"b\"\n\n[[events]]\nurl = \"http://hooks.example.com/\"\nrepositories = [\"Team/*\"]\ntimeout = \"soon\"\nca = \"ca.pem\"\n\n[[events]]\nactions = []\n",
+        ));
+        let all = m.join("\n");
+        for needle in [
+            "[events[0].url]: \"ftp://hooks.example.com/x\": only http:// and https://",
+            "[events[1].url]: the URL carries credentials",
+            "[events[1].actions]: unknown action \"pull\"",
+            "[events[1].secret]: secret and secret_file are both set",
+            "[events[2].repositories]: bad repository pattern \"Team/*\"",
+            "[events[2].timeout]: \"soon\" is not a duration",
+            "[events[2].ca]: a CA only applies to an https:// receiver",
+            "[events[3].url]: missing",
+            "[events[3].actions]: the list is empty",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("pw@"), "a password in a message: {all}");
+    }
+
+    #[test]
+    fn events_unknown_key_is_an_error_with_its_line() {
+        let m = messages(parse(
+            "[[events]]\nurl = \"http://127.0.0.1:9000/\"\nsecret_fiel = \"s\"\n",
+        ));
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].contains("secret_fiel"), "{}", m[0]);
+        assert!(m[0].contains("line 3"), "{}", m[0]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The path of one request, top to bottom, like a phase chart: check who may talk to the
 //! gate and the request's form, classify it (endpoint, action, repository), authenticate,
-//! authorise, forward with rewritten headers, stream the answer back; the access log line is
-//! written when the response body is done.
+//! authorise, forward with rewritten headers, stream the answer back, and hand a push or
+//! delete the registry accepted to the event receivers; the access log line is written when
+//! the response body is done.
 //!
 //! Each phase is a plain function that may answer early with a `GateError`; there are no
 //! hooks. Classification comes before authentication so that an unclassifiable request is
@@ -39,11 +40,12 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::registry_path::{self, Action, Kind};
+use crate::events::{Actor, Event, EventAction};
+use crate::registry_path::{self, Action, Classified, Kind};
 use access_log::AccessRecord;
 use body::{ClientBody, ResponseBody, Settled};
 use context::{ConnInfo, RequestContext};
@@ -251,13 +253,22 @@ async fn proxy(
         None
     };
     let exchange = ctx.record.exchange().clone();
+    let method = parts.method.clone();
     let upstream_request = Request::from_parts(parts, ctx.body.take());
     let response = snapshot
         .upstream
         .send(upstream_request, &exchange, bulk.as_ref())
         .await?;
 
-    // 6. Respond.
+    // 6. Tell the event receivers, as soon as the registry's answer says it accepted a push
+    // or delete: whatever happens to the rest of this response, the change is made.
+    if !snapshot.events.is_empty() {
+        if let Some(event) = accepted_change(ctx, &caller, &method, &class, &response) {
+            snapshot.events.publish(event);
+        }
+    }
+
+    // 7. Respond.
     let (mut parts, body) = response.into_parts();
     headers::rewrite_response(&mut parts.headers, snapshot.upstream.origin(), &host);
     if class.kind == Kind::Catalog
@@ -277,6 +288,51 @@ async fn proxy(
     }
     let body = ResponseBody::upstream(body, exchange, snapshot.upstream.read_timeout(), bulk);
     Ok(Response::from_parts(parts, body))
+}
+
+/// The event for a manifest stored (PUT answered 201) or deleted (DELETE answered 202).
+/// Blob uploads are not events: an image is pushed when its manifest is.
+fn accepted_change<B>(
+    ctx: &RequestContext,
+    caller: &caller::Caller,
+    method: &Method,
+    class: &Classified,
+    response: &Response<B>,
+) -> Option<Event> {
+    if class.kind != Kind::Manifest {
+        return None;
+    }
+    let action = match (method, response.status()) {
+        (&Method::PUT, StatusCode::CREATED) => EventAction::Push,
+        (&Method::DELETE, StatusCode::ACCEPTED) => EventAction::Delete,
+        _ => return None,
+    };
+    let reference = class.reference?;
+    // Tags cannot contain ':'; digests always do (`sha256:...`).
+    let by_digest = reference.contains(':');
+    Some(Event {
+        action,
+        repository: class.repository?.to_string(),
+        tag: (!by_digest).then(|| reference.to_string()),
+        digest: content_digest(response.headers())
+            .or_else(|| by_digest.then(|| reference.to_string())),
+        actor: Actor {
+            user: ctx.record.user.clone(),
+            token: ctx.record.token.clone(),
+            oidc_subject: caller.oidc_subject.clone(),
+        },
+        client: ctx.client_ip,
+        time: std::time::SystemTime::now(),
+        request_id: ctx.record.request_id.clone(),
+    })
+}
+
+fn content_digest(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("docker-content-digest")?
+        .to_str()
+        .ok()
+        .map(str::to_string)
 }
 
 /// One year, the value HSTS preload lists ask for; no `includeSubDomains`: the gate speaks

@@ -1,7 +1,7 @@
 //! The gate's shared state: an immutable snapshot (configuration, users, token key, upstream
-//! client) that requests are served from, swapped whole on reload, and the certificate store
-//! the TLS resolver reads. The server floor holds it and triggers reloads; the proxy reads
-//! one snapshot per request.
+//! client, event receivers) that requests are served from, swapped whole on reload, and the
+//! certificate store the TLS resolver reads. The server floor holds it and triggers reloads;
+//! the proxy reads one snapshot per request.
 //!
 //! A reload builds and validates everything aside; only when all of it is good does it swap.
 //! On failure the running snapshot stays and the errors are returned for the log.
@@ -20,7 +20,8 @@ use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
 use crate::auth::oidc::{Oidc, OidcError};
 use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
-use crate::config::{AuthMode, Config, ConfigError, TlsSource};
+use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
+use crate::events::{self, Events, EventsError};
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -36,6 +37,9 @@ pub struct Snapshot {
     pub access_tokens: Option<Arc<AccessTokens>>,
     /// `[[auth.oidc]]` issuers; `None` when there are none.
     pub oidc: Option<Arc<Oidc>>,
+    /// `[[events]]` receivers. A reload starts new ones; the old ones deliver what they
+    /// queued and stop when the last request holding the old snapshot is done.
+    pub events: Arc<Events>,
 }
 
 pub struct Shared {
@@ -85,6 +89,8 @@ pub enum PrepareError {
     AccessToken(#[from] AccessTokenError),
     #[error(transparent)]
     Oidc(#[from] OidcError),
+    #[error(transparent)]
+    Events(#[from] EventsError),
 }
 
 /// Configuration and certificates, loaded and checked, not yet listening.
@@ -97,6 +103,8 @@ pub struct Prepared {
     /// The watched files' stamps, taken before the htpasswd files are read: a change made
     /// after this point is seen by the file watcher, however late that task first runs.
     pub watched: FileStamps,
+    /// `[[events]]` receivers with their secret and CA files read, not yet started.
+    pub events: events::Loaded,
 }
 
 /// Loads everything a start needs and reports every problem found. Used by `run`, `check`
@@ -116,11 +124,14 @@ pub fn prepare(
         _ => None,
     };
     let watched = fingerprint(&watched_files(&config));
+    let events = events::load(&config.events)
+        .map_err(|errs| errs.into_iter().map(PrepareError::from).collect::<Vec<_>>())?;
     Ok(Prepared {
         config,
         tls,
         generated_user,
         watched,
+        events,
     })
 }
 
@@ -253,6 +264,7 @@ fn build(
             tokens: credentials.token_key,
             access_tokens: credentials.access_tokens,
             oidc,
+            events: Arc::new(Events::start(&prepared.events)),
         },
         server_tls,
         ticketer,
@@ -433,6 +445,13 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
     files.extend(config.tls.client.iter().map(|c| c.ca.clone()));
     files.extend(config.auth.htpasswd.iter().cloned());
     files.extend(config.auth.access_tokens.iter().cloned());
+    // A rotated webhook secret or CA takes effect without a SIGHUP.
+    for receiver in &config.events {
+        if let Some(EventSecret::File(path)) = &receiver.secret {
+            files.push(path.clone());
+        }
+        files.extend(receiver.ca.iter().cloned());
+    }
     files
 }
 

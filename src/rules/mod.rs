@@ -478,6 +478,23 @@ fn check_group_member(name: &str) -> Result<(), &'static str> {
     }
 }
 
+/// One repository glob with the rules' syntax, for other sections that select repositories
+/// (`[[events]] repositories`), so an operator learns one pattern language.
+#[derive(Debug, Clone)]
+pub struct RepositoryPattern(Pattern);
+
+impl RepositoryPattern {
+    /// The error is the fix to show next to the key.
+    pub fn parse(pattern: &str) -> Result<RepositoryPattern, &'static str> {
+        Pattern::parse(pattern).map(RepositoryPattern)
+    }
+
+    /// `user` stands in for `${user}`; `None` (anonymous) never matches it.
+    pub fn matches(&self, repository: &str, user: Option<&str>) -> bool {
+        self.0.matches(repository, user)
+    }
+}
+
 impl Pattern {
     fn parse(pattern: &str) -> Result<Pattern, &'static str> {
         if pattern.is_empty() {

@@ -14,6 +14,7 @@ mod attacks;
 mod certificates;
 mod deploy_kubernetes;
 mod early_answers;
+mod events;
 mod faults;
 mod filter;
 mod harness;
