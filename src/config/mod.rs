@@ -633,6 +633,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_oidc_issuer_is_valid_when_uncommented() {
+        let text = include_str!("../../proxy.toml.example");
+        let start = text.find("# [[auth.oidc]]").expect("oidc example");
+        let uncommented: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with_users = format!("[auth]\nhtpasswd = [\"h\"]\n{uncommented}");
+        let c = parse(&with_users).unwrap_or_else(|e| panic!("{with_users}\n{e:?}"));
+        assert_eq!(c.auth.oidc.len(), 1, "{with_users}");
+        let issuer = &c.auth.oidc[0];
+        assert_eq!(issuer.issuer, "https://token.actions.githubusercontent.com");
+        assert_eq!(issuer.claims.len(), 1);
+        assert!(issuer.ca.is_some());
+    }
+
+    #[test]
     fn the_example_events_table_is_valid_when_uncommented() {
         let text = include_str!("../../proxy.toml.example");
         let start = text.find("# [[events]]").expect("events example");

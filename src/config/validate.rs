@@ -588,21 +588,21 @@ impl Validator {
         for (i, issuer) in raw.into_iter().enumerate() {
             let url = issuer.issuer.trim_end_matches('/').to_string();
             if !url.starts_with("https://") || url.len() <= "https://".len() {
-                self.fail(
-                    "auth.oidc.issuer",
-                    format!("[{i}] {:?} is not an https:// URL; write the issuer exactly as its tokens' \"iss\" claim says, e.g. \"https://token.actions.githubusercontent.com\"", issuer.issuer),
+                self.fail_at(
+                    format!("auth.oidc[{i}].issuer"),
+                    format!("{:?} is not an https:// URL; write the issuer exactly as its tokens' \"iss\" claim says, e.g. \"https://token.actions.githubusercontent.com\"", issuer.issuer),
                 );
             }
             if issuer.audience.is_empty() {
-                self.fail(
-                    "auth.oidc.audience",
-                    format!("[{i}] the audience is empty; use the name CI jobs request tokens for, e.g. this registry's host name"),
+                self.fail_at(
+                    format!("auth.oidc[{i}].audience"),
+                    "the audience is empty; use the name CI jobs request tokens for, e.g. this registry's host name".into(),
                 );
             }
             let user = match UserTemplate::parse(issuer.user.as_deref().unwrap_or("${sub}")) {
                 Ok(t) => t,
                 Err(message) => {
-                    self.fail("auth.oidc.user", format!("[{i}] {message}"));
+                    self.fail_at(format!("auth.oidc[{i}].user"), message);
                     continue;
                 }
             };
@@ -617,19 +617,17 @@ impl Validator {
                     _ => Vec::new(),
                 };
                 if values.is_empty() {
-                    self.fail(
-                        "auth.oidc.claims",
-                        format!(
-                            "[{i}] {name}: give a string or a list of strings the claim must equal"
-                        ),
+                    self.fail_at(
+                        format!("auth.oidc[{i}].claims"),
+                        format!("{name}: give a string or a list of strings the claim must equal"),
                     );
                 }
                 claims.push((name, values));
             }
             if claims.is_empty() {
-                self.fail(
-                    "auth.oidc.claims",
-                    format!("[{i}] say whose tokens are accepted, e.g. claims = {{ repository_owner = \"my-org\" }}: an issuer such as GitHub Actions signs tokens for every repository it hosts, with any audience a job asks for"),
+                self.fail_at(
+                    format!("auth.oidc[{i}].claims"),
+                    "say whose tokens are accepted, e.g. claims = { repository_owner = \"my-org\" }: an issuer such as GitHub Actions signs tokens for every repository it hosts, with any audience a job asks for".into(),
                 );
             }
             out.push(OidcConfig {
@@ -1183,6 +1181,35 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert!(!all.contains("pw@"), "a password in a message: {all}");
+    }
+
+    #[test]
+    fn oidc_issuers_must_say_whose_tokens_count() {
+        let m = messages(parse(
+            "[auth]\nhtpasswd = [\"h\"]\n[[auth.oidc]]\nissuer = \"http://issuer.example\"\naudience = \"\"\nuser = \"ci:${repo sitory}\"\n[[auth.oidc]]\nissuer = \"https://token.actions.githubusercontent.com\"\naudience = \"registry\"\n[[auth.oidc]]\nissuer = \"https://gitlab.example\"\naudience = \"r\"\nuser = \"fixed\"\nclaims = { project_path = [] }\n",
+        ));
+        let all = m.join("\n");
+        for needle in [
+            "[auth.oidc[0].issuer]: \"http://issuer.example\" is not an https:// URL",
+            "[auth.oidc[0].audience]: the audience is empty",
+            "[auth.oidc[0].user]: \"ci:${repo sitory}\": \"repo sitory\" is not a claim name",
+            "[auth.oidc[1].claims]: say whose tokens are accepted",
+            "[auth.oidc[2].user]: \"fixed\" names no claim",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let ok = parse(
+            "[auth]\nhtpasswd = [\"h\"]\n[[auth.oidc]]\nissuer = \"https://token.actions.githubusercontent.com/\"\naudience = \"registry\"\nuser = \"ci:${repository}\"\nclaims = { repository_owner = \"org\", ref = [\"refs/heads/main\", \"refs/heads/release\"] }\n",
+        )
+        .expect("valid");
+        let oidc = &ok.auth.oidc[0];
+        assert_eq!(oidc.issuer, "https://token.actions.githubusercontent.com");
+        assert_eq!(oidc.claims.len(), 2);
+        assert_eq!(
+            oidc.user
+                .render(|c| (c == "repository").then(|| "org/app".to_string())),
+            Ok("ci:org/app".to_string())
+        );
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl Receiver {
     }
 
     fn start_https(pki: &Pki) -> Receiver {
-        Receiver::spawn(0, Some(server_tls(pki)))
+        Receiver::spawn(0, Some(pki.server_config()))
     }
 
     fn spawn(fail_first: usize, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
@@ -202,25 +202,6 @@ async fn record(
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
     *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
     Ok(response)
-}
-
-fn server_tls(pki: &Pki) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert_pem)
-        .expect("read the receiver certificate")
-        .collect::<Result<_, _>>()
-        .expect("parse the receiver certificate");
-    let key = PrivateKeyDer::from_pem_file(&pki.key_pem).expect("read the receiver key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("receiver TLS config");
-    Arc::new(config)
 }
 
 /// `[[events]]` for `url` with the secret in a file next to the gate's config.

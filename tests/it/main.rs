@@ -20,6 +20,7 @@ mod filter;
 mod harness;
 mod identity;
 mod lifecycle;
+mod oidc;
 mod operations;
 mod promise;
 mod properties;

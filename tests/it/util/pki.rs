@@ -64,6 +64,27 @@ impl Pki {
         pki
     }
 
+    /// A rustls server configuration serving this PKI's certificate, for the HTTPS servers
+    /// tests start (webhook receivers, OIDC issuers).
+    pub fn server_config(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert_pem)
+            .expect("read the server certificate")
+            .collect::<Result<_, _>>()
+            .expect("parse the server certificate");
+        let key = PrivateKeyDer::from_pem_file(&self.key_pem).expect("read the server key");
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server TLS config");
+        std::sync::Arc::new(config)
+    }
+
     /// The usual test identity: `localhost`, `registry.test` and 127.0.0.1.
     pub fn localhost(dir: &Path) -> Pki {
         Pki::new(

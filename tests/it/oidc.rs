@@ -1,0 +1,521 @@
+//! Keyless CI login (`[[auth.oidc]]`): an ID token from an issuer the test runs (its own
+//! keys, discovery document and JWKS over TLS on loopback) is the password. Proved with
+//! skopeo against the real registry, plus every refusal the issue lists and a key rotation.
+
+use crate::util;
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use util::client::{empty, request, text, Proto};
+use util::gate::{write_htpasswd, Gate, GateConfig};
+use util::image::{oci_image, skopeo};
+use util::pki::Pki;
+use util::registry::Registry;
+use util::{describe, temp_dir};
+
+const AUDIENCE: &str = "registry-gate-test";
+
+/// A signing key of the test issuer, with its public JWK.
+enum Key {
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+struct SigningKey {
+    kid: String,
+    key: Key,
+}
+
+impl SigningKey {
+    fn es256(kid: &str) -> SigningKey {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("generate EC key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .expect("parse EC key");
+        SigningKey {
+            kid: kid.into(),
+            key: Key::Ec(pair),
+        }
+    }
+
+    fn rs256(kid: &str) -> SigningKey {
+        SigningKey {
+            kid: kid.into(),
+            key: Key::Rsa(RsaKeyPair::generate(KeySize::Rsa2048).expect("generate RSA key")),
+        }
+    }
+
+    fn alg(&self) -> &'static str {
+        match self.key {
+            Key::Ec(_) => "ES256",
+            Key::Rsa(_) => "RS256",
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        match &self.key {
+            Key::Ec(pair) => {
+                let public = pair.public_key().as_ref();
+                json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig",
+                       "x": URL_SAFE_NO_PAD.encode(&public[1..33]),
+                       "y": URL_SAFE_NO_PAD.encode(&public[33..65])})
+            }
+            Key::Rsa(pair) => {
+                let public = pair.public_key();
+                json!({"kty": "RSA", "kid": self.kid, "alg": "RS256", "use": "sig",
+                       "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+                       "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero())})
+            }
+        }
+    }
+
+    /// A JWT with this header and these claims, signed by this key.
+    fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let rng = SystemRandom::new();
+        let signature = match &self.key {
+            Key::Ec(pair) => pair
+                .sign(&rng, input.as_bytes())
+                .expect("EC sign")
+                .as_ref()
+                .to_vec(),
+            Key::Rsa(pair) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig)
+                    .expect("RSA sign");
+                sig
+            }
+        };
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_with_header(
+            &json!({"alg": self.alg(), "kid": self.kid, "typ": "JWT"}),
+            claims,
+        )
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// The claims GitHub Actions puts in a job's token, for `repository`.
+fn claims(issuer: &str, repository: &str) -> Value {
+    let owner = repository.split('/').next().unwrap_or("");
+    json!({
+        "iss": issuer,
+        "aud": AUDIENCE,
+        "sub": format!("repo:{repository}:ref:refs/heads/main"),
+        "repository": repository,
+        "repository_owner": owner,
+        "ref": "refs/heads/main",
+        "iat": now() - 5,
+        "nbf": now() - 5,
+        "exp": now() + 300,
+    })
+}
+
+fn with(mut claims: Value, key: &str, value: Value) -> Value {
+    claims[key] = value;
+    claims
+}
+
+/// The test's OIDC issuer: discovery document and JWKS over HTTPS on 127.0.0.1, on its own
+/// thread; the published keys can be replaced (rotation) while it runs.
+struct Issuer {
+    url: String,
+    jwks: Arc<Mutex<Value>>,
+    fetches: Arc<Mutex<usize>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Issuer {
+    fn start(pki: &Pki) -> Issuer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the issuer");
+        let addr: SocketAddr = listener.local_addr().expect("issuer address");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let url = format!("https://{addr}");
+        let jwks = Arc::new(Mutex::new(json!({"keys": []})));
+        let fetches = Arc::new(Mutex::new(0));
+        let (shutdown, mut stop) = oneshot::channel();
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
+        let (served_jwks, served_fetches, issuer) = (jwks.clone(), fetches.clone(), url.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("issuer runtime");
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("listener into tokio");
+                loop {
+                    let stream = tokio::select! {
+                        _ = &mut stop => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(_) => continue,
+                        },
+                    };
+                    let (jwks, fetches, issuer) =
+                        (served_jwks.clone(), served_fetches.clone(), issuer.clone());
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            let body = match req.uri().path() {
+                                "/.well-known/openid-configuration" => Some(
+                                    json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")}),
+                                ),
+                                "/jwks" => {
+                                    *fetches.lock().expect("fetches") += 1;
+                                    Some(jwks.lock().expect("jwks").clone())
+                                }
+                                _ => None,
+                            };
+                            async move {
+                                let status = if body.is_some() { 200 } else { 404 };
+                                let mut response = Response::new(Full::new(Bytes::from(
+                                    body.map(|b| b.to_string()).unwrap_or_default(),
+                                )));
+                                *response.status_mut() =
+                                    http::StatusCode::from_u16(status).expect("status");
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        Issuer {
+            url,
+            jwks,
+            fetches,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    fn publish(&self, keys: &[&SigningKey]) {
+        *self.jwks.lock().expect("jwks") =
+            json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+    }
+
+    fn fetches(&self) -> usize {
+        *self.fetches.lock().expect("fetches")
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A gate in `mode` trusting the issuer: org's tokens only, user `ci:<repository>`, and a
+/// rule that lets only org/app's main-branch workflow push org/app/*.
+fn gate_for(tmp: &Path, registry: &Registry, issuer: &Issuer, pki: &Pki, mode: &str) -> Gate {
+    let dir = tmp.join("gate");
+    std::fs::create_dir_all(&dir).expect("mkdir gate");
+    write_htpasswd(
+        &dir.join("htpasswd"),
+        &[("admin".into(), "admin-secret".into())],
+    );
+    let toml = format!(
+        "[auth]\nmode = \"{mode}\"\nhtpasswd = [\"htpasswd\"]\n\
+         [[auth.oidc]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\n\
+         user = \"ci:${{repository}}:${{ref}}\"\nclaims = {{ repository_owner = \"org\" }}\n\
+         ca = \"{ca}\"\n\
+         [[rules]]\nusers = [\"ci:org/app:refs/heads/main\"]\nrepositories = [\"org/app/*\"]\nactions = [\"pull\", \"push\"]\n\
+         [[rules]]\nusers = [\"admin\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\n",
+        issuer = issuer.url,
+        ca = pki.ca_pem.display(),
+    );
+    Gate::start(tmp, GateConfig::new(&registry.url).extra_toml(&toml))
+}
+
+/// `GET /v2/` with `token` as the Basic password: 200 once logged in, 401 when refused.
+async fn ping(gate: &Gate, token: &str) -> u16 {
+    let basic = STANDARD.encode(format!("ci:{token}"));
+    gate.client(Proto::Http1)
+        .send(
+            request("GET", &gate.url("/v2/"))
+                .header("authorization", format!("Basic {basic}"))
+                .body(empty())
+                .expect("ping request"),
+        )
+        .await
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_jobs_push_with_their_id_token_and_nothing_else_gets_in() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let issuer_pki = Pki::localhost(&tmp.path().join("issuer-pki"));
+    let issuer = Issuer::start(&issuer_pki);
+    let es = SigningKey::es256("es-1");
+    let rs = SigningKey::rs256("rs-1");
+    issuer.publish(&[&es, &rs]);
+    let gate = gate_for(tmp.path(), &registry, &issuer, &issuer_pki, "basic");
+    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path").to_string();
+    let image = oci_image(&tmp.path().join("image"), 1, 64 * 1024);
+    let push = |token: &str, repo: &str| {
+        skopeo(&[
+            "copy",
+            "--dest-cert-dir",
+            &certs,
+            "--dest-creds",
+            &format!("github-actions:{token}"),
+            &image.reference(),
+            &format!("docker://{}/{repo}", gate.authority()),
+        ])
+    };
+
+    // The main-branch workflow of org/app pushes with an ES256 token, and with an RS256 one.
+    let app = claims(&issuer.url, "org/app");
+    let pushed = push(&es.sign(&app), "org/app/api:v1");
+    assert!(
+        pushed.status.success(),
+        "ES256 push: {}\n{}",
+        describe(&pushed),
+        gate.log()
+    );
+    let pushed = push(&rs.sign(&app), "org/app/api:v2");
+    assert!(
+        pushed.status.success(),
+        "RS256 push: {}\n{}",
+        describe(&pushed),
+        gate.log()
+    );
+    assert!(
+        gate.log().contains("user=ci:org/app:refs/heads/main"),
+        "the push is not attributed to the workflow:\n{}",
+        gate.log()
+    );
+    // Its identity may not push elsewhere; another branch's workflow may not push at all.
+    let elsewhere = push(&es.sign(&app), "org/other:v1");
+    assert!(
+        !elsewhere.status.success(),
+        "pushed outside its rule: {}",
+        describe(&elsewhere)
+    );
+    let branch = with(app.clone(), "ref", json!("refs/heads/feature"));
+    let refused = push(&es.sign(&branch), "org/app/api:v3");
+    assert!(
+        !refused.status.success(),
+        "a feature branch pushed: {}",
+        describe(&refused)
+    );
+
+    // Every malformed, foreign or stale token is refused with its reason in the log.
+    assert_eq!(ping(&gate, &es.sign(&app)).await, 200);
+    let hs256 = {
+        // The classic confusion: HMAC "signed" with the issuer's public key as the secret.
+        let header = json!({"alg": "HS256", "kid": "es-1"});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(app.to_string())
+        );
+        let key = aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            es.jwk().to_string().as_bytes(),
+        );
+        let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    };
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none"}).to_string()),
+        URL_SAFE_NO_PAD.encode(app.to_string())
+    );
+    let tampered = {
+        let good = es.sign(&app);
+        let parts: Vec<&str> = good.split('.').collect();
+        let evil = with(app.clone(), "repository_owner", json!("org"));
+        let evil = with(evil, "repository", json!("org/app"));
+        let evil = with(evil, "sub", json!("someone-else"));
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(evil.to_string()),
+            parts[2]
+        )
+    };
+    let stranger = SigningKey::es256("es-1");
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "oidc_expired",
+            es.sign(&with(app.clone(), "exp", json!(now() - 600))),
+        ),
+        (
+            "oidc_not_yet_valid",
+            es.sign(&with(app.clone(), "nbf", json!(now() + 600))),
+        ),
+        (
+            "oidc_wrong_audience",
+            es.sign(&with(app.clone(), "aud", json!("someone-else"))),
+        ),
+        (
+            "oidc_unknown_issuer",
+            es.sign(&with(app.clone(), "iss", json!("https://evil.example"))),
+        ),
+        (
+            "oidc_claim_mismatch",
+            es.sign(&claims(&issuer.url, "evil/app")),
+        ),
+        ("oidc_bad_algorithm", none),
+        ("oidc_bad_algorithm", hs256),
+        ("oidc_bad_signature", tampered),
+        ("oidc_bad_signature", stranger.sign(&app)),
+        ("oidc_unknown_key", SigningKey::es256("nobody").sign(&app)),
+    ];
+    for (reason, token) in &cases {
+        assert_eq!(
+            ping(&gate, token).await,
+            401,
+            "{reason} was let in:\n{}",
+            gate.log()
+        );
+        assert!(
+            gate.log().contains(&format!("reason=\"{reason}\""))
+                || gate.log().contains(&format!("reason={reason}")),
+            "no {reason} in the log:\n{}",
+            gate.log()
+        );
+    }
+    for (_, token) in &cases {
+        assert!(
+            !gate.log().contains(token.as_str()),
+            "a token is in the log"
+        );
+    }
+
+    // Rotation: the issuer publishes a new key and withdraws the old one. The first token
+    // with the new key id makes the gate fetch the keys again (rate-limited: a few seconds
+    // after the last fetch), and the withdrawn key stops working.
+    let next = SigningKey::es256("es-2");
+    issuer.publish(&[&next]);
+    let fetches = issuer.fetches();
+    let rotated = next.sign(&app);
+    let mut status = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        status = ping(&gate, &rotated).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        status,
+        200,
+        "the rotated key was never fetched:\n{}",
+        gate.log()
+    );
+    assert!(issuer.fetches() > fetches, "no new fetch of the key set");
+    assert_eq!(
+        ping(&gate, &es.sign(&app)).await,
+        401,
+        "a withdrawn key still works"
+    );
+    // A burst of made-up key ids costs the issuer at most one fetch per interval.
+    let before = issuer.fetches();
+    for i in 0..20 {
+        let _ = ping(
+            &gate,
+            &SigningKey::es256(&format!("made-up-{i}")).sign(&app),
+        )
+        .await;
+    }
+    assert!(
+        issuer.fetches() - before <= 1,
+        "{} fetches for a burst",
+        issuer.fetches() - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_issues_bearer_tokens_for_an_id_token() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let issuer_pki = Pki::localhost(&tmp.path().join("issuer-pki"));
+    let issuer = Issuer::start(&issuer_pki);
+    let key = SigningKey::rs256("rs-1");
+    issuer.publish(&[&key]);
+    let gate = gate_for(tmp.path(), &registry, &issuer, &issuer_pki, "token");
+    let id_token = key.sign(&claims(&issuer.url, "org/app"));
+    let ask = |scope: &'static str| {
+        let basic = STANDARD.encode(format!("ci:{id_token}"));
+        let url = gate.url(&format!("/token?service=registry-gate&scope={scope}"));
+        let client = gate.client(Proto::Http1);
+        async move {
+            let answer = client
+                .send(
+                    request("GET", &url)
+                        .header("authorization", format!("Basic {basic}"))
+                        .body(empty())
+                        .expect("token request"),
+                )
+                .await;
+            assert_eq!(answer.status(), 200);
+            let body: Value = serde_json::from_str(&text(answer).await).expect("JSON");
+            let token = body["token"].as_str().expect("token").to_string();
+            let payload = token.split('.').nth(1).expect("payload").to_string();
+            serde_json::from_slice::<Value>(&URL_SAFE_NO_PAD.decode(payload).expect("b64"))
+                .expect("claims")
+        }
+    };
+    let granted = ask("repository:org/app/api:pull,push").await;
+    assert_eq!(granted["sub"], "ci:org/app:refs/heads/main");
+    assert_eq!(
+        granted["access"][0]["actions"],
+        json!(["pull", "push"]),
+        "{granted}"
+    );
+    let other = ask("repository:org/other:pull,push").await;
+    assert_eq!(other["access"], json!([]), "{other}");
+}
