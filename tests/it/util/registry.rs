@@ -32,9 +32,21 @@ enum Listen {
 
 impl Registry {
     /// A registry on 127.0.0.1 and a free port, storing under `<tmp>/registry`.
+    /// `docker-registry` cannot report a port of its own choosing, so its port is found free
+    /// and released first; when another process takes it in between, the registry exits
+    /// with "address already in use" and is started again on another port.
     pub fn start(tmp: &Path) -> Registry {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        Registry::spawn(tmp, Listen::Tcp(addr))
+        let mut attempts = 0;
+        loop {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            match Registry::spawn(tmp, Listen::Tcp(addr)) {
+                Ok(registry) => return registry,
+                Err(log) if attempts < 5 && log.contains("address already in use") => {
+                    attempts += 1;
+                }
+                Err(log) => panic!("docker-registry on {addr} did not start:\n{log}"),
+            }
+        }
     }
 
     /// A registry listening on `<tmp>/registry.sock`.
@@ -46,9 +58,11 @@ impl Registry {
             socket.display()
         );
         Registry::spawn(tmp, Listen::Unix(socket))
+            .unwrap_or_else(|log| panic!("docker-registry did not start:\n{log}"))
     }
 
-    fn spawn(tmp: &Path, listen: Listen) -> Registry {
+    /// The running registry, or its log when it exited or never answered.
+    fn spawn(tmp: &Path, listen: Listen) -> Result<Registry, String> {
         require_tool("docker-registry", "docker-registry");
         let dir = tmp.join("registry");
         std::fs::create_dir_all(dir.join("storage")).expect("mkdir registry storage");
@@ -92,17 +106,19 @@ impl Registry {
             socket,
             log,
         };
+        let mut exited = false;
         let up = wait_until(START_TIMEOUT, || {
-            registry.child.try_wait().ok().flatten().is_none() && registry.ping()
+            exited = registry.child.try_wait().ok().flatten().is_some();
+            exited || registry.ping()
         });
-        if !up {
-            panic!(
-                "docker-registry did not answer GET /v2/ within {START_TIMEOUT:?} ({}):\n{}",
+        if !up || exited {
+            return Err(format!(
+                "no answer to GET /v2/ within {START_TIMEOUT:?} ({}):\n{}",
                 registry.url,
                 read_text(&registry.log)
-            );
+            ));
         }
-        registry
+        Ok(registry)
     }
 
     /// True when `GET /v2/` answers 200, over TCP or the socket.
