@@ -28,6 +28,15 @@ pub struct RawConfig {
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub ui: RawUi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUi {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

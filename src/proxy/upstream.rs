@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
@@ -160,9 +160,25 @@ impl Upstream {
         path_and_query: &str,
         host: &HeaderValue,
     ) -> Result<Response<Incoming>, GateError> {
+        self.call(Method::GET, path_and_query, host, None).await
+    }
+
+    /// A request of the gate's own making without a body (the registry browser's reads and
+    /// deletes), with an `Accept` header when given, bounded by the read timeout.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        host: &HeaderValue,
+        accept: Option<HeaderValue>,
+    ) -> Result<Response<Incoming>, GateError> {
         let mut request = Request::new(RequestBody::empty());
+        *request.method_mut() = method;
         *request.uri_mut() = self.uri_for(path_and_query)?;
         request.headers_mut().insert(header::HOST, host.clone());
+        if let Some(accept) = accept {
+            request.headers_mut().insert(header::ACCEPT, accept);
+        }
         tokio::time::timeout(self.read_timeout, self.client.request(request))
             .await
             .map_err(|_| GateError::UpstreamTimeout)?
