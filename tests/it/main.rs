@@ -26,3 +26,4 @@ mod quickstart;
 mod secure_docker;
 mod tls_hardening;
 mod tokens;
+mod ui;

@@ -712,20 +712,22 @@ async fn read_image(
 }
 
 /// Whether a form was posted from the gate's own pages. `Sec-Fetch-Site` and `Origin` are set
-/// by the browser, not by scripts, so another site's page cannot fake them; the CSRF token
-/// is checked besides, and the session cookie is `SameSite=Strict`.
+/// by the browser, never by a page's script, so another site cannot fake them. Fetch
+/// metadata decides where the browser sends it; `Origin` alone is checked otherwise, except
+/// when it is `null`, which is what browsers send from a page with `Referrer-Policy:
+/// no-referrer` (ours). The CSRF token is checked besides, and the session cookie is
+/// `SameSite=Strict`, so this is a second lock, not the only one.
 fn same_origin(request: &Request<()>, host: &HeaderValue) -> bool {
     let headers = request.headers();
     if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return false;
-        }
+        return site.as_bytes() == b"same-origin";
     }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
+    let origin = match headers.get(header::ORIGIN) {
+        None => return true,
+        Some(o) if o.as_bytes() == b"null" => return true,
+        Some(o) => o.as_bytes(),
     };
     let host = host.as_bytes();
-    let origin = origin.as_bytes();
     // The default port is in the Host header only if the client wrote it there.
     let host_without_443 = host.strip_suffix(b":443").unwrap_or(host);
     [host, host_without_443]
@@ -921,23 +923,28 @@ mod tests {
     fn forms_from_other_sites_are_refused() {
         let host = HeaderValue::from_static("reg.example.com:8443");
         assert!(same_origin(&post(&[]), &host), "no browser headers: curl");
-        assert!(same_origin(
-            &post(&[
+        for headers in [
+            &[
                 ("origin", "https://reg.example.com:8443"),
-                ("sec-fetch-site", "same-origin")
-            ]),
-            &host
-        ));
+                ("sec-fetch-site", "same-origin"),
+            ][..],
+            // What Chromium sends from a page with Referrer-Policy: no-referrer.
+            &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+            &[("origin", "https://reg.example.com:8443")],
+        ] {
+            assert!(same_origin(&post(headers), &host), "{headers:?}");
+        }
         for headers in [
             &[("origin", "https://evil.example")][..],
             &[("origin", "http://reg.example.com:8443")],
             &[("origin", "https://reg.example.com")],
-            &[("origin", "null")],
+            &[("origin", "https://reg.example.com:8443.evil")],
             &[("sec-fetch-site", "cross-site")],
             &[("sec-fetch-site", "same-site")],
+            &[("sec-fetch-site", "none")],
             &[
-                ("sec-fetch-site", "same-origin"),
-                ("origin", "https://reg.example.com:8443.evil"),
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://reg.example.com:8443"),
             ],
         ] {
             assert!(!same_origin(&post(headers), &host), "{headers:?}");
