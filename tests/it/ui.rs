@@ -972,3 +972,98 @@ fn browser_logins_are_throttled_like_any_login() {
         assert_eq!(right.status, StatusCode::TOO_MANY_REQUESTS);
     });
 }
+
+/// `registry-gate token ARGS --config <the gate's config>`, then waits for the gate to
+/// reload the token file.
+fn token_command(gate: &Gate, args: &[&str]) -> String {
+    const RELOADED: &str = "a watched file changed";
+    let before = gate.log().matches(RELOADED).count();
+    let out = util::run(
+        util::gate::gate_command()
+            .arg("token")
+            .args(args)
+            .arg("--config")
+            .arg(&gate.config_path),
+    );
+    assert!(
+        out.status.success(),
+        "token {args:?}: {}",
+        util::describe(&out)
+    );
+    assert!(
+        util::wait_until(Duration::from_secs(10), || gate
+            .log()
+            .matches(RELOADED)
+            .count()
+            > before),
+        "the gate did not reload the token file:\n{}",
+        gate.log()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn an_access_token_logs_in_within_its_scope_and_its_revocation_ends_the_session() {
+    let w = world();
+    let gate = &w.gate;
+    let secret = token_command(
+        gate,
+        &[
+            "create",
+            "--name",
+            "ui-robot",
+            "--repositories",
+            "team/*",
+            "--actions",
+            "pull",
+        ],
+    );
+    assert!(secret.starts_with("rgt_"), "no secret printed: {secret}");
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        // Any user name: the secret names the token.
+        let (_, robot) = login(&client, gate, ("whoever", &secret)).await;
+        let index = get(&client, &gate.url("/ui/"), Some(&robot)).await;
+        assert_eq!(index.status, StatusCode::OK);
+        assert!(index.body.contains("token:ui-robot"), "{}", index.body);
+        assert!(
+            index.body.contains("team/app") && !index.body.contains(HIDDEN),
+            "{}",
+            index.body
+        );
+        // The scope has no delete: no delete link, and the form is refused.
+        let repo = get(&client, &gate.url("/ui/repo/team/app"), Some(&robot)).await;
+        assert!(!repo.body.contains("/-/delete/"), "{}", repo.body);
+        let confirm = get(
+            &client,
+            &gate.url("/ui/repo/team/app/-/delete/old"),
+            Some(&robot),
+        )
+        .await;
+        assert_eq!(confirm.status, StatusCode::FORBIDDEN);
+
+        token_command(gate, &["revoke", "ui-robot"]);
+        let after = get(&client, &gate.url("/ui/"), Some(&robot)).await;
+        assert_eq!(
+            after.status,
+            StatusCode::SEE_OTHER,
+            "the session outlived its token"
+        );
+        assert_eq!(after.headers["location"], "/ui/login");
+        // And the secret no longer logs in.
+        let again = post(
+            &client,
+            &gate.url("/ui/login"),
+            None,
+            Some(&format!("https://{}", gate.authority())),
+            &format!("user=whoever&password={secret}"),
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            again.body.contains("may no longer be used"),
+            "{}",
+            again.body
+        );
+    });
+}
