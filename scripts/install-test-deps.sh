@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
-# with), pebble (the ACME test server), testssl.sh (the TLS scan), g++ and, when
+# with), pebble (the ACME test server), testssl.sh (the TLS scan), chromium and
+# chromium-driver (the registry browser in a real browser), g++ and, when
 # FUZZ_SECONDS is set, cargo-fuzz (the fuzz targets, scripts/fuzz), and the checkers of the
 # deployment files: docker-compose (compose.yaml), systemd-analyze
 # (contrib/registry-gate.service), shellcheck (scripts/) and, from PyPI, kubernetes-validate
@@ -39,6 +40,9 @@ need systemd-analyze systemd
 need shellcheck shellcheck
 need python3 python3
 need testssl testssl.sh
+# The registry browser's tests drive a headless Chromium over WebDriver.
+need chromium chromium
+need chromedriver chromium-driver
 # libFuzzer, which the fuzz targets (fuzz/, scripts/fuzz) link, is C++.
 need g++ g++
 

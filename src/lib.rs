@@ -10,7 +10,8 @@
 //!    shutdown, signals, the plain-HTTP and metrics listeners.
 //! 3. `proxy`: the phases of one request in order (`proxy/mod.rs`), with its context, the
 //!    caller's identity and decision, header rewriting, bodies, the upstream client, catalog
-//!    filtering, the token endpoint, the access record, errors, and the reloadable snapshot.
+//!    filtering, the token endpoint, the registry browser (`proxy/ui/`), the access record,
+//!    errors, and the reloadable snapshot.
 //! 4. The policy and its inputs, each on its own: `config` (`proxy.toml` parsed and
 //!    validated), `tls` (certificates, ACME, the rustls configuration), `auth` (htpasswd,
 //!    client certificates, tokens, throttling), `rules` (who may do what, and the protected

@@ -353,7 +353,7 @@ fn is_valid_component(component: &str) -> bool {
 }
 
 /// `[\w][\w.-]{0,127}`, with `\w` as ASCII word characters.
-fn is_tag(s: &str) -> bool {
+pub fn is_tag(s: &str) -> bool {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     match s.as_bytes() {
         [first, rest @ ..] => {
@@ -366,7 +366,7 @@ fn is_tag(s: &str) -> bool {
 }
 
 /// `algorithm:hex`, algorithm `[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*`, hex 32+.
-fn is_digest(s: &str) -> bool {
+pub fn is_digest(s: &str) -> bool {
     let Some((algorithm, hex)) = s.split_once(':') else {
         return false;
     };

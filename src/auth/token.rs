@@ -207,6 +207,16 @@ impl TokenKey {
         (claims.aud == self.service && claims.exp > unix_now()).then_some(claims)
     }
 
+    /// A key for another use of the same secret (the browser's session cookies), so that
+    /// replicas sharing the token key share it too. The NUL in the input keeps it apart from
+    /// every token's signing input, which is base64 and dots.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(b"registry-gate derived key\0");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     fn sign(&self, input: &[u8]) -> Vec<u8> {
         let mut mac = self.mac.clone();
         mac.update(input);
@@ -284,6 +294,16 @@ mod tests {
         // Another service name.
         let svc = TokenKey::from_secret(&[7u8; 32], "other".into(), Duration::from_secs(300));
         assert!(k.verify(&svc.issue(None, None, vec![]).0).is_none());
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_secret() {
+        let k = key();
+        assert_eq!(k.derive("ui-session"), key().derive("ui-session"));
+        assert_ne!(k.derive("ui-session"), k.derive("other"));
+        let other =
+            TokenKey::from_secret(&[8u8; 32], "registry-gate".into(), Duration::from_secs(300));
+        assert_ne!(k.derive("ui-session"), other.derive("ui-session"));
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 /// The realm docker shows nowhere but browsers do; the recipes use the host name.
 pub const DEFAULT_REALM: &str = "registry-gate";
 
+/// Where the registry browser answers (`[ui] path`); a path of the gate's own, never
+/// forwarded, so it must not be one the registry API uses.
+pub const DEFAULT_UI_PATH: &str = "/ui/";
+
 /// Defaults shared with the documentation in `proxy.toml.example`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:5000";
@@ -115,6 +119,17 @@ pub struct Config {
     pub protect: Arc<Protections>,
     /// `[[events]]`: where push and delete events are sent, in file order.
     pub events: Vec<EventReceiver>,
+    /// `[ui]`: the registry browser.
+    pub ui: UiConfig,
+}
+
+/// `[ui]`: the registry browser the gate serves itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiConfig {
+    pub enabled: bool,
+    /// Starts and ends with `/`, lies outside `/v2/`, and holds only URL-safe characters, so
+    /// it can go into a cookie's `Path` and a page unchanged.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,6 +514,7 @@ impl Config {
         let rules = v.rules(&raw.groups, raw.rules, &auth, !raw.protect.is_empty());
         let protect = v.protect(&raw.groups, raw.protect);
         let events = v.events(raw.events, base);
+        let ui = v.ui(raw.ui);
         v.finish()?;
         Ok(Config {
             source: path.map(Path::to_path_buf),
@@ -512,6 +528,7 @@ impl Config {
             rules: Arc::new(rules),
             protect: Arc::new(protect),
             events,
+            ui,
         })
     }
 }

@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub protect: Vec<RawProtect>,
     #[serde(default)]
     pub events: Vec<RawEvents>,
+    #[serde(default)]
+    pub ui: RawUi,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +46,13 @@ pub struct RawEvents {
     pub repositories: Option<Vec<String>>,
     pub timeout: Option<String>,
     pub ca: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUi {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

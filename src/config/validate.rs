@@ -18,13 +18,13 @@ use crate::rules::{ProtectSpec, Protections, RepositoryPattern, RuleSpec, Rules}
 
 use super::raw::{
     RawAcme, RawAuth, RawEvents, RawFilter, RawLog, RawMetrics, RawOidc, RawProtect, RawRule,
-    RawServer, RawTls, RawUpstream,
+    RawServer, RawTls, RawUi, RawUpstream,
 };
 use super::{
     AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ConfigError,
     EventAction, EventReceiver, EventSecret, LogConfig, LogFormat, OidcConfig, ServerConfig,
-    TlsConfig, TlsSource, UpstreamConfig, UpstreamTarget, UserTemplate, DEFAULT_ACME_RETRY,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    TlsConfig, TlsSource, UiConfig, UpstreamConfig, UpstreamTarget, UserTemplate,
+    DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_REALM,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, DEFAULT_UPSTREAM, GENERATED_HTPASSWD,
@@ -828,6 +828,25 @@ impl Validator {
         })
     }
 
+    /// `[ui]`: the browser's path must be the gate's own. Under `/v2/` it would shadow the
+    /// registry API; `/` would take every path, `/v2/` included.
+    pub(super) fn ui(&mut self, raw: RawUi) -> UiConfig {
+        let path = raw
+            .path
+            .unwrap_or_else(|| super::DEFAULT_UI_PATH.to_string());
+        let path = match check_ui_path(&path) {
+            Ok(()) => path,
+            Err(why) => {
+                self.fail("ui.path", format!("{path:?}: {why}"));
+                super::DEFAULT_UI_PATH.to_string()
+            }
+        };
+        UiConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            path,
+        }
+    }
+
     fn fail(&mut self, key: &'static str, message: String) {
         self.errors.push(ConfigError::Invalid {
             path: self.path.clone(),
@@ -884,6 +903,43 @@ fn rule_spec(users: &[&str], repositories: &[&str], actions: &[&str]) -> RuleSpe
         actions: own(actions),
         from: Vec::new(),
     }
+}
+
+/// The paths the gate answers itself or forwards; a UI path equal to one or above one would
+/// take its requests.
+const RESERVED_PATHS: &[&str] = &["/v2", "/token", "/healthz", "/readyz"];
+
+/// A path the browser can live under: `/name/` or `/a/b/`, URL-safe characters only, outside
+/// the registry API and the gate's own endpoints.
+fn check_ui_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || !path.ends_with('/') || path.len() < 3 {
+        return Err(
+            "the path must start and end with \"/\" and name a directory, e.g. \"/ui/\"".into(),
+        );
+    }
+    let segments: Vec<&str> = path[1..path.len() - 1].split('/').collect();
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    };
+    if !segments.iter().all(|s| safe(s)) {
+        return Err(
+            "use letters, digits, '-', '_', '.' and '~' between single slashes, e.g. \"/ui/\""
+                .into(),
+        );
+    }
+    let trimmed = &path[..path.len() - 1];
+    for reserved in RESERVED_PATHS {
+        if trimmed == *reserved || path.starts_with(&format!("{reserved}/")) {
+            return Err(format!(
+                "{reserved} belongs to the registry API or the gate's own endpoints; choose another path, e.g. \"/ui/\""
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A name an ACME CA can validate with tls-alpn-01 or http-01.
@@ -1220,6 +1276,59 @@ mod tests {
         assert_eq!(m.len(), 1, "{m:?}");
         assert!(m[0].contains("secret_fiel"), "{}", m[0]);
         assert!(m[0].contains("line 3"), "{}", m[0]);
+    }
+
+    #[test]
+    fn the_ui_is_on_by_default_at_ui() {
+        let c = parse("").expect("defaults");
+        assert!(c.ui.enabled);
+        assert_eq!(c.ui.path, "/ui/");
+        let c = parse("[ui]\nenabled = false\npath = \"/browse/registry/\"\n").expect("valid");
+        assert!(!c.ui.enabled);
+        assert_eq!(c.ui.path, "/browse/registry/");
+    }
+
+    #[test]
+    fn ui_paths_outside_the_gate_s_own_are_refused() {
+        for bad in [
+            "ui",
+            "/ui",
+            "ui/",
+            "/",
+            "//",
+            "/v2/",
+            "/v2/ui/",
+            "/token/",
+            "/healthz/",
+            "/readyz/x/",
+            "/a//b/",
+            "/a/../",
+            "/./",
+            "/ui?x/",
+            "/ui\"/",
+            "/<ui>/",
+            "/ui /",
+        ] {
+            let text = format!("[ui]\npath = {bad:?}\n");
+            let m = messages(parse(&text)).join("\n");
+            assert!(m.contains("[ui.path]"), "{bad:?} accepted:\n{m}");
+        }
+        for good in [
+            "/ui/",
+            "/v2ui/",
+            "/tokens/",
+            "/registry/browse/",
+            "/a.b~c_d-e/",
+        ] {
+            let text = format!("[ui]\npath = {good:?}\n");
+            assert_eq!(parse(&text).expect(good).ui.path, good);
+        }
+    }
+
+    #[test]
+    fn unknown_ui_keys_are_errors() {
+        let m = messages(parse("[ui]\nenable = true\n")).join("\n");
+        assert!(m.contains("enable"), "{m}");
     }
 
     #[test]

@@ -189,6 +189,33 @@ pub(super) async fn check_password(
         .map(Caller::with)
 }
 
+/// The caller a browser session names, if they may still log in: the access token it was
+/// opened with must still be usable, and a user must still be in the htpasswd files, so
+/// revoking either ends the session at its next request.
+pub(super) fn from_session(
+    ctx: &RequestContext,
+    user: &str,
+    access_token: Option<&str>,
+) -> Option<Caller> {
+    match access_token {
+        Some(name) => {
+            let token = usable_access_token(ctx, name).ok()?;
+            Some(Caller {
+                identity: Identity::User(token.principal()),
+                token: None,
+                access_token: Some(token),
+                oidc_subject: None,
+            })
+        }
+        None => ctx
+            .snapshot
+            .auth
+            .as_ref()?
+            .has_user(user)
+            .then(|| Caller::with(Identity::User(user.to_string()))),
+    }
+}
+
 /// The access token `name` if it may be used now; otherwise the reason, logged with the
 /// token's name (its secret is never at hand here). A use is recorded for `token list`.
 fn usable_access_token(ctx: &RequestContext, name: &str) -> Result<Arc<AccessToken>, &'static str> {

@@ -19,6 +19,7 @@
 //! - `protect`: the `[[protect]]` phase, refusing writes that would move or delete a
 //!   protected tag.
 //! - `token_endpoint`: the `/token` endpoint of token mode.
+//! - `ui`: the registry browser (`[ui]`), answered before classification.
 //! - `access_log`: the access record, written when the response is done.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
 //! - `state`: the snapshot requests are served from, and its reload.
@@ -34,6 +35,7 @@ pub mod headers;
 mod protect;
 pub mod state;
 pub mod token_endpoint;
+mod ui;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -192,6 +194,11 @@ async fn proxy(
     }
     if snapshot.tokens.is_some() && request.uri().path() == token_endpoint::TOKEN_PATH {
         return token_endpoint::answer(ctx, request).await;
+    }
+    // The registry browser: the gate's own pages, so a browser path never reaches the
+    // classifier or the registry.
+    if ui::serves(&snapshot.config.ui, request.uri().path()) {
+        return ui::answer(ctx, request, host).await;
     }
 
     // 2. What it is: endpoint, action, repository. Anything unclassifiable stops here.

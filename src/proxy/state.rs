@@ -64,6 +64,10 @@ pub struct Shared {
     watched_at_start: FileStamps,
     /// When each access token was last used; outlives reloads, saved by `token_upkeep`.
     last_used: Arc<LastUsed>,
+    /// Signs the registry browser's session cookies when no token key is loaded (basic
+    /// mode): random per process, so sessions end when the gate restarts, and outlives
+    /// reloads so they do not end on one.
+    ui_secret: [u8; 32],
 }
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
@@ -91,6 +95,8 @@ pub enum PrepareError {
     Oidc(#[from] OidcError),
     #[error(transparent)]
     Events(#[from] EventsError),
+    #[error("cannot generate the browser session key: {0}")]
+    Random(String),
 }
 
 /// Configuration and certificates, loaded and checked, not yet listening.
@@ -282,6 +288,9 @@ impl Shared {
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
         certs.replace_extra(&prepared.tls.extra);
         let next = build(prepared, credentials, &certs, &provider, None)?;
+        let mut ui_secret = [0u8; 32];
+        getrandom::getrandom(&mut ui_secret)
+            .map_err(|e| vec![PrepareError::Random(e.to_string())])?;
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(next.snapshot),
             certs,
@@ -295,7 +304,18 @@ impl Shared {
             acme_running: Arc::new(AtomicBool::new(false)),
             watched_at_start: prepared.watched.clone(),
             last_used: Arc::new(LastUsed::default()),
+            ui_secret,
         })
+    }
+
+    /// The secret the registry browser's session cookies are signed with: derived from the
+    /// token key when one is loaded (replicas sharing it share sessions, and sessions
+    /// survive a restart), else this process's random one.
+    pub fn ui_secret(&self, snapshot: &Snapshot) -> [u8; 32] {
+        match &snapshot.tokens {
+            Some(key) => key.derive("ui-session"),
+            None => self.ui_secret,
+        }
     }
 
     pub fn throttle(&self) -> &Throttle {

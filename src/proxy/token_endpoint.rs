@@ -181,7 +181,7 @@ fn oauth_error(status: StatusCode, error: &'static str) -> Response<ResponseBody
 }
 
 /// Every value of `key` in a query string or urlencoded form, percent- and plus-decoded.
-fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
+pub(super) fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
     query
         .unwrap_or("")
         .split('&')

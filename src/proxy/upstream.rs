@@ -183,6 +183,23 @@ impl Upstream {
             .map_err(|_| GateError::UpstreamTimeout)?
             .map_err(classify_client_error)
     }
+
+    /// `lookup` with `Host` and an optional `Accept`: the registry browser's reads and
+    /// deletes.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        host: &HeaderValue,
+        accept: Option<HeaderValue>,
+    ) -> Result<Response<Incoming>, GateError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, host.clone());
+        if let Some(accept) = accept {
+            headers.insert(header::ACCEPT, accept);
+        }
+        self.lookup(method, path_and_query, headers).await
+    }
 }
 
 /// One of the [`BULK_SLOTS`] large-buffer downloads; given back when dropped.

@@ -29,3 +29,4 @@ mod quickstart;
 mod secure_docker;
 mod tls_hardening;
 mod tokens;
+mod ui;

@@ -16,6 +16,7 @@
 //! - `netns`    a network namespace with a non-loopback address, for docker's secure mode
 //! - `pebble`   the ACME test server
 //! - `rawh2`    HTTP/2 frames written byte for byte, for requests real clients refuse to send
+//! - `webdriver` a headless Chromium driven over WebDriver (chromedriver), with screenshots
 
 pub mod client;
 pub mod docker;
@@ -27,6 +28,7 @@ pub mod pki;
 pub mod rawh2;
 pub mod recorder;
 pub mod registry;
+pub mod webdriver;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;

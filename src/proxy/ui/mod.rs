@@ -1,0 +1,1002 @@
+//! The registry browser (`[ui]`, at `/ui/` by default): repositories, tags, manifests and
+//! deletes, served by the gate itself on the registry's own origin, so there is no second
+//! container, no CORS and no token dance.
+//!
+//! It is one of the gate's own endpoints: `proxy()` hands every request under the path here
+//! before classification, so no browser path ever reaches the registry. What the browser
+//! reads from the registry it asks for itself, through the same pooled client, with paths
+//! built from validated names only.
+//!
+//! Who may see what is never decided here: a login goes through `caller::check_password`
+//! (the same users, access tokens and throttle as `docker login`), a session is turned back
+//! into a caller by `caller::from_session`, and every repository is shown, opened or deleted
+//! only as `Caller::may` allows, exactly as the API would. A repository the caller may not
+//! pull gets the same 404 as one that does not exist.
+//!
+//! The rooms: `session` (the signed cookie and CSRF tokens), `fetch` (reading the registry,
+//! capped), `pages` (server-rendered HTML), `html` (escaping by construction), and the
+//! embedded `assets/` (one stylesheet, one small script; pages work without it).
+
+mod fetch;
+mod html;
+mod pages;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::body::ResponseBody;
+use super::caller::{self, Caller};
+use super::context::RequestContext;
+use super::error::{GateError, Side};
+use super::token_endpoint::query_values;
+use crate::auth::token::unix_now;
+use crate::auth::{Failure, Identity};
+use crate::config::UiConfig;
+use crate::registry_path::{is_digest, is_tag, is_valid_repository_name, Action};
+use fetch::{Deleted, ManifestKind, Registry};
+use html::Html;
+use pages::{ChildRow, Chrome, ManifestView, RepositoryView, TagRow};
+use session::{Session, SessionKey, CSRF_FIELD};
+
+/// No script, style, frame or form target from anywhere but the gate, no inline script or
+/// style at all, and no page of the gate inside another site's frame (clickjacking).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'";
+
+/// The stylesheet and script, in the binary: no build step and nothing fetched at run time.
+const STYLESHEET: &str = include_str!("assets/ui.css");
+const SCRIPT: &str = include_str!("assets/ui.js");
+/// The assets change only with the binary; a few minutes of caching spares reloads.
+const ASSET_CACHE: &str = "public, max-age=300";
+
+/// A login or delete form is a few short fields.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+/// A form arrives in one packet; a client dribbling one is holding a stream open.
+const FORM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tags whose manifest and config are read for the repository page; the rest are listed by
+/// name. Two registry reads each: 100 tags stay well under a second on a local registry.
+const MAX_DETAILED_TAGS: usize = 100;
+/// Platforms of an index whose manifests are read for the manifest page.
+const MAX_DETAILED_CHILDREN: usize = 32;
+/// Registry reads one page makes at once: fast pages without flooding the registry.
+const READS_AT_ONCE: usize = 8;
+
+/// Whether `path` is the browser's: under `[ui] path`, or that path without its slash.
+pub(super) fn serves(config: &UiConfig, path: &str) -> bool {
+    config.enabled
+        && (path.starts_with(&config.path) || path == &config.path[..config.path.len() - 1])
+}
+
+/// What a path under the browser's names.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Index,
+    LoginForm,
+    Login,
+    Logout,
+    Asset(&'static str, &'static str),
+    Repository(&'a str),
+    Tag(&'a str, &'a str),
+    Digest(&'a str, &'a str),
+    DeleteForm(&'a str, &'a str),
+    Delete(&'a str, &'a str),
+    NotFound,
+}
+
+impl<'a> Route<'a> {
+    /// `rest` is the path after `[ui] path`, raw: a name that would need decoding is no
+    /// repository name, so nothing is decoded.
+    fn parse(method: &Method, rest: &'a str) -> Route<'a> {
+        let get = method == Method::GET || method == Method::HEAD;
+        let post = method == Method::POST;
+        match rest {
+            "" if get => return Route::Index,
+            "login" if get => return Route::LoginForm,
+            "login" if post => return Route::Login,
+            "logout" if post => return Route::Logout,
+            "static/ui.css" if get => return Route::Asset("text/css; charset=utf-8", STYLESHEET),
+            "static/ui.js" if get => return Route::Asset("text/javascript; charset=utf-8", SCRIPT),
+            _ => {}
+        }
+        let Some(repo) = rest.strip_prefix("repo/") else {
+            return Route::NotFound;
+        };
+        // `-` cannot be a component of a repository name, so `/-/` ends the name.
+        let (name, sub) = match repo.split_once("/-/") {
+            Some((name, sub)) => (name, Some(sub)),
+            None => (repo, None),
+        };
+        if !is_valid_repository_name(name) {
+            return Route::NotFound;
+        }
+        let Some(sub) = sub else {
+            return if get {
+                Route::Repository(name)
+            } else {
+                Route::NotFound
+            };
+        };
+        match sub.split_once('/') {
+            Some(("tag", tag)) if get && is_tag(tag) => Route::Tag(name, tag),
+            Some(("manifest", digest)) if get && is_digest(digest) => Route::Digest(name, digest),
+            Some(("delete", tag)) if get && is_tag(tag) => Route::DeleteForm(name, tag),
+            Some(("delete", tag)) if post && is_tag(tag) => Route::Delete(name, tag),
+            _ => Route::NotFound,
+        }
+    }
+}
+
+/// One browser request: who asks (session, client certificate or nobody), then the page.
+pub(super) async fn answer(
+    ctx: &mut RequestContext,
+    request: Request<()>,
+    host: HeaderValue,
+) -> Result<Response<ResponseBody>, GateError> {
+    let snapshot = ctx.snapshot.clone();
+    let base = snapshot.config.ui.path.clone();
+    let path = request.uri().path().to_string();
+    ctx.record.action = Some("ui");
+    let Some(rest) = path.strip_prefix(base.as_str()) else {
+        // `/ui` without its slash: relative links need the directory form.
+        return Ok(redirect(&base, None));
+    };
+    let route = Route::parse(request.method(), rest);
+    if let Route::Asset(content_type, text) = route {
+        let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
+        secure(&mut response, ASSET_CACHE);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        return Ok(response);
+    }
+
+    let key = SessionKey::new(&ctx.shared.ui_secret(&snapshot));
+    let (caller, session) = who(ctx, &request, &key).await?;
+    ctx.record.user = caller.identity.name().to_string();
+    ctx.record.token = caller.token_name().map(str::to_string);
+    let csrf = session.as_ref().map(|s| key.csrf_token(s));
+    let shown_user = match (&session, &caller.identity) {
+        (Some(s), _) => Some(s.user.clone()),
+        (None, Identity::User(user)) => Some(user.clone()),
+        (None, Identity::Anonymous) => None,
+    };
+    let chrome = Chrome {
+        base: &base,
+        user: shown_user.as_deref(),
+        csrf: csrf.as_deref(),
+        can_log_in: snapshot.auth.is_some(),
+    };
+    let browser = Browser {
+        registry: Registry::new(snapshot.upstream.clone(), host.clone()),
+        host: host.to_str().unwrap_or("").to_string(),
+        caller,
+        session,
+        key,
+    };
+    let result = match route {
+        Route::Index => browser.index(ctx, &chrome, &request).await,
+        Route::LoginForm => Ok(page(
+            StatusCode::OK,
+            &chrome,
+            "Log in",
+            pages::login(&chrome, None),
+        )),
+        Route::Login => browser.login(ctx, &chrome, &request, &host).await,
+        Route::Logout => browser.logout(ctx, &chrome, &request, &host).await,
+        Route::Repository(name) => browser.repository(ctx, &chrome, &request, name).await,
+        Route::Tag(name, tag) => browser.manifest(ctx, &chrome, name, tag, true).await,
+        Route::Digest(name, digest) => browser.manifest(ctx, &chrome, name, digest, false).await,
+        Route::DeleteForm(name, tag) => browser.confirm_delete(ctx, &chrome, name, tag).await,
+        Route::Delete(name, tag) => {
+            browser
+                .delete(ctx, &chrome, &request, &host, name, tag)
+                .await
+        }
+        Route::NotFound | Route::Asset(..) => Err(Refusal::NotFound),
+    };
+    Ok(result.unwrap_or_else(|refusal| refusal.page(&chrome, &ctx.record.request_id)))
+}
+
+/// The caller of a browser request and their session: a valid session cookie whose user may
+/// still log in, else a client certificate's user, else anonymous.
+async fn who(
+    ctx: &RequestContext,
+    request: &Request<()>,
+    key: &SessionKey,
+) -> Result<(Caller, Option<Session>), GateError> {
+    if let Some(session) =
+        session::cookie_value(request.headers()).and_then(|v| key.open(v, unix_now()))
+    {
+        if let Some(caller) = caller::from_session(ctx, &session.user, session.token.as_deref()) {
+            return Ok((caller, Some(session)));
+        }
+    }
+    // Without an Authorization header this cannot fail: it is the certificate or nobody.
+    let caller = caller::credentials(ctx, None)
+        .await
+        .map_err(|_| GateError::Internal("no caller without credentials"))?;
+    Ok((caller, None))
+}
+
+/// Why a page is not what was asked for; each becomes an HTML page in `Refusal::page`.
+#[derive(Debug)]
+enum Refusal {
+    /// No such repository, tag or page, or one the caller may not pull: told apart from
+    /// nothing, so hidden names stay hidden.
+    NotFound,
+    /// The caller may not do this; the text says what to do instead.
+    Forbidden(&'static str),
+    /// A form without a valid CSRF token, or from another site.
+    Csrf,
+    /// The registry runs without deletes.
+    DeleteDisabled,
+    /// `[server] read_only`.
+    ReadOnly,
+    /// The tag moved between confirmation and delete.
+    Moved,
+    BadForm(&'static str),
+    /// The registry or the gate failed; logged by its side.
+    Gate(GateError),
+}
+
+impl From<GateError> for Refusal {
+    fn from(e: GateError) -> Refusal {
+        Refusal::Gate(e)
+    }
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Forbidden(_) | Refusal::Csrf => StatusCode::FORBIDDEN,
+            Refusal::DeleteDisabled | Refusal::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::Moved => StatusCode::CONFLICT,
+            Refusal::BadForm(_) => StatusCode::BAD_REQUEST,
+            Refusal::Gate(e) => e.status(),
+        }
+    }
+
+    /// The one mapping from a refusal to the page the browser gets.
+    fn page(self, chrome: &Chrome, request_id: &str) -> Response<ResponseBody> {
+        let status = self.status();
+        let (title, text): (&str, &str) = match &self {
+            Refusal::NotFound => ("Not found", "There is no such page, repository or tag, or you may not see it."),
+            Refusal::Forbidden(why) => ("Not allowed", why),
+            Refusal::Csrf => ("Form refused", "This form has expired or did not come from this page. Go back, reload the page and try again."),
+            Refusal::DeleteDisabled => ("Deleting is disabled", "The registry behind the gate does not allow deletes: its configuration needs storage.delete.enabled: true."),
+            Refusal::ReadOnly => ("Read-only", "The gate is in read-only mode ([server] read_only): deletes are disabled."),
+            Refusal::Moved => ("The tag has moved", "The tag points at another manifest than the one you confirmed. Go back, review it and confirm again."),
+            Refusal::BadForm(why) => ("Bad request", why),
+            Refusal::Gate(GateError::Throttled(_)) => ("Too many failed logins", "Too many failed logins from your address; try again later."),
+            Refusal::Gate(_) => ("The registry failed", "The registry behind the gate did not answer properly; the gate's log says why."),
+        };
+        if let Refusal::Gate(e) = &self {
+            e.count();
+            match e.side() {
+                Side::Client => tracing::debug!(request_id, error = %e, "browser request refused"),
+                Side::Upstream => {
+                    tracing::warn!(request_id, error = %e, "upstream error in the browser")
+                }
+                Side::Internal => tracing::error!(request_id, error = %e, "the gate failed"),
+            }
+        }
+        let mut response = page(status, chrome, title, pages::message(title, text));
+        if let Refusal::Gate(GateError::Throttled(wait)) = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+/// One request's view of the registry: who asks and how to read it.
+struct Browser {
+    registry: Registry,
+    /// The host the browser addressed, for the `docker pull` lines.
+    host: String,
+    caller: Caller,
+    session: Option<Session>,
+    key: SessionKey,
+}
+
+impl Browser {
+    fn may(&self, ctx: &RequestContext, repository: &str, action: Action) -> bool {
+        self.caller.may(
+            &ctx.snapshot.config.rules,
+            ctx.client_ip,
+            repository,
+            action,
+        )
+    }
+
+    /// Deletes need a session (for the CSRF token), the rules' permission, and a gate that
+    /// is not read-only.
+    fn may_delete(&self, ctx: &RequestContext, repository: &str) -> bool {
+        self.session.is_some()
+            && !ctx.snapshot.config.server.read_only
+            && self.may(ctx, repository, Action::Delete)
+    }
+
+    async fn index(
+        &self,
+        ctx: &RequestContext,
+        chrome: &Chrome<'_>,
+        request: &Request<()>,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        let query = query_values(request.uri().query(), "q")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let listing = self.registry.catalog().await?;
+        let visible: Vec<String> = listing
+            .names
+            .into_iter()
+            .filter(|name| self.may(ctx, name, Action::Pull))
+            .collect();
+        if visible.is_empty() && query.is_empty() && chrome.user.is_none() && chrome.can_log_in {
+            // Nothing for anonymous here: the login is what they came for.
+            return Ok(redirect(&format!("{}login", chrome.base), None));
+        }
+        Ok(page(
+            StatusCode::OK,
+            chrome,
+            "Repositories",
+            pages::repositories(chrome, &visible, &query, listing.complete),
+        ))
+    }
+
+    async fn login(
+        &self,
+        ctx: &mut RequestContext,
+        chrome: &Chrome<'_>,
+        request: &Request<()>,
+        host: &HeaderValue,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        if !same_origin(request, host) {
+            return Err(Refusal::Csrf);
+        }
+        if ctx.snapshot.auth.is_none() {
+            return Ok(redirect(chrome.base, None));
+        }
+        let form = read_form(ctx, request).await?;
+        let user = field(&form, "user");
+        let password = field(&form, "password");
+        if password.is_empty() {
+            return Ok(login_failed(
+                chrome,
+                "Enter your password or an access token.",
+            ));
+        }
+        match caller::check_password(ctx, user, password.into_bytes()).await {
+            Ok(caller) => {
+                let Identity::User(name) = &caller.identity else {
+                    return Err(GateError::Internal("a password check without users").into());
+                };
+                let session = Session::start(
+                    name.clone(),
+                    caller.token_name().map(str::to_string),
+                    unix_now(),
+                )
+                .map_err(|_| GateError::Internal("no randomness for a session id"))?;
+                ctx.record.user = name.clone();
+                ctx.record.token = caller.token_name().map(str::to_string);
+                tracing::info!(user = %name, token = caller.token_name().unwrap_or("-"), peer = %ctx.client_ip, "browser login");
+                let cookie = session::set_cookie(&self.key.seal(&session), chrome.base);
+                Ok(redirect(chrome.base, Some(cookie)))
+            }
+            Err(failure) => {
+                let token_refused = matches!(failure, Failure::TokenRefused { .. });
+                let reason = caller::refused(failure, ctx.client_ip, "browser login failed")?;
+                crate::metrics::get().auth_failure(reason);
+                Ok(login_failed(
+                    chrome,
+                    if token_refused {
+                        "That access token may no longer be used (expired, revoked or its owner removed)."
+                    } else {
+                        "Wrong user name or password."
+                    },
+                ))
+            }
+        }
+    }
+
+    async fn logout(
+        &self,
+        ctx: &mut RequestContext,
+        chrome: &Chrome<'_>,
+        request: &Request<()>,
+        host: &HeaderValue,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        if let Some(session) = &self.session {
+            let form = read_form(ctx, request).await?;
+            if !same_origin(request, host) || !self.key.csrf_ok(session, &field(&form, CSRF_FIELD))
+            {
+                return Err(Refusal::Csrf);
+            }
+        }
+        Ok(redirect(
+            chrome.base,
+            Some(session::clear_cookie(chrome.base)),
+        ))
+    }
+
+    async fn repository(
+        &self,
+        ctx: &RequestContext,
+        chrome: &Chrome<'_>,
+        request: &Request<()>,
+        name: &str,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        if !self.may(ctx, name, Action::Pull) {
+            return Err(Refusal::NotFound);
+        }
+        let listing = self.registry.tags(name).await?.ok_or(Refusal::NotFound)?;
+        let rows = self.tag_rows(name, &listing.names).await;
+        let deleted = query_values(request.uri().query(), "deleted")
+            .into_iter()
+            .find(|t| is_tag(t));
+        let view = RepositoryView {
+            name,
+            host: &self.host,
+            complete: listing.complete && listing.names.len() <= MAX_DETAILED_TAGS,
+            rows,
+            can_delete: self.may_delete(ctx, name),
+            deleted: deleted.as_deref(),
+        };
+        Ok(page(
+            StatusCode::OK,
+            chrome,
+            name,
+            pages::repository(chrome, &view),
+        ))
+    }
+
+    /// The first `MAX_DETAILED_TAGS` tags with manifest and created date, read a few at a
+    /// time; the rest by name. A tag that cannot be read is shown as such.
+    async fn tag_rows(&self, name: &str, tags: &[String]) -> Vec<TagRow> {
+        let slots = Arc::new(Semaphore::new(READS_AT_ONCE));
+        let mut reads = JoinSet::new();
+        for (i, tag) in tags.iter().take(MAX_DETAILED_TAGS).enumerate() {
+            let (registry, name, tag, slots) = (
+                self.registry.clone(),
+                name.to_string(),
+                tag.clone(),
+                slots.clone(),
+            );
+            reads.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let (manifest, created) = read_image(&registry, &name, &tag).await;
+                (
+                    i,
+                    TagRow {
+                        tag,
+                        manifest,
+                        created,
+                    },
+                )
+            });
+        }
+        let mut rows: Vec<Option<TagRow>> = (0..tags.len().min(MAX_DETAILED_TAGS))
+            .map(|_| None)
+            .collect();
+        while let Some(done) = reads.join_next().await {
+            if let Ok((i, row)) = done {
+                rows[i] = Some(row);
+            }
+        }
+        rows.into_iter()
+            .zip(tags)
+            .map(|(row, tag)| {
+                row.unwrap_or_else(|| TagRow {
+                    tag: tag.clone(),
+                    manifest: None,
+                    created: None,
+                })
+            })
+            .chain(tags.iter().skip(MAX_DETAILED_TAGS).map(|tag| TagRow {
+                tag: tag.clone(),
+                manifest: None,
+                created: None,
+            }))
+            .collect()
+    }
+
+    /// The manifest page, by tag (`by_tag`) or by digest.
+    async fn manifest(
+        &self,
+        ctx: &RequestContext,
+        chrome: &Chrome<'_>,
+        name: &str,
+        reference: &str,
+        by_tag: bool,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        if !self.may(ctx, name, Action::Pull) {
+            return Err(Refusal::NotFound);
+        }
+        let manifest = self
+            .registry
+            .manifest(name, reference)
+            .await?
+            .ok_or(Refusal::NotFound)?;
+        let config = match &manifest.kind {
+            ManifestKind::Image { config, .. } => {
+                self.registry.config(name, &config.digest).await?
+            }
+            _ => None,
+        };
+        let children = match &manifest.kind {
+            ManifestKind::Index { manifests } => self.children(name, manifests).await,
+            _ => Vec::new(),
+        };
+        let view = ManifestView {
+            name,
+            host: &self.host,
+            tag: by_tag.then_some(reference),
+            manifest: &manifest,
+            config: config.as_ref(),
+            children,
+            can_delete: by_tag && self.may_delete(ctx, name),
+        };
+        let title = format!("{name}:{reference}");
+        Ok(page(
+            StatusCode::OK,
+            chrome,
+            &title,
+            pages::manifest(chrome, &view),
+        ))
+    }
+
+    /// The images of an index with their sizes and created dates, attestations left out.
+    async fn children(&self, name: &str, manifests: &[fetch::Descriptor]) -> Vec<ChildRow> {
+        let slots = Arc::new(Semaphore::new(READS_AT_ONCE));
+        let mut reads = JoinSet::new();
+        let platforms = manifests
+            .iter()
+            .filter_map(|d| Some((d.platform.as_ref()?, d)))
+            .filter(|(p, _)| p.os != "unknown")
+            .take(MAX_DETAILED_CHILDREN);
+        for (i, (platform, descriptor)) in platforms.enumerate() {
+            let (registry, name, digest, platform, slots) = (
+                self.registry.clone(),
+                name.to_string(),
+                descriptor.digest.clone(),
+                platform.to_string(),
+                slots.clone(),
+            );
+            reads.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let (manifest, created) = read_image(&registry, &name, &digest).await;
+                (
+                    i,
+                    ChildRow {
+                        platform,
+                        digest,
+                        size: manifest.and_then(|m| m.image_size()),
+                        created,
+                    },
+                )
+            });
+        }
+        let mut rows = Vec::new();
+        while let Some(done) = reads.join_next().await {
+            if let Ok(row) = done {
+                rows.push(row);
+            }
+        }
+        rows.sort_by_key(|(i, _)| *i);
+        rows.into_iter().map(|(_, row)| row).collect()
+    }
+
+    async fn confirm_delete(
+        &self,
+        ctx: &RequestContext,
+        chrome: &Chrome<'_>,
+        name: &str,
+        tag: &str,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        self.check_delete(ctx, name)?;
+        let manifest = self
+            .registry
+            .manifest(name, tag)
+            .await?
+            .ok_or(Refusal::NotFound)?;
+        let title = format!("Delete {name}:{tag}");
+        Ok(page(
+            StatusCode::OK,
+            chrome,
+            &title,
+            pages::confirm_delete(chrome, name, tag, &manifest.digest),
+        ))
+    }
+
+    async fn delete(
+        &self,
+        ctx: &mut RequestContext,
+        chrome: &Chrome<'_>,
+        request: &Request<()>,
+        host: &HeaderValue,
+        name: &str,
+        tag: &str,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        let Some(session) = &self.session else {
+            return Err(Refusal::Forbidden("Log in to delete."));
+        };
+        let form = read_form(ctx, request).await?;
+        if !same_origin(request, host) || !self.key.csrf_ok(session, &field(&form, CSRF_FIELD)) {
+            return Err(Refusal::Csrf);
+        }
+        self.check_delete(ctx, name)?;
+        let digest = field(&form, "digest");
+        if !is_digest(&digest) {
+            return Err(Refusal::BadForm("The form names no manifest digest."));
+        }
+        ctx.record.action = Some("delete");
+        ctx.record.repository = Some(name.to_string());
+        ctx.record.reference = Some(tag.to_string());
+        let current = self
+            .registry
+            .manifest(name, tag)
+            .await?
+            .ok_or(Refusal::NotFound)?;
+        if current.digest != digest {
+            return Err(Refusal::Moved);
+        }
+        ctx.record.decision = "allow";
+        match self.registry.delete_manifest(name, &digest).await? {
+            Deleted::Done => {
+                tracing::info!(user = %self.caller.identity.name(), repository = %name, tag = %tag, digest = %digest, peer = %ctx.client_ip, "deleted from the browser");
+                Ok(redirect(
+                    &format!("{}repo/{name}?deleted={tag}", chrome.base),
+                    None,
+                ))
+            }
+            Deleted::Disabled => Err(Refusal::DeleteDisabled),
+            Deleted::NotFound => Err(Refusal::NotFound),
+        }
+    }
+
+    /// Who may delete in `name`: a caller who may see it, has a session, and may delete.
+    fn check_delete(&self, ctx: &RequestContext, name: &str) -> Result<(), Refusal> {
+        if !self.may(ctx, name, Action::Pull) {
+            return Err(Refusal::NotFound);
+        }
+        if self.session.is_none() {
+            return Err(Refusal::Forbidden("Log in to delete."));
+        }
+        if ctx.snapshot.config.server.read_only {
+            return Err(Refusal::ReadOnly);
+        }
+        if !self.may(ctx, name, Action::Delete) {
+            return Err(Refusal::Forbidden(
+                "Your access rules do not allow deleting in this repository.",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A manifest and, for an image, its config's created date; `None`s where the registry
+/// does not answer (the page shows the rest).
+async fn read_image(
+    registry: &Registry,
+    name: &str,
+    reference: &str,
+) -> (Option<fetch::Manifest>, Option<String>) {
+    let manifest = match registry.manifest(name, reference).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(repository = %name, reference = %reference, error = %e, "browser: manifest not read");
+            None
+        }
+    };
+    let created = match manifest.as_ref().map(|m| &m.kind) {
+        Some(ManifestKind::Image { config, .. }) => registry
+            .config(name, &config.digest)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.created),
+        _ => None,
+    };
+    (manifest, created)
+}
+
+/// Whether a form was posted from the gate's own pages. `Sec-Fetch-Site` and `Origin` are set
+/// by the browser, never by a page's script, so another site cannot fake them. Fetch
+/// metadata decides where the browser sends it; `Origin` alone is checked otherwise, except
+/// when it is `null`, which is what browsers send from a page with `Referrer-Policy:
+/// no-referrer` (ours). The CSRF token is checked besides, and the session cookie is
+/// `SameSite=Strict`, so this is a second lock, not the only one.
+fn same_origin(request: &Request<()>, host: &HeaderValue) -> bool {
+    let headers = request.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() == b"same-origin";
+    }
+    let origin = match headers.get(header::ORIGIN) {
+        None => return true,
+        Some(o) if o.as_bytes() == b"null" => return true,
+        Some(o) => o.as_bytes(),
+    };
+    let host = host.as_bytes();
+    // The default port is in the Host header only if the client wrote it there.
+    let host_without_443 = host.strip_suffix(b":443").unwrap_or(host);
+    [host, host_without_443]
+        .iter()
+        .any(|h| origin.strip_prefix(b"https://") == Some(h))
+}
+
+/// The urlencoded form of a POST, whole, bounded in size and time.
+async fn read_form(ctx: &mut RequestContext, request: &Request<()>) -> Result<String, Refusal> {
+    let urlencoded = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.as_bytes()
+                .to_ascii_lowercase()
+                .starts_with(b"application/x-www-form-urlencoded")
+        });
+    if !urlencoded {
+        return Err(Refusal::BadForm(
+            "Send the form as application/x-www-form-urlencoded.",
+        ));
+    }
+    let collect = Limited::new(ctx.body.take(), MAX_FORM_BYTES).collect();
+    let body = tokio::time::timeout(FORM_TIMEOUT, collect)
+        .await
+        .map_err(|_| Refusal::BadForm("The form was not sent in time."))?
+        .map_err(|_| Refusal::BadForm("The form is too large or broken."))?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|_| Refusal::BadForm("The form is not UTF-8."))
+}
+
+/// The first value of `name` in a form, or empty.
+fn field(form: &str, name: &str) -> String {
+    query_values(Some(form), name)
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+fn login_failed(chrome: &Chrome, why: &str) -> Response<ResponseBody> {
+    page(
+        StatusCode::UNAUTHORIZED,
+        chrome,
+        "Log in",
+        pages::login(chrome, Some(why)),
+    )
+}
+
+/// A whole HTML page.
+fn page(status: StatusCode, chrome: &Chrome, title: &str, body: Html) -> Response<ResponseBody> {
+    let text = pages::layout(chrome, title, body);
+    let mut response = Response::new(ResponseBody::full(Bytes::from(text)));
+    *response.status_mut() = status;
+    secure(&mut response, "no-store");
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// 303 to a path of the browser's (a POST's answer becomes a GET), optionally setting the
+/// session cookie. `to` is built from the configured path and validated names only.
+fn redirect(to: &str, cookie: Option<String>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    secure(&mut response, "no-store");
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(to) {
+        headers.insert(header::LOCATION, location);
+    }
+    if let Some(cookie) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The headers every browser answer carries (HSTS and nosniff are added for all answers in
+/// `handle`).
+fn secure(response: &mut Response<ResponseBody>, cache: &'static str) {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn routes_under_the_ui_path() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(Route::parse(&get, ""), Route::Index);
+        assert_eq!(Route::parse(&Method::HEAD, ""), Route::Index);
+        assert_eq!(Route::parse(&post, ""), Route::NotFound);
+        assert_eq!(Route::parse(&get, "login"), Route::LoginForm);
+        assert_eq!(Route::parse(&post, "login"), Route::Login);
+        assert_eq!(Route::parse(&get, "logout"), Route::NotFound);
+        assert_eq!(Route::parse(&post, "logout"), Route::Logout);
+        assert!(matches!(
+            Route::parse(&get, "static/ui.js"),
+            Route::Asset(..)
+        ));
+        assert_eq!(
+            Route::parse(&get, "repo/team/app"),
+            Route::Repository("team/app")
+        );
+        assert_eq!(
+            Route::parse(&get, "repo/team/app/-/tag/v1.0"),
+            Route::Tag("team/app", "v1.0")
+        );
+        assert_eq!(
+            Route::parse(&get, &format!("repo/a/-/manifest/{D}")),
+            Route::Digest("a", D)
+        );
+        assert_eq!(
+            Route::parse(&get, "repo/a/-/delete/v1"),
+            Route::DeleteForm("a", "v1")
+        );
+        assert_eq!(
+            Route::parse(&post, "repo/a/-/delete/v1"),
+            Route::Delete("a", "v1")
+        );
+    }
+
+    #[test]
+    fn names_and_references_outside_the_grammar_route_nowhere() {
+        let get = Method::GET;
+        for bad in [
+            "repo/",
+            "repo/Team/app",
+            "repo/team/../secret",
+            "repo/team%2fapp",
+            "repo/team//app",
+            "repo/a/-/tag/",
+            "repo/a/-/tag/-v1",
+            "repo/a/-/tag/<script>",
+            "repo/a/-/tag/v1/extra",
+            "repo/a/-/manifest/sha256:short",
+            "repo/a/-/unknown/v1",
+            "repo/a/-/",
+            "static/../../etc/passwd",
+            "static/other.js",
+            "login/",
+        ] {
+            assert_eq!(Route::parse(&get, bad), Route::NotFound, "{bad}");
+        }
+        assert_eq!(
+            Route::parse(&Method::DELETE, "repo/a/-/delete/v1"),
+            Route::NotFound
+        );
+        assert_eq!(Route::parse(&Method::POST, "repo/a"), Route::NotFound);
+    }
+
+    #[test]
+    fn the_ui_serves_its_path_and_the_path_without_its_slash() {
+        let config = UiConfig {
+            enabled: true,
+            path: "/ui/".into(),
+        };
+        assert!(serves(&config, "/ui/"));
+        assert!(serves(&config, "/ui"));
+        assert!(serves(&config, "/ui/repo/a"));
+        assert!(!serves(&config, "/uix"));
+        assert!(!serves(&config, "/v2/ui/"));
+        let off = UiConfig {
+            enabled: false,
+            ..config
+        };
+        assert!(!serves(&off, "/ui/"));
+    }
+
+    fn post(headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method("POST").uri("/ui/logout");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).expect("request")
+    }
+
+    #[test]
+    fn forms_from_other_sites_are_refused() {
+        let host = HeaderValue::from_static("reg.example.com:8443");
+        assert!(same_origin(&post(&[]), &host), "no browser headers: curl");
+        for headers in [
+            &[
+                ("origin", "https://reg.example.com:8443"),
+                ("sec-fetch-site", "same-origin"),
+            ][..],
+            // What Chromium sends from a page with Referrer-Policy: no-referrer.
+            &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+            &[("origin", "https://reg.example.com:8443")],
+        ] {
+            assert!(same_origin(&post(headers), &host), "{headers:?}");
+        }
+        for headers in [
+            &[("origin", "https://evil.example")][..],
+            &[("origin", "http://reg.example.com:8443")],
+            &[("origin", "https://reg.example.com")],
+            &[("origin", "https://reg.example.com:8443.evil")],
+            &[("sec-fetch-site", "cross-site")],
+            &[("sec-fetch-site", "same-site")],
+            &[("sec-fetch-site", "none")],
+            &[
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://reg.example.com:8443"),
+            ],
+        ] {
+            assert!(!same_origin(&post(headers), &host), "{headers:?}");
+        }
+        let default_port = HeaderValue::from_static("reg.example.com:443");
+        assert!(same_origin(
+            &post(&[("origin", "https://reg.example.com")]),
+            &default_port
+        ));
+    }
+
+    #[test]
+    fn refusals_map_to_their_status() {
+        for (refusal, status) in [
+            (Refusal::NotFound, 404),
+            (Refusal::Forbidden("x"), 403),
+            (Refusal::Csrf, 403),
+            (Refusal::DeleteDisabled, 405),
+            (Refusal::ReadOnly, 405),
+            (Refusal::Moved, 409),
+            (Refusal::BadForm("x"), 400),
+            (Refusal::Gate(GateError::UpstreamTimeout), 504),
+            (
+                Refusal::Gate(GateError::Throttled(Duration::from_secs(3))),
+                429,
+            ),
+        ] {
+            assert_eq!(refusal.status().as_u16(), status, "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn every_page_carries_the_protective_headers() {
+        let chrome = Chrome {
+            base: "/ui/",
+            user: None,
+            csrf: None,
+            can_log_in: true,
+        };
+        let throttled = Refusal::Gate(GateError::Throttled(Duration::from_secs(3)));
+        for response in [
+            page(StatusCode::OK, &chrome, "t", Html::new()),
+            redirect("/ui/", None),
+            throttled.page(&chrome, "id"),
+        ] {
+            let h = response.headers();
+            assert_eq!(h[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
+            assert!(CONTENT_SECURITY_POLICY.contains("frame-ancestors 'none'"));
+            assert!(!CONTENT_SECURITY_POLICY.contains("unsafe-inline"));
+            assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+            assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+            assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        }
+    }
+}

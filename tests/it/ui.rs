@@ -1,0 +1,1069 @@
+//! The registry browser (`[ui]`), proved with real components: the real registry holding
+//! images pushed by skopeo through the gate, a headless Chromium driven over WebDriver
+//! (log in, see exactly the allowed repositories, open a tag, delete with permission and be
+//! refused without; screenshots under `target/ui-screenshots/`), and a plain HTTPS client
+//! for what a browser hides: cookie flags, CSRF refusals, escaping of hostile labels, the
+//! security headers, and a recording upstream that must never see a browser path.
+
+use crate::util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{json, Value};
+use util::client::{empty, full, request, text, HttpsClient, Proto};
+use util::gate::{Gate, GateConfig};
+use util::image::{skopeo_ok, ustar, MANIFEST_MEDIA_TYPE};
+use util::recorder::{Recorder, Reply};
+use util::registry::Registry;
+use util::webdriver::Browser;
+use util::{sha256_digest, temp_dir, write_file, TempDir};
+
+const ALICE: (&str, &str) = ("alice", "alice-secret");
+const BOB: (&str, &str) = ("bob", "bob-secret");
+
+/// alice may do everything; bob may pull under team/ and nothing else, so secret/vault is
+/// hidden from him and he may delete nothing.
+const RULES: &str = "\n[[rules]]\nusers = [\"alice\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\n\n[[rules]]\nusers = [\"bob\"]\nrepositories = [\"team/**\"]\nactions = [\"pull\"]\n";
+
+const HIDDEN: &str = "secret/vault";
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// Uncompressed layers: no gzip needed, and the registry accepts them like any other.
+const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Values a pusher controls, each a way into a page that does not escape.
+const SCRIPT_LABEL: &str = "<script>alert(1)</script>";
+const IMG_LABEL_KEY: &str = "<img src=x onerror=alert(2)>";
+const SVG_LABEL: &str = "\"'><svg onload=alert(3)>";
+
+/// As hostile as distribution's tag grammar `[\w][\w.-]{0,127}` allows: the longest tag,
+/// every punctuation character it permits. Markup characters cannot be in a tag at all.
+fn hostile_tag() -> String {
+    format!("_{}x", "-.".repeat(63))
+}
+
+// ---------------------------------------------------------------------------------------
+// Images
+
+/// Writes `bytes` as a blob of the layout in `dir`; returns its descriptor.
+fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Value {
+    let digest = sha256_digest(bytes);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir blobs");
+    write_file(
+        &blobs.join(digest.strip_prefix("sha256:").expect("sha256")),
+        bytes,
+    );
+    json!({ "mediaType": media_type, "digest": digest, "size": bytes.len() })
+}
+
+/// One image into the layout in `dir`: a layer holding `content`, a config with `extra`
+/// merged in; returns the manifest's descriptor.
+fn image(dir: &Path, content: &str, arch: &str, extra: Value) -> Value {
+    let tar = ustar(&[("hello.txt", content.as_bytes())]);
+    let layer = blob(dir, LAYER_MEDIA_TYPE, &tar);
+    let mut config = json!({
+        "created": "2024-05-01T10:00:00Z",
+        "architecture": arch,
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [sha256_digest(&tar)] },
+    });
+    if let (Some(base), Some(more)) = (config.as_object_mut(), extra.as_object()) {
+        for (k, v) in more {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    let config = blob(
+        dir,
+        CONFIG_MEDIA_TYPE,
+        serde_json::to_string(&config).expect("config").as_bytes(),
+    );
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": config,
+        "layers": [layer],
+    });
+    blob(
+        dir,
+        MANIFEST_MEDIA_TYPE,
+        serde_json::to_string(&manifest)
+            .expect("manifest")
+            .as_bytes(),
+    )
+}
+
+/// Names `top` as the layout's `latest`; returns `oci:<dir>:latest`.
+fn layout(dir: &Path, mut top: Value) -> String {
+    top["annotations"] = json!({ "org.opencontainers.image.ref.name": "latest" });
+    write_file(&dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#);
+    write_file(
+        &dir.join("index.json"),
+        json!({ "schemaVersion": 2, "manifests": [top] }).to_string(),
+    );
+    format!("oci:{}:latest", dir.display())
+}
+
+/// A single-platform image whose layer holds `content`; `(reference, manifest digest)`.
+fn single(dir: &Path, content: &str, extra: Value) -> (String, String) {
+    let manifest = image(dir, content, "amd64", extra);
+    let digest = manifest["digest"].as_str().expect("digest").to_string();
+    (layout(dir, manifest), digest)
+}
+
+/// An OCI index of a linux/amd64 and a linux/arm64 image.
+fn multi_arch(dir: &Path) -> String {
+    let mut amd64 = image(dir, "amd64", "amd64", json!({}));
+    amd64["platform"] = json!({ "os": "linux", "architecture": "amd64" });
+    let mut arm64 = image(dir, "arm64", "arm64", json!({}));
+    arm64["platform"] = json!({ "os": "linux", "architecture": "arm64" });
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": [amd64, arm64],
+    });
+    let index = blob(
+        dir,
+        INDEX_MEDIA_TYPE,
+        serde_json::to_string(&index).expect("index").as_bytes(),
+    );
+    layout(dir, index)
+}
+
+/// `skopeo copy --all` through the gate as alice.
+fn push(gate: &Gate, source: &str, target: &str) {
+    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
+    let creds = format!("{}:{}", ALICE.0, ALICE.1);
+    skopeo_ok(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        &creds,
+        source,
+        &format!("docker://{}/{target}", gate.authority()),
+    ]);
+}
+
+/// The real registry behind a gate in basic mode with `RULES`, and images pushed through it.
+struct World {
+    registry: Registry,
+    gate: Gate,
+    /// team/app:v1's manifest digest.
+    app_v1: String,
+    /// Last: dropped after the processes whose logs it holds.
+    tmp: TempDir,
+}
+
+fn world() -> World {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[ALICE, BOB])
+            .extra_toml(RULES),
+    );
+    let images = tmp.path().join("images");
+    let (v1, app_v1) = single(&images.join("v1"), "version one", json!({}));
+    let (v2, _) = single(&images.join("v2"), "version two", json!({}));
+    let (old, _) = single(&images.join("old"), "to be deleted", json!({}));
+    let (vault, _) = single(&images.join("vault"), "hidden", json!({}));
+    let (xss, _) = single(
+        &images.join("xss"),
+        "hostile",
+        json!({ "config": {
+            "User": SCRIPT_LABEL,
+            "Cmd": ["sh", "-c", SVG_LABEL],
+            "Labels": { "evil": SCRIPT_LABEL, IMG_LABEL_KEY: SVG_LABEL },
+        }}),
+    );
+    push(&gate, &v1, "team/app:v1");
+    push(&gate, &v2, "team/app:v2");
+    push(&gate, &old, "team/app:old");
+    push(
+        &gate,
+        &multi_arch(&images.join("multi")),
+        "team/tool:latest",
+    );
+    push(&gate, &vault, &format!("{HIDDEN}:latest"));
+    push(&gate, &xss, &format!("team/xss:{}", hostile_tag()));
+    World {
+        registry,
+        gate,
+        app_v1,
+        tmp,
+    }
+}
+
+/// The tags the registry itself holds for `repository`, asked directly (not through the
+/// gate), so a delete is proved where it matters.
+fn registry_tags(registry: &Registry, repository: &str) -> Vec<String> {
+    let addr = registry.addr.expect("a TCP registry");
+    let mut stream = TcpStream::connect(addr).expect("connect to the registry");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /v2/{repository}/tags/list HTTP/1.0\r\nHost: registry\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    value["tags"]
+        .as_array()
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// A plain client, for what a browser does not show
+
+struct Page {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+/// `GET url` with the session cookie if given.
+async fn get(client: &HttpsClient, url: &str, cookie: Option<&str>) -> Page {
+    let mut builder = request("GET", url);
+    if let Some(cookie) = cookie {
+        builder = builder.header("Cookie", cookie);
+    }
+    let response = client.send(builder.body(empty()).expect("GET")).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    Page {
+        status,
+        headers,
+        body: text(response).await,
+    }
+}
+
+/// `POST url` with an urlencoded form, the cookie and an `Origin` if given.
+async fn post(
+    client: &HttpsClient,
+    url: &str,
+    cookie: Option<&str>,
+    origin: Option<&str>,
+    form: &str,
+) -> Page {
+    let mut builder =
+        request("POST", url).header("Content-Type", "application/x-www-form-urlencoded");
+    if let Some(cookie) = cookie {
+        builder = builder.header("Cookie", cookie);
+    }
+    if let Some(origin) = origin {
+        builder = builder.header("Origin", origin);
+    }
+    let response = client
+        .send(builder.body(full(form.to_string())).expect("POST"))
+        .await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    Page {
+        status,
+        headers,
+        body: text(response).await,
+    }
+}
+
+/// Logs in through the form; returns the `Set-Cookie` line and the `name=value` to send.
+async fn login(
+    client: &HttpsClient,
+    gate: &Gate,
+    (user, password): (&str, &str),
+) -> (String, String) {
+    let page = post(
+        client,
+        &gate.url("/ui/login"),
+        None,
+        Some(&format!("https://{}", gate.authority())),
+        &format!("user={user}&password={password}"),
+    )
+    .await;
+    assert_eq!(
+        page.status,
+        StatusCode::SEE_OTHER,
+        "login as {user}: {}",
+        page.body
+    );
+    assert_eq!(page.headers["location"], "/ui/");
+    let set_cookie = page.headers["set-cookie"]
+        .to_str()
+        .expect("ASCII cookie")
+        .to_string();
+    let pair = set_cookie
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_string();
+    (set_cookie, pair)
+}
+
+/// The CSRF token a page embeds in its forms.
+fn csrf_of(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("no CSRF field in:\n{html}"))
+        + marker.len();
+    html[start..].split('"').next().expect("value").to_string()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+// ---------------------------------------------------------------------------------------
+// In a real browser
+
+#[test]
+fn in_chromium_each_user_sees_exactly_their_repositories_and_deletes_only_with_permission() {
+    let w = world();
+    let browser = Browser::start(&w.tmp.path().join("browser"));
+    let ui = |path: &str| w.gate.url(&format!("/ui/{path}"));
+
+    // Anonymous may pull nothing here: the browser lands on the login form.
+    browser.goto(&ui(""));
+    assert!(browser.url().ends_with("/ui/login"), "{}", browser.url());
+    browser.screenshot("01-login");
+
+    let log_in = |(user, password): (&str, &str)| {
+        browser.goto(&ui("login"));
+        browser.type_into(&browser.get("#user"), user);
+        browser.type_into(&browser.get("#password"), password);
+        browser.click(&browser.get("#submit"));
+        browser.wait_for_url("/ui/");
+    };
+
+    // A wrong password stays on the form and says so.
+    log_in_fails(&browser, &ui("login"));
+
+    // bob: team/ only; the hidden repository is nowhere in the page's source.
+    log_in(BOB);
+    let names: Vec<String> = browser
+        .find_all("a.repository")
+        .iter()
+        .map(|a| browser.text(a))
+        .collect();
+    assert_eq!(names, ["team/app", "team/tool", "team/xss"], "bob's list");
+    let source = browser.source();
+    assert!(
+        !source.contains("secret") && !source.contains("vault"),
+        "{source}"
+    );
+    // The session cookie is out of reach of scripts (HttpOnly).
+    assert_eq!(browser.execute("return document.cookie;"), json!(""));
+    // The embedded script ran under the CSP: it showed no copy button here, but it filters.
+    browser.type_into(&browser.get("#filter"), "tool");
+    let items = browser.find_all("li[data-name]");
+    let shown: Vec<bool> = items.iter().map(|li| browser.displayed(li)).collect();
+    assert_eq!(
+        shown,
+        [false, true, false],
+        "the live filter (ui.js) did not run"
+    );
+    browser.screenshot("02-bob-repositories-filtered");
+
+    // A tag: digest, layers, the pull line with its copy button (shown by ui.js).
+    browser.goto(&ui("repo/team/app"));
+    assert!(
+        browser.find("a.delete").is_none(),
+        "bob is offered a delete"
+    );
+    browser.click(&browser.get("a.tag[href$='/-/tag/v1']"));
+    browser.wait_for_url("/ui/repo/team/app/-/tag/v1");
+    assert_eq!(browser.text(&browser.get("#digest")), w.app_v1);
+    assert!(browser.find("#layers").is_some());
+    let copy = browser.get("button.copy");
+    assert!(
+        browser.displayed(&copy),
+        "copy button not shown: ui.js blocked?"
+    );
+    assert!(browser
+        .source()
+        .contains(&format!("docker pull {}/team/app:v1", w.gate.authority())));
+    assert!(browser.find("#delete").is_none());
+    browser.screenshot("03-bob-tag");
+
+    // bob may not delete, even by going to the form directly.
+    browser.goto(&ui("repo/team/app/-/delete/old"));
+    assert!(browser.find("#confirm").is_none());
+    assert!(browser
+        .text(&browser.get("#message"))
+        .contains("do not allow deleting"));
+    browser.screenshot("04-bob-delete-refused");
+    // The hidden repository answers like one that does not exist.
+    browser.goto(&ui(&format!("repo/{HIDDEN}")));
+    let source = browser.source();
+    assert!(source.contains("There is no such page"), "{source}");
+    assert!(!source.contains("vault"), "{source}");
+
+    // Hostile labels render as text: no dialog opens, and the text is there to read.
+    browser.goto(&ui(&format!("repo/team/xss/-/tag/{}", hostile_tag())));
+    assert_eq!(browser.alert_text(), None, "a label's script ran");
+    let labels = browser.text(&browser.get("#labels"));
+    assert!(
+        labels.contains(SCRIPT_LABEL) && labels.contains(IMG_LABEL_KEY),
+        "{labels}"
+    );
+    browser.screenshot("05-hostile-labels-escaped");
+
+    // Logging out ends the session.
+    browser.goto(&ui(""));
+    browser.click(&browser.get("#logout"));
+    browser.wait_for_url("/ui/login");
+    browser.goto(&ui(""));
+    assert!(browser.url().ends_with("/ui/login"), "{}", browser.url());
+
+    // alice sees everything, the platforms of the index, and deletes.
+    log_in(ALICE);
+    assert!(browser.source().contains(HIDDEN));
+    browser.goto(&ui("repo/team/tool/-/tag/latest"));
+    let platforms = browser.text(&browser.get("#platforms"));
+    assert!(
+        platforms.contains("linux/amd64") && platforms.contains("linux/arm64"),
+        "{platforms}"
+    );
+    browser.screenshot("06-alice-multi-arch");
+    browser.goto(&ui("repo/team/app"));
+    browser.screenshot("07-alice-tags");
+    browser.click(&browser.get("tr[data-tag='old'] a.delete"));
+    browser.wait_for_url("/ui/repo/team/app/-/delete/old");
+    browser.screenshot("08-alice-confirm-delete");
+    browser.click(&browser.get("#confirm"));
+    browser.wait_for_url("/ui/repo/team/app?deleted=old");
+    assert!(browser
+        .text(&browser.get("#deleted"))
+        .contains("team/app:old"));
+    assert!(browser.find("tr[data-tag='old']").is_none());
+    browser.screenshot("09-alice-deleted");
+    let mut left = registry_tags(&w.registry, "team/app");
+    left.sort();
+    assert_eq!(left, ["v1", "v2"], "the registry still has the deleted tag");
+}
+
+/// A wrong password: the form again, with the reason, and no session.
+fn log_in_fails(browser: &Browser, login_url: &str) {
+    browser.goto(login_url);
+    browser.type_into(&browser.get("#user"), BOB.0);
+    browser.type_into(&browser.get("#password"), "wrong");
+    browser.click(&browser.get("#submit"));
+    assert!(browser
+        .text(&browser.wait_for("#login-error"))
+        .contains("Wrong user name or password"));
+    assert!(browser.find("#logout").is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// With a plain client
+
+#[test]
+fn sessions_are_locked_down_and_every_changing_form_needs_its_csrf_token() {
+    let w = world();
+    let gate = &w.gate;
+    let origin = format!("https://{}", gate.authority());
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+
+        // Security headers on the pages (and HSTS, nosniff from the gate).
+        let page = get(&client, &gate.url("/ui/login"), None).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let csp = page.headers["content-security-policy"]
+            .to_str()
+            .expect("ascii");
+        assert!(
+            csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"));
+        assert_eq!(page.headers["x-frame-options"], "DENY");
+        assert_eq!(page.headers["referrer-policy"], "no-referrer");
+        assert_eq!(page.headers["cache-control"], "no-store");
+        assert_eq!(page.headers["x-content-type-options"], "nosniff");
+        assert!(page.headers.contains_key("strict-transport-security"));
+        assert!(page.headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html"));
+        // No inline script in the page (the CSP would block it anyway).
+        assert_eq!(page.body.matches("<script").count(), 1);
+        assert!(page
+            .body
+            .contains("<script src=\"/ui/static/ui.js\" defer></script>"));
+
+        // A failed login sets nothing.
+        let failed = post(
+            &client,
+            &gate.url("/ui/login"),
+            None,
+            Some(&origin),
+            "user=alice&password=nope",
+        )
+        .await;
+        assert_eq!(failed.status, StatusCode::UNAUTHORIZED);
+        assert!(!failed.headers.contains_key("set-cookie"));
+        // A login form posted from another site is refused before the password is checked.
+        let foreign = post(
+            &client,
+            &gate.url("/ui/login"),
+            None,
+            Some("https://evil.example"),
+            "user=alice&password=alice-secret",
+        )
+        .await;
+        assert_eq!(foreign.status, StatusCode::FORBIDDEN);
+        assert!(!foreign.headers.contains_key("set-cookie"));
+
+        // The cookie's flags.
+        let (set_cookie, alice) = login(&client, gate, ALICE).await;
+        for flag in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            "Path=/ui/",
+            "Max-Age=28800",
+        ] {
+            assert!(set_cookie.contains(flag), "{flag} missing: {set_cookie}");
+        }
+        assert!(alice.starts_with("registry_gate_session=v1."));
+
+        // The CSRF token of alice's session, from the confirmation page.
+        let confirm = get(
+            &client,
+            &gate.url("/ui/repo/team/app/-/delete/old"),
+            Some(&alice),
+        )
+        .await;
+        assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+        let token = csrf_of(&confirm.body);
+        let digest = {
+            let marker = "name=\"digest\" value=\"";
+            let start = confirm.body.find(marker).expect("digest field") + marker.len();
+            confirm.body[start..]
+                .split('"')
+                .next()
+                .expect("digest")
+                .to_string()
+        };
+        let delete_url = gate.url("/ui/repo/team/app/-/delete/old");
+
+        // Refused: no token, a wrong one, another session's, the right one from another site,
+        // and no session at all. The tag survives every one of them.
+        let (_, other_alice) = login(&client, gate, ALICE).await;
+        let other_token = csrf_of(
+            &get(&client, &gate.url("/ui/"), Some(&other_alice))
+                .await
+                .body,
+        );
+        assert_ne!(other_token, token, "two logins share a CSRF token");
+        let (a, o) = (alice.as_str(), origin.as_str());
+        for (cookie, from, form, why) in [
+            (Some(a), Some(o), format!("digest={digest}"), "no token"),
+            (
+                Some(a),
+                Some(o),
+                format!("csrf=AAAA&digest={digest}"),
+                "a wrong token",
+            ),
+            (
+                Some(a),
+                Some(o),
+                format!("csrf={other_token}&digest={digest}"),
+                "another session's token",
+            ),
+            (
+                Some(a),
+                Some("https://evil.example"),
+                format!("csrf={token}&digest={digest}"),
+                "another origin",
+            ),
+            (
+                None,
+                Some(o),
+                format!("csrf={token}&digest={digest}"),
+                "no session",
+            ),
+        ] {
+            let refused = post(&client, &delete_url, cookie, from, &form).await;
+            assert_eq!(
+                refused.status,
+                StatusCode::FORBIDDEN,
+                "{why}: {}",
+                refused.body
+            );
+            assert!(
+                registry_tags(&w.registry, "team/app").contains(&"old".to_string()),
+                "deleted with {why}"
+            );
+        }
+        // A tampered cookie is no session: the visitor is anonymous again.
+        let tampered = alice.replacen("v1.", "v1.x", 1);
+        let page = get(&client, &gate.url("/ui/"), Some(&tampered)).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+        assert_eq!(page.headers["location"], "/ui/login");
+
+        // bob has a session and its token, but no delete permission.
+        let (_, bob) = login(&client, gate, BOB).await;
+        let bob_token = csrf_of(&get(&client, &gate.url("/ui/"), Some(&bob)).await.body);
+        let refused = post(
+            &client,
+            &delete_url,
+            Some(&bob),
+            Some(&origin),
+            &format!("csrf={bob_token}&digest={digest}"),
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(registry_tags(&w.registry, "team/app").contains(&"old".to_string()));
+
+        // With everything right, the tag goes.
+        let done = post(
+            &client,
+            &delete_url,
+            Some(&alice),
+            Some(&origin),
+            &format!("csrf={token}&digest={digest}"),
+        )
+        .await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        assert_eq!(done.headers["location"], "/ui/repo/team/app?deleted=old");
+        assert!(!registry_tags(&w.registry, "team/app").contains(&"old".to_string()));
+
+        // Logging out needs the token too, then clears the cookie.
+        let kept = post(
+            &client,
+            &gate.url("/ui/logout"),
+            Some(&alice),
+            Some(&origin),
+            "",
+        )
+        .await;
+        assert_eq!(kept.status, StatusCode::FORBIDDEN);
+        let out = post(
+            &client,
+            &gate.url("/ui/logout"),
+            Some(&alice),
+            Some(&origin),
+            &format!("csrf={token}"),
+        )
+        .await;
+        assert_eq!(out.status, StatusCode::SEE_OTHER);
+        assert!(header_text(&out, "set-cookie").contains("Max-Age=0"));
+    });
+}
+
+fn header_text<'a>(page: &'a Page, name: &str) -> &'a str {
+    page.headers
+        .get(name)
+        .map(|v| v.to_str().expect("ascii"))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_hidden_repository_appears_in_no_page_redirect_or_listing() {
+    let w = world();
+    let gate = &w.gate;
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http2);
+        let (_, bob) = login(&client, gate, BOB).await;
+        let index = get(&client, &gate.url("/ui/"), Some(&bob)).await;
+        assert_eq!(index.status, StatusCode::OK);
+        assert!(
+            index.body.contains("team/app") && !index.body.contains(HIDDEN),
+            "{}",
+            index.body
+        );
+        // The server-side search does not find it either.
+        let search = get(&client, &gate.url("/ui/?q=vault"), Some(&bob)).await;
+        assert!(!search.body.contains(HIDDEN) && search.body.contains("No repositories match"));
+        // Its pages answer exactly like those of a repository that does not exist.
+        let nowhere = get(&client, &gate.url("/ui/repo/no/such"), Some(&bob)).await;
+        assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+        for path in [
+            format!("/ui/repo/{HIDDEN}"),
+            format!("/ui/repo/{HIDDEN}/-/tag/latest"),
+            format!("/ui/repo/{HIDDEN}/-/delete/latest"),
+        ] {
+            let page = get(&client, &gate.url(&path), Some(&bob)).await;
+            assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(page.body, nowhere.body, "{path} tells itself apart");
+            assert!(!page.headers.contains_key("location"));
+        }
+        // The API's catalog agrees (the same rules).
+        let catalog = client
+            .send(
+                request("GET", &gate.url("/v2/_catalog"))
+                    .header("Authorization", basic(BOB))
+                    .body(empty())
+                    .expect("GET"),
+            )
+            .await;
+        assert!(!text(catalog).await.contains(HIDDEN));
+        // Anonymous: no list, only the way to the login.
+        let anonymous = get(&client, &gate.url("/ui/"), None).await;
+        assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+        assert_eq!(anonymous.headers["location"], "/ui/login");
+        let page = get(&client, &gate.url(&format!("/ui/repo/{HIDDEN}")), None).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND);
+        // alice sees it.
+        let (_, alice) = login(&client, gate, ALICE).await;
+        assert!(get(&client, &gate.url("/ui/"), Some(&alice))
+            .await
+            .body
+            .contains(HIDDEN));
+    });
+}
+
+fn basic((user, password): (&str, &str)) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[test]
+fn hostile_labels_and_the_longest_tag_reach_the_html_only_escaped() {
+    let w = world();
+    let gate = &w.gate;
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        let (_, alice) = login(&client, gate, ALICE).await;
+        let tag = hostile_tag();
+        let repo = get(&client, &gate.url("/ui/repo/team/xss"), Some(&alice)).await;
+        assert_eq!(repo.status, StatusCode::OK, "{}", repo.body);
+        assert!(
+            repo.body
+                .contains(&format!("/ui/repo/team/xss/-/tag/{tag}")),
+            "{}",
+            repo.body
+        );
+        let page = get(
+            &client,
+            &gate.url(&format!("/ui/repo/team/xss/-/tag/{tag}")),
+            Some(&alice),
+        )
+        .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        for raw in [
+            SCRIPT_LABEL,
+            IMG_LABEL_KEY,
+            SVG_LABEL,
+            "<svg",
+            "<img",
+            "<script>alert",
+        ] {
+            assert!(
+                !page.body.contains(raw),
+                "{raw} unescaped in:\n{}",
+                page.body
+            );
+        }
+        for escaped in [
+            "&lt;script&gt;alert(1)&lt;/script&gt;",
+            "&lt;img src=x onerror=alert(2)&gt;",
+            "&quot;&#39;&gt;&lt;svg onload=alert(3)&gt;",
+        ] {
+            assert!(
+                page.body.contains(escaped),
+                "{escaped} missing from:\n{}",
+                page.body
+            );
+        }
+        // Markup cannot even be pushed as a tag: the gate refuses the path.
+        let put = client
+            .send(
+                request("PUT", &gate.url("/v2/team/xss/manifests/%3Cscript%3E"))
+                    .header("Authorization", basic(ALICE))
+                    .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                    .body(full("{}"))
+                    .expect("PUT"),
+            )
+            .await;
+        assert!(put.status().is_client_error(), "{}", put.status());
+    });
+}
+
+#[test]
+fn browser_paths_are_never_forwarded_to_the_registry() {
+    let tmp = temp_dir();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": { "mediaType": CONFIG_MEDIA_TYPE, "digest": format!("sha256:{}", "1".repeat(64)), "size": 2 },
+        "layers": [],
+    })
+    .to_string();
+    let digest = sha256_digest(manifest.as_bytes());
+    let served_digest = digest.clone();
+    // A registry that has team/app:old and refuses deletes, as distribution does without
+    // storage.delete.enabled.
+    let recorder = Recorder::start(move |r| match (r.method.as_str(), r.uri.as_str()) {
+        ("GET", uri) if uri.starts_with("/v2/_catalog") => {
+            Reply::ok_json().body(br#"{"repositories":["team/app"]}"#.to_vec())
+        }
+        ("GET", "/v2/team/app/tags/list") => {
+            Reply::ok_json().body(br#"{"name":"team/app","tags":["old"]}"#.to_vec())
+        }
+        ("GET", uri) if uri.starts_with("/v2/team/app/manifests/") => Reply::status(200)
+            .header("Content-Type", MANIFEST_MEDIA_TYPE)
+            .header("Docker-Content-Digest", &served_digest)
+            .body(manifest.clone().into_bytes()),
+        ("DELETE", _) => Reply::status(405)
+            .header("Content-Type", "application/json")
+            .body(
+                br#"{"errors":[{"code":"UNSUPPORTED","message":"The operation is unsupported."}]}"#
+                    .to_vec(),
+            ),
+        _ => Reply::status(404),
+    });
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url())
+            .basic_auth(&[ALICE])
+            .extra_toml(RULES),
+    );
+    let origin = format!("https://{}", gate.authority());
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        let (_, alice) = login(&client, &gate, ALICE).await;
+        for path in [
+            "/ui",
+            "/ui/",
+            "/ui/login",
+            "/ui/static/ui.css",
+            "/ui/static/ui.js",
+            "/ui/repo/team/app",
+            "/ui/repo/team/app/-/tag/old",
+            "/ui/repo/team/app/-/delete/old",
+            "/ui/nothing/here",
+            "/ui/repo/team/app/-/tag/%3Cx%3E",
+            "/ui/../v2/_catalog",
+            "/ui/repo/team/../../v2/team/app/manifests/old",
+        ] {
+            let page = get(&client, &gate.url(path), Some(&alice)).await;
+            assert!(page.status.as_u16() < 500, "{path}: {}", page.status);
+        }
+        // A registry with deletes disabled: the browser says so.
+        let confirm = get(
+            &client,
+            &gate.url("/ui/repo/team/app/-/delete/old"),
+            Some(&alice),
+        )
+        .await;
+        let token = csrf_of(&confirm.body);
+        let refused = post(
+            &client,
+            &gate.url("/ui/repo/team/app/-/delete/old"),
+            Some(&alice),
+            Some(&origin),
+            &format!("csrf={token}&digest={digest}"),
+        )
+        .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{}",
+            refused.body
+        );
+        assert!(
+            refused.body.contains("storage.delete.enabled"),
+            "{}",
+            refused.body
+        );
+    });
+    let seen = recorder.requests();
+    assert!(!seen.is_empty(), "the pages read nothing from the registry");
+    for r in &seen {
+        assert!(
+            r.uri.starts_with("/v2/"),
+            "forwarded a non-API path: {r:#?}"
+        );
+        assert!(
+            !r.uri.contains("/ui"),
+            "a browser path reached the registry: {r:#?}"
+        );
+        assert!(
+            r.header("cookie").is_none(),
+            "the session cookie reached the registry: {r:#?}"
+        );
+        assert!(r.header("authorization").is_none());
+    }
+    assert!(seen
+        .iter()
+        .any(|r| r.method == "DELETE" && r.uri == format!("/v2/team/app/manifests/{digest}")));
+
+    // With the browser off, its path is just an unknown path: refused, never forwarded.
+    drop(gate);
+    let before = recorder.requests().len();
+    let tmp2 = temp_dir();
+    let off = Gate::start(
+        tmp2.path(),
+        GateConfig::new(recorder.url())
+            .basic_auth(&[ALICE])
+            .extra_toml("[ui]\nenabled = false\n"),
+    );
+    runtime().block_on(async {
+        let page = get(&off.client(Proto::Http1), &off.url("/ui/"), None).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND);
+        assert!(!page.body.contains("<html"));
+    });
+    assert_eq!(recorder.requests().len(), before);
+}
+
+#[test]
+fn browser_logins_are_throttled_like_any_login() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url).basic_auth(&[ALICE]),
+    );
+    let origin = format!("https://{}", gate.authority());
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            let page = post(
+                &client,
+                &gate.url("/ui/login"),
+                None,
+                Some(&origin),
+                "user=alice&password=wrong",
+            )
+            .await;
+            statuses.push(page.status.as_u16());
+            if page.status == StatusCode::TOO_MANY_REQUESTS {
+                assert!(page.headers.contains_key("retry-after"));
+                assert!(page.body.contains("Too many failed logins"));
+            }
+        }
+        assert!(statuses.contains(&429), "never throttled: {statuses:?}");
+        // Even the right password waits now.
+        let right = post(
+            &client,
+            &gate.url("/ui/login"),
+            None,
+            Some(&origin),
+            "user=alice&password=alice-secret",
+        )
+        .await;
+        assert_eq!(right.status, StatusCode::TOO_MANY_REQUESTS);
+    });
+}
+
+/// `registry-gate token ARGS --config <the gate's config>`, then waits for the gate to
+/// reload the token file.
+fn token_command(gate: &Gate, args: &[&str]) -> String {
+    const RELOADED: &str = "a watched file changed";
+    let before = gate.log().matches(RELOADED).count();
+    let out = util::run(
+        util::gate::gate_command()
+            .arg("token")
+            .args(args)
+            .arg("--config")
+            .arg(&gate.config_path),
+    );
+    assert!(
+        out.status.success(),
+        "token {args:?}: {}",
+        util::describe(&out)
+    );
+    assert!(
+        util::wait_until(Duration::from_secs(10), || gate
+            .log()
+            .matches(RELOADED)
+            .count()
+            > before),
+        "the gate did not reload the token file:\n{}",
+        gate.log()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn an_access_token_logs_in_within_its_scope_and_its_revocation_ends_the_session() {
+    let w = world();
+    let gate = &w.gate;
+    let secret = token_command(
+        gate,
+        &[
+            "create",
+            "--name",
+            "ui-robot",
+            "--repositories",
+            "team/*",
+            "--actions",
+            "pull",
+        ],
+    );
+    assert!(secret.starts_with("rgt_"), "no secret printed: {secret}");
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        // Any user name: the secret names the token.
+        let (_, robot) = login(&client, gate, ("whoever", &secret)).await;
+        let index = get(&client, &gate.url("/ui/"), Some(&robot)).await;
+        assert_eq!(index.status, StatusCode::OK);
+        assert!(index.body.contains("token:ui-robot"), "{}", index.body);
+        assert!(
+            index.body.contains("team/app") && !index.body.contains(HIDDEN),
+            "{}",
+            index.body
+        );
+        // The scope has no delete: no delete link, and the form is refused.
+        let repo = get(&client, &gate.url("/ui/repo/team/app"), Some(&robot)).await;
+        assert!(!repo.body.contains("/-/delete/"), "{}", repo.body);
+        let confirm = get(
+            &client,
+            &gate.url("/ui/repo/team/app/-/delete/old"),
+            Some(&robot),
+        )
+        .await;
+        assert_eq!(confirm.status, StatusCode::FORBIDDEN);
+
+        token_command(gate, &["revoke", "ui-robot"]);
+        let after = get(&client, &gate.url("/ui/"), Some(&robot)).await;
+        assert_eq!(
+            after.status,
+            StatusCode::SEE_OTHER,
+            "the session outlived its token"
+        );
+        assert_eq!(after.headers["location"], "/ui/login");
+        // And the secret no longer logs in.
+        let again = post(
+            &client,
+            &gate.url("/ui/login"),
+            None,
+            Some(&format!("https://{}", gate.authority())),
+            &format!("user=whoever&password={secret}"),
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            again.body.contains("may no longer be used"),
+            "{}",
+            again.body
+        );
+    });
+}
