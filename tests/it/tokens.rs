@@ -353,6 +353,38 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
         "expired use not counted"
     );
 
+    // A token about to expire is named by the running gate's log and by `doctor`.
+    create(
+        &gate,
+        &[
+            "--name",
+            "soon",
+            "--repositories",
+            "**",
+            "--actions",
+            "pull",
+            "--expires",
+            "3d",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || gate.log().lines().any(|l| l
+            .contains("access token expires within 7 days")
+            && l.contains("token=soon"))),
+        "no expiry warning for soon:\n{}",
+        gate.log()
+    );
+    let doctor = gate_command()
+        .args(["doctor", "--config"])
+        .arg(&gate.config_path)
+        .output()
+        .expect("run doctor");
+    let report = output_text(&doctor);
+    assert!(
+        report.contains("warn  access token \"soon\" expires at"),
+        "doctor did not warn about soon:\n{report}"
+    );
+
     // No secret ever reaches the log.
     let log = gate.log();
     for secret in [&ci, &reader, &alices, &short] {
