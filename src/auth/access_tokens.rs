@@ -352,7 +352,9 @@ pub struct NewToken {
 }
 
 /// Adds a token to the file (created if missing) and returns its secret, which exists
-/// nowhere else afterwards. A name in use is refused unless that token was revoked.
+/// nowhere else afterwards. A name is never used twice, not even after a revocation:
+/// browser sessions and bearer tokens name the access token they came from, and must never
+/// come back to life under a new token of the same name.
 pub fn create(path: &Path, new: NewToken) -> Result<String, AccessTokenError> {
     check_name(&new.name).map_err(|m| AccessTokenError::Usage(format!("--name: {m}")))?;
     Scope::compile("token", &new.repositories, &new.actions).map_err(|errors| {
@@ -368,16 +370,18 @@ pub fn create(path: &Path, new: NewToken) -> Result<String, AccessTokenError> {
     })?;
     let mut raw = read_raw(path)?;
     if let Some(existing) = raw.tokens.iter().find(|t| t.name == new.name) {
-        if existing.revoked.is_none() {
-            return Err(AccessTokenError::Usage(format!(
-                "{}: a token named {:?} exists; revoke it first (`registry-gate token revoke {}`) or choose another name",
-                path.display(),
-                new.name,
-                new.name
-            )));
-        }
+        let state = if existing.revoked.is_some() {
+            "a revoked token"
+        } else {
+            "a token"
+        };
+        return Err(AccessTokenError::Usage(format!(
+            "{}: {state} named {:?} exists; names are never reused (what was issued for the old token must stay dead), so choose another name, e.g. {:?}",
+            path.display(),
+            new.name,
+            format!("{}-2", new.name)
+        )));
     }
-    raw.tokens.retain(|t| t.name != new.name);
     let mut random = [0u8; 32];
     getrandom::getrandom(&mut random).map_err(|e| AccessTokenError::Random(e.to_string()))?;
     let secret = format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(random));
@@ -613,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_unique_until_revoked_and_revoked_tokens_stay_named() {
+    fn names_are_never_reused_and_revoked_tokens_stay_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tokens.toml");
         let first = create(&path, new("ci", &["*"], &["pull"])).expect("create");
@@ -631,11 +635,12 @@ mod tests {
             token.unusable(SystemTime::now()),
             Some(Unusable::Revoked(_))
         ));
-        // A revoked name may be used again, for a new secret.
-        let second = create(&path, new("ci", &["*"], &["pull"])).expect("re-create");
-        let tokens = AccessTokens::load(&path).expect("load");
-        assert!(tokens.find(first.as_bytes()).is_none());
-        assert!(tokens.find(second.as_bytes()).is_some());
+        // Not even a revoked name comes back: sessions and bearer tokens name it.
+        let again = create(&path, new("ci", &["*"], &["pull"]));
+        assert!(
+            matches!(&again, Err(AccessTokenError::Usage(m)) if m.contains("never reused")),
+            "{again:?}"
+        );
     }
 
     #[test]

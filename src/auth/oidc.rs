@@ -10,7 +10,7 @@
 //! Keys are fetched on first use and again when a token names a key id not seen yet (the
 //! issuer rotated its keys), at most once per `REFETCH_INTERVAL` so tokens with made-up key
 //! ids cannot make the gate hammer the issuer, and at the latest after `KEYS_MAX_AGE`. A
-//! failed fetch keeps the keys already known.
+//! failed fetch keeps the keys already known, for at most `KEYS_HARD_MAX_AGE`.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +36,9 @@ use crate::config::OidcConfig;
 const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 /// Keys are refetched at least this often, so a key the issuer withdrew stops working.
 const KEYS_MAX_AGE: Duration = Duration::from_secs(3600);
+/// While the issuer cannot be reached the last keys stay in use, but not beyond this: a key
+/// withdrawn during a long outage must not stay trusted for ever.
+const KEYS_HARD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Clock difference tolerated between the issuer and the gate, for `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 60;
 /// Discovery documents and key sets are small; anything larger is not one.
@@ -88,7 +91,10 @@ struct Issuer {
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         Empty<Bytes>,
     >,
-    keys: Mutex<Keys>,
+    /// Never held across an await: logins with known keys only read it.
+    keys: std::sync::Mutex<Keys>,
+    /// Held while the key set is fetched, so one fetch serves everyone waiting for it.
+    fetching: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -149,7 +155,8 @@ impl Oidc {
             issuers.push(Issuer {
                 config: config.clone(),
                 client,
-                keys: Mutex::new(Keys::default()),
+                keys: std::sync::Mutex::new(Keys::default()),
+                fetching: Mutex::new(()),
             });
         }
         Ok(Oidc { issuers })
@@ -215,16 +222,20 @@ impl Oidc {
 impl Issuer {
     /// The key a token names, fetching the key set when it is not known (yet).
     async fn key_for(&self, kid: Option<&str>, alg: &str) -> Result<Jwk, Refusal> {
-        let mut keys = self.keys.lock().await;
-        let stale = keys.fetched.map_or(true, |at| at.elapsed() >= KEYS_MAX_AGE);
-        let unknown = find_key(&keys.set, kid, alg).is_none();
-        let may_fetch = keys
-            .attempted
-            .map_or(true, |at| at.elapsed() >= REFETCH_INTERVAL);
-        if (stale || unknown) && may_fetch {
-            keys.attempted = Some(Instant::now());
+        // A known, fresh key is served without waiting for anything: a fetch caused by
+        // another token (a rotation, or made-up key ids) never delays these logins.
+        if let Some(key) = self.fresh_key(kid, alg) {
+            return Ok(key);
+        }
+        // One fetch at a time; whoever waited looks again before fetching.
+        let _fetching = self.fetching.lock().await;
+        if let Some(key) = self.fresh_key(kid, alg) {
+            return Ok(key);
+        }
+        if self.may_fetch_now() {
             match self.fetch_keys().await {
                 Ok(set) => {
+                    let mut keys = self.lock_keys();
                     keys.set = set;
                     keys.fetched = Some(Instant::now());
                 }
@@ -234,6 +245,20 @@ impl Issuer {
                     "cannot fetch the OIDC issuer's keys; keeping the keys already known"
                 ),
             }
+        }
+        let keys = self.lock_keys();
+        // Keys an unreachable issuer may have withdrawn are trusted only so long.
+        if keys
+            .fetched
+            .is_some_and(|at| at.elapsed() >= KEYS_HARD_MAX_AGE)
+        {
+            return Err(refuse(
+                "oidc_keys_stale",
+                format!(
+                    "the keys of {} could not be refreshed for {KEYS_HARD_MAX_AGE:?}",
+                    self.config.issuer
+                ),
+            ));
         }
         find_key(&keys.set, kid, alg).cloned().ok_or_else(|| {
             refuse(
@@ -245,6 +270,36 @@ impl Issuer {
                 ),
             )
         })
+    }
+
+    /// The key, when it is known and the set is younger than `KEYS_MAX_AGE`.
+    fn fresh_key(&self, kid: Option<&str>, alg: &str) -> Option<Jwk> {
+        let keys = self.lock_keys();
+        let fresh = keys.fetched.is_some_and(|at| at.elapsed() < KEYS_MAX_AGE);
+        fresh
+            .then(|| find_key(&keys.set, kid, alg).cloned())
+            .flatten()
+    }
+
+    /// Whether a fetch may start now (at most one per `REFETCH_INTERVAL`, failures
+    /// included); if so, the attempt is counted.
+    fn may_fetch_now(&self) -> bool {
+        let mut keys = self.lock_keys();
+        if keys
+            .attempted
+            .is_some_and(|at| at.elapsed() < REFETCH_INTERVAL)
+        {
+            return false;
+        }
+        keys.attempted = Some(Instant::now());
+        true
+    }
+
+    fn lock_keys(&self) -> std::sync::MutexGuard<'_, Keys> {
+        // The keys are replaced whole; a panic elsewhere cannot leave them half written.
+        self.keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Discovery document, then its `jwks_uri`.

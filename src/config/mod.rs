@@ -130,6 +130,9 @@ pub struct UiConfig {
     /// Starts and ends with `/`, lies outside `/v2/`, and holds only URL-safe characters, so
     /// it can go into a cookie's `Path` and a page unchanged.
     pub path: String,
+    /// Origins (`https://host[:port]`, lowercase) whose pages may call the registry API
+    /// with credentials (CORS); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +230,16 @@ impl UserTemplate {
         if !parts.iter().any(|p| matches!(p, TemplatePart::Claim(_))) {
             return Err(format!(
                 "{text:?} names no claim, so every token would be the same user; use e.g. \"ci:${{repository}}\""
+            ));
+        }
+        // A literal prefix with a colon keeps these identities apart from htpasswd users
+        // (whose names cannot hold a colon) and robot tokens (`token:NAME`): a claim such as
+        // `actor = "alice"` must never become the user alice, with her rules.
+        let prefix_ok = matches!(parts.first(), Some(TemplatePart::Text(t))
+            if t.contains(':') && !t.starts_with("token:"));
+        if !prefix_ok {
+            return Err(format!(
+                "{text:?} must start with a prefix of your own ending in \":\", such as \"ci:${{repository}}\" or \"oidc:${{sub}}\", so a token can never name an htpasswd user or an access token (\"token:\" is taken)"
             ));
         }
         if text

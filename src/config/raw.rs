@@ -53,6 +53,7 @@ pub struct RawEvents {
 pub struct RawUi {
     pub enabled: Option<bool>,
     pub path: Option<String>,
+    pub cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

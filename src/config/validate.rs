@@ -587,6 +587,12 @@ impl Validator {
         let mut out = Vec::new();
         for (i, issuer) in raw.into_iter().enumerate() {
             let url = issuer.issuer.trim_end_matches('/').to_string();
+            if out.iter().any(|o: &OidcConfig| o.issuer == url) {
+                self.fail_at(
+                    format!("auth.oidc[{i}].issuer"),
+                    format!("{url:?} is configured twice; only one table per issuer can apply, so merge them"),
+                );
+            }
             if !url.starts_with("https://") || url.len() <= "https://".len() {
                 self.fail_at(
                     format!("auth.oidc[{i}].issuer"),
@@ -599,7 +605,7 @@ impl Validator {
                     "the audience is empty; use the name CI jobs request tokens for, e.g. this registry's host name".into(),
                 );
             }
-            let user = match UserTemplate::parse(issuer.user.as_deref().unwrap_or("${sub}")) {
+            let user = match UserTemplate::parse(issuer.user.as_deref().unwrap_or("oidc:${sub}")) {
                 Ok(t) => t,
                 Err(message) => {
                     self.fail_at(format!("auth.oidc[{i}].user"), message);
@@ -841,9 +847,17 @@ impl Validator {
                 super::DEFAULT_UI_PATH.to_string()
             }
         };
+        let mut cors_origins = Vec::new();
+        for origin in raw.cors_origins.unwrap_or_default() {
+            match check_origin(&origin) {
+                Ok(normal) => cors_origins.push(normal),
+                Err(why) => self.fail("ui.cors_origins", format!("{origin:?}: {why}")),
+            }
+        }
         UiConfig {
             enabled: raw.enabled.unwrap_or(true),
             path,
+            cors_origins,
         }
     }
 
@@ -964,6 +978,27 @@ fn check_acme_domain(name: &str) -> Result<(), String> {
 }
 
 /// Durations are written as in the recipes' spirit: `"900s"`, `"15m"`, `"1h 30m"`, `"500ms"`.
+/// An origin as browsers send it: `scheme://host[:port]`, nothing more. Returned lowercase.
+fn check_origin(text: &str) -> Result<String, &'static str> {
+    if text == "*" || text.contains('*') {
+        return Err("a wildcard would share answers that carry credentials with every site; list each UI's origin, e.g. \"https://registry-ui.example.com\"");
+    }
+    let (scheme, rest) = text.split_once("://").ok_or(
+        "not an origin; write it as a browser sends it, e.g. \"https://registry-ui.example.com\"",
+    )?;
+    if scheme != "https" && scheme != "http" {
+        return Err("only http:// and https:// origins exist for pages");
+    }
+    let host_ok = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !host_ok {
+        return Err("an origin is scheme, host and port only: no path, not even a trailing \"/\"");
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!("{text:?} is not a duration ({e}); write it like \"900s\", \"15m\" or \"500ms\"")
@@ -1242,7 +1277,7 @@ mod tests {
     #[test]
     fn oidc_issuers_must_say_whose_tokens_count() {
         let m = messages(parse(
-            "[auth]\nhtpasswd = [\"h\"]\n[[auth.oidc]]\nissuer = \"http://issuer.example\"\naudience = \"\"\nuser = \"ci:${repo sitory}\"\n[[auth.oidc]]\nissuer = \"https://token.actions.githubusercontent.com\"\naudience = \"registry\"\n[[auth.oidc]]\nissuer = \"https://gitlab.example\"\naudience = \"r\"\nuser = \"fixed\"\nclaims = { project_path = [] }\n",
+            "[auth]\nhtpasswd = [\"h\"]\n[[auth.oidc]]\nissuer = \"http://issuer.example\"\naudience = \"\"\nuser = \"ci:${repo sitory}\"\n[[auth.oidc]]\nissuer = \"https://token.actions.githubusercontent.com\"\naudience = \"registry\"\n[[auth.oidc]]\nissuer = \"https://gitlab.example\"\naudience = \"r\"\nuser = \"fixed\"\nclaims = { project_path = [] }\n[[auth.oidc]]\nissuer = \"https://a.example\"\naudience = \"r\"\nuser = \"${actor}\"\nclaims = { x = \"y\" }\n[[auth.oidc]]\nissuer = \"https://b.example\"\naudience = \"r\"\nuser = \"token:${actor}\"\nclaims = { x = \"y\" }\n",
         ));
         let all = m.join("\n");
         for needle in [
@@ -1251,6 +1286,8 @@ mod tests {
             "[auth.oidc[0].user]: \"ci:${repo sitory}\": \"repo sitory\" is not a claim name",
             "[auth.oidc[1].claims]: say whose tokens are accepted",
             "[auth.oidc[2].user]: \"fixed\" names no claim",
+            "[auth.oidc[3].user]: \"${actor}\" must start with a prefix of your own",
+            "[auth.oidc[4].user]: \"token:${actor}\" must start with a prefix of your own",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
@@ -1322,6 +1359,28 @@ mod tests {
         ] {
             let text = format!("[ui]\npath = {good:?}\n");
             assert_eq!(parse(&text).expect(good).ui.path, good);
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins_never_wildcards() {
+        let c =
+            parse("[ui]\ncors_origins = [\"https://UI.example.com\", \"http://127.0.0.1:8080\"]\n")
+                .expect("valid");
+        assert_eq!(
+            c.ui.cors_origins,
+            ["https://ui.example.com", "http://127.0.0.1:8080"]
+        );
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "https://ui.example.com/",
+            "https://ui.example.com/app",
+            "ui.example.com",
+            "ftp://ui.example.com",
+        ] {
+            let m = messages(parse(&format!("[ui]\ncors_origins = [{bad:?}]\n"))).join("\n");
+            assert!(m.contains("[ui.cors_origins]"), "{bad:?} accepted:\n{m}");
         }
     }
 

@@ -34,6 +34,8 @@ pub struct RequestContext {
     pub client_ip: IpAddr,
     pub record: AccessRecord,
     pub body: ClientBody,
+    /// The request's `Origin` when it is one of `[ui] cors_origins` and the path is shared.
+    pub cors_origin: Option<http::HeaderValue>,
 }
 
 /// What a connection is doing, for the idle timeout: when a request last started or ended,

@@ -65,6 +65,12 @@ pub enum ProtectRefusal {
     Delete,
     /// A delete by digest would take the manifest the tag points to.
     DeleteTagged,
+    /// A blob delete in a repository with protected tags: it would break a protected image
+    /// without touching its tag.
+    DeleteBlob,
+    /// A manifest write with a query (`?tag=`) where protected tags are: a registry that
+    /// honours it would move a tag the gate never saw named.
+    Query,
 }
 
 impl ProtectRefusal {
@@ -74,6 +80,8 @@ impl ProtectRefusal {
             ProtectRefusal::Move => "move",
             ProtectRefusal::Delete => "delete",
             ProtectRefusal::DeleteTagged => "delete_tagged",
+            ProtectRefusal::DeleteBlob => "delete_blob",
+            ProtectRefusal::Query => "query",
         }
     }
 }
@@ -272,6 +280,12 @@ impl GateError {
                 }
                 ProtectRefusal::DeleteTagged => format!(
                     "this manifest is the protected tag {repository}:{tag} and cannot be deleted"
+                ),
+                ProtectRefusal::DeleteBlob => format!(
+                    "{repository} holds protected tags: its blobs cannot be deleted one by one (the registry's garbage collection removes unused ones)"
+                ),
+                ProtectRefusal::Query => format!(
+                    "{repository} holds protected tags: manifest writes with query parameters are refused"
                 ),
             },
             GateError::ManifestTooLarge(limit) => format!(

@@ -29,6 +29,7 @@ pub mod body;
 mod caller;
 pub mod catalog;
 pub mod context;
+mod cors;
 pub mod error;
 mod form;
 pub mod headers;
@@ -76,6 +77,9 @@ pub async fn handle(
     );
     record.in_flight = Some(conn.activity.enter());
     let is_registry_api = is_registry_path(request.uri().path());
+    let cors_origins = &snapshot.config.ui.cors_origins;
+    let cors_origin = cors::allowed_origin(cors_origins, request.headers(), request.uri().path());
+    let cors_configured = !cors_origins.is_empty();
     let version = request.version();
     let (parts, incoming) = request.into_parts();
     let expects_continue = parts
@@ -90,6 +94,7 @@ pub async fn handle(
         &snapshot.config.server.trusted_proxies,
     );
     let mut ctx = RequestContext {
+        cors_origin: cors_origin.clone(),
         snapshot,
         shared,
         conn,
@@ -136,6 +141,7 @@ pub async fn handle(
     // in plain text, nor render a blob or an error body as HTML (the registry sets nosniff on
     // its own answers, the gate's were missing it; testssl.sh rates both as findings).
     let headers = response.headers_mut();
+    cors::decorate(headers, cors_configured, cors_origin);
     headers
         .entry(header::STRICT_TRANSPORT_SECURITY)
         .or_insert(HeaderValue::from_static(HSTS));
@@ -172,6 +178,12 @@ async fn proxy(
     form::check_target(&request)?;
     let host = form::public_host(&request)?;
     form::refuse_method_override(&request)?;
+
+    // A listed UI's preflight: answered here, since it carries no credentials and the
+    // registry knows no OPTIONS.
+    if let Some(answer) = cors::preflight(ctx.cors_origin.as_ref(), &request) {
+        return Ok(answer);
+    }
 
     // The gate's own endpoints; never forwarded.
     match request.uri().path() {
@@ -317,21 +329,39 @@ fn accepted_change<B>(
     let reference = class.reference?;
     // Tags cannot contain ':'; digests always do (`sha256:...`).
     let by_digest = reference.contains(':');
-    Some(Event {
+    Some(change_event(
+        ctx,
+        caller,
         action,
-        repository: class.repository?.to_string(),
-        tag: (!by_digest).then(|| reference.to_string()),
-        digest: content_digest(response.headers())
-            .or_else(|| by_digest.then(|| reference.to_string())),
+        class.repository?,
+        (!by_digest).then_some(reference),
+        content_digest(response.headers()).or_else(|| by_digest.then(|| reference.to_string())),
+    ))
+}
+
+/// The event of a change the registry accepted, from the API or the registry browser.
+fn change_event(
+    ctx: &RequestContext,
+    caller: &caller::Caller,
+    action: EventAction,
+    repository: &str,
+    tag: Option<&str>,
+    digest: Option<String>,
+) -> Event {
+    Event {
+        action,
+        repository: repository.to_string(),
+        tag: tag.map(str::to_string),
+        digest,
         actor: Actor {
-            user: ctx.record.user.clone(),
-            token: ctx.record.token.clone(),
+            user: caller.identity.name().to_string(),
+            token: caller.token_name().map(str::to_string),
             oidc_subject: caller.oidc_subject.clone(),
         },
         client: ctx.client_ip,
         time: std::time::SystemTime::now(),
         request_id: ctx.record.request_id.clone(),
-    })
+    }
 }
 
 fn content_digest(headers: &HeaderMap) -> Option<String> {

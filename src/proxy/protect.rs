@@ -11,7 +11,11 @@
 //! two requests, so two different manifests pushed to a new protected tag at the same moment
 //! may both find it absent (the later one wins), and a protected tag pushed between the check
 //! of a delete by digest and the delete is not seen. A PUT by digest moves no tag
-//! (distribution 2.8 has no `?tag=` on manifest pushes), so it is not looked at.
+//! (distribution 2.8 has no `?tag=` on manifest pushes); a manifest write with any query is
+//! refused where a protection applies, so that a registry which learns `?tag=` cannot move a
+//! protected tag past the gate. Deleting a blob where a protection applies is refused too: it
+//! would break a protected image without touching its tag. A manifest that is only a child
+//! of a protected index (one platform of it) is not looked at: known limit.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode};
@@ -59,12 +63,35 @@ pub(super) async fn check(
 ) -> Result<(), GateError> {
     let snapshot = ctx.snapshot.clone();
     let protections = &snapshot.config.protect;
-    if protections.is_empty() || class.kind != Kind::Manifest {
-        return Ok(());
-    }
-    let (Some(repository), Some(reference)) = (class.repository, class.reference) else {
+    let method = request.method();
+    let Some(repository) = class.repository else {
         return Ok(());
     };
+    let Some(binding) = protections.binding(who, repository) else {
+        return Ok(());
+    };
+    let refuse = |ctx: &mut RequestContext, refusal: ProtectRefusal| {
+        ctx.record.decision = "deny";
+        ctx.record.reason = Some(format!("protect[{binding}]:{}", refusal.label()));
+        GateError::Protected {
+            repository: repository.to_string(),
+            tag: class.reference.unwrap_or("-").to_string(),
+            protection: binding,
+            refusal,
+        }
+    };
+    if class.kind == Kind::Blob && method == Method::DELETE {
+        return Err(refuse(ctx, ProtectRefusal::DeleteBlob));
+    }
+    if class.kind != Kind::Manifest {
+        return Ok(());
+    }
+    let Some(reference) = class.reference else {
+        return Ok(());
+    };
+    if (method == Method::PUT || method == Method::DELETE) && request.uri().query().is_some() {
+        return Err(refuse(ctx, ProtectRefusal::Query));
+    }
     let registry = Registry {
         upstream: &snapshot.upstream,
         host,
@@ -77,7 +104,6 @@ pub(super) async fn check(
     };
     // The tag grammar has no `:`; every digest has one.
     let by_digest = reference.contains(':');
-    let method = request.method();
     let refusal = if method == Method::PUT && !by_digest {
         let Some(protection) = protections.guarding(who, repository, reference) else {
             return Ok(());
@@ -108,24 +134,8 @@ pub(super) async fn check(
         };
         (reference.to_string(), protection, ProtectRefusal::Delete)
     } else if method == Method::DELETE {
-        if !protections.binds(who, repository) {
-            return Ok(());
-        }
-        // One listing and a HEAD per covered tag: deletes are rare, and a protected tag is
-        // found only by asking each one what it points to.
-        let mut found = None;
-        for tag in registry.tags(repository).await? {
-            let Some(protection) = protections.guarding(who, repository, &tag) else {
-                continue;
-            };
-            let current = registry.digest(repository, &tag).await?;
-            if current.is_some_and(|d| d.eq_ignore_ascii_case(reference)) {
-                found = Some((tag, protection, ProtectRefusal::DeleteTagged));
-                break;
-            }
-        }
-        match found {
-            Some(found) => found,
+        match protected_tag_of(&registry, protections, who, repository, reference).await? {
+            Some((tag, protection)) => (tag, protection, ProtectRefusal::DeleteTagged),
             None => return Ok(()),
         }
     } else {
@@ -140,6 +150,56 @@ pub(super) async fn check(
         protection,
         refusal,
     })
+}
+
+/// The protected tag (and the protection) that points at `digest`, if any: one listing and
+/// a HEAD per covered tag. Deletes are rare, and a protected tag is found only by asking
+/// each one what it points to.
+async fn protected_tag_of(
+    registry: &Registry<'_>,
+    protections: &crate::rules::Protections,
+    who: &Identity<'_>,
+    repository: &str,
+    digest: &str,
+) -> Result<Option<(String, usize)>, GateError> {
+    if !protections.binds(who, repository) {
+        return Ok(None);
+    }
+    for tag in registry.tags(repository).await? {
+        let Some(protection) = protections.guarding(who, repository, &tag) else {
+            continue;
+        };
+        let current = registry.digest(repository, &tag).await?;
+        if current.is_some_and(|d| d.eq_ignore_ascii_case(digest)) {
+            return Ok(Some((tag, protection)));
+        }
+    }
+    Ok(None)
+}
+
+/// The registry browser's delete of a manifest by digest, checked as a `DELETE` through the
+/// API is: refused while a tag protected against `who` points at it. Fails closed.
+pub(super) async fn check_manifest_delete(
+    snapshot: &super::state::Snapshot,
+    who: &Identity<'_>,
+    repository: &str,
+    digest: &str,
+    host: &HeaderValue,
+) -> Result<(), GateError> {
+    let registry = Registry {
+        upstream: &snapshot.upstream,
+        host,
+        authorization: None,
+    };
+    match protected_tag_of(&registry, &snapshot.config.protect, who, repository, digest).await? {
+        None => Ok(()),
+        Some((tag, protection)) => Err(GateError::Protected {
+            repository: repository.to_string(),
+            tag,
+            protection,
+            refusal: ProtectRefusal::DeleteTagged,
+        }),
+    }
 }
 
 /// The registry, as `[[protect]]` asks it about tags.

@@ -95,9 +95,14 @@ impl Protections {
     /// Whether any protection of `repository` binds `who`. When none does, no tag there is
     /// protected against them and a delete by digest needs no look at the tags.
     pub fn binds(&self, who: &Identity, repository: &str) -> bool {
+        self.binding(who, repository).is_some()
+    }
+
+    /// The index of the first protection of `repository` that binds `who`.
+    pub fn binding(&self, who: &Identity, repository: &str) -> Option<usize> {
         self.0
             .iter()
-            .any(|p| p.covers_repository(repository) && !p.exempts(who))
+            .position(|p| p.covers_repository(repository) && !p.exempts(who))
     }
 }
 

@@ -12,7 +12,7 @@ use http::StatusCode;
 use util::client::{full, request, text, HttpsClient, Proto};
 use util::docker::Dockerd;
 use util::gate::{Gate, GateConfig};
-use util::image::{oci_image, skopeo, skopeo_ok, OciImage, MANIFEST_MEDIA_TYPE};
+use util::image::{oci_image, read_oci_layout, skopeo, skopeo_ok, OciImage, MANIFEST_MEDIA_TYPE};
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
 use util::{describe, sha256_digest, temp_dir, wait_until};
@@ -221,6 +221,41 @@ async fn refusals_are_409_denied_and_oversized_manifests_413() {
         body["errors"][0]["message"],
         "team/app:v2 is a protected tag and cannot be deleted"
     );
+
+    // Blobs cannot be deleted one by one where tags are protected: that would break the
+    // protected image without touching its tag. Nor may a manifest write carry a query
+    // (`?tag=` would move a tag the gate never saw named).
+    let layer = read_oci_layout(&tmp.path().join("image-a"));
+    for (method, path, needle) in [
+        (
+            "DELETE",
+            format!("/v2/team/app/blobs/{}", layer.config_digest),
+            "its blobs cannot be deleted",
+        ),
+        (
+            "DELETE",
+            format!("/v2/team/app/manifests/{}?tag=v2", layer.manifest_digest),
+            "query parameters are refused",
+        ),
+        (
+            "PUT",
+            format!("/v2/team/app/manifests/{}?tag=v9", layer.manifest_digest),
+            "query parameters are refused",
+        ),
+    ] {
+        let response = client
+            .send(
+                request(method, &gate.url(&path))
+                    .header("Authorization", basic(CI))
+                    .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                    .body(full(Vec::new()))
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CONFLICT, "{method} {path}");
+        let body = text(response).await;
+        assert!(body.contains(needle), "{method} {path}: {body}");
+    }
 
     // Past distribution's 4 MiB, a manifest the gate must read is refused, not buffered.
     let huge = vec![b' '; 5 * 1024 * 1024];

@@ -498,7 +498,7 @@ fn sessions_are_locked_down_and_every_changing_form_needs_its_csrf_token() {
         );
         assert!(!csp.contains("unsafe-inline"));
         assert_eq!(page.headers["x-frame-options"], "DENY");
-        assert_eq!(page.headers["referrer-policy"], "no-referrer");
+        assert_eq!(page.headers["referrer-policy"], "same-origin");
         assert_eq!(page.headers["cache-control"], "no-store");
         assert_eq!(page.headers["x-content-type-options"], "nosniff");
         assert!(page.headers.contains_key("strict-transport-security"));

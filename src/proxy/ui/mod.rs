@@ -276,6 +276,7 @@ impl Refusal {
             Refusal::Moved => ("The tag has moved", "The tag points at another manifest than the one you confirmed. Go back, review it and confirm again."),
             Refusal::BadForm(why) => ("Bad request", why),
             Refusal::Gate(GateError::Throttled(_)) => ("Too many failed logins", "Too many failed logins from your address; try again later."),
+            Refusal::Gate(GateError::Protected { .. }) => ("Protected tag", "This manifest is a tag protected by [[protect]]: it cannot be deleted."),
             Refusal::Gate(_) => ("The registry failed", "The registry behind the gate did not answer properly; the gate's log says why."),
         };
         if let Refusal::Gate(e) = &self {
@@ -651,10 +652,35 @@ impl Browser {
         if current.digest != digest {
             return Err(Refusal::Moved);
         }
+        // The registry deletes by digest, taking every tag that points there: a protected
+        // one must stop it, as it would a DELETE through the API.
+        let snapshot = ctx.snapshot.clone();
+        if let Err(e) = super::protect::check_manifest_delete(
+            &snapshot,
+            &self.caller.identity.as_rule(),
+            name,
+            &digest,
+            host,
+        )
+        .await
+        {
+            ctx.record.decision = "deny";
+            return Err(Refusal::Gate(e));
+        }
         ctx.record.decision = "allow";
         match self.registry.delete_manifest(name, &digest).await? {
             Deleted::Done => {
                 tracing::info!(user = %self.caller.identity.name(), repository = %name, tag = %tag, digest = %digest, peer = %ctx.client_ip, "deleted from the browser");
+                if !snapshot.events.is_empty() {
+                    snapshot.events.publish(super::change_event(
+                        ctx,
+                        &self.caller,
+                        crate::events::EventAction::Delete,
+                        name,
+                        Some(tag),
+                        Some(digest.clone()),
+                    ));
+                }
                 Ok(redirect(
                     &format!("{}repo/{name}?deleted={tag}", chrome.base),
                     None,
@@ -713,10 +739,11 @@ async fn read_image(
 
 /// Whether a form was posted from the gate's own pages. `Sec-Fetch-Site` and `Origin` are set
 /// by the browser, never by a page's script, so another site cannot fake them. Fetch
-/// metadata decides where the browser sends it; `Origin` alone is checked otherwise, except
-/// when it is `null`, which is what browsers send from a page with `Referrer-Policy:
-/// no-referrer` (ours). The CSRF token is checked besides, and the session cookie is
-/// `SameSite=Strict`, so this is a second lock, not the only one.
+/// metadata decides where the browser sends it; `Origin` alone is checked otherwise. Our
+/// pages use `Referrer-Policy: same-origin`, so their own forms carry their real origin and
+/// `Origin: null` (an opaque or `no-referrer` page elsewhere) is refused. The CSRF token is
+/// checked besides, and the session cookie is `SameSite=Strict`, so this is a second lock,
+/// not the only one.
 fn same_origin(request: &Request<()>, host: &HeaderValue) -> bool {
     let headers = request.headers();
     if let Some(site) = headers.get("sec-fetch-site") {
@@ -724,7 +751,6 @@ fn same_origin(request: &Request<()>, host: &HeaderValue) -> bool {
     }
     let origin = match headers.get(header::ORIGIN) {
         None => return true,
-        Some(o) if o.as_bytes() == b"null" => return true,
         Some(o) => o.as_bytes(),
     };
     let host = host.as_bytes();
@@ -816,7 +842,7 @@ fn secure(response: &mut Response<ResponseBody>, cache: &'static str) {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
 }
@@ -898,6 +924,7 @@ mod tests {
         let config = UiConfig {
             enabled: true,
             path: "/ui/".into(),
+            cors_origins: Vec::new(),
         };
         assert!(serves(&config, "/ui/"));
         assert!(serves(&config, "/ui"));
@@ -928,7 +955,6 @@ mod tests {
                 ("origin", "https://reg.example.com:8443"),
                 ("sec-fetch-site", "same-origin"),
             ][..],
-            // What Chromium sends from a page with Referrer-Policy: no-referrer.
             &[("origin", "null"), ("sec-fetch-site", "same-origin")],
             &[("origin", "https://reg.example.com:8443")],
         ] {
@@ -936,6 +962,9 @@ mod tests {
         }
         for headers in [
             &[("origin", "https://evil.example")][..],
+            // A page elsewhere with no-referrer, or a sandboxed frame, in a browser without
+            // fetch metadata.
+            &[("origin", "null")],
             &[("origin", "http://reg.example.com:8443")],
             &[("origin", "https://reg.example.com")],
             &[("origin", "https://reg.example.com:8443.evil")],
@@ -995,7 +1024,7 @@ mod tests {
             assert!(CONTENT_SECURITY_POLICY.contains("frame-ancestors 'none'"));
             assert!(!CONTENT_SECURITY_POLICY.contains("unsafe-inline"));
             assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
-            assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+            assert_eq!(h[header::REFERRER_POLICY], "same-origin");
             assert_eq!(h[header::CACHE_CONTROL], "no-store");
         }
     }

@@ -26,7 +26,7 @@ pub fn layout(chrome: &Chrome, title: &str, body: Html) -> String {
     let mut h = Html::new();
     h.raw("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
         .raw("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
-        .raw("<meta name=\"referrer\" content=\"no-referrer\"><title>")
+        .raw("<meta name=\"referrer\" content=\"same-origin\"><title>")
         .text(title)
         .raw(" · registry-gate</title><link rel=\"stylesheet\" href=\"")
         .text(chrome.base)
