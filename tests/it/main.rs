@@ -12,6 +12,7 @@ mod access;
 mod acme;
 mod attacks;
 mod certificates;
+mod cors;
 mod deploy_kubernetes;
 mod early_answers;
 mod events;
