@@ -1067,3 +1067,52 @@ fn an_access_token_logs_in_within_its_scope_and_its_revocation_ends_the_session(
         );
     });
 }
+
+#[test]
+fn a_protected_tag_cannot_be_deleted_from_the_browser_either() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let protect = "\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"v*\"]\n";
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[ALICE, BOB])
+            .extra_toml(&format!("{RULES}{protect}")),
+    );
+    let (v1, _) = single(&tmp.path().join("images/v1"), "version one", json!({}));
+    push(&gate, &v1, "team/app:v1");
+    // Another tag on the same manifest: deleting it by digest would take v1 along.
+    push(&gate, &v1, "team/app:copy");
+    runtime().block_on(async {
+        let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+        let (_, alice) = login(&client, &gate, ALICE).await;
+        let origin = format!("https://{}", gate.authority());
+        for tag in ["v1", "copy"] {
+            let url = gate.url(&format!("/ui/repo/team/app/-/delete/{tag}"));
+            let confirm = get(&client, &url, Some(&alice)).await;
+            assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+            let token = csrf_of(&confirm.body);
+            let marker = "name=\"digest\" value=\"";
+            let start = confirm.body.find(marker).expect("digest field") + marker.len();
+            let digest = confirm.body[start..].split('"').next().expect("digest");
+            let refused = post(
+                &client,
+                &url,
+                Some(&alice),
+                Some(&origin),
+                &format!("csrf={token}&digest={digest}"),
+            )
+            .await;
+            assert_eq!(
+                refused.status,
+                StatusCode::CONFLICT,
+                "{tag}: {}",
+                refused.body
+            );
+            assert!(refused.body.contains("Protected tag"), "{}", refused.body);
+        }
+    });
+    let mut tags = registry_tags(&registry, "team/app");
+    tags.sort();
+    assert_eq!(tags, ["copy", "v1"], "a protected manifest was deleted");
+}
