@@ -21,10 +21,12 @@
 //! - `token_endpoint`: the `/token` endpoint of token mode.
 //! - `ui`: the registry browser (`[ui]`), answered before classification.
 //! - `access_log`: the access record, written when the response is done.
+//! - `activity`: the last accepted pushes and deletes, kept in memory for the browser.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
 //! - `state`: the snapshot requests are served from, and its reload.
 
 pub mod access_log;
+pub mod activity;
 pub mod body;
 mod caller;
 pub mod catalog;
@@ -279,12 +281,11 @@ async fn proxy(
         .send(upstream_request, &exchange, bulk.as_ref())
         .await?;
 
-    // 6. Tell the event receivers, as soon as the registry's answer says it accepted a push
-    // or delete: whatever happens to the rest of this response, the change is made.
-    if !snapshot.events.is_empty() {
-        if let Some(event) = accepted_change(ctx, &caller, &method, &class, &response) {
-            snapshot.events.publish(event);
-        }
+    // 6. Remember and tell the event receivers, as soon as the registry's answer says it
+    // accepted a push or delete: whatever happens to the rest of this response, the change
+    // is made. The browser's activity page keeps it whether or not receivers exist.
+    if let Some(event) = accepted_change(ctx, &caller, &method, &class, &response) {
+        note_change(ctx, event);
     }
 
     // 7. Respond.
@@ -337,6 +338,16 @@ fn accepted_change<B>(
         (!by_digest).then_some(reference),
         content_digest(response.headers()).or_else(|| by_digest.then(|| reference.to_string())),
     ))
+}
+
+/// A change the registry accepted, from the API or the registry browser: remembered for the
+/// activity page, and sent to the event receivers if there are any.
+fn note_change(ctx: &RequestContext, event: Event) {
+    let events = &ctx.snapshot.events;
+    if !events.is_empty() {
+        events.publish(event.clone());
+    }
+    ctx.shared.activity().record(event);
 }
 
 /// The event of a change the registry accepted, from the API or the registry browser.

@@ -22,6 +22,7 @@ use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
 use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::events::{self, Events, EventsError};
+use crate::proxy::activity::Activity;
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -68,6 +69,9 @@ pub struct Shared {
     /// mode): random per process, so sessions end when the gate restarts, and outlives
     /// reloads so they do not end on one.
     ui_secret: [u8; 32],
+    /// The last accepted pushes and deletes, for the browser's activity page; outlives
+    /// reloads (a reload changes no history), ends with the process.
+    activity: Activity,
 }
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
@@ -305,6 +309,7 @@ impl Shared {
             watched_at_start: prepared.watched.clone(),
             last_used: Arc::new(LastUsed::default()),
             ui_secret,
+            activity: Activity::default(),
         })
     }
 
@@ -320,6 +325,11 @@ impl Shared {
 
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
+    }
+
+    /// The recent pushes and deletes the gate saw accepted.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     pub fn last_used(&self) -> &LastUsed {

@@ -1116,3 +1116,146 @@ fn a_protected_tag_cannot_be_deleted_from_the_browser_either() {
     tags.sort();
     assert_eq!(tags, ["copy", "v1"], "a protected manifest was deleted");
 }
+
+/// The manifest digest a tag points at, asked through the gate as alice.
+async fn manifest_digest(client: &HttpsClient, gate: &Gate, repository: &str, tag: &str) -> String {
+    let response = client
+        .send(
+            request(
+                "HEAD",
+                &gate.url(&format!("/v2/{repository}/manifests/{tag}")),
+            )
+            .header("Authorization", basic(ALICE))
+            .header("Accept", MANIFEST_MEDIA_TYPE)
+            .body(empty())
+            .expect("HEAD"),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "{repository}:{tag}");
+    response.headers()["docker-content-digest"]
+        .to_str()
+        .expect("ASCII digest")
+        .to_string()
+}
+
+/// The rows of the activity table, newest first; each starts with its action.
+fn activity_rows(html: &str) -> Vec<&str> {
+    html.split("<tr class=\"")
+        .skip(1)
+        .map(|row| row.split("</tr>").next().unwrap_or(row))
+        .collect()
+}
+
+#[test]
+fn the_activity_page_shows_visible_pushes_and_deletes_with_their_user_and_nothing_hidden() {
+    let w = world();
+    let gate = &w.gate;
+    let origin = format!("https://{}", gate.authority());
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        // Deletes through the API, by digest: team/app:v1, then the hidden repository's image.
+        let hidden_digest = manifest_digest(&client, gate, HIDDEN, "latest").await;
+        for (repository, digest) in [("team/app", w.app_v1.as_str()), (HIDDEN, &hidden_digest)] {
+            let deleted = client
+                .send(
+                    request(
+                        "DELETE",
+                        &gate.url(&format!("/v2/{repository}/manifests/{digest}")),
+                    )
+                    .header("Authorization", basic(ALICE))
+                    .body(empty())
+                    .expect("DELETE"),
+                )
+                .await;
+            assert_eq!(deleted.status(), StatusCode::ACCEPTED, "{repository}");
+        }
+        // And one through the browser: team/app:old, by alice.
+        let (_, alice) = login(&client, gate, ALICE).await;
+        let confirm = get(
+            &client,
+            &gate.url("/ui/repo/team/app/-/delete/old"),
+            Some(&alice),
+        )
+        .await;
+        let old_digest = manifest_digest(&client, gate, "team/app", "old").await;
+        let done = post(
+            &client,
+            &gate.url("/ui/repo/team/app/-/delete/old"),
+            Some(&alice),
+            Some(&origin),
+            &format!("csrf={}&digest={old_digest}", csrf_of(&confirm.body)),
+        )
+        .await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+
+        // bob may pull team/** only: he sees alice's changes there, newest first.
+        let (_, bob) = login(&client, gate, BOB).await;
+        let index = get(&client, &gate.url("/ui/"), Some(&bob)).await;
+        assert!(
+            index.body.contains("href=\"/ui/activity\""),
+            "{}",
+            index.body
+        );
+        let page = get(&client, &gate.url("/ui/activity"), Some(&bob)).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert_eq!(page.headers["cache-control"], "no-store");
+        assert!(
+            !page.body.contains(HIDDEN)
+                && !page.body.contains("secret")
+                && !page.body.contains(&hidden_digest),
+            "the hidden repository shows:\n{}",
+            page.body
+        );
+        let rows = activity_rows(&page.body);
+        assert!(rows.len() >= 7, "{}", page.body);
+        let (browser_delete, api_delete) = (rows[0], rows[1]);
+        for (row, what) in [
+            (
+                browser_delete,
+                "/ui/repo/team/app\">team/app</a></td><td>old</td>",
+            ),
+            (api_delete, w.app_v1.as_str()),
+        ] {
+            assert!(row.starts_with("delete\""), "{row}");
+            assert!(row.contains(what), "{what} missing from {row}");
+            assert!(row.contains("<td class=\"who\">alice</td>"), "{row}");
+            assert!(row.contains("<td>127.0.0.1</td>"), "{row}");
+        }
+        let v1_push = rows
+            .iter()
+            .find(|row| row.contains("href=\"/ui/repo/team/app/-/tag/v1\""))
+            .unwrap_or_else(|| panic!("no push of team/app:v1 in:\n{}", page.body));
+        assert!(v1_push.starts_with("push\""), "{v1_push}");
+        assert!(
+            v1_push.contains("<td class=\"who\">alice</td>"),
+            "{v1_push}"
+        );
+        assert!(v1_push.contains(&w.app_v1), "{v1_push}");
+        let pushes = rows.iter().filter(|row| row.starts_with("push\"")).count();
+        assert_eq!(
+            rows.iter().position(|row| row.starts_with("push\"")),
+            Some(2),
+            "deletes are newer than every push"
+        );
+        assert!(pushes >= 5, "{}", page.body);
+
+        // alice may pull everything: the hidden repository's push and delete were kept, and
+        // it is only the filter that hides them from bob.
+        let page = get(&client, &gate.url("/ui/activity"), Some(&alice)).await;
+        let hidden: Vec<&str> = activity_rows(&page.body)
+            .into_iter()
+            .filter(|row| row.contains(HIDDEN))
+            .collect();
+        assert_eq!(hidden.len(), 2, "{}", page.body);
+        assert!(hidden[0].starts_with("delete\"") && hidden[1].starts_with("push\""));
+
+        // Anonymous may pull nothing here: an empty list.
+        let page = get(&client, &gate.url("/ui/activity"), None).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(
+            page.body.contains("Nothing yet") && !page.body.contains("team/"),
+            "{}",
+            page.body
+        );
+    });
+}

@@ -1,5 +1,6 @@
-//! The registry browser (`[ui]`, at `/ui/` by default): repositories, tags, manifests and
-//! deletes, served by the gate itself on the registry's own origin, so there is no second
+//! The registry browser (`[ui]`, at `/ui/` by default): repositories, tags, manifests,
+//! deletes and the recent pushes and deletes the gate saw (`activity`, from
+//! `Shared::activity`), served by the gate itself on the registry's own origin, so there is no second
 //! container, no CORS and no token dance.
 //!
 //! It is one of the gate's own endpoints: `proxy()` hands every request under the path here
@@ -40,10 +41,11 @@ use super::token_endpoint::query_values;
 use crate::auth::token::unix_now;
 use crate::auth::{Failure, Identity};
 use crate::config::UiConfig;
+use crate::events::EventAction;
 use crate::registry_path::{is_digest, is_tag, is_valid_repository_name, Action};
 use fetch::{Deleted, ManifestKind, Registry};
 use html::Html;
-use pages::{ChildRow, Chrome, ManifestView, RepositoryView, TagRow};
+use pages::{ActivityRow, ChildRow, Chrome, ManifestView, RepositoryView, TagRow};
 use session::{Session, SessionKey, CSRF_FIELD};
 
 /// No script, style, frame or form target from anywhere but the gate, no inline script or
@@ -78,6 +80,7 @@ pub(super) fn serves(config: &UiConfig, path: &str) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
     Index,
+    Activity,
     LoginForm,
     Login,
     Logout,
@@ -98,6 +101,7 @@ impl<'a> Route<'a> {
         let post = method == Method::POST;
         match rest {
             "" if get => return Route::Index,
+            "activity" if get => return Route::Activity,
             "login" if get => return Route::LoginForm,
             "login" if post => return Route::Login,
             "logout" if post => return Route::Logout,
@@ -182,6 +186,7 @@ pub(super) async fn answer(
     };
     let result = match route {
         Route::Index => browser.index(ctx, &chrome, &request).await,
+        Route::Activity => Ok(browser.activity(ctx, &chrome)),
         Route::LoginForm => Ok(page(
             StatusCode::OK,
             &chrome,
@@ -354,6 +359,29 @@ impl Browser {
             "Repositories",
             pages::repositories(chrome, &visible, &query, listing.complete),
         ))
+    }
+
+    /// The gate's own view of recent pushes and deletes, newest first, only in repositories
+    /// the caller may pull. From memory (`Shared::activity`): what happened since the gate
+    /// started.
+    fn activity(&self, ctx: &RequestContext, chrome: &Chrome<'_>) -> Response<ResponseBody> {
+        let rows: Vec<ActivityRow> = ctx
+            .shared
+            .activity()
+            .newest_first()
+            .into_iter()
+            .filter(|e| self.may(ctx, &e.repository, Action::Pull))
+            .map(|event| ActivityRow {
+                time: humantime::format_rfc3339_seconds(event.time).to_string(),
+                event,
+            })
+            .collect();
+        page(
+            StatusCode::OK,
+            chrome,
+            "Activity",
+            pages::activity(chrome, &rows),
+        )
     }
 
     async fn login(
@@ -671,16 +699,18 @@ impl Browser {
         match self.registry.delete_manifest(name, &digest).await? {
             Deleted::Done => {
                 tracing::info!(user = %self.caller.identity.name(), repository = %name, tag = %tag, digest = %digest, peer = %ctx.client_ip, "deleted from the browser");
-                if !snapshot.events.is_empty() {
-                    snapshot.events.publish(super::change_event(
+                // A delete made here is as much the gate's history as one through the API.
+                super::note_change(
+                    ctx,
+                    super::change_event(
                         ctx,
                         &self.caller,
-                        crate::events::EventAction::Delete,
+                        EventAction::Delete,
                         name,
                         Some(tag),
                         Some(digest.clone()),
-                    ));
-                }
+                    ),
+                );
                 Ok(redirect(
                     &format!("{}repo/{name}?deleted={tag}", chrome.base),
                     None,
@@ -861,6 +891,8 @@ mod tests {
         assert_eq!(Route::parse(&Method::HEAD, ""), Route::Index);
         assert_eq!(Route::parse(&post, ""), Route::NotFound);
         assert_eq!(Route::parse(&get, "login"), Route::LoginForm);
+        assert_eq!(Route::parse(&get, "activity"), Route::Activity);
+        assert_eq!(Route::parse(&post, "activity"), Route::NotFound);
         assert_eq!(Route::parse(&post, "login"), Route::Login);
         assert_eq!(Route::parse(&get, "logout"), Route::NotFound);
         assert_eq!(Route::parse(&post, "logout"), Route::Logout);

@@ -5,9 +5,13 @@
 //! Every value goes through `Html::text`. What a page may show was decided before it is
 //! called: these functions never ask the rules.
 
+use std::sync::Arc;
+
 use super::fetch::{ImageConfig, Manifest, ManifestKind};
 use super::html::{human_size, Html};
 use super::session::CSRF_FIELD;
+use crate::events::{Event, EventAction};
+use crate::registry_path::is_digest;
 
 /// What every page's header needs.
 pub struct Chrome<'a> {
@@ -34,7 +38,9 @@ pub fn layout(chrome: &Chrome, title: &str, body: Html) -> String {
         .text(chrome.base)
         .raw("static/ui.js\" defer></script></head>\n<body><header><a class=\"brand\" href=\"")
         .text(chrome.base)
-        .raw("\">registry-gate</a><nav>");
+        .raw("\">registry-gate</a><nav><a href=\"")
+        .text(chrome.base)
+        .raw("activity\" id=\"activity-link\">Activity</a>");
     match (chrome.user, chrome.csrf) {
         (Some(user), Some(csrf)) => {
             h.raw("<span class=\"who\">")
@@ -411,6 +417,105 @@ pub fn confirm_delete(chrome: &Chrome, name: &str, tag: &str, digest: &str) -> H
     h
 }
 
+/// One accepted push or delete, for the activity page; the caller may pull its repository.
+pub struct ActivityRow {
+    pub event: Arc<Event>,
+    /// `2024-05-01T10:00:00Z`, in UTC like the access log.
+    pub time: String,
+}
+
+/// Recent pushes and deletes, newest first, as the gate saw them since it started.
+pub fn activity(chrome: &Chrome, rows: &[ActivityRow]) -> Html {
+    let mut h = Html::new();
+    h.raw("<h1>Activity</h1><p class=\"hint\">Manifest pushes and deletes accepted through this gate since it started, newest first, in the repositories you may pull. Kept in memory: a restart starts the list afresh; the access log keeps the full record.</p>");
+    if rows.is_empty() {
+        h.raw("<p class=\"empty\" id=\"no-activity\">Nothing yet.</p>");
+        return h;
+    }
+    h.raw("<table class=\"activity\" id=\"activity\"><thead><tr><th>When (UTC)</th><th>Action</th><th>Repository</th><th>Tag</th><th>Digest</th><th>Who</th><th>Client</th></tr></thead><tbody>");
+    for row in rows {
+        let e = &row.event;
+        let action = e.action.as_str();
+        h.raw("<tr class=\"")
+            .raw(action)
+            .raw("\" data-request-id=\"")
+            .text(&e.request_id)
+            .raw("\"><td>")
+            .text(&row.time)
+            .raw("</td><td>")
+            .raw(action)
+            .raw("</td><td><a class=\"repository\" href=\"")
+            .text(chrome.base)
+            .raw("repo/")
+            .text(&e.repository)
+            .raw("\">")
+            .text(&e.repository)
+            .raw("</a></td><td>");
+        match (&e.tag, e.action) {
+            (Some(tag), EventAction::Push) => {
+                h.raw("<a class=\"tag\" href=\"")
+                    .text(chrome.base)
+                    .raw("repo/")
+                    .text(&e.repository)
+                    .raw("/-/tag/")
+                    .text(tag)
+                    .raw("\">")
+                    .text(tag)
+                    .raw("</a>");
+            }
+            (Some(tag), EventAction::Delete) => {
+                h.text(tag);
+            }
+            (None, _) => {
+                h.raw("—");
+            }
+        }
+        h.raw("</td><td>");
+        match e.digest.as_deref() {
+            // Only a well-formed digest becomes a link: the registry's header is its word.
+            Some(digest) if e.action == EventAction::Push && is_digest(digest) => {
+                h.raw("<a href=\"")
+                    .text(chrome.base)
+                    .raw("repo/")
+                    .text(&e.repository)
+                    .raw("/-/manifest/")
+                    .text(digest)
+                    .raw("\"><code title=\"")
+                    .text(digest)
+                    .raw("\">")
+                    .text(short_digest(digest))
+                    .raw("</code></a>");
+            }
+            Some(digest) => {
+                h.raw("<code title=\"")
+                    .text(digest)
+                    .raw("\">")
+                    .text(short_digest(digest))
+                    .raw("</code>");
+            }
+            None => {
+                h.raw("—");
+            }
+        }
+        h.raw("</td><td class=\"who\">").text(&e.actor.user);
+        if let Some(token) = &e.actor.token {
+            h.raw(" <span class=\"muted\">(token ")
+                .text(token)
+                .raw(")</span>");
+        }
+        if let Some(subject) = &e.actor.oidc_subject {
+            h.raw(" <span class=\"muted\">(OIDC ")
+                .text(subject)
+                .raw(")</span>");
+        }
+        h.raw("</td><td>")
+            .text(&e.client.to_string())
+            .raw("</td></tr>");
+    }
+    h.raw("</tbody></table>");
+    h
+}
+
 /// A page that only says something (an error, a refusal).
 pub fn message(title: &str, text: &str) -> Html {
     let mut h = Html::new();
@@ -531,6 +636,38 @@ mod tests {
         assert!(page.contains("No repositories match"));
         let page = repositories(&chrome(), &names, "TOOL", true).into_string();
         assert!(page.contains("team/tool") && !page.contains("team/app"));
+    }
+
+    #[test]
+    fn the_activity_page_escapes_every_value_and_names_the_token() {
+        use crate::events::Actor;
+        let event = Event {
+            action: EventAction::Push,
+            repository: "team/app".into(),
+            tag: Some(HOSTILE.into()),
+            digest: Some(HOSTILE.into()),
+            actor: Actor {
+                user: HOSTILE.into(),
+                token: Some("ci<b>".into()),
+                oidc_subject: Some(HOSTILE.into()),
+            },
+            client: "192.0.2.7".parse().expect("address"),
+            time: std::time::SystemTime::UNIX_EPOCH,
+            request_id: HOSTILE.into(),
+        };
+        let rows = [ActivityRow {
+            event: Arc::new(event),
+            time: "1970-01-01T00:00:00Z".into(),
+        }];
+        let page = layout(&chrome(), "Activity", activity(&chrome(), &rows));
+        assert_no_markup_from(&page, HOSTILE);
+        assert!(page.contains("(token ci&lt;b&gt;)"), "{page}");
+        assert!(page.contains("192.0.2.7") && page.contains("1970-01-01T00:00:00Z"));
+        // A digest the registry sent that is not one is shown, never linked.
+        assert!(!page.contains("/-/manifest/"), "{page}");
+        assert!(page.contains("href=\"/ui/activity\""));
+        let empty = activity(&chrome(), &[]).into_string();
+        assert!(empty.contains("Nothing yet"));
     }
 
     #[test]
