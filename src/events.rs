@@ -30,8 +30,6 @@ use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use serde::Serialize;
 use sha2::Sha256;
@@ -248,18 +246,7 @@ fn tls_config(index: usize, config: &EventReceiver) -> Result<ClientConfig, Even
                 path: ca.clone(),
                 message,
             };
-            let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(ca)
-                .map_err(|e| bad(format!("cannot read the CA bundle: {e}")))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| bad(format!("not valid PEM: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(bad("no CERTIFICATE block found".into()));
-            }
+            let roots = crate::tls::files::load_roots(ca).map_err(bad)?;
             builder.with_root_certificates(roots)
         }
         (None, Some("https")) => builder
@@ -528,7 +515,7 @@ impl Delivery {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| AttemptError::Failed(error_chain(&e)))?;
+                .map_err(|e| AttemptError::Failed(crate::error_chain::describe(&e)))?;
             let status = response.status();
             // Read the (small) answer to the end so the connection can be reused.
             let _ = response.into_body().collect().await;
@@ -543,17 +530,6 @@ impl Delivery {
             Err(_) => Err(AttemptError::Timeout(limit)),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -24,8 +24,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -533,24 +531,11 @@ fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, OidcError> {
         let _ = roots.add(cert);
     }
     if let Some(path) = ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect())
-            .map_err(|e| OidcError::Ca {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(OidcError::Ca {
-                path: path.to_path_buf(),
-                message: "no certificate in the file".into(),
-            });
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| OidcError::Ca {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        }
+        let extra = crate::tls::files::load_roots(path).map_err(|message| OidcError::Ca {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        roots.roots.extend(extra.roots);
     }
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)

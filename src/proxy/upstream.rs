@@ -213,7 +213,7 @@ pub struct BulkSlot {
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn classify_client_error(e: hyper_util::client::legacy::Error) -> GateError {
-    let detail = error_chain(&e);
+    let detail = crate::error_chain::describe(&e);
     if e.is_connect() {
         if detail.contains("timed out") {
             GateError::UpstreamTimeout
@@ -223,17 +223,6 @@ fn classify_client_error(e: hyper_util::client::legacy::Error) -> GateError {
     } else {
         GateError::UpstreamFailed(detail)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Connects to the configured registry whatever authority the request URI names, so a

@@ -34,6 +34,25 @@ pub fn load_certified_key(
     Ok(Arc::new(certified))
 }
 
+/// The CA certificates of a PEM bundle, as trust roots: the client CA of `[tls]`, a
+/// webhook receiver's `ca`, an OIDC issuer's `ca`. The error says what is wrong with the
+/// file; the caller names the setting.
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read the CA bundle: {e}"))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("not valid PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CERTIFICATE block found in the CA bundle".into());
+    }
+    Ok(roots)
+}
+
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bad = |message: String| TlsError::Cert {
         path: path.to_path_buf(),

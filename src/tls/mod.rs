@@ -5,7 +5,7 @@
 //! connections. This module knows nothing about HTTP.
 
 pub mod acme;
-mod files;
+pub mod files;
 pub mod selfsigned;
 
 use std::path::PathBuf;
@@ -16,10 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::RootCertStore;
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
 use crate::config::{TlsConfig, TlsSource};
 
@@ -225,20 +222,7 @@ fn client_verifier(
         path: client.ca.clone(),
         message,
     };
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&client.ca)
-        .map_err(|e| bad(format!("cannot read the client CA bundle: {e}")))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| bad(format!("not valid PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(
-            "no CERTIFICATE block found in the client CA bundle".into()
-        ));
-    }
+    let roots = files::load_roots(&client.ca).map_err(bad)?;
     let builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider.clone()));
     let builder = if client.required {
