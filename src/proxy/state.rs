@@ -69,10 +69,17 @@ pub struct Shared {
     /// mode): random per process, so sessions end when the gate restarts, and outlives
     /// reloads so they do not end on one.
     ui_secret: [u8; 32],
+    /// Registry reads made for browser pages, all pages together (`BROWSER_READS`).
+    browser_reads: Arc<Semaphore>,
     /// The last accepted pushes and deletes, for the browser's activity page; outlives
     /// reloads (a reload changes no history), ends with the process.
     activity: Activity,
 }
+
+/// Registry reads the registry browser makes at once, over all its pages: a page reads up to
+/// two hundred manifests and configs, and pages can be asked for by anyone who may browse,
+/// so the registry's load from the browser is bounded here, not by the number of visitors.
+const BROWSER_READS: usize = 16;
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
 /// parallel runs than cores only queue inside the OS while holding blocking threads.
@@ -309,6 +316,7 @@ impl Shared {
             watched_at_start: prepared.watched.clone(),
             last_used: Arc::new(LastUsed::default()),
             ui_secret,
+            browser_reads: Arc::new(Semaphore::new(BROWSER_READS)),
             activity: Activity::default(),
         })
     }
@@ -316,6 +324,10 @@ impl Shared {
     /// The secret the registry browser's session cookies are signed with: derived from the
     /// token key when one is loaded (replicas sharing it share sessions, and sessions
     /// survive a restart), else this process's random one.
+    pub fn browser_reads(&self) -> Arc<Semaphore> {
+        self.browser_reads.clone()
+    }
+
     pub fn ui_secret(&self, snapshot: &Snapshot) -> [u8; 32] {
         match &snapshot.tokens {
             Some(key) => key.derive("ui-session"),

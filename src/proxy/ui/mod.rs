@@ -183,6 +183,7 @@ pub(super) async fn answer(
         caller,
         session,
         key,
+        all_reads: ctx.shared.browser_reads(),
     };
     let result = match route {
         Route::Index => browser.index(ctx, &chrome, &request).await,
@@ -313,6 +314,9 @@ struct Browser {
     caller: Caller,
     session: Option<Session>,
     key: SessionKey,
+    /// Registry reads of every browser page together: however many pages are asked for,
+    /// anonymous ones included, the registry sees at most `BROWSER_READS` from the browser.
+    all_reads: Arc<Semaphore>,
 }
 
 impl Browser {
@@ -493,17 +497,22 @@ impl Browser {
     /// The first `MAX_DETAILED_TAGS` tags with manifest and created date, read a few at a
     /// time; the rest by name. A tag that cannot be read is shown as such.
     async fn tag_rows(&self, name: &str, tags: &[String]) -> Vec<TagRow> {
-        let slots = Arc::new(Semaphore::new(READS_AT_ONCE));
+        let (slots, all) = (
+            Arc::new(Semaphore::new(READS_AT_ONCE)),
+            self.all_reads.clone(),
+        );
         let mut reads = JoinSet::new();
         for (i, tag) in tags.iter().take(MAX_DETAILED_TAGS).enumerate() {
-            let (registry, name, tag, slots) = (
+            let (registry, name, tag, slots, all) = (
                 self.registry.clone(),
                 name.to_string(),
                 tag.clone(),
                 slots.clone(),
+                all.clone(),
             );
             reads.spawn(async move {
                 let _slot = slots.acquire_owned().await;
+                let _all = all.acquire_owned().await;
                 let (manifest, created) = read_image(&registry, &name, &tag).await;
                 (
                     i,
@@ -587,7 +596,10 @@ impl Browser {
 
     /// The images of an index with their sizes and created dates, attestations left out.
     async fn children(&self, name: &str, manifests: &[fetch::Descriptor]) -> Vec<ChildRow> {
-        let slots = Arc::new(Semaphore::new(READS_AT_ONCE));
+        let (slots, all) = (
+            Arc::new(Semaphore::new(READS_AT_ONCE)),
+            self.all_reads.clone(),
+        );
         let mut reads = JoinSet::new();
         let platforms = manifests
             .iter()
@@ -595,15 +607,17 @@ impl Browser {
             .filter(|(p, _)| p.os != "unknown")
             .take(MAX_DETAILED_CHILDREN);
         for (i, (platform, descriptor)) in platforms.enumerate() {
-            let (registry, name, digest, platform, slots) = (
+            let (registry, name, digest, platform, slots, all) = (
                 self.registry.clone(),
                 name.to_string(),
                 descriptor.digest.clone(),
                 platform.to_string(),
                 slots.clone(),
+                all.clone(),
             );
             reads.spawn(async move {
                 let _slot = slots.acquire_owned().await;
+                let _all = all.acquire_owned().await;
                 let (manifest, created) = read_image(&registry, &name, &digest).await;
                 (
                     i,
