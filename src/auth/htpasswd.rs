@@ -115,6 +115,22 @@ impl PasswordHash {
         }
     }
 
+    /// The stored salt and digest, which change whenever the password does: what a browser
+    /// session is tied to, so that a new password ends the sessions opened with the old one.
+    /// Never the password, and never logged.
+    pub fn material(&self) -> Vec<u8> {
+        match self {
+            PasswordHash::Bcrypt(hash) => hash.as_bytes().to_vec(),
+            PasswordHash::Apr1 { salt, digest } => format!("{salt}${digest}").into_bytes(),
+            PasswordHash::Sha1(digest) => digest.to_vec(),
+            PasswordHash::Ssha { digest, salt } => [&digest[..], salt].concat(),
+            PasswordHash::ShaCrypt256(c) | PasswordHash::ShaCrypt512(c) => {
+                format!("{}${}${}", c.rounds, c.salt, c.encoded).into_bytes()
+            }
+            PasswordHash::Plain(digest) => digest.to_vec(),
+        }
+    }
+
     /// True if `password` matches. CPU-heavy for bcrypt and SHA-crypt: call it off the
     /// async runtime.
     pub fn verify(&self, password: &[u8]) -> bool {

@@ -162,6 +162,19 @@ impl Authenticator {
         self.users.contains_key(user)
     }
 
+    /// A short stamp of `user`'s stored password hash (16 hex digits of a SHA-256 over it):
+    /// the same across reloads while the password is unchanged, different once it changes.
+    /// It reveals nothing usable about the password: it is a digest of a salted hash.
+    pub fn password_stamp(&self, user: &str) -> Option<String> {
+        use sha2::Digest;
+        let material = self.users.get(user)?.material();
+        let digest = Sha256::new()
+            .chain_update(b"registry-gate password stamp\0")
+            .chain_update(&material)
+            .finalize();
+        Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     pub fn user_count(&self) -> usize {
         self.users.len()
     }

@@ -190,12 +190,14 @@ pub(super) async fn check_password(
 }
 
 /// The caller a browser session names, if they may still log in: the access token it was
-/// opened with must still be usable, and a user must still be in the htpasswd files, so
-/// revoking either ends the session at its next request.
+/// opened with must still be usable, and a user must still be in the htpasswd files with
+/// the password they logged in with, so revoking the token, removing the user or changing
+/// the password ends the session at its next request.
 pub(super) fn from_session(
     ctx: &RequestContext,
     user: &str,
     access_token: Option<&str>,
+    stamp: Option<&str>,
 ) -> Option<Caller> {
     match access_token {
         Some(name) => {
@@ -211,8 +213,9 @@ pub(super) fn from_session(
             .snapshot
             .auth
             .as_ref()?
-            .has_user(user)
-            .then(|| Caller::with(Identity::User(user.to_string()))),
+            .password_stamp(user)
+            .filter(|current| Some(current.as_str()) == stamp)
+            .map(|_| Caller::with(Identity::User(user.to_string()))),
     }
 }
 

@@ -1259,3 +1259,65 @@ fn the_activity_page_shows_visible_pushes_and_deletes_with_their_user_and_nothin
         );
     });
 }
+
+#[test]
+fn a_new_password_ends_the_sessions_opened_with_the_old_one_and_a_reload_ends_none() {
+    let w = world();
+    let gate = &w.gate;
+    let htpasswd = gate.config_path.with_file_name("htpasswd");
+    runtime().block_on(async {
+        let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+        let (_, alice) = login(&client, gate, ALICE).await;
+        let (_, bob) = login(&client, gate, BOB).await;
+        for cookie in [&alice, &bob] {
+            let page = get(&client, &gate.url("/ui/"), Some(cookie)).await;
+            assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        }
+
+        // bob gets a new password; the reload this causes keeps alice's session.
+        const RELOADED: &str = "a watched file changed";
+        let before = gate.log().matches(RELOADED).count();
+        let mut change = util::gate::gate_command()
+            .args(["htpasswd", "-f"])
+            .arg(&htpasswd)
+            .args(["add", "bob", "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn htpasswd");
+        change
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"bob-new-secret\n")
+            .expect("write the password");
+        assert!(change.wait().expect("htpasswd").success());
+        assert!(
+            util::wait_until(Duration::from_secs(10), || gate
+                .log()
+                .matches(RELOADED)
+                .count()
+                > before),
+            "no reload after the password change:\n{}",
+            gate.log()
+        );
+
+        let page = get(&client, &gate.url("/ui/"), Some(&alice)).await;
+        assert_eq!(
+            page.status,
+            StatusCode::OK,
+            "a reload ended alice's session"
+        );
+        let page = get(&client, &gate.url("/ui/"), Some(&bob)).await;
+        assert_eq!(
+            page.status,
+            StatusCode::SEE_OTHER,
+            "bob's session outlived his old password"
+        );
+        assert_eq!(page.headers["location"], "/ui/login");
+        let (_, again) = login(&client, gate, ("bob", "bob-new-secret")).await;
+        let page = get(&client, &gate.url("/ui/"), Some(&again)).await;
+        assert_eq!(page.status, StatusCode::OK);
+    });
+}

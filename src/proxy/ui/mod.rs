@@ -220,7 +220,12 @@ async fn who(
     if let Some(session) =
         session::cookie_value(request.headers()).and_then(|v| key.open(v, unix_now()))
     {
-        if let Some(caller) = caller::from_session(ctx, &session.user, session.token.as_deref()) {
+        if let Some(caller) = caller::from_session(
+            ctx,
+            &session.user,
+            session.token.as_deref(),
+            session.stamp.as_deref(),
+        ) {
             return Ok((caller, Some(session)));
         }
     }
@@ -415,9 +420,18 @@ impl Browser {
                 let Identity::User(name) = &caller.identity else {
                     return Err(GateError::Internal("a password check without users").into());
                 };
+                let stamp = match caller.token_name() {
+                    Some(_) => None,
+                    None => ctx
+                        .snapshot
+                        .auth
+                        .as_ref()
+                        .and_then(|a| a.password_stamp(name)),
+                };
                 let session = Session::start(
                     name.clone(),
                     caller.token_name().map(str::to_string),
+                    stamp,
                     unix_now(),
                 )
                 .map_err(|_| GateError::Internal("no randomness for a session id"))?;

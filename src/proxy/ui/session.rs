@@ -52,6 +52,10 @@ pub struct Session {
     /// Random, per login: keys the CSRF token.
     #[serde(rename = "i")]
     pub id: String,
+    /// The stamp of the user's password when they logged in
+    /// (`Authenticator::password_stamp`): a new password ends the session.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
 }
 
 impl Session {
@@ -59,6 +63,7 @@ impl Session {
     pub fn start(
         user: String,
         token: Option<String>,
+        stamp: Option<String>,
         now: u64,
     ) -> Result<Session, getrandom::Error> {
         let mut id = [0u8; 16];
@@ -68,6 +73,7 @@ impl Session {
             token,
             expires: now + SESSION_TTL.as_secs(),
             id: URL_SAFE_NO_PAD.encode(id),
+            stamp,
         })
     }
 }
@@ -179,7 +185,7 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::start("alice".into(), Some("ci".into()), NOW).expect("random id")
+        Session::start("alice".into(), Some("ci".into()), None, NOW).expect("random id")
     }
 
     #[test]
