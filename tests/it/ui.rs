@@ -973,32 +973,12 @@ fn browser_logins_are_throttled_like_any_login() {
     });
 }
 
-/// `registry-gate token ARGS --config <the gate's config>`, then waits for the gate to
-/// reload the token file.
+/// `registry-gate token ARGS --config <the gate's config>`, once the gate has reloaded the
+/// token file; its standard output.
 fn token_command(gate: &Gate, args: &[&str]) -> String {
-    const RELOADED: &str = "a watched file changed";
-    let before = gate.log().matches(RELOADED).count();
-    let out = util::run(
-        util::gate::gate_command()
-            .arg("token")
-            .args(args)
-            .arg("--config")
-            .arg(&gate.config_path),
-    );
-    assert!(
-        out.status.success(),
-        "token {args:?}: {}",
-        util::describe(&out)
-    );
-    assert!(
-        util::wait_until(Duration::from_secs(10), || gate
-            .log()
-            .matches(RELOADED)
-            .count()
-            > before),
-        "the gate did not reload the token file:\n{}",
-        gate.log()
-    );
+    let mut all = vec!["token"];
+    all.extend_from_slice(args);
+    let out = gate.change_with(&all);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -1275,8 +1255,7 @@ fn a_new_password_ends_the_sessions_opened_with_the_old_one_and_a_reload_ends_no
         }
 
         // bob gets a new password; the reload this causes keeps alice's session.
-        const RELOADED: &str = "a watched file changed";
-        let before = gate.log().matches(RELOADED).count();
+        let before = gate.reloads();
         let mut change = util::gate::gate_command()
             .args(["htpasswd", "-f"])
             .arg(&htpasswd)
@@ -1293,15 +1272,7 @@ fn a_new_password_ends_the_sessions_opened_with_the_old_one_and_a_reload_ends_no
             .write_all(b"bob-new-secret\n")
             .expect("write the password");
         assert!(change.wait().expect("htpasswd").success());
-        assert!(
-            util::wait_until(Duration::from_secs(10), || gate
-                .log()
-                .matches(RELOADED)
-                .count()
-                > before),
-            "no reload after the password change:\n{}",
-            gate.log()
-        );
+        gate.wait_for_reload(before);
 
         let page = get(&client, &gate.url("/ui/"), Some(&alice)).await;
         assert_eq!(

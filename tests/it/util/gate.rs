@@ -15,6 +15,9 @@ use super::{
     accepts_tcp, describe, free_port, read_text, require_tool, run, wait_until, write_file,
 };
 
+/// What the gate logs when a watched file changed and it reloaded.
+pub const RELOADED: &str = "a watched file changed";
+
 /// The gate must accept TCP this soon after spawn.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -333,6 +336,39 @@ impl Gate {
     /// Everything the gate wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         read_text(&self.log_path)
+    }
+
+    /// How many times the gate reloaded because a watched file changed.
+    pub fn reloads(&self) -> usize {
+        self.log().matches(RELOADED).count()
+    }
+
+    /// Waits until the gate has reloaded more than `before` times.
+    pub fn wait_for_reload(&self, before: usize) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.reloads() > before),
+            "the gate did not reload the changed file:\n{}",
+            self.log()
+        );
+    }
+
+    /// Runs `registry-gate ARGS --config <this gate's config>`, a command that edits a file
+    /// the gate watches (`token create`, `token revoke`), and waits until the gate has
+    /// reloaded it. Panics with the output unless the command succeeded.
+    pub fn change_with(&self, args: &[&str]) -> std::process::Output {
+        let before = self.reloads();
+        let out = run(gate_command()
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null()));
+        assert!(
+            out.status.success(),
+            "registry-gate {args:?}: {}",
+            describe(&out)
+        );
+        self.wait_for_reload(before);
+        out
     }
 
     /// Sends a signal by name (`TERM`, `HUP`, ...) with kill(1).
