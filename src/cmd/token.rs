@@ -55,7 +55,7 @@ pub(super) fn run(config_path: Option<&Path>, file: Option<PathBuf>, action: Tok
                 Ok(secret) => {
                     println!("{secret}");
                     eprintln!(
-                        "registry-gate: token {name:?} saved in {}; the secret above is shown only once. Use it as the password: docker login -u {name} --password-stdin",
+                        "registry-gate: token {name:?} saved in {}; the secret above is shown only once. Use it as the password with any user name, e.g. docker login REGISTRY -u {name} --password-stdin",
                         path.display()
                     );
                     EXIT_OK
