@@ -492,7 +492,13 @@ pub struct LastUsed {
 impl LastUsed {
     pub fn record(&self, name: &str, at: SystemTime) {
         if let Ok(mut seen) = self.seen.lock() {
-            seen.insert(name.to_string(), at);
+            // Every request of a push records a use: update in place, allocate once.
+            match seen.get_mut(name) {
+                Some(last) => *last = at,
+                None => {
+                    seen.insert(name.to_string(), at);
+                }
+            }
             self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }

@@ -179,20 +179,6 @@ impl Authenticator {
         self.users.len()
     }
 
-    /// Checks an `Authorization` header value. `None` means no credentials were sent.
-    pub async fn authenticate(
-        &self,
-        header: Option<&[u8]>,
-        peer: IpAddr,
-        throttle: &Throttle,
-    ) -> Result<Identity, Failure> {
-        let Some(header) = header else {
-            return Ok(Identity::Anonymous);
-        };
-        let (user, password) = parse_basic(header).ok_or(Failure::Malformed)?;
-        self.check_password(user, password, peer, throttle).await
-    }
-
     /// Checks one user's password (from a Basic header or the token endpoint's form).
     pub async fn check_password(
         &self,
@@ -425,6 +411,23 @@ mod tests {
         )
         .expect("valid htpasswd");
         (auth, dir)
+    }
+
+    impl Authenticator {
+        /// An `Authorization` value as `caller::credentials` reads it when no access token
+        /// or OIDC token matches: `None` is no credentials.
+        async fn authenticate(
+            &self,
+            header: Option<&[u8]>,
+            peer: IpAddr,
+            throttle: &Throttle,
+        ) -> Result<Identity, Failure> {
+            let Some(header) = header else {
+                return Ok(Identity::Anonymous);
+            };
+            let (user, password) = parse_basic(header).ok_or(Failure::Malformed)?;
+            self.check_password(user, password, peer, throttle).await
+        }
     }
 
     #[tokio::test]

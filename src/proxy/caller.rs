@@ -341,10 +341,9 @@ pub(super) fn authorise(
         return Err(GateError::ReadOnly);
     }
     let Some(repository) = class.repository else {
-        // The ping and the catalog need only a caller who logged in; an access token's
-        // scope is about repositories, and the catalog is filtered by it.
         // The ping: anyone who authenticated (in token mode, any valid token, so that an
-        // anonymous docker pull goes on to ask for a pull token). The catalog: a user.
+        // anonymous docker pull goes on to ask for a pull token). The catalog: a user (an
+        // access token's scope is about repositories; the catalog is filtered by it).
         let authenticated = *identity != Identity::Anonymous
             || (class.kind == Kind::Ping && caller.token.is_some());
         if auth_on && !authenticated {
@@ -361,30 +360,15 @@ pub(super) fn authorise(
                 repository: repository.to_string(),
             });
         }
-        if token.owner.is_none() {
-            // A robot account: its scope is its permission, and in token mode the bearer
-            // token must still carry the grant.
-            return match &caller.token {
-                Some(claims) if !claims.allows(repository, class.action) => {
-                    record.decision = "deny";
-                    Err(challenge(
-                        snapshot,
-                        request,
-                        class,
-                        true,
-                        "insufficient_scope",
-                    ))
-                }
-                _ => {
-                    record.decision = "allow";
-                    Ok(())
-                }
-            };
-        }
     }
-    let decision = config
-        .rules
-        .decide(&identity.as_rule(), client_ip, repository, class.action);
+    let decision = match &caller.access_token {
+        // A robot account: its scope, checked above, is its whole permission; a bearer
+        // token must still carry the grant, as below.
+        Some(token) if token.owner.is_none() => Decision::Allow { rule: None },
+        _ => config
+            .rules
+            .decide(&identity.as_rule(), client_ip, repository, class.action),
+    };
     if caller
         .token
         .as_ref()

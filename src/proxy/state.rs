@@ -216,15 +216,23 @@ pub fn load_oidc(config: &Config) -> Result<Option<Arc<Oidc>>, Vec<PrepareError>
         .map_err(|e| vec![e.into()])
 }
 
+/// Everything callers are checked against. The OIDC verifier of `previous` is kept while
+/// the issuers are the same: it holds their cached keys, and building one reads the
+/// system's roots.
 fn load_credentials(
     config: &Config,
     slots: Arc<Semaphore>,
+    previous: Option<&Snapshot>,
 ) -> Result<Credentials, Vec<PrepareError>> {
+    let oidc = match previous {
+        Some(old) if old.config.auth.oidc == config.auth.oidc => old.oidc.clone(),
+        _ => load_oidc(config)?,
+    };
     Ok(Credentials {
         users: load_users(config, slots)?,
         token_key: load_token_key(config)?,
         access_tokens: load_access_tokens(config)?,
-        oidc: load_oidc(config)?,
+        oidc,
     })
 }
 
@@ -256,11 +264,6 @@ fn build(
         Some((old, _)) if same_upstream(&old.config, config) => old.upstream.clone(),
         _ => Upstream::new(&config.upstream),
     };
-    // The issuers' keys stay cached while the issuers are the same.
-    let oidc = match &previous {
-        Some((old, _)) if old.config.auth.oidc == config.auth.oidc => old.oidc.clone(),
-        _ => credentials.oidc,
-    };
     let ticketer = match previous {
         Some((_, ticketer)) if prepared.tls.client_verifier.is_none() => ticketer,
         _ => tls::ticketer().map_err(|e| vec![e.into()])?,
@@ -280,7 +283,7 @@ fn build(
             auth: credentials.users,
             tokens: credentials.token_key,
             access_tokens: credentials.access_tokens,
-            oidc,
+            oidc: credentials.oidc,
             events: Arc::new(Events::start(&prepared.events)),
         },
         server_tls,
@@ -295,7 +298,7 @@ impl Shared {
         provider: Arc<CryptoProvider>,
     ) -> Result<Shared, Vec<PrepareError>> {
         let verify_slots = Arc::new(Semaphore::new(verify_slot_count()));
-        let credentials = load_credentials(&prepared.config, verify_slots.clone())?;
+        let credentials = load_credentials(&prepared.config, verify_slots.clone(), None)?;
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
         certs.replace_extra(&prepared.tls.extra);
         let next = build(prepared, credentials, &certs, &provider, None)?;
@@ -402,9 +405,10 @@ impl Shared {
         let provider = self.provider.clone();
         // File reads and key parsing are blocking work.
         let slots = self.verify_slots.clone();
+        let running = self.snapshot();
         let (prepared, credentials) = tokio::task::spawn_blocking(move || {
             let prepared = prepare(path.as_deref(), &provider)?;
-            let credentials = load_credentials(&prepared.config, slots)?;
+            let credentials = load_credentials(&prepared.config, slots, Some(&running))?;
             Ok::<_, Vec<PrepareError>>((prepared, credentials))
         })
         .await

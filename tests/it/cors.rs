@@ -4,11 +4,7 @@
 
 use crate::util;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -16,51 +12,33 @@ use http::StatusCode;
 use util::client::{empty, header, request, Proto};
 use util::gate::{Gate, GateConfig};
 use util::image::{oci_image, skopeo_ok};
+use util::peer::{answer, Peer};
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
 use util::temp_dir;
 use util::webdriver::Browser;
 
-/// A page server on 127.0.0.1 (its own origin) that serves its one page for every request,
-/// until dropped. The page can be set after the start: the origin goes into the gate's
-/// configuration before the page can know the gate's address.
+/// A page on its own origin (127.0.0.1 and a port of its own), served for every request.
+/// The page is set after the start: the origin goes into the gate's configuration before
+/// the page can know the gate's address.
 struct PageServer {
     origin: String,
     page: Arc<Mutex<String>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _peer: Peer,
 }
 
 impl PageServer {
     fn start() -> PageServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the page server");
-        let origin = format!("http://{}", listener.local_addr().expect("address"));
-        listener.set_nonblocking(true).expect("non-blocking");
-        let stop = Arc::new(AtomicBool::new(false));
         let page = Arc::new(Mutex::new(String::new()));
-        let (stopped, served) = (stop.clone(), page.clone());
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    continue;
-                };
-                let _ = stream.set_nonblocking(false);
-                let mut head = [0u8; 4096];
-                let _ = stream.read(&mut head);
-                let page = served.lock().map(|p| p.clone()).unwrap_or_default();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
-                    page.len()
-                );
-            }
+        let served = page.clone();
+        let peer = Peer::start(None, move |_, _| {
+            let html = served.lock().map(|p| p.clone()).unwrap_or_default();
+            answer(200, "text/html; charset=utf-8", html)
         });
         PageServer {
-            origin,
+            origin: format!("http://{}", peer.addr),
             page,
-            stop,
-            thread: Some(thread),
+            _peer: peer,
         }
     }
 
@@ -80,15 +58,6 @@ impl PageServer {
         );
         if let Ok(mut page) = self.page.lock() {
             *page = html;
-        }
-    }
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }

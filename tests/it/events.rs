@@ -5,27 +5,19 @@
 
 use crate::util;
 
-use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sha2::Sha256;
-use tokio::sync::oneshot;
 
 use util::gate::{gate_command, Gate, GateConfig};
 use util::image::{oci_image, skopeo, skopeo_ok, OciImage};
+use util::peer::{answer, Peer};
 use util::pki::Pki;
 use util::registry::Registry;
 use util::{describe, free_port, hex, temp_dir, wait_until, write_file};
@@ -61,15 +53,13 @@ impl Hook {
     }
 }
 
-/// A webhook receiver on 127.0.0.1 and a kernel-chosen port, on its own thread and runtime:
-/// records every request and answers 500 to the first `fail_first`, 200 after. With a
-/// server certificate it speaks https.
+/// A webhook receiver on 127.0.0.1 and a kernel-chosen port: records every request and
+/// answers 500 to the first `fail_first`, 200 after. With a server certificate it speaks
+/// https.
 struct Receiver {
-    addr: SocketAddr,
     https: bool,
     hooks: Arc<Mutex<Vec<Hook>>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    peer: Peer,
 }
 
 impl Receiver {
@@ -82,62 +72,40 @@ impl Receiver {
     }
 
     fn spawn(fail_first: usize, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
-        let addr = listener.local_addr().expect("receiver address");
-        listener.set_nonblocking(true).expect("non-blocking");
         let hooks = Arc::new(Mutex::new(Vec::new()));
-        let (shutdown, mut stop) = oneshot::channel();
         let https = tls.is_some();
-        let recorded = hooks.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("receiver runtime");
-            runtime.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("listener into tokio");
-                let seen = Arc::new(AtomicUsize::new(0));
-                let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-                loop {
-                    let stream = tokio::select! {
-                        _ = &mut stop => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(_) => continue,
-                        },
-                    };
-                    let recorded = recorded.clone();
-                    let seen = seen.clone();
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| {
-                            record(req, fail_first, seen.clone(), recorded.clone())
-                        });
-                        let http = hyper::server::conn::http1::Builder::new();
-                        let _ = match acceptor {
-                            None => http.serve_connection(TokioIo::new(stream), service).await,
-                            Some(acceptor) => match acceptor.accept(stream).await {
-                                Ok(tls) => http.serve_connection(TokioIo::new(tls), service).await,
-                                Err(_) => return,
-                            },
-                        };
-                    });
-                }
+        let (recorded, seen) = (hooks.clone(), AtomicUsize::new(0));
+        let peer = Peer::start(tls, move |parts, body| {
+            let status = if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
+                500
+            } else {
+                200
+            };
+            let mut headers: Vec<(String, String)> = parts
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into(),
+                    )
+                })
+                .collect();
+            headers.push((":method".into(), parts.method.to_string()));
+            headers.push((":path".into(), parts.uri.to_string()));
+            recorded.lock().expect("receiver lock").push(Hook {
+                headers,
+                body: body.to_vec(),
+                status,
             });
+            answer(status, "text/plain", "ok")
         });
-        Receiver {
-            addr,
-            https,
-            hooks,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        }
+        Receiver { https, hooks, peer }
     }
 
     fn url(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://{}/hooks/registry", self.addr)
+        format!("{scheme}://{}/hooks/registry", self.peer.addr)
     }
 
     fn hooks(&self) -> Vec<Hook> {
@@ -152,56 +120,6 @@ impl Receiver {
         assert_eq!(hooks.len(), n, "expected {n} event request(s): {hooks:#?}");
         hooks
     }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.shutdown.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-async fn record(
-    req: Request<Incoming>,
-    fail_first: usize,
-    seen: Arc<AtomicUsize>,
-    hooks: Arc<Mutex<Vec<Hook>>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
-    let status = if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
-        500
-    } else {
-        200
-    };
-    let mut headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into(),
-            )
-        })
-        .collect();
-    headers.push((":method".into(), parts.method.to_string()));
-    headers.push((":path".into(), parts.uri.to_string()));
-    hooks.lock().expect("receiver lock").push(Hook {
-        headers,
-        body,
-        status,
-    });
-    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
-    *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
-    Ok(response)
 }
 
 /// `[[events]]` for `url` with the secret in a file next to the gate's config.

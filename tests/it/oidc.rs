@@ -4,11 +4,8 @@
 
 use crate::util;
 
-use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -18,18 +15,12 @@ use aws_lc_rs::signature::{
 };
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use util::client::{empty, request, text, Proto};
 use util::gate::{write_htpasswd, Gate, GateConfig};
 use util::image::{oci_image, skopeo};
+use util::peer::{answer, Peer};
 use util::pki::Pki;
 use util::registry::Registry;
 use util::{describe, temp_dir};
@@ -151,84 +142,43 @@ fn with(mut claims: Value, key: &str, value: Value) -> Value {
     claims
 }
 
-/// The test's OIDC issuer: discovery document and JWKS over HTTPS on 127.0.0.1, on its own
-/// thread; the published keys can be replaced (rotation) while it runs.
+/// The test's OIDC issuer: discovery document and JWKS over HTTPS on 127.0.0.1; the
+/// published keys can be replaced (rotation) while it runs.
 struct Issuer {
     url: String,
     jwks: Arc<Mutex<Value>>,
     fetches: Arc<Mutex<usize>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _peer: Peer,
 }
 
 impl Issuer {
     fn start(pki: &Pki) -> Issuer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the issuer");
-        let addr: SocketAddr = listener.local_addr().expect("issuer address");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let url = format!("https://{addr}");
         let jwks = Arc::new(Mutex::new(json!({"keys": []})));
         let fetches = Arc::new(Mutex::new(0));
-        let (shutdown, mut stop) = oneshot::channel();
-        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
-        let (served_jwks, served_fetches, issuer) = (jwks.clone(), fetches.clone(), url.clone());
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("issuer runtime");
-            runtime.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("listener into tokio");
-                loop {
-                    let stream = tokio::select! {
-                        _ = &mut stop => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(_) => continue,
-                        },
-                    };
-                    let (jwks, fetches, issuer) =
-                        (served_jwks.clone(), served_fetches.clone(), issuer.clone());
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            let body = match req.uri().path() {
-                                "/.well-known/openid-configuration" => Some(
-                                    json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")}),
-                                ),
-                                "/jwks" => {
-                                    *fetches.lock().expect("fetches") += 1;
-                                    Some(jwks.lock().expect("jwks").clone())
-                                }
-                                _ => None,
-                            };
-                            async move {
-                                let status = if body.is_some() { 200 } else { 404 };
-                                let mut response = Response::new(Full::new(Bytes::from(
-                                    body.map(|b| b.to_string()).unwrap_or_default(),
-                                )));
-                                *response.status_mut() =
-                                    http::StatusCode::from_u16(status).expect("status");
-                                Ok::<_, Infallible>(response)
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
-                    });
+        let issuer = Arc::new(Mutex::new(String::new()));
+        let (served_jwks, served_fetches, served_issuer) =
+            (jwks.clone(), fetches.clone(), issuer.clone());
+        let peer = Peer::start(Some(pki.server_config()), move |parts, _| {
+            let issuer = served_issuer.lock().expect("issuer").clone();
+            let body = match parts.uri.path() {
+                "/.well-known/openid-configuration" => {
+                    json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")})
                 }
-            });
+                "/jwks" => {
+                    *served_fetches.lock().expect("fetches") += 1;
+                    served_jwks.lock().expect("jwks").clone()
+                }
+                _ => return answer(404, "text/plain", ""),
+            };
+            answer(200, "application/json", body.to_string())
         });
+        let url = format!("https://{}", peer.addr);
+        *issuer.lock().expect("issuer") = url.clone();
         Issuer {
             url,
             jwks,
             fetches,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            _peer: peer,
         }
     }
 
@@ -239,17 +189,6 @@ impl Issuer {
 
     fn fetches(&self) -> usize {
         *self.fetches.lock().expect("fetches")
-    }
-}
-
-impl Drop for Issuer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.shutdown.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

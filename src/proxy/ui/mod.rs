@@ -508,59 +508,50 @@ impl Browser {
         ))
     }
 
-    /// The first `MAX_DETAILED_TAGS` tags with manifest and created date, read a few at a
-    /// time; the rest by name. A tag that cannot be read is shown as such.
+    /// The first `MAX_DETAILED_TAGS` tags with manifest and created date; the rest by
+    /// name. A tag that cannot be read is shown as such.
     async fn tag_rows(&self, name: &str, tags: &[String]) -> Vec<TagRow> {
-        let (slots, all) = (
-            Arc::new(Semaphore::new(READS_AT_ONCE)),
-            self.all_reads.clone(),
-        );
+        let detailed = tags.iter().take(MAX_DETAILED_TAGS).cloned().collect();
+        let mut reads = self.read_images(name, detailed).await.into_iter();
+        tags.iter()
+            .map(|tag| {
+                let (manifest, created) = reads.next().flatten().unwrap_or((None, None));
+                TagRow {
+                    tag: tag.clone(),
+                    manifest,
+                    created,
+                }
+            })
+            .collect()
+    }
+
+    /// `read_image` for each reference, `READS_AT_ONCE` at a time for this page and within
+    /// the browser's shared `all_reads`; in the order asked, `None` where a read failed to
+    /// finish.
+    async fn read_images(&self, name: &str, references: Vec<String>) -> Vec<Option<ImageRead>> {
+        let page = Arc::new(Semaphore::new(READS_AT_ONCE));
         let mut reads = JoinSet::new();
-        for (i, tag) in tags.iter().take(MAX_DETAILED_TAGS).enumerate() {
-            let (registry, name, tag, slots, all) = (
+        let count = references.len();
+        for (i, reference) in references.into_iter().enumerate() {
+            let (registry, name, page, all) = (
                 self.registry.clone(),
                 name.to_string(),
-                tag.clone(),
-                slots.clone(),
-                all.clone(),
+                page.clone(),
+                self.all_reads.clone(),
             );
             reads.spawn(async move {
-                let _slot = slots.acquire_owned().await;
+                let _page = page.acquire_owned().await;
                 let _all = all.acquire_owned().await;
-                let (manifest, created) = read_image(&registry, &name, &tag).await;
-                (
-                    i,
-                    TagRow {
-                        tag,
-                        manifest,
-                        created,
-                    },
-                )
+                (i, read_image(&registry, &name, &reference).await)
             });
         }
-        let mut rows: Vec<Option<TagRow>> = (0..tags.len().min(MAX_DETAILED_TAGS))
-            .map(|_| None)
-            .collect();
+        let mut out: Vec<Option<ImageRead>> = (0..count).map(|_| None).collect();
         while let Some(done) = reads.join_next().await {
-            if let Ok((i, row)) = done {
-                rows[i] = Some(row);
+            if let Ok((i, read)) = done {
+                out[i] = Some(read);
             }
         }
-        rows.into_iter()
-            .zip(tags)
-            .map(|(row, tag)| {
-                row.unwrap_or_else(|| TagRow {
-                    tag: tag.clone(),
-                    manifest: None,
-                    created: None,
-                })
-            })
-            .chain(tags.iter().skip(MAX_DETAILED_TAGS).map(|tag| TagRow {
-                tag: tag.clone(),
-                manifest: None,
-                created: None,
-            }))
-            .collect()
+        out
     }
 
     /// The manifest page, by tag (`by_tag`) or by digest.
@@ -610,48 +601,28 @@ impl Browser {
 
     /// The images of an index with their sizes and created dates, attestations left out.
     async fn children(&self, name: &str, manifests: &[fetch::Descriptor]) -> Vec<ChildRow> {
-        let (slots, all) = (
-            Arc::new(Semaphore::new(READS_AT_ONCE)),
-            self.all_reads.clone(),
-        );
-        let mut reads = JoinSet::new();
-        let platforms = manifests
+        let platforms: Vec<(String, String)> = manifests
             .iter()
             .filter_map(|d| Some((d.platform.as_ref()?, d)))
             .filter(|(p, _)| p.os != "unknown")
-            .take(MAX_DETAILED_CHILDREN);
-        for (i, (platform, descriptor)) in platforms.enumerate() {
-            let (registry, name, digest, platform, slots, all) = (
-                self.registry.clone(),
-                name.to_string(),
-                descriptor.digest.clone(),
-                platform.to_string(),
-                slots.clone(),
-                all.clone(),
-            );
-            reads.spawn(async move {
-                let _slot = slots.acquire_owned().await;
-                let _all = all.acquire_owned().await;
-                let (manifest, created) = read_image(&registry, &name, &digest).await;
-                (
-                    i,
-                    ChildRow {
-                        platform,
-                        digest,
-                        size: manifest.and_then(|m| m.image_size()),
-                        created,
-                    },
-                )
-            });
-        }
-        let mut rows = Vec::new();
-        while let Some(done) = reads.join_next().await {
-            if let Ok(row) = done {
-                rows.push(row);
-            }
-        }
-        rows.sort_by_key(|(i, _)| *i);
-        rows.into_iter().map(|(_, row)| row).collect()
+            .take(MAX_DETAILED_CHILDREN)
+            .map(|(p, d)| (p.to_string(), d.digest.clone()))
+            .collect();
+        let digests = platforms.iter().map(|(_, d)| d.clone()).collect();
+        let reads = self.read_images(name, digests).await;
+        platforms
+            .into_iter()
+            .zip(reads)
+            .filter_map(|((platform, digest), read)| {
+                let (manifest, created) = read?;
+                Some(ChildRow {
+                    platform,
+                    digest,
+                    size: manifest.and_then(|m| m.image_size()),
+                    created,
+                })
+            })
+            .collect()
     }
 
     async fn confirm_delete(
@@ -771,11 +742,10 @@ impl Browser {
 
 /// A manifest and, for an image, its config's created date; `None`s where the registry
 /// does not answer (the page shows the rest).
-async fn read_image(
-    registry: &Registry,
-    name: &str,
-    reference: &str,
-) -> (Option<fetch::Manifest>, Option<String>) {
+/// A manifest and its image's created date, each absent when it could not be read.
+type ImageRead = (Option<fetch::Manifest>, Option<String>);
+
+async fn read_image(registry: &Registry, name: &str, reference: &str) -> ImageRead {
     let manifest = match registry.manifest(name, reference).await {
         Ok(m) => m,
         Err(e) => {

@@ -24,6 +24,7 @@ pub mod gate;
 pub mod image;
 pub mod netns;
 pub mod pebble;
+pub mod peer;
 pub mod pki;
 pub mod rawh2;
 pub mod recorder;
