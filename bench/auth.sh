@@ -23,6 +23,8 @@
 #                           [--connections N] [--threads N]
 #   --write   also write the report to bench/results-auth.md
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 ROUNDS=3
 DURATION=10
@@ -103,19 +105,6 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/registry-gate-bench.XXXXXX")"
 REGISTRY_PID=""
 GATE_PID=""
 
-stop_pid() {
-    local pid="$1"
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     stop_pid "$GATE_PID"
@@ -134,47 +123,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 
-# wait_http URL [curl args…]: until URL answers with any HTTP status (10 s).
-wait_http() {
-    local url="$1"; shift
-    for _ in $(seq 100); do
-        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null || true)"
-        [ -n "$code" ] && [ "$code" != "000" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 # ---------------------------------------------------------------------------------------------
 # The registry, with one small OCI image pushed by hand.
 # ---------------------------------------------------------------------------------------------
-REGISTRY_PORT="$(free_port)"
-REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
-mkdir -p "$TMP/storage"
-cat >"$TMP/registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $TMP/storage
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$REGISTRY_PORT
-  secret: registry-gate-bench
-EOF
-log "starting docker-registry on $REGISTRY_URL"
-docker-registry serve "$TMP/registry.yml" >"$TMP/registry.log" 2>&1 </dev/null &
-REGISTRY_PID=$!
-wait_http "$REGISTRY_URL/v2/" || die "docker-registry did not answer on $REGISTRY_URL/v2/"
+start_registry registry-gate-bench
 
 # push_blob FILE: POST an upload, PUT the bytes with their digest; prints the digest.
 push_blob() {

@@ -36,6 +36,8 @@
 #   --hold           set everything up, print each target's URL, the blob paths and the client
 #                    arguments, then wait (Ctrl-C ends it): for profiling one target by hand
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 REPS=3
 REPS_SET=0
@@ -145,19 +147,6 @@ DIGEST_WHERE=""
 declare -A PID=()     # target -> main pid (nginx: master)
 PIDS_EXTRA=()         # helpers (idle clients)
 
-stop_pid() {
-    local pid="$1"
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     local p
@@ -178,21 +167,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 now() { date +%s.%N; }
 
-# wait_http URL [curl args…]: until URL answers with any HTTP status (15 s).
-wait_http() {
-    local url="$1" code; shift
-    for _ in $(seq 150); do
-        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null || true)"
-        [ -n "$code" ] && [ "$code" != "000" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 # The pids whose CPU and memory count for a target: nginx master and its workers, the gate,
 # or for direct the registry.
@@ -257,29 +233,8 @@ split -b "${CHUNK_MIB}M" -d -a 4 "$TMP/big.blob" "$TMP/chunks/c"
 # ---------------------------------------------------------------------------------------------
 # The registry, filled directly.
 # ---------------------------------------------------------------------------------------------
-REGISTRY_PORT="$(free_port)"
-REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
-mkdir -p "$TMP/storage"
-cat >"$TMP/registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $TMP/storage
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$REGISTRY_PORT
-  secret: registry-gate-bench
-EOF
-log "starting docker-registry on $REGISTRY_URL"
-docker-registry serve "$TMP/registry.yml" >"$TMP/registry.log" 2>&1 </dev/null &
-PID[registry]=$!
-wait_http "$REGISTRY_URL/v2/" || die "docker-registry did not answer on $REGISTRY_URL/v2/"
+start_registry registry-gate-bench
+PID[registry]=$REGISTRY_PID
 
 # location_of HEADERS_FILE BASE: the Location header, made absolute.
 location_of() {
