@@ -123,7 +123,7 @@ fn metrics_count_real_traffic_failures_and_refused_connections() {
         .expect("timeout");
     let mut byte = [0u8; 1];
     assert!(
-        matches!(fourth.read(&mut byte), Ok(0) | Err(_)),
+        matches!(util::read_some(&mut fourth, &mut byte), Ok(0) | Err(_)),
         "the fourth connection was served"
     );
     drop(held);

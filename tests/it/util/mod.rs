@@ -91,6 +91,18 @@ pub fn accepts_tcp(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// `Read::read` that reads again when a signal interrupted it. A socket with a read timeout
+/// fails with EINTR whatever SA_RESTART says (signal(7)), and a stop/continue of the test
+/// process does it even without a handler: CI saw a WebDriver read end that way.
+pub fn read_some(stream: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// A child process killed (and reaped) when this goes out of scope, panicking tests included.
 pub struct KillOnDrop(pub Child);
 

@@ -3,7 +3,7 @@
 //! the page source, run a script, take a screenshot), spoken as HTTP/1.1 + JSON over a plain
 //! `TcpStream`. The driver, the browser and its profile directory go when this is dropped.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{accepts_tcp, free_port, read_text, require_tool, wait_until, KillOnDrop};
+use super::{accepts_tcp, free_port, read_some, read_text, require_tool, wait_until, KillOnDrop};
 
 /// chromedriver starts in well under a second; a loaded machine gets more.
 const DRIVER_START: Duration = Duration::from_secs(20);
@@ -297,7 +297,7 @@ fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Res
         if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             break at;
         }
-        let n = stream.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        let n = read_some(&mut stream, &mut buf).map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("connection closed before the response head ended".into());
         }
@@ -319,7 +319,7 @@ fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Res
         if done {
             break;
         }
-        let n = stream.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        let n = read_some(&mut stream, &mut buf).map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             break;
         }
