@@ -131,7 +131,7 @@ impl Metrics {
         let protect_refusals = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "protect_refusals",
-            "Writes refused by [[protect]]: move (a push to a protected tag pointing elsewhere), delete (of a protected tag), delete_tagged (of the manifest a protected tag points to)",
+            "Writes refused by [[protect]]: move (a push to a protected tag pointing elsewhere), delete (of a protected tag), delete_tagged (of the manifest a protected tag points to), delete_child (of a platform of a protected index), delete_blob (of a blob where tags are protected), query (a manifest write with a query there)",
             protect_refusals.clone(),
         );
         let open_connections = Gauge::default();
@@ -233,8 +233,7 @@ impl Metrics {
             .inc();
     }
 
-    /// A write refused by `[[protect]]`, by what it would have done (`move`, `delete`,
-    /// `delete_tagged`).
+    /// A write refused by `[[protect]]`, by what it would have done (`ProtectRefusal::label`).
     pub fn protect_refusal(&self, reason: &'static str) {
         self.protect_refusals
             .get_or_create(&ReasonLabels { reason })

@@ -102,6 +102,9 @@ struct RawToken {
 #[derive(Debug, Clone)]
 pub struct AccessToken {
     pub name: String,
+    /// `token:NAME`: who the token is when it answers for itself (a robot's principal, and
+    /// every token's name before `[[protect]]`).
+    pub account: String,
     /// The user whose rules also bind this token; `None` for a robot account, whose scope
     /// is its whole permission.
     pub owner: Option<String>,
@@ -133,10 +136,7 @@ impl AccessToken {
     /// The name the rules and logs see: the owner, or `token:NAME` for a robot account
     /// (a colon cannot occur in an htpasswd user name, so it never collides with a user).
     pub fn principal(&self) -> String {
-        match &self.owner {
-            Some(owner) => owner.clone(),
-            None => format!("token:{}", self.name),
-        }
+        self.owner.as_ref().unwrap_or(&self.account).clone()
     }
 
     /// `team/*:pull,push`, for listings.
@@ -281,6 +281,7 @@ impl AccessTokens {
             by_name.insert(name.clone(), tokens.len());
             by_hash.insert(hash, tokens.len());
             tokens.push(Arc::new(AccessToken {
+                account: format!("token:{name}"),
                 name,
                 owner: raw.owner,
                 repositories: raw.repositories,

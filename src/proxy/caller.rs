@@ -60,6 +60,16 @@ impl Caller {
             .is_allowed()
     }
 
+    /// Who `[[protect]]` asks about: an access token answers for itself (`token:NAME`),
+    /// owned or not. A credential scoped for a pipeline must not move release tags because
+    /// the person who made it is exempt; an operator who wants that exempts the token.
+    pub fn protect_identity(&self) -> crate::rules::Identity<'_> {
+        match &self.access_token {
+            Some(token) => crate::rules::Identity::User(&token.account),
+            None => self.identity.as_rule(),
+        }
+    }
+
     /// The access token's name, for the access log and events.
     pub fn token_name(&self) -> Option<&str> {
         self.access_token.as_deref().map(|t| t.name.as_str())

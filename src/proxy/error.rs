@@ -65,6 +65,8 @@ pub enum ProtectRefusal {
     Delete,
     /// A delete by digest would take the manifest the tag points to.
     DeleteTagged,
+    /// A delete by digest would take one platform of the index a protected tag points to.
+    DeleteChild,
     /// A blob delete in a repository with protected tags: it would break a protected image
     /// without touching its tag.
     DeleteBlob,
@@ -80,6 +82,7 @@ impl ProtectRefusal {
             ProtectRefusal::Move => "move",
             ProtectRefusal::Delete => "delete",
             ProtectRefusal::DeleteTagged => "delete_tagged",
+            ProtectRefusal::DeleteChild => "delete_child",
             ProtectRefusal::DeleteBlob => "delete_blob",
             ProtectRefusal::Query => "query",
         }
@@ -280,6 +283,9 @@ impl GateError {
                 }
                 ProtectRefusal::DeleteTagged => format!(
                     "this manifest is the protected tag {repository}:{tag} and cannot be deleted"
+                ),
+                ProtectRefusal::DeleteChild => format!(
+                    "this manifest is one platform of the protected tag {repository}:{tag} and cannot be deleted"
                 ),
                 ProtectRefusal::DeleteBlob => format!(
                     "{repository} holds protected tags: its blobs cannot be deleted one by one (the registry's garbage collection removes unused ones)"
@@ -501,6 +507,10 @@ mod tests {
             (ProtectRefusal::Move, "already points to another manifest"),
             (ProtectRefusal::Delete, "cannot be deleted"),
             (ProtectRefusal::DeleteTagged, "cannot be deleted"),
+            (
+                ProtectRefusal::DeleteChild,
+                "one platform of the protected tag",
+            ),
         ] {
             let e = GateError::Protected {
                 repository: "team/app".into(),

@@ -245,7 +245,7 @@ async fn proxy(
     }
 
     // 4b. Protected tags: a manifest write the rules allowed may still not move or delete one.
-    protect::check(ctx, &request, &class, &caller.identity.as_rule(), &host).await?;
+    protect::check(ctx, &request, &class, &caller.protect_identity(), &host).await?;
 
     // 5. Forward.
     let (mut parts, ()) = request.into_parts();

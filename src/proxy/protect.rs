@@ -14,8 +14,8 @@
 //! (distribution 2.8 has no `?tag=` on manifest pushes); a manifest write with any query is
 //! refused where a protection applies, so that a registry which learns `?tag=` cannot move a
 //! protected tag past the gate. Deleting a blob where a protection applies is refused too: it
-//! would break a protected image without touching its tag. A manifest that is only a child
-//! of a protected index (one platform of it) is not looked at: known limit.
+//! would break a protected image without touching its tag, and so is deleting a manifest
+//! that a protected index (a multi-platform tag) lists as one of its platforms.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode};
@@ -42,6 +42,12 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
      application/vnd.oci.image.manifest.v1+json, \
      application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// The media types of a multi-platform image.
+const INDEX_TYPES: [&str; 2] = [
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+];
 
 /// Tags asked for per page of a tags listing (distribution 2.8 ignores it and sends all).
 const TAGS_PAGE: usize = 1000;
@@ -135,7 +141,7 @@ pub(super) async fn check(
         (reference.to_string(), protection, ProtectRefusal::Delete)
     } else if method == Method::DELETE {
         match protected_tag_of(&registry, protections, who, repository, reference).await? {
-            Some((tag, protection)) => (tag, protection, ProtectRefusal::DeleteTagged),
+            Some(found) => found,
             None => return Ok(()),
         }
     } else {
@@ -152,16 +158,17 @@ pub(super) async fn check(
     })
 }
 
-/// The protected tag (and the protection) that points at `digest`, if any: one listing and
-/// a HEAD per covered tag. Deletes are rare, and a protected tag is found only by asking
-/// each one what it points to.
+/// The protected tag (and the protection) that points at `digest`, directly or as one
+/// platform of an index, and which of the two: one listing, a HEAD per covered tag and a GET
+/// per covered index. Deletes are rare, and a protected tag is found only by asking each one
+/// what it points to.
 async fn protected_tag_of(
     registry: &Registry<'_>,
     protections: &crate::rules::Protections,
     who: &Identity<'_>,
     repository: &str,
     digest: &str,
-) -> Result<Option<(String, usize)>, GateError> {
+) -> Result<Option<(String, usize, ProtectRefusal)>, GateError> {
     if !protections.binds(who, repository) {
         return Ok(None);
     }
@@ -169,9 +176,22 @@ async fn protected_tag_of(
         let Some(protection) = protections.guarding(who, repository, &tag) else {
             continue;
         };
-        let current = registry.digest(repository, &tag).await?;
-        if current.is_some_and(|d| d.eq_ignore_ascii_case(digest)) {
-            return Ok(Some((tag, protection)));
+        let Some(current) = registry.head(repository, &tag).await? else {
+            continue;
+        };
+        if current.digest.eq_ignore_ascii_case(digest) {
+            return Ok(Some((tag, protection, ProtectRefusal::DeleteTagged)));
+        }
+        // The children are read by digest: they are the index the HEAD saw, even if the
+        // tag moves in between.
+        if current.index
+            && registry
+                .children(repository, &current.digest)
+                .await?
+                .iter()
+                .any(|child| child.eq_ignore_ascii_case(digest))
+        {
+            return Ok(Some((tag, protection, ProtectRefusal::DeleteChild)));
         }
     }
     Ok(None)
@@ -193,11 +213,11 @@ pub(super) async fn check_manifest_delete(
     };
     match protected_tag_of(&registry, &snapshot.config.protect, who, repository, digest).await? {
         None => Ok(()),
-        Some((tag, protection)) => Err(GateError::Protected {
+        Some((tag, protection, refusal)) => Err(GateError::Protected {
             repository: repository.to_string(),
             tag,
             protection,
-            refusal: ProtectRefusal::DeleteTagged,
+            refusal,
         }),
     }
 }
@@ -207,6 +227,25 @@ struct Registry<'a> {
     upstream: &'a Upstream,
     host: &'a HeaderValue,
     authorization: Option<&'a HeaderValue>,
+}
+
+/// What a tag points to now.
+struct Head {
+    digest: String,
+    /// A multi-platform image: its platforms are manifests of their own, deletable by digest.
+    index: bool,
+}
+
+/// The part of an index the gate reads: the digests of the manifests it lists.
+#[derive(Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<Child>,
+}
+
+#[derive(Deserialize)]
+struct Child {
+    digest: String,
 }
 
 #[derive(Deserialize)]
@@ -225,28 +264,68 @@ impl Registry<'_> {
         headers
     }
 
-    /// The digest `tag` points to now, or `None` when there is no such tag (or repository).
-    async fn digest(&self, repository: &str, tag: &str) -> Result<Option<String>, GateError> {
+    /// What `tag` points to now, or `None` when there is no such tag (or repository).
+    async fn head(&self, repository: &str, tag: &str) -> Result<Option<Head>, GateError> {
         let mut headers = self.headers();
         headers.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_TYPES));
         let path = format!("/v2/{repository}/manifests/{tag}");
         let response = self.upstream.lookup(Method::HEAD, &path, headers).await?;
         match response.status() {
-            StatusCode::OK => response
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .map(|d| Some(d.to_string()))
-                .ok_or_else(|| {
-                    GateError::UpstreamFailed(format!(
-                        "[[protect]]: HEAD {path} named no Docker-Content-Digest"
-                    ))
-                }),
-            StatusCode::NOT_FOUND => Ok(None),
-            status => Err(GateError::UpstreamFailed(format!(
-                "[[protect]]: HEAD {path} answered {status}"
-            ))),
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            status => {
+                return Err(GateError::UpstreamFailed(format!(
+                    "[[protect]]: HEAD {path} answered {status}"
+                )))
+            }
         }
+        let digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                GateError::UpstreamFailed(format!(
+                    "[[protect]]: HEAD {path} named no Docker-Content-Digest"
+                ))
+            })?;
+        let media_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        Ok(Some(Head {
+            digest: digest.to_string(),
+            index: INDEX_TYPES.iter().any(|t| media_type.starts_with(t)),
+        }))
+    }
+
+    /// The digest `tag` points to now, or `None` when there is no such tag (or repository).
+    async fn digest(&self, repository: &str, tag: &str) -> Result<Option<String>, GateError> {
+        Ok(self.head(repository, tag).await?.map(|head| head.digest))
+    }
+
+    /// The manifests the index `digest` lists. Fails closed: an index the gate cannot read
+    /// might list the manifest being deleted.
+    async fn children(&self, repository: &str, digest: &str) -> Result<Vec<String>, GateError> {
+        let mut headers = self.headers();
+        headers.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_TYPES));
+        let path = format!("/v2/{repository}/manifests/{digest}");
+        let response = self.upstream.lookup(Method::GET, &path, headers).await?;
+        if response.status() != StatusCode::OK {
+            return Err(GateError::UpstreamFailed(format!(
+                "[[protect]]: GET {path} answered {}",
+                response.status()
+            )));
+        }
+        let bytes = Limited::new(response.into_body(), MAX_MANIFEST_BYTES)
+            .collect()
+            .await
+            .map_err(|e| GateError::UpstreamFailed(format!("[[protect]]: reading {path}: {e}")))?
+            .to_bytes();
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| {
+            GateError::UpstreamFailed(format!("[[protect]]: {path} is not an index: {e}"))
+        })?;
+        Ok(index.manifests.into_iter().map(|c| c.digest).collect())
     }
 
     /// Every tag of `repository`, following the registry's `Link` pages; none when the

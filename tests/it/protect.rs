@@ -12,7 +12,9 @@ use http::StatusCode;
 use util::client::{full, request, text, HttpsClient, Proto};
 use util::docker::Dockerd;
 use util::gate::{Gate, GateConfig};
-use util::image::{oci_image, read_oci_layout, skopeo, skopeo_ok, OciImage, MANIFEST_MEDIA_TYPE};
+use util::image::{
+    oci_image, oci_index, read_oci_layout, skopeo, skopeo_ok, OciImage, MANIFEST_MEDIA_TYPE,
+};
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
 use util::{describe, sha256_digest, temp_dir, wait_until};
@@ -175,6 +177,88 @@ fn skopeo_cannot_move_or_delete_a_protected_tag_but_may_repeat_a_push() {
         &sk.remote(&format!("team/app@{}", a.manifest_digest)),
     ]);
     assert_eq!(sha256_digest(&untouched.stdout), a.manifest_digest);
+}
+
+/// A multi-platform tag protects its platforms too: each is a manifest of its own, and a
+/// delete by digest of one would leave the protected tag an index naming a missing manifest.
+/// And an access token answers for itself: one made by an exempt user is not exempt.
+#[test]
+fn the_platforms_of_a_protected_index_and_the_tokens_of_exempt_users_stay_bound() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
+    let sk = Skopeo::for_gate(&gate);
+    let amd = oci_image(&tmp.path().join("amd64"), 1, 8 * 1024);
+    let arm = oci_image(&tmp.path().join("arm64"), 1, 8 * 1024);
+    let loose = oci_image(&tmp.path().join("loose"), 1, 8 * 1024);
+    let multi = tmp.path().join("multi");
+    let index = oci_index(&multi, &[(&amd, "amd64"), (&arm, "arm64")]);
+    let creds = format!("{}:{}", CI.0, CI.1);
+    let pushed = skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        &sk.certs,
+        "--dest-creds",
+        &creds,
+        &format!("oci:{}:latest", multi.display()),
+        &sk.remote("team/app:v1"),
+    ]);
+    assert!(
+        pushed.status.success(),
+        "push the index: {}",
+        describe(&pushed)
+    );
+    assert_eq!(sk.digest("team/app:v1"), Some(index.clone()));
+
+    let platform = format!("team/app@{}", arm.manifest_digest);
+    let out = sk.delete(CI, &platform);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && said.contains("one platform of the protected tag team/app:v1"),
+        "deleting a platform of v1: {}",
+        describe(&out)
+    );
+    assert_eq!(sk.digest(&platform), Some(arm.manifest_digest.clone()));
+    log_says(&gate, "reason=\"protect[0]:delete_child\"");
+
+    // A manifest no protected index lists is deleted as before.
+    skopeo_ok_push(&sk, CI, &loose, "team/app:scratch");
+    let gone = sk.delete(CI, &format!("team/app@{}", loose.manifest_digest));
+    assert!(gone.status.success(), "delete scratch: {}", describe(&gone));
+    assert_eq!(sk.digest("team/app:scratch"), None);
+
+    // The release bot may move v1; a token it made for a pipeline may not.
+    let out = gate.change_with(&[
+        "token",
+        "create",
+        "--name",
+        "bot-pipeline",
+        "--user",
+        BOT.0,
+        "--repositories",
+        "team/*",
+        "--actions",
+        "pull,push,delete",
+    ]);
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(secret.starts_with("rgt_"), "no secret: {}", describe(&out));
+    refused_as_protected(
+        &sk.push((BOT.0, &secret), &loose, "team/app:v1"),
+        "moving team/app:v1 with the bot's token",
+    );
+    assert_eq!(sk.digest("team/app:v1"), Some(index.clone()));
+    log_says(&gate, "token=bot-pipeline");
+    skopeo_ok_push(&sk, BOT, &loose, "team/app:v1");
+    assert_eq!(
+        sk.digest("team/app:v1"),
+        Some(loose.manifest_digest.clone())
+    );
 }
 
 fn skopeo_ok_push(sk: &Skopeo, who: (&str, &str), image: &OciImage, reference: &str) {

@@ -684,7 +684,7 @@ impl Browser {
         let snapshot = ctx.snapshot.clone();
         if let Err(e) = super::protect::check_manifest_delete(
             &snapshot,
-            &self.caller.identity.as_rule(),
+            &self.caller.protect_identity(),
             name,
             &digest,
             host,

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::{describe, read_text, require_tool, run, sha256_digest, write_file, XorShift};
 
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -97,6 +98,51 @@ pub fn oci_image(dir: &Path, layers: usize, layer_size: usize) -> OciImage {
         config_digest,
         layer_digests,
     }
+}
+
+/// An OCI layout in `dir` whose `latest` is a multi-platform index of `platforms` (each an
+/// image from `oci_image` and the architecture it claims), blobs copied in; push it with
+/// `skopeo copy --all`. Returns the index's digest.
+pub fn oci_index(dir: &Path, platforms: &[(&OciImage, &str)]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap_or_else(|e| panic!("mkdir {}: {e}", blobs.display()));
+    let mut manifests = Vec::new();
+    for (image, architecture) in platforms {
+        let from = image.dir.join("blobs/sha256");
+        for entry in std::fs::read_dir(&from).expect("read blobs") {
+            let entry = entry.expect("blob entry");
+            std::fs::copy(entry.path(), blobs.join(entry.file_name())).expect("copy blob");
+        }
+        let hex = image.manifest_digest.trim_start_matches("sha256:");
+        let size = std::fs::metadata(from.join(hex))
+            .expect("manifest blob")
+            .len();
+        manifests.push(json!({
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": image.manifest_digest,
+            "size": size,
+            "platform": { "architecture": architecture, "os": "linux" },
+        }));
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": manifests,
+    }))
+    .expect("serialise index");
+    let digest = write_blob(&blobs, &index);
+    write_file(&dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#);
+    let layout = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": INDEX_MEDIA_TYPE,
+            "digest": digest,
+            "size": index.len(),
+            "annotations": { "org.opencontainers.image.ref.name": "latest" },
+        }],
+    });
+    write_file(&dir.join("index.json"), layout.to_string());
+    digest
 }
 
 /// Reads back an OCI layout skopeo wrote: the manifest named by `index.json` for `tag`.
