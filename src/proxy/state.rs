@@ -23,6 +23,7 @@ use crate::auth::{self, Authenticator, Throttle};
 use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::events::{self, Events, EventsError};
 use crate::proxy::activity::Activity;
+use crate::proxy::ui::CreationDates;
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -71,6 +72,9 @@ pub struct Shared {
     ui_secret: [u8; 32],
     /// Registry reads made for browser pages, all pages together (`BROWSER_READS`).
     browser_reads: Arc<Semaphore>,
+    /// Images' creation dates the browser has read; outlives reloads (a config never
+    /// changes under its digest).
+    creation_dates: Arc<CreationDates>,
     /// The last accepted pushes and deletes, for the browser's activity page; outlives
     /// reloads (a reload changes no history), ends with the process.
     activity: Activity,
@@ -320,17 +324,23 @@ impl Shared {
             last_used: Arc::new(LastUsed::default()),
             ui_secret,
             browser_reads: Arc::new(Semaphore::new(BROWSER_READS)),
+            creation_dates: Arc::default(),
             activity: Activity::default(),
         })
+    }
+
+    /// The semaphore every browser page's registry reads share.
+    pub fn browser_reads(&self) -> Arc<Semaphore> {
+        self.browser_reads.clone()
+    }
+
+    pub(super) fn creation_dates(&self) -> Arc<CreationDates> {
+        self.creation_dates.clone()
     }
 
     /// The secret the registry browser's session cookies are signed with: derived from the
     /// token key when one is loaded (replicas sharing it share sessions, and sessions
     /// survive a restart), else this process's random one.
-    pub fn browser_reads(&self) -> Arc<Semaphore> {
-        self.browser_reads.clone()
-    }
-
     pub fn ui_secret(&self, snapshot: &Snapshot) -> [u8; 32] {
         match &snapshot.tokens {
             Some(key) => key.derive("ui-session"),

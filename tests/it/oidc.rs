@@ -17,7 +17,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use util::client::{empty, request, text, Proto};
+use util::client::{empty, full, request, text, Proto};
 use util::gate::{write_htpasswd, Gate, GateConfig};
 use util::image::{oci_image, skopeo};
 use util::peer::{answer, Peer};
@@ -291,6 +291,24 @@ async fn ci_jobs_push_with_their_id_token_and_nothing_else_gets_in() {
 
     // Every malformed, foreign or stale token is refused with its reason in the log.
     assert_eq!(ping(&gate, &es.sign(&app)).await, 200);
+    // The same valid token opens no browser session: one would outlive the job's token.
+    let login = gate
+        .client(Proto::Http1)
+        .send(
+            request("POST", &gate.url("/ui/login"))
+                .header("origin", format!("https://{}", gate.authority()))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(full(format!("user=ci&password={}", es.sign(&app))))
+                .expect("login request"),
+        )
+        .await;
+    assert_eq!(login.status(), 401, "a browser login with an ID token");
+    assert!(login.headers().get("set-cookie").is_none());
+    let page = text(login).await;
+    assert!(
+        page.contains("An OIDC ID token logs in CI jobs, not the browser"),
+        "{page}"
+    );
     let hs256 = {
         // The classic confusion: HMAC "signed" with the issuer's public key as the secret.
         let header = json!({"alg": "HS256", "kid": "es-1"});

@@ -7,7 +7,8 @@
 //! here decides who may see what: the caller is checked before any of these is called, and
 //! names and references are validated before they go into a registry path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +43,43 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub struct Registry {
     upstream: Upstream,
     host: HeaderValue,
+    dates: Arc<CreationDates>,
+}
+
+/// Images' creation dates by repository and config digest, so that a tag list shown again
+/// reads each tag's manifest but not its config: a config never changes under its digest.
+/// Only dates are kept (a few dozen bytes each, the `created` value capped), and at most
+/// `MAX_DATES` of them; when full it starts over rather than track what was used last.
+#[derive(Default)]
+pub struct CreationDates(Mutex<HashMap<(String, String), Option<String>>>);
+
+/// Dates kept at most: ten thousand tags' worth is well under 2 MiB.
+const MAX_DATES: usize = 10_000;
+/// A `created` longer than any RFC 3339 time is not a date worth keeping.
+const MAX_DATE_LEN: usize = 64;
+
+impl CreationDates {
+    fn get(&self, repository: &str, digest: &str) -> Option<Option<String>> {
+        let dates = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        dates
+            .get(&(repository.to_string(), digest.to_string()))
+            .cloned()
+    }
+
+    fn put(&self, repository: &str, digest: &str, created: Option<String>) {
+        let created = created.filter(|c| c.len() <= MAX_DATE_LEN);
+        let mut dates = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if dates.len() >= MAX_DATES {
+            dates.clear();
+        }
+        dates.insert((repository.to_string(), digest.to_string()), created);
+    }
 }
 
 /// A list read in full, or cut at `MAX_PAGES`.
@@ -162,8 +200,12 @@ pub enum Deleted {
 }
 
 impl Registry {
-    pub fn new(upstream: Upstream, host: HeaderValue) -> Registry {
-        Registry { upstream, host }
+    pub fn new(upstream: Upstream, host: HeaderValue, dates: Arc<CreationDates>) -> Registry {
+        Registry {
+            upstream,
+            host,
+            dates,
+        }
     }
 
     /// Every repository name, in the registry's order, following `Link` pages.
@@ -293,6 +335,18 @@ impl Registry {
             return Ok(None);
         }
         Ok(parse_config(&body))
+    }
+
+    /// When the image whose config is `digest` was created, as its config says; `None`
+    /// when it does not say or cannot be read. Remembered in `CreationDates` once read.
+    pub async fn created(&self, repository: &str, digest: &str) -> Option<String> {
+        if let Some(known) = self.dates.get(repository, digest) {
+            return known;
+        }
+        // A failed read is not remembered: the next page asks again.
+        let config = self.config(repository, digest).await.ok()??;
+        self.dates.put(repository, digest, config.created.clone());
+        config.created
     }
 
     /// Deletes the manifest `digest` of `repository` (and with it every tag pointing at it).
@@ -501,6 +555,23 @@ mod tests {
         assert_eq!(c.labels["n"], "5");
         assert!(parse_config(b"[1]").is_none());
         assert!(parse_config(b"garbage").is_none());
+    }
+
+    #[test]
+    fn creation_dates_are_kept_per_repository_and_bounded() {
+        let dates = CreationDates::default();
+        let when = "2026-01-01T00:00:00Z".to_string();
+        dates.put("team/app", "sha256:aa", Some(when.clone()));
+        assert_eq!(dates.get("team/app", "sha256:aa"), Some(Some(when)));
+        assert_eq!(dates.get("other/app", "sha256:aa"), None);
+        // Read, but no date worth keeping: known as dateless, not read again.
+        dates.put("team/app", "sha256:bb", Some("9".repeat(MAX_DATE_LEN + 1)));
+        assert_eq!(dates.get("team/app", "sha256:bb"), Some(None));
+        for i in 0..MAX_DATES + 10 {
+            dates.put("team/many", &format!("sha256:{i}"), None);
+        }
+        let kept = dates.0.lock().expect("dates").len();
+        assert!(kept <= MAX_DATES && kept > 0, "{kept} dates kept");
     }
 
     #[test]

@@ -23,6 +23,8 @@ mod html;
 mod pages;
 mod session;
 
+pub(super) use fetch::CreationDates;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,7 +180,11 @@ pub(super) async fn answer(
         can_log_in: snapshot.auth.is_some(),
     };
     let browser = Browser {
-        registry: Registry::new(snapshot.upstream.clone(), host.clone()),
+        registry: Registry::new(
+            snapshot.upstream.clone(),
+            host.clone(),
+            ctx.shared.creation_dates(),
+        ),
         host: host.to_str().unwrap_or("").to_string(),
         caller,
         session,
@@ -416,6 +422,15 @@ impl Browser {
             ));
         }
         match caller::check_password(ctx, user, password.into_bytes()).await {
+            // An ID token lives minutes and names a CI job, not a person: a session would
+            // outlive it, and nothing could tell when its issuer stops vouching for it.
+            Ok(caller) if caller.oidc_subject.is_some() => {
+                tracing::info!(user = %caller.identity.name(), peer = %ctx.client_ip, "browser login refused: an OIDC ID token logs in CI jobs, not the browser");
+                Ok(login_failed(
+                    chrome,
+                    "An OIDC ID token logs in CI jobs, not the browser: use your password or an access token.",
+                ))
+            }
             Ok(caller) => {
                 let Identity::User(name) = &caller.identity else {
                     return Err(GateError::Internal("a password check without users").into());
@@ -754,12 +769,7 @@ async fn read_image(registry: &Registry, name: &str, reference: &str) -> ImageRe
         }
     };
     let created = match manifest.as_ref().map(|m| &m.kind) {
-        Some(ManifestKind::Image { config, .. }) => registry
-            .config(name, &config.digest)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|c| c.created),
+        Some(ManifestKind::Image { config, .. }) => registry.created(name, &config.digest).await,
         _ => None,
     };
     (manifest, created)
