@@ -11,13 +11,15 @@
 //! Each receiver has its own queue and delivery task, so a dead receiver delays and drops
 //! only its own events. Deliveries to one receiver go one at a time, in order. A reload
 //! builds a new `Events`; the old one's tasks deliver what they already queued and end when
-//! the last request holding the old snapshot is done. Events still queued when the gate
-//! exits are lost: this is a notification, not a journal.
+//! the last request holding the old snapshot is done. A graceful shutdown waits, within
+//! what is left of `[server] shutdown_grace`, for every queued event to be delivered or
+//! given up on ([`settle`]); what is still queued then is lost, and the log says how many:
+//! this is a notification, not a journal.
 
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -51,6 +53,26 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Idle connections to a receiver are kept this long, so a busy push hour reuses them.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Events queued or being delivered, over every `Events` a reload left behind: what a
+/// shutdown waits for.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// How often [`settle`] looks again; a shutdown is not a hot path.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
+
+/// Waits, at most `limit`, until every queued event has been delivered or given up on, and
+/// returns how many were still pending then.
+pub async fn settle(limit: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let pending = PENDING.load(Ordering::Acquire);
+        if pending == 0 || tokio::time::Instant::now() >= deadline {
+            return pending;
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+}
 
 /// `sha256=<hex of HMAC-SHA256(secret, body)>`, GitHub's webhook convention, so receivers
 /// can reuse their verification code. Only sent when the receiver has a secret.
@@ -318,7 +340,11 @@ impl Events {
         let envelope = Arc::new(envelope(&event));
         let mut dropped = 0;
         for queue in wanted {
+            // Counted before it is queued, so the delivery cannot finish (and count down)
+            // first.
+            PENDING.fetch_add(1, Ordering::AcqRel);
             if queue.sender.try_send(envelope.clone()).is_err() {
+                PENDING.fetch_sub(1, Ordering::AcqRel);
                 dropped += 1;
                 crate::metrics::get().event("dropped");
                 tracing::warn!(
@@ -450,6 +476,7 @@ impl Delivery {
     async fn run(self, mut queue: mpsc::Receiver<Arc<Envelope>>) {
         while let Some(envelope) = queue.recv().await {
             self.deliver(&envelope).await;
+            PENDING.fetch_sub(1, Ordering::AcqRel);
         }
     }
 

@@ -209,10 +209,20 @@ pub async fn run(
     drop(listener);
 
     let grace = shared.snapshot().config.server.shutdown_grace;
+    let began = tokio::time::Instant::now();
     tracing::info!(in_flight = graceful.count(), grace = ?grace, "shutting down: no new connections, draining");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections finished"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace expired; closing remaining connections"),
+    }
+    // The pushes that just finished queued their events last: they go out before the exit,
+    // within the same grace.
+    let undelivered = crate::events::settle(grace.saturating_sub(began.elapsed())).await;
+    if undelivered > 0 {
+        tracing::warn!(
+            undelivered,
+            "shutdown grace expired with events not yet delivered; they are lost"
+        );
     }
     Ok(())
 }

@@ -346,6 +346,74 @@ fn a_failing_receiver_gets_the_event_after_retries() {
     );
 }
 
+/// A push just before SIGTERM still gets its event out: the shutdown waits for queued
+/// events within its grace, retries included. A receiver that never answers cannot hold
+/// the exit past the grace, and the log says what was lost.
+#[test]
+fn a_graceful_shutdown_delivers_queued_events_within_its_grace() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let receiver = Receiver::start(2);
+    let mut gate = start_gate(
+        tmp.path(),
+        &registry,
+        &events_table(tmp.path(), &receiver.url(), ""),
+    );
+    let image = oci_image(&tmp.path().join("image"), 1, 16 * 1024);
+    let out = push(&gate, &image, BUILDER, "team/app:v1");
+    assert!(out.status.success(), "{}", describe(&out));
+    // The first attempt fails at once; the next two wait 1 s and 2 s.
+    gate.signal("TERM");
+    let exit = gate.wait_exit(Duration::from_secs(25));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "exit {exit:?}:\n{}",
+        gate.log()
+    );
+    let hooks = receiver.hooks();
+    assert_eq!(
+        hooks.iter().map(|h| h.status).collect::<Vec<_>>(),
+        vec![500, 500, 200],
+        "{}",
+        gate.log()
+    );
+    assert_eq!(hooks[2].json()["digest"], image.manifest_digest.as_str());
+    assert!(!gate.log().contains("undelivered"), "{}", gate.log());
+
+    // Accepts connections and never answers: the grace, not the receiver, ends the wait.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!("http://{}/hook", silent.local_addr().expect("addr"));
+    let dir = tmp.path().join("second");
+    let mut gate = Gate::start(
+        &dir,
+        GateConfig::new(&registry.url)
+            .basic_auth(&[BUILDER, READER])
+            .shutdown_grace("3s")
+            .extra_toml(&format!(
+                "{RULES}{}",
+                events_table(&dir, &silent_url, "timeout = \"30s\"\n")
+            )),
+    );
+    let out = push(&gate, &image, BUILDER, "team/app:v2");
+    assert!(out.status.success(), "{}", describe(&out));
+    let asked = Instant::now();
+    gate.signal("TERM");
+    let exit = gate.wait_exit(Duration::from_secs(15));
+    let took = asked.elapsed();
+    assert!(
+        exit.is_some(),
+        "still running after {took:?}:\n{}",
+        gate.log()
+    );
+    assert!(took < Duration::from_secs(8), "the exit took {took:?}");
+    assert!(
+        gate.log().contains("undelivered=1"),
+        "the lost event is not in the log:\n{}",
+        gate.log()
+    );
+    drop(silent);
+}
+
 #[test]
 fn an_https_receiver_is_checked_against_its_ca() {
     let tmp = temp_dir();
