@@ -55,6 +55,10 @@ pub struct Claims {
     /// at once rather than when they expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tok: Option<String>,
+    /// The `sub` of the OIDC ID token the login used, for events: `sub` above is the rule
+    /// identity the issuer's `user` template made of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<String>,
 }
 
 impl Claims {
@@ -161,11 +165,12 @@ impl TokenKey {
     }
 
     /// A token for `user` (`None`: anonymous) carrying `access`; `access_token` names the
-    /// access token the user logged in with, if any.
+    /// access token the user logged in with, `oidc_subject` the ID token's `sub`, if any.
     pub fn issue(
         &self,
         user: Option<&str>,
         access_token: Option<&str>,
+        oidc_subject: Option<&str>,
         access: Vec<Grant>,
     ) -> (String, Claims) {
         let now = unix_now();
@@ -176,6 +181,7 @@ impl TokenKey {
             exp: now + self.ttl.as_secs(),
             access,
             tok: access_token.map(str::to_string),
+            oidc: oidc_subject.map(str::to_string),
         };
         // Serialising plain strings and numbers cannot fail.
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
@@ -253,6 +259,7 @@ mod tests {
         let (token, _) = k.issue(
             Some("alice"),
             None,
+            None,
             vec![grant("team/app", &["pull", "push"])],
         );
         let claims = k.verify(&token).expect("valid");
@@ -265,7 +272,7 @@ mod tests {
     #[test]
     fn tampered_foreign_or_expired_tokens_are_refused() {
         let k = key();
-        let (token, _) = k.issue(None, None, vec![grant("a", &["pull"])]);
+        let (token, _) = k.issue(None, None, None, vec![grant("a", &["pull"])]);
         // Another key (another deployment) does not accept it.
         let other =
             TokenKey::from_secret(&[8u8; 32], "registry-gate".into(), Duration::from_secs(300));
@@ -289,11 +296,11 @@ mod tests {
         assert!(k.verify(&none).is_none());
         // Expired.
         let short = TokenKey::from_secret(&[7u8; 32], "registry-gate".into(), Duration::ZERO);
-        let (expired, _) = short.issue(Some("a"), None, vec![]);
+        let (expired, _) = short.issue(Some("a"), None, None, vec![]);
         assert!(k.verify(&expired).is_none());
         // Another service name.
         let svc = TokenKey::from_secret(&[7u8; 32], "other".into(), Duration::from_secs(300));
-        assert!(k.verify(&svc.issue(None, None, vec![]).0).is_none());
+        assert!(k.verify(&svc.issue(None, None, None, vec![]).0).is_none());
     }
 
     #[test]

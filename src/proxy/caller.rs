@@ -107,9 +107,9 @@ pub(super) async fn authenticate(
                 "" => Identity::Anonymous,
                 user => Identity::User(user.to_string()),
             },
+            oidc_subject: claims.oidc.clone(),
             token: Some(claims),
             access_token,
-            oidc_subject: None,
         });
     }
     match credentials(ctx, header).await {

@@ -113,7 +113,12 @@ pub async fn answer(
         Identity::User(u) => Some(u.as_str()),
         Identity::Anonymous => None,
     };
-    let (token, _) = tokens.issue(user, caller.token_name(), access);
+    let (token, _) = tokens.issue(
+        user,
+        caller.token_name(),
+        caller.oidc_subject.as_deref(),
+        access,
+    );
     let body = serde_json::json!({
         "token": token,
         "access_token": token,

@@ -23,7 +23,7 @@ use util::image::{oci_image, skopeo};
 use util::peer::{answer, Peer};
 use util::pki::Pki;
 use util::registry::Registry;
-use util::{describe, temp_dir};
+use util::{describe, temp_dir, wait_until};
 
 const AUDIENCE: &str = "registry-gate-test";
 
@@ -193,8 +193,15 @@ impl Issuer {
 }
 
 /// A gate in `mode` trusting the issuer: org's tokens only, user `ci:<repository>`, and a
-/// rule that lets only org/app's main-branch workflow push org/app/*.
-fn gate_for(tmp: &Path, registry: &Registry, issuer: &Issuer, pki: &Pki, mode: &str) -> Gate {
+/// rule that lets only org/app's main-branch workflow push org/app/*; `more` is appended.
+fn gate_for(
+    tmp: &Path,
+    registry: &Registry,
+    issuer: &Issuer,
+    pki: &Pki,
+    mode: &str,
+    more: &str,
+) -> Gate {
     let dir = tmp.join("gate");
     std::fs::create_dir_all(&dir).expect("mkdir gate");
     write_htpasswd(
@@ -207,7 +214,7 @@ fn gate_for(tmp: &Path, registry: &Registry, issuer: &Issuer, pki: &Pki, mode: &
          user = \"ci:${{repository}}:${{ref}}\"\nclaims = {{ repository_owner = \"org\" }}\n\
          ca = \"{ca}\"\n\
          [[rules]]\nusers = [\"ci:org/app:refs/heads/main\"]\nrepositories = [\"org/app/*\"]\nactions = [\"pull\", \"push\"]\n\
-         [[rules]]\nusers = [\"admin\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\n",
+         [[rules]]\nusers = [\"admin\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\n{more}",
         issuer = issuer.url,
         ca = pki.ca_pem.display(),
     );
@@ -238,7 +245,7 @@ async fn ci_jobs_push_with_their_id_token_and_nothing_else_gets_in() {
     let es = SigningKey::es256("es-1");
     let rs = SigningKey::rs256("rs-1");
     issuer.publish(&[&es, &rs]);
-    let gate = gate_for(tmp.path(), &registry, &issuer, &issuer_pki, "basic");
+    let gate = gate_for(tmp.path(), &registry, &issuer, &issuer_pki, "basic", "");
     let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path").to_string();
     let image = oci_image(&tmp.path().join("image"), 1, 64 * 1024);
     let push = |token: &str, repo: &str| {
@@ -443,8 +450,25 @@ async fn token_mode_issues_bearer_tokens_for_an_id_token() {
     let issuer = Issuer::start(&issuer_pki);
     let key = SigningKey::rs256("rs-1");
     issuer.publish(&[&key]);
-    let gate = gate_for(tmp.path(), &registry, &issuer, &issuer_pki, "token");
-    let id_token = key.sign(&claims(&issuer.url, "org/app"));
+    // Events say which job pushed, in token mode too: the bearer token carries the `sub`.
+    let events = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let recorded = events.clone();
+    let receiver = Peer::start(None, move |_, body| {
+        if let Ok(event) = serde_json::from_slice::<Value>(&body) {
+            recorded.lock().expect("events").push(event);
+        }
+        answer(200, "text/plain", "ok")
+    });
+    let gate = gate_for(
+        tmp.path(),
+        &registry,
+        &issuer,
+        &issuer_pki,
+        "token",
+        &format!("[[events]]\nurl = \"http://{}/hook\"\n", receiver.addr),
+    );
+    let app = claims(&issuer.url, "org/app");
+    let id_token = key.sign(&app);
     let ask = |scope: &'static str| {
         let basic = STANDARD.encode(format!("ci:{id_token}"));
         let url = gate.url(&format!("/token?service=registry-gate&scope={scope}"));
@@ -473,6 +497,34 @@ async fn token_mode_issues_bearer_tokens_for_an_id_token() {
         json!(["pull", "push"]),
         "{granted}"
     );
+    assert_eq!(granted["oidc"], app["sub"], "{granted}");
     let other = ask("repository:org/other:pull,push").await;
     assert_eq!(other["access"], json!([]), "{other}");
+
+    // skopeo logs in at /token with the ID token and pushes with the bearer token.
+    let image = oci_image(&tmp.path().join("image"), 1, 16 * 1024);
+    let pushed = skopeo(&[
+        "copy",
+        "--dest-cert-dir",
+        gate.pki.cert_dir.to_str().expect("UTF-8 path"),
+        "--dest-creds",
+        &format!("github-actions:{id_token}"),
+        &image.reference(),
+        &format!("docker://{}/org/app/api:v1", gate.authority()),
+    ]);
+    assert!(
+        pushed.status.success(),
+        "token-mode push: {}",
+        describe(&pushed)
+    );
+    let arrived = wait_until(Duration::from_secs(10), || {
+        !events.lock().expect("events").is_empty()
+    });
+    assert!(arrived, "no event:\n{}", gate.log());
+    let event = events.lock().expect("events")[0].clone();
+    assert_eq!(
+        event["actor"]["user"], "ci:org/app:refs/heads/main",
+        "{event}"
+    );
+    assert_eq!(event["actor"]["oidc_subject"], app["sub"], "{event}");
 }
