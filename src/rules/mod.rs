@@ -245,14 +245,6 @@ impl Rules {
             },
         }
     }
-
-    /// The actions `who` may take on `repository`, for token scopes and catalog filtering.
-    pub fn actions_for(&self, who: &Identity, client: IpAddr, repository: &str) -> Vec<Action> {
-        Action::ALL
-            .into_iter()
-            .filter(|&a| self.decide(who, client, repository, a).is_allowed())
-            .collect()
-    }
 }
 
 /// The members of `[groups]`: plain user names only. Run by `Rules::compile`; on its own
@@ -789,15 +781,20 @@ mod tests {
                 "{who:?} {action} {repo}"
             );
         }
+        assert_eq!(actions_for(&rules, &alice, "team-a/app"), vec![Pull, Push]);
         assert_eq!(
-            rules.actions_for(&alice, ANYWHERE, "team-a/app"),
-            vec![Pull, Push]
-        );
-        assert_eq!(
-            rules.actions_for(&alice, ANYWHERE, "alice/app"),
+            actions_for(&rules, &alice, "alice/app"),
             vec![Pull, Push, Delete]
         );
-        assert_eq!(rules.actions_for(&anon, ANYWHERE, "team-a/app"), vec![]);
+        assert_eq!(actions_for(&rules, &anon, "team-a/app"), vec![]);
+    }
+
+    /// Every action `who` may take on `repository`, from anywhere.
+    fn actions_for(rules: &Rules, who: &Identity, repository: &str) -> Vec<Action> {
+        Action::ALL
+            .into_iter()
+            .filter(|&a| rules.decide(who, ANYWHERE, repository, a).is_allowed())
+            .collect()
     }
 
     #[test]
@@ -817,10 +814,10 @@ mod tests {
             Decision::Deny { rule: None }
         );
         assert_eq!(
-            open.actions_for(&Identity::User("x"), ANYWHERE, "a"),
+            actions_for(&open, &Identity::User("x"), "a"),
             Action::ALL.to_vec()
         );
-        let everyone = Rules::allow_everyone().actions_for(&Identity::Anonymous, ANYWHERE, "a");
+        let everyone = actions_for(&Rules::allow_everyone(), &Identity::Anonymous, "a");
         assert_eq!(everyone, Action::ALL.to_vec());
     }
 
