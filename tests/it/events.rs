@@ -310,19 +310,22 @@ fn a_dead_receiver_never_slows_or_fails_a_push() {
     drop(silent);
 }
 
+/// The registry, a receiver that answers 500 twice and then 200, and the gate, after one
+/// push of `team/app:v1`.
+fn pushed_to_a_receiver_failing_twice(tmp: &Path) -> (Registry, Receiver, Gate, OciImage) {
+    let registry = Registry::start(tmp);
+    let receiver = Receiver::start(2);
+    let gate = start_gate(tmp, &registry, &events_table(tmp, &receiver.url(), ""));
+    let image = oci_image(&tmp.join("image"), 1, 16 * 1024);
+    let out = push(&gate, &image, BUILDER, "team/app:v1");
+    assert!(out.status.success(), "{}", describe(&out));
+    (registry, receiver, gate, image)
+}
+
 #[test]
 fn a_failing_receiver_gets_the_event_after_retries() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let receiver = Receiver::start(2);
-    let gate = start_gate(
-        tmp.path(),
-        &registry,
-        &events_table(tmp.path(), &receiver.url(), ""),
-    );
-    let image = oci_image(&tmp.path().join("image"), 1, 16 * 1024);
-    let out = push(&gate, &image, BUILDER, "team/app:v1");
-    assert!(out.status.success(), "{}", describe(&out));
+    let (_registry, receiver, gate, image) = pushed_to_a_receiver_failing_twice(tmp.path());
     // Backoff of 1 s then 2 s between the three attempts.
     let hooks = receiver.exactly(3, Duration::from_secs(20));
     assert_eq!(
@@ -352,16 +355,7 @@ fn a_failing_receiver_gets_the_event_after_retries() {
 #[test]
 fn a_graceful_shutdown_delivers_queued_events_within_its_grace() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let receiver = Receiver::start(2);
-    let mut gate = start_gate(
-        tmp.path(),
-        &registry,
-        &events_table(tmp.path(), &receiver.url(), ""),
-    );
-    let image = oci_image(&tmp.path().join("image"), 1, 16 * 1024);
-    let out = push(&gate, &image, BUILDER, "team/app:v1");
-    assert!(out.status.success(), "{}", describe(&out));
+    let (registry, receiver, mut gate, image) = pushed_to_a_receiver_failing_twice(tmp.path());
     // The first attempt fails at once; the next two wait 1 s and 2 s.
     gate.signal("TERM");
     let exit = gate.wait_exit(Duration::from_secs(25));

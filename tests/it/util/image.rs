@@ -80,17 +80,7 @@ pub fn oci_image(dir: &Path, layers: usize, layer_size: usize) -> OciImage {
     .expect("serialise manifest");
     let manifest_digest = write_blob(&blobs, &manifest);
 
-    write_file(&dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#);
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": { "org.opencontainers.image.ref.name": "latest" },
-        }],
-    });
-    write_file(&dir.join("index.json"), index.to_string());
+    write_layout(dir, MANIFEST_MEDIA_TYPE, &manifest_digest, manifest.len());
 
     OciImage {
         dir: dir.to_path_buf(),
@@ -131,18 +121,24 @@ pub fn oci_index(dir: &Path, platforms: &[(&OciImage, &str)]) -> String {
     }))
     .expect("serialise index");
     let digest = write_blob(&blobs, &index);
+    write_layout(dir, INDEX_MEDIA_TYPE, &digest, index.len());
+    digest
+}
+
+/// Makes `dir` an OCI layout whose tag `latest` is the blob `digest` (`size` bytes of
+/// `media_type`).
+fn write_layout(dir: &Path, media_type: &str, digest: &str, size: usize) {
     write_file(&dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#);
-    let layout = json!({
+    let index = json!({
         "schemaVersion": 2,
         "manifests": [{
-            "mediaType": INDEX_MEDIA_TYPE,
+            "mediaType": media_type,
             "digest": digest,
-            "size": index.len(),
+            "size": size,
             "annotations": { "org.opencontainers.image.ref.name": "latest" },
         }],
     });
-    write_file(&dir.join("index.json"), layout.to_string());
-    digest
+    write_file(&dir.join("index.json"), index.to_string());
 }
 
 /// Reads back an OCI layout skopeo wrote: the manifest named by `index.json` for `tag`.
