@@ -245,7 +245,9 @@ async fn proxy(
     }
 
     // 4b. Protected tags: a manifest write the rules allowed may still not move or delete one.
-    protect::check(ctx, &request, &class, &caller.protect_identity(), &host).await?;
+    // The lock it may hand back is held until the registry has answered (step 5).
+    let _write_lock =
+        protect::check(ctx, &request, &class, &caller.protect_identity(), &host).await?;
 
     // 5. Forward.
     let (mut parts, ()) = request.into_parts();

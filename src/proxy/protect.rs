@@ -7,15 +7,21 @@
 //! It fails closed: when the registry cannot say what a tag points to, the write is refused
 //! with an upstream error, never forwarded unchecked.
 //!
-//! Known limits, since the registry offers no compare-and-swap: the check and the write are
-//! two requests, so two different manifests pushed to a new protected tag at the same moment
-//! may both find it absent (the later one wins), and a protected tag pushed between the check
-//! of a delete by digest and the delete is not seen. A PUT by digest moves no tag
+//! The registry offers no compare-and-swap, so the check and the write are two requests.
+//! Through one gate they cannot interleave with another write: every manifest write to a
+//! repository a protection covers (by anyone, exempt users too) holds that repository's
+//! `WriteLocks` entry from the check to the registry's answer, and a manifest push is read
+//! whole (it is at most 4 MiB) before the lock is taken, so a slow client never holds it.
+//! Known limit: replicas of the gate each have their own locks, so two writes through two
+//! replicas at the same moment can still both pass. A PUT by digest moves no tag
 //! (distribution 2.8 has no `?tag=` on manifest pushes); a manifest write with any query is
 //! refused where a protection applies, so that a registry which learns `?tag=` cannot move a
 //! protected tag past the gate. Deleting a blob where a protection applies is refused too: it
 //! would break a protected image without touching its tag, and so is deleting a manifest
 //! that a protected index (a multi-platform tag) lists as one of its platforms.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode};
@@ -58,9 +64,77 @@ const MAX_TAG_PAGES: usize = 100;
 /// 128 bytes come to well under 1 MiB.
 const MAX_TAGS_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Refuses a manifest write that would move or delete a protected tag; anything else, and
-/// every write by a user the protection exempts, passes untouched (and unbuffered).
+/// One lock per repository with protected tags: see the module's doc. Entries go when no
+/// write holds or waits for them (looked at once the map is large).
+#[derive(Default)]
+pub struct WriteLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+/// A repository's manifest writes, held until the registry has answered this one.
+pub type WriteGuard = tokio::sync::OwnedMutexGuard<()>;
+
+/// Repositories with a lock entry before the unused ones are dropped.
+const PRUNE_LOCKS_AT: usize = 1024;
+
+impl WriteLocks {
+    pub async fn lock(&self, repository: &str) -> WriteGuard {
+        let lock = {
+            let mut locks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            match locks.get(repository).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    if locks.len() >= PRUNE_LOCKS_AT {
+                        locks.retain(|_, lock| lock.strong_count() > 0);
+                    }
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(repository.to_string(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Refuses a manifest write that would move or delete a protected tag; anything else passes,
+/// and a manifest write where tags are protected passes holding the repository's write lock,
+/// to be kept until the registry has answered.
 pub(super) async fn check(
+    ctx: &mut RequestContext,
+    request: &Request<()>,
+    class: &Classified<'_>,
+    who: &Identity<'_>,
+    host: &HeaderValue,
+) -> Result<Option<WriteGuard>, GateError> {
+    let method = request.method();
+    let (Some(repository), Some(reference)) = (class.repository, class.reference) else {
+        return decide(ctx, request, class, who, host).await.map(|()| None);
+    };
+    let moves_tags = class.kind == Kind::Manifest
+        && (method == Method::DELETE || (method == Method::PUT && !reference.contains(':')));
+    if !moves_tags || !ctx.snapshot.config.protect.covers(repository) {
+        return decide(ctx, request, class, who, host).await.map(|()| None);
+    }
+    if method == Method::PUT {
+        read_manifest(ctx).await?;
+    }
+    let guard = ctx.shared.write_locks().lock(repository).await;
+    decide(ctx, request, class, who, host).await?;
+    Ok(Some(guard))
+}
+
+/// The manifest being pushed, whole; kept for forwarding.
+async fn read_manifest(ctx: &mut RequestContext) -> Result<bytes::Bytes, GateError> {
+    let idle = ctx.snapshot.upstream.read_timeout();
+    match ctx.body.read_whole(MAX_MANIFEST_BYTES, idle).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadError::TooLarge) => Err(GateError::ManifestTooLarge(MAX_MANIFEST_BYTES)),
+        Err(ReadError::Failed) => Err(GateError::ClientAborted),
+        Err(ReadError::Stalled) => Err(GateError::BadRequest("the manifest stopped arriving")),
+    }
+}
+
+/// The refusal, if the write may not happen.
+async fn decide(
     ctx: &mut RequestContext,
     request: &Request<()>,
     class: &Classified<'_>,
@@ -114,21 +188,14 @@ pub(super) async fn check(
         let Some(protection) = protections.guarding(who, repository, reference) else {
             return Ok(());
         };
-        // A tag that does not exist yet may be pushed: the body streams as usual.
+        // A tag that does not exist yet may be pushed.
         let Some(current) = registry.digest(repository, reference).await? else {
             return Ok(());
         };
-        let idle = snapshot.upstream.read_timeout();
-        let pushed = match ctx.body.read_whole(MAX_MANIFEST_BYTES, idle).await {
-            Ok(bytes) => format!("sha256:{}", hex(&Sha256::digest(&bytes))),
-            Err(ReadError::TooLarge) => {
-                return Err(GateError::ManifestTooLarge(MAX_MANIFEST_BYTES))
-            }
-            Err(ReadError::Failed) => return Err(GateError::ClientAborted),
-            Err(ReadError::Stalled) => {
-                return Err(GateError::BadRequest("the manifest stopped arriving"))
-            }
-        };
+        let pushed = format!(
+            "sha256:{}",
+            hex(&Sha256::digest(&read_manifest(ctx).await?))
+        );
         // The same manifest again (a CI retry) leaves the tag where it is.
         if current.eq_ignore_ascii_case(&pushed) {
             return Ok(());
@@ -198,21 +265,27 @@ async fn protected_tag_of(
 }
 
 /// The registry browser's delete of a manifest by digest, checked as a `DELETE` through the
-/// API is: refused while a tag protected against `who` points at it. Fails closed.
+/// API is: refused while a tag protected against `who` points at it, and holding the
+/// repository's write lock where tags are protected. Fails closed.
 pub(super) async fn check_manifest_delete(
-    snapshot: &super::state::Snapshot,
+    ctx: &RequestContext,
     who: &Identity<'_>,
     repository: &str,
     digest: &str,
     host: &HeaderValue,
-) -> Result<(), GateError> {
+) -> Result<Option<WriteGuard>, GateError> {
+    let snapshot = &ctx.snapshot;
+    if !snapshot.config.protect.covers(repository) {
+        return Ok(None);
+    }
+    let guard = ctx.shared.write_locks().lock(repository).await;
     let registry = Registry {
         upstream: &snapshot.upstream,
         host,
         authorization: None,
     };
     match protected_tag_of(&registry, &snapshot.config.protect, who, repository, digest).await? {
-        None => Ok(()),
+        None => Ok(Some(guard)),
         Some((tag, protection, refusal)) => Err(GateError::Protected {
             repository: repository.to_string(),
             tag,

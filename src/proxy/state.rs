@@ -23,6 +23,7 @@ use crate::auth::{self, Authenticator, Throttle};
 use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::events::{self, Events, EventsError};
 use crate::proxy::activity::Activity;
+use crate::proxy::protect::WriteLocks;
 use crate::proxy::ui::CreationDates;
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
@@ -75,6 +76,9 @@ pub struct Shared {
     /// Images' creation dates the browser has read; outlives reloads (a config never
     /// changes under its digest).
     creation_dates: Arc<CreationDates>,
+    /// `[[protect]]`'s per-repository locks; outlive reloads, so a write in flight during
+    /// one still excludes the next.
+    write_locks: WriteLocks,
     /// The last accepted pushes and deletes, for the browser's activity page; outlives
     /// reloads (a reload changes no history), ends with the process.
     activity: Activity,
@@ -325,6 +329,7 @@ impl Shared {
             ui_secret,
             browser_reads: Arc::new(Semaphore::new(BROWSER_READS)),
             creation_dates: Arc::default(),
+            write_locks: WriteLocks::default(),
             activity: Activity::default(),
         })
     }
@@ -336,6 +341,10 @@ impl Shared {
 
     pub(super) fn creation_dates(&self) -> Arc<CreationDates> {
         self.creation_dates.clone()
+    }
+
+    pub(super) fn write_locks(&self) -> &WriteLocks {
+        &self.write_locks
     }
 
     /// The secret the registry browser's session cookies are signed with: derived from the

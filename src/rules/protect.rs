@@ -92,6 +92,11 @@ impl Protections {
         })
     }
 
+    /// Whether any protection covers `repository`, whoever asks.
+    pub fn covers(&self, repository: &str) -> bool {
+        self.0.iter().any(|p| p.covers_repository(repository))
+    }
+
     /// Whether any protection of `repository` binds `who`. When none does, no tag there is
     /// protected against them and a delete by digest needs no look at the tags.
     pub fn binds(&self, who: &Identity, repository: &str) -> bool {

@@ -356,6 +356,68 @@ async fn refusals_are_409_denied_and_oversized_manifests_413() {
     assert!(text(response).await.contains("MANIFEST_INVALID"));
 }
 
+/// The registry has no compare-and-swap: without the gate's per-repository order, eight
+/// different manifests pushed at once to a new protected tag would all find it absent and
+/// all be stored, the last one winning. Exactly one may pass; the others see it and get 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_racing_pushes_to_a_new_protected_tag_exactly_one_passes() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
+    let sk = Skopeo::for_gate(&gate);
+    let image = oci_image(&tmp.path().join("image"), 1, 4 * 1024);
+    let base = image.clone();
+    let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &base, "team/app:base"))
+        .await
+        .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+
+    // Eight manifests of the same image, told apart by an annotation.
+    let hex = image.manifest_digest.trim_start_matches("sha256:");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(image.dir.join("blobs/sha256").join(hex)).expect("read the manifest"),
+    )
+    .expect("manifest JSON");
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http2);
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let mut variant = manifest.clone();
+        variant["annotations"] = serde_json::json!({ "racer": i.to_string() });
+        let body = serde_json::to_vec(&variant).expect("serialise");
+        let digest = sha256_digest(&body);
+        let (client, url) = (client.clone(), gate.url("/v2/team/app/manifests/v7"));
+        racers.spawn(async move {
+            let response = client
+                .send(
+                    request("PUT", &url)
+                        .header("Authorization", basic(CI))
+                        .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                        .body(full(body))
+                        .expect("request"),
+                )
+                .await;
+            (response.status(), digest)
+        });
+    }
+    let mut passed = Vec::new();
+    let mut refused = 0;
+    while let Some(done) = racers.join_next().await {
+        let (status, digest) = done.expect("racer");
+        match status {
+            StatusCode::CREATED => passed.push(digest),
+            StatusCode::CONFLICT => refused += 1,
+            other => panic!("a racer got {other}:\n{}", gate.log()),
+        }
+    }
+    assert_eq!(passed.len(), 1, "{passed:?} all passed:\n{}", gate.log());
+    assert_eq!(refused, 7);
+    let sk = Skopeo::for_gate(&gate);
+    let now = tokio::task::spawn_blocking(move || sk.digest("team/app:v7"))
+        .await
+        .expect("skopeo thread");
+    assert_eq!(now.as_ref(), passed.first(), "v7 is not the winner's");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_gate_cannot_check_is_never_forwarded() {
     // A registry that fails every lookup: the digest HEAD and the tags listing.

@@ -696,9 +696,8 @@ impl Browser {
         }
         // The registry deletes by digest, taking every tag that points there: a protected
         // one must stop it, as it would a DELETE through the API.
-        let snapshot = ctx.snapshot.clone();
-        if let Err(e) = super::protect::check_manifest_delete(
-            &snapshot,
+        let _write_lock = match super::protect::check_manifest_delete(
+            ctx,
             &self.caller.protect_identity(),
             name,
             &digest,
@@ -706,9 +705,12 @@ impl Browser {
         )
         .await
         {
-            ctx.record.decision = "deny";
-            return Err(Refusal::Gate(e));
-        }
+            Ok(guard) => guard,
+            Err(e) => {
+                ctx.record.decision = "deny";
+                return Err(Refusal::Gate(e));
+            }
+        };
         ctx.record.decision = "allow";
         match self.registry.delete_manifest(name, &digest).await? {
             Deleted::Done => {
