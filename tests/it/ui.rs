@@ -805,6 +805,104 @@ fn hostile_labels_and_the_longest_tag_reach_the_html_only_escaped() {
     });
 }
 
+/// A repository with more tags than a page holds: 25 to a page, each read in full, a pager
+/// to the rest, and a filter answered by the gate, so neither needs JavaScript.
+#[test]
+fn a_repository_with_many_tags_is_shown_a_page_at_a_time_and_filtered_by_the_gate() {
+    let w = world();
+    let gate = &w.gate;
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        // Thirty more tags for team/app:v1's manifest: team/app then holds 33, in the
+        // registry's (lexical) order many00 … many29, old, v1, v2.
+        let v1 = client
+            .send(
+                request("GET", &gate.url("/v2/team/app/manifests/v1"))
+                    .header("Authorization", basic(ALICE))
+                    .header("Accept", MANIFEST_MEDIA_TYPE)
+                    .body(empty())
+                    .expect("GET"),
+            )
+            .await;
+        assert_eq!(v1.status(), StatusCode::OK);
+        let manifest = text(v1).await;
+        for i in 0..30 {
+            let put = client
+                .send(
+                    request(
+                        "PUT",
+                        &gate.url(&format!("/v2/team/app/manifests/many{i:02}")),
+                    )
+                    .header("Authorization", basic(ALICE))
+                    .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                    .body(full(manifest.clone()))
+                    .expect("PUT"),
+                )
+                .await;
+            assert_eq!(put.status(), StatusCode::CREATED, "many{i:02}");
+        }
+        let (_, alice) = login(&client, gate, ALICE).await;
+        let rows = |page: &Page| page.body.matches("<tr data-tag=").count();
+        let page = |query: &'static str| {
+            let (client, url, cookie) = (
+                &client,
+                gate.url(&format!("/ui/repo/team/app{query}")),
+                &alice,
+            );
+            async move { get(client, &url, Some(cookie)).await }
+        };
+
+        let first = page("").await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+        assert_eq!(rows(&first), 25, "{}", first.body);
+        assert!(!first.body.contains("not read"), "{}", first.body);
+        // Every row read in full: the digest, for all 25 (each is team/app:v1's manifest).
+        assert_eq!(
+            first
+                .body
+                .matches(&format!("title=\"{}\"", w.app_v1))
+                .count(),
+            25,
+            "{}",
+            first.body
+        );
+        assert!(first.body.contains("Tags 1–25 of 33"), "{}", first.body);
+        assert!(
+            first
+                .body
+                .contains("rel=\"next\" href=\"/ui/repo/team/app?page=2\""),
+            "{}",
+            first.body
+        );
+        assert!(!first.body.contains("rel=\"prev\""));
+
+        let second = page("?page=2").await;
+        assert_eq!(rows(&second), 8, "{}", second.body);
+        assert!(second.body.contains("Tags 26–33 of 33"), "{}", second.body);
+        assert!(second.body.contains("data-tag=\"v2\""));
+        assert!(second
+            .body
+            .contains("rel=\"prev\" href=\"/ui/repo/team/app?page=1\""));
+        assert!(!second.body.contains("rel=\"next\""));
+        // Past the end is the last page, not an error.
+        let beyond = page("?page=99").await;
+        assert!(beyond.body.contains("Tags 26–33 of 33"), "{}", beyond.body);
+
+        let filtered = page("?q=many1").await;
+        assert_eq!(rows(&filtered), 10, "{}", filtered.body);
+        assert!(!filtered.body.contains("id=\"pager\""));
+        assert!(filtered.body.contains("value=\"many1\""));
+        // A filter no tag can match is answered, escaped, and put in no link.
+        let hostile = page("?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
+        assert_eq!(hostile.status, StatusCode::OK);
+        assert!(hostile.body.contains("No tags match"), "{}", hostile.body);
+        assert!(!hostile.body.contains("<script>alert"), "{}", hostile.body);
+        assert!(hostile
+            .body
+            .contains("value=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
+    });
+}
+
 #[test]
 fn browser_paths_are_never_forwarded_to_the_registry() {
     let tmp = temp_dir();

@@ -64,9 +64,11 @@ const ASSET_CACHE: &str = "public, max-age=300";
 const MAX_FORM_BYTES: usize = 16 * 1024;
 /// A form arrives in one packet; a client dribbling one is holding a stream open.
 const FORM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Tags whose manifest and config are read for the repository page; the rest are listed by
-/// name. Two registry reads each: 100 tags stay well under a second on a local registry.
-const MAX_DETAILED_TAGS: usize = 100;
+/// Tags on one page of a repository, each with its manifest and config read (two registry
+/// reads, the config's only once: `CreationDates`): a page stays well under 100 ms.
+const TAGS_PER_PAGE: usize = 25;
+/// The longest tag filter worth running: no tag is longer.
+const MAX_TAG_FILTER: usize = 128;
 /// Platforms of an index whose manifests are read for the manifest page.
 const MAX_DETAILED_CHILDREN: usize = 32;
 /// Registry reads one page makes at once: fast pages without flooding the registry.
@@ -502,18 +504,54 @@ impl Browser {
         if !self.may(ctx, name, Action::Pull) {
             return Err(Refusal::NotFound);
         }
-        let listing = self.registry.tags(name).await?.ok_or(Refusal::NotFound)?;
-        let rows = self.tag_rows(name, &listing.names).await;
-        let deleted = query_values(request.uri().query(), "deleted")
+        let mut listing = self.registry.tags(name).await?.ok_or(Refusal::NotFound)?;
+        // distribution lists tags in its storage's order, which pages cannot be built on.
+        listing.names.sort_unstable();
+        let asked = request.uri().query();
+        let deleted = query_values(asked, "deleted")
             .into_iter()
             .find(|t| is_tag(t));
+        let query = query_values(asked, "q")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        // A filter with a character no tag has matches nothing, and is never put in a link.
+        let filter_ok = query.len() <= MAX_TAG_FILTER
+            && query
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let matching: Vec<&String> = listing
+            .names
+            .iter()
+            .filter(|tag| filter_ok && tag.contains(query.as_str()))
+            .collect();
+        let pages = matching.len().div_ceil(TAGS_PER_PAGE).max(1);
+        let page_no = query_values(asked, "page")
+            .first()
+            .and_then(|p| p.parse::<usize>().ok())
+            .unwrap_or(1)
+            .clamp(1, pages);
+        let first = (page_no - 1) * TAGS_PER_PAGE;
+        let shown: Vec<String> = matching
+            .iter()
+            .skip(first)
+            .take(TAGS_PER_PAGE)
+            .map(|tag| tag.to_string())
+            .collect();
+        let rows = self.tag_rows(name, shown).await;
         let view = RepositoryView {
             name,
             host: &self.host,
-            complete: listing.complete && listing.names.len() <= MAX_DETAILED_TAGS,
+            complete: listing.complete,
             rows,
             can_delete: self.may_delete(ctx, name),
             deleted: deleted.as_deref(),
+            query: &query,
+            filter_ok,
+            page: page_no,
+            pages,
+            first: first + 1,
+            matching: matching.len(),
         };
         Ok(page(
             StatusCode::OK,
@@ -523,16 +561,15 @@ impl Browser {
         ))
     }
 
-    /// The first `MAX_DETAILED_TAGS` tags with manifest and created date; the rest by
-    /// name. A tag that cannot be read is shown as such.
-    async fn tag_rows(&self, name: &str, tags: &[String]) -> Vec<TagRow> {
-        let detailed = tags.iter().take(MAX_DETAILED_TAGS).cloned().collect();
-        let mut reads = self.read_images(name, detailed).await.into_iter();
-        tags.iter()
-            .map(|tag| {
-                let (manifest, created) = reads.next().flatten().unwrap_or((None, None));
+    /// `tags` with manifest and created date. A tag that cannot be read is shown as such.
+    async fn tag_rows(&self, name: &str, tags: Vec<String>) -> Vec<TagRow> {
+        let reads = self.read_images(name, tags.clone()).await;
+        tags.into_iter()
+            .zip(reads)
+            .map(|(tag, read)| {
+                let (manifest, created) = read.unwrap_or((None, None));
                 TagRow {
-                    tag: tag.clone(),
+                    tag,
                     manifest,
                     created,
                 }

@@ -148,11 +148,23 @@ pub struct TagRow {
 pub struct RepositoryView<'a> {
     pub name: &'a str,
     pub host: &'a str,
+    /// This page's tags.
     pub rows: Vec<TagRow>,
+    /// Whether the registry's tag list was read to its end.
     pub complete: bool,
     pub can_delete: bool,
     /// A tag just deleted, to say so.
     pub deleted: Option<&'a str>,
+    /// The tag filter as typed, and whether it can match a tag (only then is it put in a
+    /// link).
+    pub query: &'a str,
+    pub filter_ok: bool,
+    /// This page's number and the count of pages, from 1.
+    pub page: usize,
+    pub pages: usize,
+    /// The position of this page's first tag among the `matching` ones, from 1.
+    pub first: usize,
+    pub matching: usize,
 }
 
 pub fn repository(chrome: &Chrome, view: &RepositoryView) -> Html {
@@ -164,7 +176,11 @@ pub fn repository(chrome: &Chrome, view: &RepositoryView) -> Html {
         .text(chrome.base)
         .raw("\">Repositories</a> /</p><h1 id=\"repository\">")
         .text(view.name)
-        .raw("</h1>");
+        .raw("</h1><form method=\"get\" action=\"");
+    repo_url(&mut h);
+    h.raw("\" class=\"search\" role=\"search\"><input type=\"search\" name=\"q\" placeholder=\"Filter tags\" value=\"")
+        .text(view.query)
+        .raw("\"><button type=\"submit\">Search</button></form>");
     if let Some(tag) = view.deleted {
         h.raw("<p class=\"notice\" id=\"deleted\">Deleted ")
             .text(view.name)
@@ -173,7 +189,9 @@ pub fn repository(chrome: &Chrome, view: &RepositoryView) -> Html {
             .raw(".</p>");
     }
     if view.rows.is_empty() {
-        h.raw("<p class=\"empty\">No tags.</p>");
+        h.raw("<p class=\"empty\" id=\"no-tags\">No tags")
+            .raw(if view.query.is_empty() { "" } else { " match" })
+            .raw(".</p>");
         return h;
     }
     h.raw("<table class=\"tags\" id=\"tags\"><thead><tr><th>Tag</th><th>Digest</th><th>Size</th><th>Platforms</th><th>Created</th><th>Pull</th>");
@@ -222,8 +240,33 @@ pub fn repository(chrome: &Chrome, view: &RepositoryView) -> Html {
         h.raw("</tr>");
     }
     h.raw("</tbody></table>");
+    if view.pages > 1 {
+        let link = |h: &mut Html, page: usize, rel: &'static str, label: &'static str| {
+            h.raw("<a rel=\"").raw(rel).raw("\" href=\"");
+            repo_url(h);
+            h.raw("?page=").text(&page.to_string());
+            if view.filter_ok && !view.query.is_empty() {
+                h.raw("&amp;q=").text(view.query);
+            }
+            h.raw("\">").raw(label).raw("</a>");
+        };
+        h.raw("<nav class=\"pager\" id=\"pager\"><span>Tags ")
+            .text(&view.first.to_string())
+            .raw("–")
+            .text(&(view.first + view.rows.len() - 1).to_string())
+            .raw(" of ")
+            .text(&view.matching.to_string())
+            .raw("</span>");
+        if view.page > 1 {
+            link(&mut h, view.page - 1, "prev", "← Previous");
+        }
+        if view.page < view.pages {
+            link(&mut h, view.page + 1, "next", "Next →");
+        }
+        h.raw("</nav>");
+    }
     if !view.complete {
-        h.raw("<p class=\"notice\">Only the first tags are shown in detail; the list is cut.</p>");
+        h.raw("<p class=\"notice\">The registry holds more tags than the browser reads; the list is cut.</p>");
     }
     h
 }
