@@ -29,8 +29,10 @@ pub fn identity(leaf: &[u8], which: CertIdentity) -> Option<String> {
                 })
         }
     }?;
-    // A name the rules could misread (empty, control characters) identifies nobody.
-    (!name.is_empty() && !name.chars().any(char::is_control)).then_some(name)
+    // A name the rules could misread identifies nobody: empty, control characters, or an
+    // access token's `token:NAME`, which `[[protect]]` may exempt by that name.
+    (!name.is_empty() && !name.chars().any(char::is_control) && !name.starts_with("token:"))
+        .then_some(name)
 }
 
 #[cfg(test)]
@@ -70,6 +72,12 @@ mod tests {
             identity(&der, CertIdentity::SanEmail).as_deref(),
             Some("ci@example.com")
         );
+    }
+
+    #[test]
+    fn an_access_token_name_identifies_nobody() {
+        let der = cert(Some("token:release"), vec![]);
+        assert_eq!(identity(&der, CertIdentity::CommonName), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode};
@@ -54,6 +55,24 @@ const INDEX_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.index.v1+json",
 ];
+/// The media types of a single image, which lists no other manifest. Anything else (no type
+/// at all included) is read as a possible index: the check fails closed.
+const IMAGE_TYPES: [&str; 4] = [
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+];
+/// Levels of indexes within indexes followed below a protected tag (OCI allows nesting;
+/// nothing deeper than two is seen in practice). Deeper, the delete is refused.
+const MAX_INDEX_DEPTH: usize = 4;
+/// Index reads below one protected tag, all levels together: a bound on a crafted tree.
+/// More, and the delete is refused.
+const MAX_INDEX_READS: usize = 64;
+/// How long a manifest write waits for the write before it in the same repository, and how
+/// long its own check may take under the lock: refused with 504 rather than queued without
+/// end behind a registry that stalls.
+const LOCKED_CHECK_LIMIT: Duration = Duration::from_secs(60);
 
 /// Tags asked for per page of a tags listing (distribution 2.8 ignores it and sends all).
 const TAGS_PAGE: usize = 1000;
@@ -117,9 +136,30 @@ pub(super) async fn check(
     if method == Method::PUT {
         read_manifest(ctx).await?;
     }
-    let guard = ctx.shared.write_locks().lock(repository).await;
-    decide(ctx, request, class, who, host).await?;
+    let guard = lock_within_limit(ctx, repository).await?;
+    tokio::time::timeout(LOCKED_CHECK_LIMIT, decide(ctx, request, class, who, host))
+        .await
+        .map_err(|_| GateError::UpstreamTimeout)??;
     Ok(Some(guard))
+}
+
+/// The repository's write lock, or a 504 after `LOCKED_CHECK_LIMIT`.
+async fn lock_within_limit(
+    ctx: &RequestContext,
+    repository: &str,
+) -> Result<WriteGuard, GateError> {
+    let locks = ctx.shared.write_locks();
+    match tokio::time::timeout(LOCKED_CHECK_LIMIT, locks.lock(repository)).await {
+        Ok(guard) => Ok(guard),
+        Err(_) => {
+            tracing::warn!(
+                repository,
+                waited = ?LOCKED_CHECK_LIMIT,
+                "a manifest write waited too long behind another write's [[protect]] check; refused"
+            );
+            Err(GateError::UpstreamTimeout)
+        }
+    }
 }
 
 /// The manifest being pushed, whole; kept for forwarding.
@@ -251,13 +291,7 @@ async fn protected_tag_of(
         }
         // The children are read by digest: they are the index the HEAD saw, even if the
         // tag moves in between.
-        if current.index
-            && registry
-                .children(repository, &current.digest)
-                .await?
-                .iter()
-                .any(|child| child.eq_ignore_ascii_case(digest))
-        {
+        if current.maybe_index && registry.lists(repository, &current.digest, digest).await? {
             return Ok(Some((tag, protection, ProtectRefusal::DeleteChild)));
         }
     }
@@ -278,13 +312,19 @@ pub(super) async fn check_manifest_delete(
     if !snapshot.config.protect.covers(repository) {
         return Ok(None);
     }
-    let guard = ctx.shared.write_locks().lock(repository).await;
+    let guard = lock_within_limit(ctx, repository).await?;
     let registry = Registry {
         upstream: &snapshot.upstream,
         host,
         authorization: None,
     };
-    match protected_tag_of(&registry, &snapshot.config.protect, who, repository, digest).await? {
+    let found = tokio::time::timeout(
+        LOCKED_CHECK_LIMIT,
+        protected_tag_of(&registry, &snapshot.config.protect, who, repository, digest),
+    )
+    .await
+    .map_err(|_| GateError::UpstreamTimeout)??;
+    match found {
         None => Ok(Some(guard)),
         Some((tag, protection, refusal)) => Err(GateError::Protected {
             repository: repository.to_string(),
@@ -305,11 +345,12 @@ struct Registry<'a> {
 /// What a tag points to now.
 struct Head {
     digest: String,
-    /// A multi-platform image: its platforms are manifests of their own, deletable by digest.
-    index: bool,
+    /// Not known to be a single image: possibly a multi-platform index, whose platforms are
+    /// manifests of their own, deletable by digest.
+    maybe_index: bool,
 }
 
-/// The part of an index the gate reads: the digests of the manifests it lists.
+/// The part of an index the gate reads: the manifests it lists.
 #[derive(Deserialize)]
 struct Index {
     #[serde(default)]
@@ -319,6 +360,17 @@ struct Index {
 #[derive(Deserialize)]
 struct Child {
     digest: String,
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
+}
+
+impl Child {
+    /// Whether it may list manifests in turn: an index type, or no type said.
+    fn may_nest(&self) -> bool {
+        self.media_type
+            .as_deref()
+            .map_or(true, |t| INDEX_TYPES.iter().any(|i| t.starts_with(i)))
+    }
 }
 
 #[derive(Deserialize)]
@@ -368,7 +420,7 @@ impl Registry<'_> {
             .unwrap_or_default();
         Ok(Some(Head {
             digest: digest.to_string(),
-            index: INDEX_TYPES.iter().any(|t| media_type.starts_with(t)),
+            maybe_index: !IMAGE_TYPES.iter().any(|t| media_type.starts_with(t)),
         }))
     }
 
@@ -377,9 +429,42 @@ impl Registry<'_> {
         Ok(self.head(repository, tag).await?.map(|head| head.digest))
     }
 
-    /// The manifests the index `digest` lists. Fails closed: an index the gate cannot read
-    /// might list the manifest being deleted.
-    async fn children(&self, repository: &str, digest: &str) -> Result<Vec<String>, GateError> {
+    /// Whether the index `top` lists `wanted`, at any depth up to `MAX_INDEX_DEPTH`. Fails
+    /// closed: a tree deeper or larger than the bounds may list it too.
+    async fn lists(&self, repository: &str, top: &str, wanted: &str) -> Result<bool, GateError> {
+        let mut level = vec![top.to_string()];
+        let mut reads = 0;
+        for _ in 0..MAX_INDEX_DEPTH {
+            let mut below = Vec::new();
+            for index in level {
+                reads += 1;
+                if reads > MAX_INDEX_READS {
+                    return Err(GateError::UpstreamFailed(format!(
+                        "[[protect]]: {repository}@{top} lists more than {MAX_INDEX_READS} indexes"
+                    )));
+                }
+                for child in self.children(repository, &index).await? {
+                    if child.digest.eq_ignore_ascii_case(wanted) {
+                        return Ok(true);
+                    }
+                    if child.may_nest() {
+                        below.push(child.digest);
+                    }
+                }
+            }
+            if below.is_empty() {
+                return Ok(false);
+            }
+            level = below;
+        }
+        Err(GateError::UpstreamFailed(format!(
+            "[[protect]]: {repository}@{top} nests indexes deeper than {MAX_INDEX_DEPTH} levels"
+        )))
+    }
+
+    /// The manifests the index `digest` lists (none for a single image). Fails closed: an
+    /// index the gate cannot read might list the manifest being deleted.
+    async fn children(&self, repository: &str, digest: &str) -> Result<Vec<Child>, GateError> {
         let mut headers = self.headers();
         headers.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_TYPES));
         let path = format!("/v2/{repository}/manifests/{digest}");
@@ -398,7 +483,7 @@ impl Registry<'_> {
         let index: Index = serde_json::from_slice(&bytes).map_err(|e| {
             GateError::UpstreamFailed(format!("[[protect]]: {path} is not an index: {e}"))
         })?;
-        Ok(index.manifests.into_iter().map(|c| c.digest).collect())
+        Ok(index.manifests)
     }
 
     /// Every tag of `repository`, following the registry's `Link` pages; none when the
@@ -494,6 +579,24 @@ mod tests {
             HeaderValue::from_static("</v2/other/tags/list?last=v9>; rel=\"next\""),
         );
         assert_eq!(next_page(&h, prefix), None);
+    }
+
+    #[test]
+    fn only_a_child_of_a_known_single_image_type_is_not_looked_into() {
+        let child = |media_type: Option<&str>| Child {
+            digest: "sha256:00".into(),
+            media_type: media_type.map(str::to_string),
+        };
+        assert!(child(Some("application/vnd.oci.image.index.v1+json")).may_nest());
+        assert!(child(None).may_nest());
+        assert!(!child(Some("application/vnd.oci.image.manifest.v1+json")).may_nest());
+        let index: Index = serde_json::from_str(
+            r#"{"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:ab"}]}"#,
+        )
+        .expect("index");
+        assert!(index.manifests[0].may_nest());
+        let image: Index = serde_json::from_str(r#"{"layers":[]}"#).expect("an image");
+        assert!(image.manifests.is_empty());
     }
 
     #[test]

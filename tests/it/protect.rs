@@ -418,6 +418,85 @@ async fn of_racing_pushes_to_a_new_protected_tag_exactly_one_passes() {
     assert_eq!(now.as_ref(), passed.first(), "v7 is not the winner's");
 }
 
+/// OCI lets an index list indexes: a platform two levels below a protected tag is one of
+/// its platforms all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_of_a_nested_index_is_protected_too() {
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
+    let sk = Skopeo::for_gate(&gate);
+    let image = oci_image(&tmp.path().join("image"), 1, 4 * 1024);
+    let base = image.clone();
+    let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &base, "team/app:base"))
+        .await
+        .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let hex = image.manifest_digest.trim_start_matches("sha256:");
+    let size = std::fs::metadata(image.dir.join("blobs/sha256").join(hex))
+        .expect("manifest blob")
+        .len();
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http2);
+    let put = |reference: String, body: Vec<u8>| {
+        let (client, url) = (
+            client.clone(),
+            gate.url(&format!("/v2/team/app/manifests/{reference}")),
+        );
+        async move {
+            client
+                .send(
+                    request("PUT", &url)
+                        .header("Authorization", basic(CI))
+                        .header("Content-Type", INDEX)
+                        .body(full(body))
+                        .expect("request"),
+                )
+                .await
+                .status()
+        }
+    };
+    let inner = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [{
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": image.manifest_digest,
+            "size": size,
+            "platform": { "architecture": "amd64", "os": "linux" },
+        }],
+    }))
+    .expect("inner index");
+    let inner_digest = sha256_digest(&inner);
+    let inner_len = inner.len();
+    assert_eq!(put(inner_digest.clone(), inner).await, StatusCode::CREATED);
+    let outer = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [{ "mediaType": INDEX, "digest": inner_digest, "size": inner_len }],
+    }))
+    .expect("outer index");
+    assert_eq!(put("v1".into(), outer).await, StatusCode::CREATED);
+
+    let response = client
+        .send(
+            request(
+                "DELETE",
+                &gate.url(&format!("/v2/team/app/manifests/{}", image.manifest_digest)),
+            )
+            .header("Authorization", basic(CI))
+            .body(full(Vec::new()))
+            .expect("request"),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CONFLICT, "{}", gate.log());
+    let body = text(response).await;
+    assert!(
+        body.contains("one platform of the protected tag team/app:v1"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_gate_cannot_check_is_never_forwarded() {
     // A registry that fails every lookup: the digest HEAD and the tags listing.
