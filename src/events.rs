@@ -290,7 +290,27 @@ pub struct Events {
 
 struct Queue {
     target: Arc<Target>,
-    sender: mpsc::Sender<Arc<Envelope>>,
+    sender: mpsc::Sender<Queued>,
+}
+
+/// One event in one receiver's queue, counted in `PENDING` from its making until it is
+/// dropped however that happens: delivered, given up on, refused by a full queue, or lost
+/// with a delivery task that ended, so `settle` never waits for an event nobody holds.
+struct Queued {
+    envelope: Arc<Envelope>,
+}
+
+impl Queued {
+    fn new(envelope: Arc<Envelope>) -> Queued {
+        PENDING.fetch_add(1, Ordering::AcqRel);
+        Queued { envelope }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        PENDING.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One event as sent: its id and the exact body bytes, signed per receiver.
@@ -340,11 +360,11 @@ impl Events {
         let envelope = Arc::new(envelope(&event));
         let mut dropped = 0;
         for queue in wanted {
-            // Counted before it is queued, so the delivery cannot finish (and count down)
-            // first.
-            PENDING.fetch_add(1, Ordering::AcqRel);
-            if queue.sender.try_send(envelope.clone()).is_err() {
-                PENDING.fetch_sub(1, Ordering::AcqRel);
+            if queue
+                .sender
+                .try_send(Queued::new(envelope.clone()))
+                .is_err()
+            {
                 dropped += 1;
                 crate::metrics::get().event("dropped");
                 tracing::warn!(
@@ -473,10 +493,9 @@ impl Delivery {
         Delivery { target, client }
     }
 
-    async fn run(self, mut queue: mpsc::Receiver<Arc<Envelope>>) {
-        while let Some(envelope) = queue.recv().await {
-            self.deliver(&envelope).await;
-            PENDING.fetch_sub(1, Ordering::AcqRel);
+    async fn run(self, mut queue: mpsc::Receiver<Queued>) {
+        while let Some(queued) = queue.recv().await {
+            self.deliver(&queued.envelope).await;
         }
     }
 
