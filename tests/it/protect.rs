@@ -356,21 +356,28 @@ async fn refusals_are_409_denied_and_oversized_manifests_413() {
     assert!(text(response).await.contains("MANIFEST_INVALID"));
 }
 
+/// The registry and a gate with `[[protect]]`, and an image pushed with skopeo to the
+/// unprotected `team/app:base`, so its blobs and manifest are in the repository.
+async fn with_a_pushed_image(tmp: &std::path::Path) -> (Registry, Gate, OciImage) {
+    let registry = Registry::start(tmp);
+    let gate = Gate::start(tmp, gate_config(&registry.url));
+    let sk = Skopeo::for_gate(&gate);
+    let image = oci_image(&tmp.join("image"), 1, 4 * 1024);
+    let base = image.clone();
+    let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &base, "team/app:base"))
+        .await
+        .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    (registry, gate, image)
+}
+
 /// The registry has no compare-and-swap: without the gate's per-repository order, eight
 /// different manifests pushed at once to a new protected tag would all find it absent and
 /// all be stored, the last one winning. Exactly one may pass; the others see it and get 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_racing_pushes_to_a_new_protected_tag_exactly_one_passes() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
-    let sk = Skopeo::for_gate(&gate);
-    let image = oci_image(&tmp.path().join("image"), 1, 4 * 1024);
-    let base = image.clone();
-    let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &base, "team/app:base"))
-        .await
-        .expect("skopeo thread");
-    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let (_registry, gate, image) = with_a_pushed_image(tmp.path()).await;
 
     // Eight manifests of the same image, told apart by an annotation.
     let hex = image.manifest_digest.trim_start_matches("sha256:");
@@ -424,15 +431,7 @@ async fn of_racing_pushes_to_a_new_protected_tag_exactly_one_passes() {
 async fn a_platform_of_a_nested_index_is_protected_too() {
     const INDEX: &str = "application/vnd.oci.image.index.v1+json";
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
-    let sk = Skopeo::for_gate(&gate);
-    let image = oci_image(&tmp.path().join("image"), 1, 4 * 1024);
-    let base = image.clone();
-    let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &base, "team/app:base"))
-        .await
-        .expect("skopeo thread");
-    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let (_registry, gate, image) = with_a_pushed_image(tmp.path()).await;
     let hex = image.manifest_digest.trim_start_matches("sha256:");
     let size = std::fs::metadata(image.dir.join("blobs/sha256").join(hex))
         .expect("manifest blob")
