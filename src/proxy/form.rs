@@ -3,10 +3,34 @@
 //! form bodies on the registry API. Each is a way to make the gate and the registry read one
 //! request differently; refusing them keeps the rules' view the registry's view.
 
+use std::time::Duration;
+
 use http::header::{self, HeaderValue};
 use http::{Request, Version};
+use http_body_util::{BodyExt, Limited};
 
+use super::body::RequestBody;
 use super::error::GateError;
+
+/// A form the gate itself answers (a login, a delete, an OAuth2 token request) arrives in one
+/// packet; a client dribbling one is holding a stream open.
+const FORM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a form the gate answers itself was not read; each caller words it for its client.
+pub(super) enum FormError {
+    Late,
+    TooLargeOrBroken,
+    NotUtf8,
+}
+
+/// A form the gate answers itself, whole: at most `limit` bytes, all within `FORM_TIMEOUT`.
+pub(super) async fn read_small_form(body: RequestBody, limit: usize) -> Result<String, FormError> {
+    let collected = tokio::time::timeout(FORM_TIMEOUT, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| FormError::Late)?
+        .map_err(|_| FormError::TooLargeOrBroken)?;
+    String::from_utf8(collected.to_bytes().to_vec()).map_err(|_| FormError::NotUtf8)
+}
 
 /// Headers by which some frameworks let a POST act as another method. The registry ignores
 /// them, but a proxy or registry in between might not: a request carrying one is refused

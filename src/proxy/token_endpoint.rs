@@ -7,12 +7,12 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 use super::body::ResponseBody;
 use super::caller::{self, Caller};
 use super::context::RequestContext;
 use super::error::{Challenge, GateError};
+use super::form::{self, FormError};
 use super::state::Snapshot;
 use crate::auth::token::{parse_scopes, Grant, Scope};
 use crate::auth::{Failure, Identity};
@@ -22,8 +22,6 @@ pub const TOKEN_PATH: &str = "/token";
 
 /// An OAuth2 form is a few short fields; anything larger is not a login.
 const MAX_FORM_BYTES: usize = 64 * 1024;
-/// A login form arrives in one packet; a client dribbling it is holding a stream open.
-const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Answers a token request: a token for the granted scopes, or the reason there is none.
 pub async fn answer(
@@ -46,14 +44,16 @@ pub async fn answer(
             (caller::credentials(ctx, header).await, scopes, false)
         }
         Method::POST => {
-            let collect = Limited::new(ctx.body.take(), MAX_FORM_BYTES).collect();
-            let body = tokio::time::timeout(FORM_TIMEOUT, collect)
+            let form = form::read_small_form(ctx.body.take(), MAX_FORM_BYTES)
                 .await
-                .map_err(|_| GateError::BadRequest("token request form not sent in time"))?
-                .map_err(|_| GateError::BadRequest("token request form too large or broken"))?
-                .to_bytes();
-            let form = std::str::from_utf8(&body)
-                .map_err(|_| GateError::BadRequest("token request form is not UTF-8"))?;
+                .map_err(|e| {
+                    GateError::BadRequest(match e {
+                        FormError::Late => "token request form not sent in time",
+                        FormError::TooLargeOrBroken => "token request form too large or broken",
+                        FormError::NotUtf8 => "token request form is not UTF-8",
+                    })
+                })?;
+            let form = form.as_str();
             if query_values(Some(form), "grant_type")
                 .first()
                 .map(String::as_str)

@@ -168,13 +168,7 @@ fn verify_signature(hook: &Hook) {
 #[test]
 fn a_push_and_a_delete_each_send_one_signed_event() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let receiver = Receiver::start(0);
-    let gate = start_gate(
-        tmp.path(),
-        &registry,
-        &events_table(tmp.path(), &receiver.url(), ""),
-    );
+    let (_registry, receiver, gate) = gate_and_receiver(tmp.path(), 0);
     let image = oci_image(&tmp.path().join("image"), 2, 64 * 1024);
 
     // Refused pushes: a wrong password, and a user the rules allow only to pull.
@@ -310,12 +304,19 @@ fn a_dead_receiver_never_slows_or_fails_a_push() {
     drop(silent);
 }
 
+/// The registry, a receiver that answers 500 to the first `fail_first` requests, and a gate
+/// sending it every event.
+fn gate_and_receiver(tmp: &Path, fail_first: usize) -> (Registry, Receiver, Gate) {
+    let registry = Registry::start(tmp);
+    let receiver = Receiver::start(fail_first);
+    let gate = start_gate(tmp, &registry, &events_table(tmp, &receiver.url(), ""));
+    (registry, receiver, gate)
+}
+
 /// The registry, a receiver that answers 500 twice and then 200, and the gate, after one
 /// push of `team/app:v1`.
 fn pushed_to_a_receiver_failing_twice(tmp: &Path) -> (Registry, Receiver, Gate, OciImage) {
-    let registry = Registry::start(tmp);
-    let receiver = Receiver::start(2);
-    let gate = start_gate(tmp, &registry, &events_table(tmp, &receiver.url(), ""));
+    let (registry, receiver, gate) = gate_and_receiver(tmp, 2);
     let image = oci_image(&tmp.join("image"), 1, 16 * 1024);
     let out = push(&gate, &image, BUILDER, "team/app:v1");
     assert!(out.status.success(), "{}", describe(&out));
@@ -446,13 +447,7 @@ fn an_https_receiver_is_checked_against_its_ca() {
 #[test]
 fn an_access_token_push_names_the_token_and_survives_the_reload_it_causes() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let receiver = Receiver::start(0);
-    let gate = start_gate(
-        tmp.path(),
-        &registry,
-        &events_table(tmp.path(), &receiver.url(), ""),
-    );
+    let (_registry, receiver, gate) = gate_and_receiver(tmp.path(), 0);
     // Creating the token rewrites a watched file: the gate reloads and starts new receivers.
     let out = gate_command()
         .args([

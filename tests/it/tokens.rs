@@ -11,7 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
-use util::client::{empty, request, text, Proto};
+use util::client::{empty, full, request, text, Proto};
 use util::docker::Dockerd;
 use util::gate::{gate_command, write_htpasswd, Gate, GateConfig};
 use util::image::{oci_image, read_oci_layout, skopeo};
@@ -477,6 +477,34 @@ async fn token_mode_docker_logs_in_with_an_access_token_and_its_bearer_tokens_di
         }
     };
     assert_eq!(tags(bearer.clone()).await, 200);
+    // The OAuth2 form (`docker login` with a refresh token, containerd) takes it too.
+    let oauth = |password: String| {
+        let client = gate.client(Proto::Http1);
+        let url = gate.url("/token");
+        async move {
+            let answer = client
+                .send(
+                    request("POST", &url)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(full(format!(
+                            "grant_type=password&service=registry-gate&client_id=test\
+                             &username=anyone&password={password}\
+                             &scope=repository%3Ateam%2Fapp%3Apull"
+                        )))
+                        .expect("token form"),
+                )
+                .await;
+            (answer.status(), text(answer).await)
+        }
+    };
+    let (status, body) = oauth(ci.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let form_bearer: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
+    let form_bearer = form_bearer["access_token"].as_str().expect("access_token");
+    assert_eq!(tags(form_bearer.to_string()).await, 200);
+    let (status, body) = oauth("rgt_not-a-token".into()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_grant"), "{body}");
     token_change(&gate, &["revoke", "ci"]);
     assert_eq!(
         tags(bearer).await,

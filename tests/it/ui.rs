@@ -239,20 +239,23 @@ struct Page {
     body: String,
 }
 
+impl Page {
+    async fn read(response: http::Response<hyper::body::Incoming>) -> Page {
+        Page {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: text(response).await,
+        }
+    }
+}
+
 /// `GET url` with the session cookie if given.
 async fn get(client: &HttpsClient, url: &str, cookie: Option<&str>) -> Page {
     let mut builder = request("GET", url);
     if let Some(cookie) = cookie {
         builder = builder.header("Cookie", cookie);
     }
-    let response = client.send(builder.body(empty()).expect("GET")).await;
-    let status = response.status();
-    let headers = response.headers().clone();
-    Page {
-        status,
-        headers,
-        body: text(response).await,
-    }
+    Page::read(client.send(builder.body(empty()).expect("GET")).await).await
 }
 
 /// `POST url` with an urlencoded form, the cookie and an `Origin` if given.
@@ -271,16 +274,12 @@ async fn post(
     if let Some(origin) = origin {
         builder = builder.header("Origin", origin);
     }
-    let response = client
-        .send(builder.body(full(form.to_string())).expect("POST"))
-        .await;
-    let status = response.status();
-    let headers = response.headers().clone();
-    Page {
-        status,
-        headers,
-        body: text(response).await,
-    }
+    Page::read(
+        client
+            .send(builder.body(full(form.to_string())).expect("POST"))
+            .await,
+    )
+    .await
 }
 
 /// Logs in through the form; returns the `Set-Cookie` line and the `name=value` to send.

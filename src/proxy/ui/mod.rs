@@ -26,12 +26,10 @@ mod session;
 pub(super) use fetch::CreationDates;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -39,6 +37,7 @@ use super::body::ResponseBody;
 use super::caller::{self, Caller};
 use super::context::RequestContext;
 use super::error::{GateError, Side};
+use super::form::{read_small_form, FormError};
 use super::token_endpoint::query_values;
 use crate::auth::token::unix_now;
 use crate::auth::{Failure, Identity};
@@ -62,8 +61,6 @@ const ASSET_CACHE: &str = "public, max-age=300";
 
 /// A login or delete form is a few short fields.
 const MAX_FORM_BYTES: usize = 16 * 1024;
-/// A form arrives in one packet; a client dribbling one is holding a stream open.
-const FORM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tags on one page of a repository, each with its manifest and config read (two registry
 /// reads, the config's only once: `CreationDates`): a page stays well under 100 ms.
 const TAGS_PER_PAGE: usize = 25;
@@ -482,11 +479,7 @@ impl Browser {
         host: &HeaderValue,
     ) -> Result<Response<ResponseBody>, Refusal> {
         if let Some(session) = &self.session {
-            let form = read_form(ctx, request).await?;
-            if !same_origin(request, host) || !self.key.csrf_ok(session, &field(&form, CSRF_FIELD))
-            {
-                return Err(Refusal::Csrf);
-            }
+            self.checked_form(ctx, request, host, session).await?;
         }
         Ok(redirect(
             chrome.base,
@@ -699,6 +692,22 @@ impl Browser {
         ))
     }
 
+    /// The form of a changing request in `session`, read only when it came from our own
+    /// pages with the session's CSRF token.
+    async fn checked_form(
+        &self,
+        ctx: &mut RequestContext,
+        request: &Request<()>,
+        host: &HeaderValue,
+        session: &Session,
+    ) -> Result<String, Refusal> {
+        let form = read_form(ctx, request).await?;
+        if !same_origin(request, host) || !self.key.csrf_ok(session, &field(&form, CSRF_FIELD)) {
+            return Err(Refusal::Csrf);
+        }
+        Ok(form)
+    }
+
     async fn delete(
         &self,
         ctx: &mut RequestContext,
@@ -711,10 +720,7 @@ impl Browser {
         let Some(session) = &self.session else {
             return Err(Refusal::Forbidden("Log in to delete."));
         };
-        let form = read_form(ctx, request).await?;
-        if !same_origin(request, host) || !self.key.csrf_ok(session, &field(&form, CSRF_FIELD)) {
-            return Err(Refusal::Csrf);
-        }
+        let form = self.checked_form(ctx, request, host, session).await?;
         self.check_delete(ctx, name)?;
         let digest = field(&form, "digest");
         if !is_digest(&digest) {
@@ -853,13 +859,15 @@ async fn read_form(ctx: &mut RequestContext, request: &Request<()>) -> Result<St
             "Send the form as application/x-www-form-urlencoded.",
         ));
     }
-    let collect = Limited::new(ctx.body.take(), MAX_FORM_BYTES).collect();
-    let body = tokio::time::timeout(FORM_TIMEOUT, collect)
+    read_small_form(ctx.body.take(), MAX_FORM_BYTES)
         .await
-        .map_err(|_| Refusal::BadForm("The form was not sent in time."))?
-        .map_err(|_| Refusal::BadForm("The form is too large or broken."))?
-        .to_bytes();
-    String::from_utf8(body.to_vec()).map_err(|_| Refusal::BadForm("The form is not UTF-8."))
+        .map_err(|e| {
+            Refusal::BadForm(match e {
+                FormError::Late => "The form was not sent in time.",
+                FormError::TooLargeOrBroken => "The form is too large or broken.",
+                FormError::NotUtf8 => "The form is not UTF-8.",
+            })
+        })
 }
 
 /// The first value of `name` in a form, or empty.
@@ -927,6 +935,7 @@ fn secure(response: &mut Response<ResponseBody>, cache: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

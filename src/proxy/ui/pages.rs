@@ -139,7 +139,7 @@ pub fn repositories(chrome: &Chrome, names: &[String], query: &str, complete: bo
 /// One row of a repository's tag table.
 pub struct TagRow {
     pub tag: String,
-    /// `None` when the tag vanished or was not read (beyond the detailed rows).
+    /// `None` when the tag vanished or could not be read.
     pub manifest: Option<Manifest>,
     pub created: Option<String>,
 }
