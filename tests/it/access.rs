@@ -25,7 +25,7 @@ use util::image::{oci_image, skopeo, skopeo_ok};
 use util::pki::Pki;
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
-use util::{describe, free_port, require_tool, run, temp_dir, write_file};
+use util::{describe, free_port, require_tool, run, runtime, temp_dir, write_file};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -60,15 +60,6 @@ async fn status_and_body(
     let response = get_as(client, url, creds).await;
     let status = response.status();
     (status, text(response).await)
-}
-
-/// For the tests that drive blocking CLIs: a runtime for the few HTTP checks among them.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 /// `[[rules]]` tables from `(users, repositories, actions)`.

@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use util::gate::{gate_command, Gate, GateConfig};
-use util::image::{oci_image, skopeo, skopeo_ok, OciImage};
+use util::image::{oci_image, skopeo_ok, OciImage};
 use util::peer::{answer, Peer};
 use util::pki::Pki;
 use util::registry::Registry;
@@ -143,16 +143,11 @@ fn start_gate(tmp: &Path, registry: &Registry, extra: &str) -> Gate {
 }
 
 fn push(gate: &Gate, image: &OciImage, creds: (&str, &str), target: &str) -> std::process::Output {
-    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
-    skopeo(&[
-        "copy",
-        "--dest-cert-dir",
-        certs,
-        "--dest-creds",
+    gate.push(
         &format!("{}:{}", creds.0, creds.1),
         &image.reference(),
-        &format!("docker://{}/{target}", gate.authority()),
-    ])
+        target,
+    )
 }
 
 fn verify_signature(hook: &Hook) {

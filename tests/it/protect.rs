@@ -13,7 +13,8 @@ use util::client::{full, request, text, HttpsClient, Proto};
 use util::docker::Dockerd;
 use util::gate::{Gate, GateConfig};
 use util::image::{
-    oci_image, oci_index, read_oci_layout, skopeo, skopeo_ok, OciImage, MANIFEST_MEDIA_TYPE,
+    oci_image, oci_index, read_oci_layout, skopeo, skopeo_ok, skopeo_push, OciImage,
+    MANIFEST_MEDIA_TYPE,
 };
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
@@ -52,17 +53,13 @@ impl Skopeo {
     }
 
     fn push(&self, who: (&str, &str), image: &OciImage, reference: &str) -> std::process::Output {
-        let creds = format!("{}:{}", who.0, who.1);
-        skopeo(&[
-            "copy",
-            "--preserve-digests",
-            "--dest-cert-dir",
-            &self.certs,
-            "--dest-creds",
-            &creds,
+        skopeo_push(
+            std::path::Path::new(&self.certs),
+            &self.authority,
+            &format!("{}:{}", who.0, who.1),
             &image.reference(),
-            &self.remote(reference),
-        ])
+            reference,
+        )
     }
 
     fn delete(&self, who: (&str, &str), reference: &str) -> std::process::Output {

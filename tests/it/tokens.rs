@@ -62,18 +62,7 @@ fn basic_gate(tmp: &Path, registry: &Registry, rules: &str) -> Gate {
 
 /// `skopeo copy` of `image` to `repo` on the gate with these credentials.
 fn push(gate: &Gate, image: &str, repo: &str, creds: &str) -> Output {
-    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
-    let dest = format!("docker://{}/{repo}", gate.authority());
-    skopeo(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-cert-dir",
-        certs,
-        "--dest-creds",
-        creds,
-        image,
-        &dest,
-    ])
+    gate.push(creds, image, repo)
 }
 
 fn pull(gate: &Gate, repo: &str, creds: &str, into: &Path) -> Output {

@@ -16,11 +16,11 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use util::client::{empty, full, request, text, HttpsClient, Proto};
 use util::gate::{Gate, GateConfig};
-use util::image::{skopeo_ok, ustar, MANIFEST_MEDIA_TYPE};
+use util::image::{ustar, MANIFEST_MEDIA_TYPE};
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
 use util::webdriver::Browser;
-use util::{sha256_digest, temp_dir, write_file, TempDir};
+use util::{describe, runtime, sha256_digest, temp_dir, write_file, TempDir};
 
 const ALICE: (&str, &str) = ("alice", "alice-secret");
 const BOB: (&str, &str) = ("bob", "bob-secret");
@@ -137,19 +137,8 @@ fn multi_arch(dir: &Path) -> String {
 
 /// `skopeo copy --all` through the gate as alice.
 fn push(gate: &Gate, source: &str, target: &str) {
-    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
-    let creds = format!("{}:{}", ALICE.0, ALICE.1);
-    skopeo_ok(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-cert-dir",
-        certs,
-        "--dest-creds",
-        &creds,
-        source,
-        &format!("docker://{}/{target}", gate.authority()),
-    ]);
+    let out = gate.push(&format!("{}:{}", ALICE.0, ALICE.1), source, target);
+    assert!(out.status.success(), "push {target}: {}", describe(&out));
 }
 
 /// The real registry behind a gate in basic mode with `RULES`, and images pushed through it.
@@ -323,14 +312,6 @@ fn csrf_of(html: &str) -> String {
         .unwrap_or_else(|| panic!("no CSRF field in:\n{html}"))
         + marker.len();
     html[start..].split('"').next().expect("value").to_string()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 // ---------------------------------------------------------------------------------------

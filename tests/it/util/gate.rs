@@ -352,6 +352,11 @@ impl Gate {
         );
     }
 
+    /// `skopeo_push` of `source` to `target` on this gate as `creds` (`user:password`).
+    pub fn push(&self, creds: &str, source: &str, target: &str) -> std::process::Output {
+        super::image::skopeo_push(&self.pki.cert_dir, &self.authority(), creds, source, target)
+    }
+
     /// Runs `registry-gate ARGS --config <this gate's config>`, a command that edits a file
     /// the gate watches (`token create`, `token revoke`), and waits until the gate has
     /// reloaded it. Panics with the output unless the command succeeded.

@@ -262,6 +262,29 @@ pub fn skopeo(args: &[&str]) -> Output {
     run(Command::new("skopeo").arg("--insecure-policy").args(args))
 }
 
+/// `skopeo copy --all --preserve-digests` of `source` (a skopeo reference) to `target`
+/// (`repository:tag`) on the gate at `authority`, trusting the CA in `cert_dir`, logging in
+/// with `creds` (`user:password`).
+pub fn skopeo_push(
+    cert_dir: &Path,
+    authority: &str,
+    creds: &str,
+    source: &str,
+    target: &str,
+) -> Output {
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        cert_dir.to_str().expect("UTF-8 path"),
+        "--dest-creds",
+        creds,
+        source,
+        &format!("docker://{authority}/{target}"),
+    ])
+}
+
 pub fn skopeo_ok(args: &[&str]) -> Output {
     let out = skopeo(args);
     assert!(

@@ -103,6 +103,15 @@ pub fn read_some(stream: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Re
     }
 }
 
+/// For the tests that drive blocking CLIs: a runtime for the HTTP checks among them.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// A child process killed (and reaped) when this goes out of scope, panicking tests included.
 pub struct KillOnDrop(pub Child);
 
