@@ -150,14 +150,23 @@ async fn https_client_trusts_the_test_ca_and_no_other() {
         .arg(&pki.key_pem)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn openssl s_server");
-    let _server = util::KillOnDrop(server);
+    let mut server = util::KillOnDrop(server);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(util::wait_until(Duration::from_secs(10), || {
-        util::accepts_tcp(addr)
-    }));
+    let up = util::wait_until(Duration::from_secs(10), || util::accepts_tcp(addr));
+    if !up {
+        let exited = server.0.try_wait().expect("poll openssl s_server");
+        let mut stderr = String::new();
+        if exited.is_some() {
+            use std::io::Read;
+            if let Some(mut pipe) = server.0.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+        }
+        panic!("openssl s_server on {addr} never accepted (exit: {exited:?}): {stderr}");
+    }
 
     let url = format!("https://127.0.0.1:{port}/");
     let trusted = HttpsClient::new(&pki.ca_pem, Proto::Http1);

@@ -1,9 +1,10 @@
 //! Test harness: starts the real processes an integration test needs (the gate binary, a
 //! `docker-registry`, `dockerd`, a recording upstream) and the real clients that talk to them.
 //!
-//! Every helper owns what it starts: ports come from `free_port`, files live in the test's own
-//! `TempDir`, and `Drop` kills the child. Nothing here skips a test: a missing tool is a panic
-//! naming the package to install (STYLE.md, convention 13).
+//! Every helper owns what it starts: the gate binds port 0 and reports it, other children get
+//! a port from `free_port`, files live in the test's own `TempDir`, and `Drop` kills the child.
+//! Nothing here skips a test: a missing tool is a panic naming the package to install
+//! (STYLE.md, convention 13).
 //!
 //! Layout:
 //! - `pki`      a CA and a server certificate per test (rcgen), written as PEM
@@ -34,19 +35,45 @@ pub mod webdriver;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
-/// A port on 127.0.0.1 that nobody listened on a moment ago. The kernel hands out ephemeral
-/// ports in sequence, so the window for another test to take it before our child binds is
-/// small; a child that loses the race fails loudly at start-up, not silently.
+/// How many ports below the kernel's ephemeral range `free_port` hands out from.
+const PORT_POOL: u16 = 10_000;
+
+/// A port on 127.0.0.1 for a child process that must be told its port (registry, pebble,
+/// chromedriver, openssl): the gate itself binds port 0 and reports its address.
+///
+/// Ports come from just below the kernel's ephemeral range, each one once per test process.
+/// A port found by binding port 0 and releasing it lies inside that range, where any
+/// outgoing connection or another test's bind may take it before the child binds: CI lost a
+/// test to exactly that. Below the range nothing is handed out by the kernel, and the counter
+/// keeps this process's tests apart; the bind check skips ports a service already holds.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("local_addr of a bound listener")
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = ephemeral_low();
+    let base = low.saturating_sub(PORT_POOL).max(1024);
+    let pool = u32::from(low - base);
+    let start = std::process::id() % pool;
+    for _ in 0..pool {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % pool;
+        let port = base + u16::try_from(offset).expect("offset below the pool size");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {base}..{low}");
+}
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`), 32768 by default.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|low| *low > 1024 + PORT_POOL / 2)
+        .unwrap_or(32768)
 }
 
 /// A fresh directory for one test. It sits directly under /tmp with a short name because
