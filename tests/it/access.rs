@@ -712,7 +712,13 @@ async fn failed_logins_are_throttled_but_verified_credentials_are_not() {
             status_and_body(&client, &url, Some(("good", &format!("wrong-{i}")))).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "failure {i}: {body}");
     }
-    // The sixth failure starts a one-second lockout: the next requests come well within it.
+    // The sixth failure starts a one-second lockout, grown to four so that the requests
+    // below come well within it.
+    util::lengthen_lockout(401, || async {
+        let (status, _) = status_and_body(&client, &url, Some(("good", "wrong-again"))).await;
+        status.as_u16()
+    })
+    .await;
     let throttled = get_as(&client, &url, Some(("good", "wrong-7"))).await;
     assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry_after: u64 = header(&throttled, "retry-after")

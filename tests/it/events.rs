@@ -280,8 +280,9 @@ fn a_dead_receiver_never_slows_or_fails_a_push() {
         let out = push(&gate, &image, BUILDER, &format!("team/app:{tag}"));
         let took = started.elapsed();
         assert!(out.status.success(), "{}", describe(&out));
-        // One delivery attempt alone takes the 2 s timeout, all of them about 25 s.
-        assert!(took < Duration::from_secs(10), "push {tag} took {took:?}");
+        // One delivery attempt alone takes the 2 s timeout, all of them about 25 s; the
+        // bound leaves room for a machine busy with other tests.
+        assert!(took < Duration::from_secs(18), "push {tag} took {took:?}");
     }
     let retried = wait_until(Duration::from_secs(10), || {
         let log = gate.log();
@@ -395,7 +396,8 @@ fn a_graceful_shutdown_delivers_queued_events_within_its_grace() {
         "still running after {took:?}:\n{}",
         gate.log()
     );
-    assert!(took < Duration::from_secs(8), "the exit took {took:?}");
+    // Delivering until the retries ran out would take about 25 s.
+    assert!(took < Duration::from_secs(12), "the exit took {took:?}");
     assert!(
         gate.log().contains("undelivered=1"),
         "the lost event is not in the log:\n{}",
@@ -463,7 +465,7 @@ fn an_access_token_push_names_the_token_and_survives_the_reload_it_causes() {
     assert!(
         wait_until(Duration::from_secs(10), || gate
             .log()
-            .contains("a watched file changed")),
+            .contains(util::gate::RELOADED)),
         "no reload:\n{}",
         gate.log()
     );

@@ -16,7 +16,7 @@ use util::image::{oci_image, skopeo, skopeo_ok};
 use util::netns::Netns;
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
-use util::{describe, run, temp_dir};
+use util::{describe, run, temp_dir, wait_until};
 
 /// `GET /metrics` over plain HTTP, parsed into series -> value.
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
@@ -111,12 +111,22 @@ fn metrics_count_real_traffic_failures_and_refused_connections() {
     ]);
     assert!(!refused.status.success(), "{}", describe(&refused));
 
-    // One address holding three connections: the fourth is refused and counted.
+    // One address holding three connections: the fourth is refused and counted. skopeo's
+    // connections must be gone first, or one of them would take a held one's slot.
+    let open = || sum(&scrape(metrics_addr), "registry_gate_open_connections", &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || open() == 0.0),
+        "skopeo's connections still open: {}",
+        open()
+    );
     let held: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(gate.addr).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let open_now = sum(&scrape(metrics_addr), "registry_gate_open_connections", &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || open() >= 3.0),
+        "open connections {} while three were held",
+        open()
+    );
     let mut fourth = TcpStream::connect(gate.addr).expect("connect");
     fourth
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -181,10 +191,6 @@ fn metrics_count_real_traffic_failures_and_refused_connections() {
             &["reason=\"max_connections_per_ip\""]
         ),
         1.0
-    );
-    assert!(
-        open_now >= 3.0,
-        "open connections {open_now} while three were held"
     );
 }
 

@@ -344,7 +344,7 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
         ],
     );
     assert!(
-        wait_until(Duration::from_secs(15), || gate.log().lines().any(|l| l
+        wait_until(Duration::from_secs(30), || gate.log().lines().any(|l| l
             .contains("access token expires within 7 days")
             && l.contains("token=soon"))),
         "no expiry warning for soon:\n{}",

@@ -113,6 +113,26 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Takes a login brake that has just locked an address out for one second (the sixth
+/// failure) to a four-second lockout: waits out each lockout and fails once more, twice.
+/// Tests that assert what happens during a lockout then have four seconds, not one, before
+/// a stalled machine lets the lockout end under them. `fail` makes one failing login and
+/// returns its status, which must be `failed` (the brake counted it).
+pub async fn lengthen_lockout<F, Fut>(failed: u16, mut fail: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    for (round, lockout) in [1, 2].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_secs(lockout) + Duration::from_millis(200)).await;
+        let status = fail().await;
+        assert_eq!(
+            status, failed,
+            "a failing login after the {lockout} s lockout (round {round})"
+        );
+    }
+}
+
 /// True when something accepts TCP connections on `addr`.
 pub fn accepts_tcp(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
