@@ -11,7 +11,14 @@
 //! issuer rotated its keys), at most once per `REFETCH_INTERVAL` so tokens with made-up key
 //! ids cannot make the gate hammer the issuer, and at the latest after `KEYS_MAX_AGE`. A
 //! failed fetch keeps the keys already known, for at most `KEYS_HARD_MAX_AGE`.
+//!
+//! Docker sends the token again with every request of a push, so a token that verified is
+//! remembered by its SHA-256 (never the token) for `VERIFIED_FOR` or until it expires,
+//! whichever comes first, and only while its issuer's key set is the one it was verified
+//! against: one signature check per token and job, not one per request, and a key the
+//! issuer withdrew stops working at the same fetch as before.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +51,10 @@ const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// How long one fetch from the issuer may take; a slow issuer delays only the logins that
 /// wait for its keys.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a verified token is taken again on its hash alone.
+const VERIFIED_FOR: Duration = Duration::from_secs(300);
+/// Verified tokens remembered at most; past it the expired ones go, then all of them.
+const VERIFIED_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
@@ -81,6 +92,25 @@ pub struct OidcIdentity {
 /// The configured issuers and their keys.
 pub struct Oidc {
     issuers: Vec<Issuer>,
+    verified: VerifiedTokens,
+}
+
+/// Tokens that verified lately, by the SHA-256 of the whole token. Built with the issuers,
+/// so a reload that changes `[[auth.oidc]]` forgets them all.
+#[derive(Default)]
+struct VerifiedTokens {
+    map: std::sync::Mutex<HashMap<[u8; 32], Remembered>>,
+}
+
+struct Remembered {
+    identity: OidcIdentity,
+    /// The token's `exp`: past it (and the leeway) the token is refused as before.
+    exp: u64,
+    verified_at: Instant,
+    /// The issuer (index into `Oidc::issuers`) and when its key set was fetched: a new key
+    /// set, which may have withdrawn the key, makes the token be verified in full again.
+    issuer: usize,
+    keys_fetched: Option<Instant>,
 }
 
 struct Issuer {
@@ -157,7 +187,10 @@ impl Oidc {
                 fetching: Mutex::new(()),
             });
         }
-        Ok(Oidc { issuers })
+        Ok(Oidc {
+            issuers,
+            verified: VerifiedTokens::default(),
+        })
     }
 
     /// Whether a password has the shape of a JWT (three base64url parts, a JSON header), so
@@ -170,8 +203,26 @@ impl Oidc {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     }
 
-    /// Verifies `token` completely and maps it to its identity.
+    /// Verifies `token` completely and maps it to its identity; a token that verified within
+    /// `VERIFIED_FOR` and has not expired is taken on its hash.
     pub async fn verify(&self, token: &str) -> Result<OidcIdentity, Refusal> {
+        let digest = token_digest(token);
+        let key_sets = |issuer: usize| self.issuers.get(issuer).and_then(Issuer::fresh_keys);
+        if let Some(identity) = self
+            .verified
+            .get(&digest, unix_now(), Instant::now(), key_sets)
+        {
+            return Ok(identity);
+        }
+        let verified = self.verify_fully(token).await?;
+        let identity = verified.identity.clone();
+        self.verified
+            .remember(digest, verified, unix_now(), Instant::now());
+        Ok(identity)
+    }
+
+    /// Signature, issuer and claims: what `VerifiedTokens` needs to remember the token.
+    async fn verify_fully(&self, token: &str) -> Result<Remembered, Refusal> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -200,26 +251,86 @@ impl Oidc {
             ));
         }
         let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
-        let Some(issuer) = self
+        let Some((index, issuer)) = self
             .issuers
             .iter()
-            .find(|i| i.config.issuer == iss.trim_end_matches('/'))
+            .enumerate()
+            .find(|(_, i)| i.config.issuer == iss.trim_end_matches('/'))
         else {
             return Err(refuse(
                 "oidc_unknown_issuer",
                 format!("issuer {iss:?} is not configured in [[auth.oidc]]"),
             ));
         };
-        let key = issuer.key_for(header.kid.as_deref(), &header.alg).await?;
+        let (key, keys_fetched) = issuer.key_for(header.kid.as_deref(), &header.alg).await?;
         let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
         verify_signature(&key, &header.alg, signed.as_bytes(), &signature)?;
-        check_claims(&issuer.config, &claims, unix_now())
+        let identity = check_claims(&issuer.config, &claims, unix_now())?;
+        Ok(Remembered {
+            identity,
+            // check_claims refused a token without a numeric exp.
+            exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+            verified_at: Instant::now(),
+            issuer: index,
+            keys_fetched,
+        })
     }
+}
+
+impl VerifiedTokens {
+    /// The identity of a token that verified, while it is neither expired nor remembered for
+    /// longer than `VERIFIED_FOR`, and `key_sets(issuer)` (when the issuer's fresh key set was
+    /// fetched) still names the set it was verified against.
+    fn get(
+        &self,
+        digest: &[u8; 32],
+        now_unix: u64,
+        now: Instant,
+        key_sets: impl Fn(usize) -> Option<Instant>,
+    ) -> Option<OidcIdentity> {
+        let map = self.map.lock().ok()?;
+        let seen = map.get(digest)?;
+        let same_keys = seen.keys_fetched.is_some() && key_sets(seen.issuer) == seen.keys_fetched;
+        (same_keys && seen.usable(now_unix, now)).then(|| seen.identity.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], verified: Remembered, now_unix: u64, now: Instant) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if map.len() >= VERIFIED_MAX {
+            map.retain(|_, seen| seen.usable(now_unix, now));
+            if map.len() >= VERIFIED_MAX {
+                map.clear();
+            }
+        }
+        map.insert(digest, verified);
+    }
+}
+
+impl Remembered {
+    /// The same expiry rule as `check_claims`, and the remembering limit.
+    fn usable(&self, now_unix: u64, now: Instant) -> bool {
+        now_unix < self.exp.saturating_add(LEEWAY_SECS)
+            && now.saturating_duration_since(self.verified_at) < VERIFIED_FOR
+    }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 impl Issuer {
     /// The key a token names, fetching the key set when it is not known (yet).
-    async fn key_for(&self, kid: Option<&str>, alg: &str) -> Result<Jwk, Refusal> {
+    /// The key, and when the set it comes from was fetched.
+    async fn key_for(
+        &self,
+        kid: Option<&str>,
+        alg: &str,
+    ) -> Result<(Jwk, Option<Instant>), Refusal> {
         // A known, fresh key is served without waiting for anything: a fetch caused by
         // another token (a rotation, or made-up key ids) never delays these logins.
         if let Some(key) = self.fresh_key(kid, alg) {
@@ -258,7 +369,7 @@ impl Issuer {
                 ),
             ));
         }
-        find_key(&keys.set, kid, alg).cloned().ok_or_else(|| {
+        let key = find_key(&keys.set, kid, alg).cloned().ok_or_else(|| {
             refuse(
                 "oidc_unknown_key",
                 format!(
@@ -267,16 +378,27 @@ impl Issuer {
                     self.config.issuer
                 ),
             )
-        })
+        })?;
+        Ok((key, keys.fetched))
     }
 
-    /// The key, when it is known and the set is younger than `KEYS_MAX_AGE`.
-    fn fresh_key(&self, kid: Option<&str>, alg: &str) -> Option<Jwk> {
+    /// The key, when it is known and the set is younger than `KEYS_MAX_AGE`; and when that
+    /// set was fetched.
+    fn fresh_key(&self, kid: Option<&str>, alg: &str) -> Option<(Jwk, Option<Instant>)> {
         let keys = self.lock_keys();
         let fresh = keys.fetched.is_some_and(|at| at.elapsed() < KEYS_MAX_AGE);
         fresh
             .then(|| find_key(&keys.set, kid, alg).cloned())
             .flatten()
+            .map(|key| (key, keys.fetched))
+    }
+
+    /// When the key set in use was fetched, while it is younger than `KEYS_MAX_AGE`: a
+    /// remembered token is taken only while this names the set it was verified against.
+    fn fresh_keys(&self) -> Option<Instant> {
+        self.lock_keys()
+            .fetched
+            .filter(|at| at.elapsed() < KEYS_MAX_AGE)
     }
 
     /// Whether a fetch may start now (at most one per `REFETCH_INTERVAL`, failures
@@ -708,5 +830,114 @@ mod tests {
         ));
         assert!(!Oidc::looks_like_jwt(b"s3cret"));
         assert!(!Oidc::looks_like_jwt(b"rgt_abc"));
+    }
+
+    fn identity(user: &str) -> OidcIdentity {
+        OidcIdentity {
+            user: user.into(),
+            issuer: "https://issuer.test".into(),
+            subject: "repo:org/app".into(),
+        }
+    }
+
+    fn verified_at(at: Instant, exp: u64, keys_fetched: Instant) -> Remembered {
+        Remembered {
+            identity: identity("ci:app"),
+            exp,
+            verified_at: at,
+            issuer: 0,
+            keys_fetched: Some(keys_fetched),
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires_or_for_five_minutes() {
+        let verified = VerifiedTokens::default();
+        let (start, now_unix) = (Instant::now(), 1_000);
+        let keys = |_| Some(start);
+        let token = token_digest("header.payload.signature");
+        verified.remember(token, verified_at(start, 2_000, start), now_unix, start);
+        assert_eq!(
+            verified.get(&token, now_unix, start, keys),
+            Some(identity("ci:app"))
+        );
+        assert_eq!(
+            verified.get(
+                &token_digest("header.payload.signaturf"),
+                now_unix,
+                start,
+                keys
+            ),
+            None,
+            "another token is not taken on this one's hash"
+        );
+        // The same expiry rule as a full check: exp plus the leeway.
+        assert!(verified
+            .get(&token, 2_000 + LEEWAY_SECS - 1, start, keys)
+            .is_some());
+        assert_eq!(verified.get(&token, 2_000 + LEEWAY_SECS, start, keys), None);
+        // And never longer than VERIFIED_FOR, however far away exp is.
+        let later = start + VERIFIED_FOR;
+        assert!(verified
+            .get(&token, now_unix, later - Duration::from_secs(1), keys)
+            .is_some());
+        assert_eq!(verified.get(&token, now_unix, later, keys), None);
+    }
+
+    #[test]
+    fn a_new_or_stale_key_set_makes_a_remembered_token_be_verified_again() {
+        let verified = VerifiedTokens::default();
+        let start = Instant::now();
+        let token = token_digest("header.payload.signature");
+        verified.remember(token, verified_at(start, 2_000, start), 1_000, start);
+        assert!(verified
+            .get(&token, 1_000, start, |_| Some(start))
+            .is_some());
+        // The issuer's keys were fetched again: the key may be gone.
+        let refetched = start + Duration::from_secs(1);
+        assert_eq!(
+            verified.get(&token, 1_000, start, |_| Some(refetched)),
+            None
+        );
+        // The keys are older than KEYS_MAX_AGE, or the issuer is not there at all.
+        assert_eq!(verified.get(&token, 1_000, start, |_| None), None);
+    }
+
+    #[test]
+    fn remembered_tokens_stay_within_their_bound() {
+        let verified = VerifiedTokens::default();
+        let now = Instant::now();
+        for i in 0..VERIFIED_MAX + 10 {
+            let digest = token_digest(&format!("token-{i}"));
+            verified.remember(digest, verified_at(now, 2_000, now), 1_000, now);
+        }
+        let len = verified.map.lock().expect("lock").len();
+        assert!(len <= VERIFIED_MAX, "{len} remembered");
+        let newest = token_digest(&format!("token-{}", VERIFIED_MAX + 9));
+        assert!(verified.get(&newest, 1_000, now, |_| Some(now)).is_some());
+    }
+
+    #[tokio::test]
+    async fn verify_takes_a_remembered_token_and_checks_a_stale_one_in_full() {
+        let oidc = Oidc::new(&[config()]).expect("verifier");
+        let fetched = Instant::now();
+        oidc.issuers[0].lock_keys().fetched = Some(fetched);
+        // No issuer could verify this token: only the memory of it can make it pass.
+        let token = "eyJhbGciOiJub25lIn0.e30.";
+        let digest = token_digest(token);
+        let remembered = |exp| verified_at(Instant::now(), exp, fetched);
+        oidc.verified
+            .remember(digest, remembered(unix_now() + 600), unix_now(), fetched);
+        assert_eq!(oidc.verify(token).await, Ok(identity("ci:app")));
+        // The issuer's keys were fetched again: verified in full, and refused.
+        oidc.issuers[0].lock_keys().fetched = Some(fetched + Duration::from_millis(1));
+        let refused = oidc.verify(token).await.expect_err("new key set");
+        assert_eq!(refused.reason, "oidc_bad_algorithm");
+        // Expired while remembered: the same.
+        oidc.issuers[0].lock_keys().fetched = Some(fetched);
+        oidc.verified
+            .remember(digest, remembered(1_000), unix_now(), fetched);
+        let refused = oidc.verify(token).await.expect_err("expired");
+        assert_eq!(refused.reason, "oidc_bad_algorithm");
     }
 }
