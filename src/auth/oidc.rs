@@ -203,8 +203,8 @@ impl Oidc {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     }
 
-    /// Verifies `token` completely and maps it to its identity; a token that verified within
-    /// `VERIFIED_FOR` and has not expired is taken on its hash.
+    /// Verifies `token` completely and maps it to its identity; a token remembered by
+    /// `VerifiedTokens` (see there for when) is taken on its hash.
     pub async fn verify(&self, token: &str) -> Result<OidcIdentity, Refusal> {
         let digest = token_digest(token);
         let key_sets = |issuer: usize| self.issuers.get(issuer).and_then(Issuer::fresh_keys);
