@@ -53,7 +53,7 @@ const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a verified token is taken again on its hash alone.
 const VERIFIED_FOR: Duration = Duration::from_secs(300);
-/// Verified tokens remembered at most; past it the expired ones go, then all of them.
+/// Verified tokens remembered at most; past it those no longer usable go, then all of them.
 const VERIFIED_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -207,11 +207,9 @@ impl Oidc {
     /// `VerifiedTokens` (see there for when) is taken on its hash.
     pub async fn verify(&self, token: &str) -> Result<OidcIdentity, Refusal> {
         let digest = token_digest(token);
-        let key_sets = |issuer: usize| self.issuers.get(issuer).and_then(Issuer::fresh_keys);
-        if let Some(identity) = self
-            .verified
-            .get(&digest, unix_now(), Instant::now(), key_sets)
-        {
+        let now = Instant::now();
+        let key_sets = |issuer: usize| self.issuers.get(issuer)?.fresh_keys(now);
+        if let Some(identity) = self.verified.get(&digest, unix_now(), now, key_sets) {
             return Ok(identity);
         }
         let verified = self.verify_fully(token).await?;
@@ -393,12 +391,12 @@ impl Issuer {
             .map(|key| (key, keys.fetched))
     }
 
-    /// When the key set in use was fetched, while it is younger than `KEYS_MAX_AGE`: a
-    /// remembered token is taken only while this names the set it was verified against.
-    fn fresh_keys(&self) -> Option<Instant> {
+    /// When the key set in use was fetched, while it is younger than `KEYS_MAX_AGE` at `now`:
+    /// a remembered token is taken only while this names the set it was verified against.
+    fn fresh_keys(&self, now: Instant) -> Option<Instant> {
         self.lock_keys()
             .fetched
-            .filter(|at| at.elapsed() < KEYS_MAX_AGE)
+            .filter(|at| now.saturating_duration_since(*at) < KEYS_MAX_AGE)
     }
 
     /// Whether a fetch may start now (at most one per `REFETCH_INTERVAL`, failures
@@ -572,7 +570,7 @@ fn check_claims(
     let Some(exp) = number("exp") else {
         return Err(refuse("oidc_malformed", "the token has no exp claim"));
     };
-    if now >= exp + LEEWAY_SECS {
+    if now >= exp.saturating_add(LEEWAY_SECS) {
         return Err(refuse(
             "oidc_expired",
             format!("the token expired at {exp}"),
@@ -885,7 +883,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_or_stale_key_set_makes_a_remembered_token_be_verified_again() {
+    fn a_new_key_set_or_none_makes_a_remembered_token_be_verified_again() {
         let verified = VerifiedTokens::default();
         let start = Instant::now();
         let token = token_digest("header.payload.signature");
@@ -907,14 +905,34 @@ mod tests {
     fn remembered_tokens_stay_within_their_bound() {
         let verified = VerifiedTokens::default();
         let now = Instant::now();
-        for i in 0..VERIFIED_MAX + 10 {
-            let digest = token_digest(&format!("token-{i}"));
-            verified.remember(digest, verified_at(now, 2_000, now), 1_000, now);
+        let keys = |_| Some(now);
+        let digest = |i: usize| token_digest(&format!("token-{i}"));
+        // Full, with every other token expired by the time the next one comes.
+        for i in 0..VERIFIED_MAX {
+            let exp = if i % 2 == 0 { 900 } else { 2_000 };
+            verified.remember(digest(i), verified_at(now, exp, now), 800, now);
+        }
+        verified.remember(
+            digest(VERIFIED_MAX),
+            verified_at(now, 2_000, now),
+            1_000,
+            now,
+        );
+        // The expired ones went; the usable ones stayed.
+        let len = verified.map.lock().expect("lock").len();
+        assert_eq!(len, VERIFIED_MAX / 2 + 1);
+        assert!(verified.get(&digest(1), 1_000, now, keys).is_some());
+        assert!(verified
+            .get(&digest(VERIFIED_MAX), 1_000, now, keys)
+            .is_some());
+        // Full of usable tokens: all go, so the bound holds whatever comes.
+        for i in VERIFIED_MAX + 1..2 * VERIFIED_MAX + 10 {
+            verified.remember(digest(i), verified_at(now, 2_000, now), 1_000, now);
         }
         let len = verified.map.lock().expect("lock").len();
         assert!(len <= VERIFIED_MAX, "{len} remembered");
-        let newest = token_digest(&format!("token-{}", VERIFIED_MAX + 9));
-        assert!(verified.get(&newest, 1_000, now, |_| Some(now)).is_some());
+        let newest = digest(2 * VERIFIED_MAX + 9);
+        assert!(verified.get(&newest, 1_000, now, keys).is_some());
     }
 
     #[tokio::test]
@@ -933,8 +951,12 @@ mod tests {
         oidc.issuers[0].lock_keys().fetched = Some(fetched + Duration::from_millis(1));
         let refused = oidc.verify(token).await.expect_err("new key set");
         assert_eq!(refused.reason, "oidc_bad_algorithm");
-        // Expired while remembered: the same.
+        // A key set older than KEYS_MAX_AGE (the issuer could not be reached for an hour)
+        // names no set a remembered token could match.
         oidc.issuers[0].lock_keys().fetched = Some(fetched);
+        assert_eq!(oidc.issuers[0].fresh_keys(fetched), Some(fetched));
+        assert_eq!(oidc.issuers[0].fresh_keys(fetched + KEYS_MAX_AGE), None);
+        // Expired while remembered: verified in full too.
         oidc.verified
             .remember(digest, remembered(1_000), unix_now(), fetched);
         let refused = oidc.verify(token).await.expect_err("expired");

@@ -400,7 +400,11 @@ async fn ci_jobs_push_with_their_id_token_and_nothing_else_gets_in() {
 
     // Rotation: the issuer publishes a new key and withdraws the old one. The first token
     // with the new key id makes the gate fetch the keys again (rate-limited: a few seconds
-    // after the last fetch), and the withdrawn key stops working.
+    // after the last fetch), and the withdrawn key stops working: even for a token the gate
+    // verified a moment before and remembers.
+    let remembered = es.sign(&app);
+    assert_eq!(ping(&gate, &remembered).await, 200, "before the rotation");
+    assert_eq!(ping(&gate, &remembered).await, 200, "again, from memory");
     let next = SigningKey::es256("es-2");
     issuer.publish(&[&next]);
     let fetches = issuer.fetches();
@@ -425,6 +429,11 @@ async fn ci_jobs_push_with_their_id_token_and_nothing_else_gets_in() {
         ping(&gate, &es.sign(&app)).await,
         401,
         "a withdrawn key still works"
+    );
+    assert_eq!(
+        ping(&gate, &remembered).await,
+        401,
+        "a token of the withdrawn key, remembered before the rotation, still works"
     );
     // A burst of made-up key ids costs the issuer at most one fetch per interval.
     let before = issuer.fetches();
