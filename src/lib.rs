@@ -20,8 +20,9 @@
 //!    subscriber), `events` (push and delete events: the bounded queues, signatures,
 //!    delivery with retries to `[[events]]` receivers, off the request path).
 //! 5. Shared by all: `client_addr` (the canonical client address and the real client behind
-//!    trusted proxies), `atomic_file` (files written whole or not at all) and `error_chain`
-//!    (an error and its causes on one line).
+//!    trusted proxies), `atomic_file` (files written whole or not at all), `bounded_map` (the
+//!    size-bounded map behind the caches) and `error_chain` (an error and its causes on one
+//!    line).
 //!
 //! `fuzzing` holds the parser properties shared by `fuzz/` and the property tests.
 
@@ -43,6 +44,7 @@ pub mod rules;
 pub mod tls;
 
 pub mod atomic_file;
+pub mod bounded_map;
 pub mod client_addr;
 pub mod error_chain;
 

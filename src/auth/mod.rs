@@ -24,6 +24,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::bounded_map::BoundedMap;
+
 pub use throttle::Throttle;
 
 use htpasswd::{HtpasswdError, HtpasswdFile, LoadOptions, PasswordHash};
@@ -86,7 +88,7 @@ const CACHE_CAPACITY: usize = 4096;
 pub struct Authenticator {
     users: HashMap<String, PasswordHash>,
     files: Vec<PathBuf>,
-    cache: Mutex<HashMap<[u8; 32], Instant>>,
+    cache: BoundedMap<[u8; 32], Instant>,
     cache_ttl: Duration,
     cache_key: Hmac<Sha256>,
     /// Verified in place of an unknown user's hash.
@@ -146,7 +148,7 @@ impl Authenticator {
             timing_decoy,
             users,
             files: files.to_vec(),
-            cache: Mutex::new(HashMap::new()),
+            cache: BoundedMap::new(CACHE_CAPACITY),
             cache_ttl,
             cache_key,
             verify_slots,
@@ -271,27 +273,14 @@ impl Authenticator {
     }
 
     fn cached(&self, key: &[u8; 32]) -> bool {
-        let Ok(cache) = self.cache.lock() else {
-            return false;
-        };
-        cache
-            .get(key)
-            .is_some_and(|expires| *expires > Instant::now())
+        let now = Instant::now();
+        self.cache.get_if(key, |expires| *expires > now).is_some()
     }
 
     fn remember(&self, key: [u8; 32]) {
-        let Ok(mut cache) = self.cache.lock() else {
-            return;
-        };
         let now = Instant::now();
-        if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, expires| *expires > now);
-            if cache.len() >= CACHE_CAPACITY {
-                // Still full of live entries: start over rather than grow.
-                cache.clear();
-            }
-        }
-        cache.insert(key, now + self.cache_ttl);
+        self.cache
+            .insert(key, now + self.cache_ttl, |_, expires| *expires > now);
     }
 }
 

@@ -18,7 +18,6 @@
 //! against: one signature check per token and job, not one per request, and a key the
 //! issuer withdrew stops working at the same fetch as before.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,8 +32,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
+use crate::bounded_map::BoundedMap;
 use crate::config::OidcConfig;
 
 /// A token whose key id is unknown triggers a refetch at most this often.
@@ -97,11 +98,19 @@ pub struct Oidc {
 
 /// Tokens that verified lately, by the SHA-256 of the whole token. Built with the issuers,
 /// so a reload that changes `[[auth.oidc]]` forgets them all.
-#[derive(Default)]
 struct VerifiedTokens {
-    map: std::sync::Mutex<HashMap<[u8; 32], Remembered>>,
+    map: BoundedMap<[u8; 32], Remembered>,
 }
 
+impl Default for VerifiedTokens {
+    fn default() -> Self {
+        VerifiedTokens {
+            map: BoundedMap::new(VERIFIED_MAX),
+        }
+    }
+}
+
+#[derive(Clone)]
 struct Remembered {
     identity: OidcIdentity,
     /// The token's `exp`: past it (and the leeway) the token is refused as before.
@@ -110,7 +119,7 @@ struct Remembered {
     /// The issuer (index into `Oidc::issuers`) and when its key set was fetched: a new key
     /// set, which may have withdrawn the key, makes the token be verified in full again.
     issuer: usize,
-    keys_fetched: Option<Instant>,
+    keys_fetched: Instant,
 }
 
 struct Issuer {
@@ -131,6 +140,14 @@ struct Keys {
     fetched: Option<Instant>,
     /// The last attempt, successful or not: the refetch rate limit counts failures too.
     attempted: Option<Instant>,
+}
+
+impl Keys {
+    /// When the set was fetched, while it is younger than `KEYS_MAX_AGE` at `now`.
+    fn fresh_at(&self, now: Instant) -> Option<Instant> {
+        self.fetched
+            .filter(|at| now.saturating_duration_since(*at) < KEYS_MAX_AGE)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,23 +303,16 @@ impl VerifiedTokens {
         now: Instant,
         key_sets: impl Fn(usize) -> Option<Instant>,
     ) -> Option<OidcIdentity> {
-        let map = self.map.lock().ok()?;
-        let seen = map.get(digest)?;
-        let same_keys = seen.keys_fetched.is_some() && key_sets(seen.issuer) == seen.keys_fetched;
-        (same_keys && seen.usable(now_unix, now)).then(|| seen.identity.clone())
+        self.map
+            .get_if(digest, |seen| {
+                key_sets(seen.issuer) == Some(seen.keys_fetched) && seen.usable(now_unix, now)
+            })
+            .map(|seen| seen.identity)
     }
 
     fn remember(&self, digest: [u8; 32], verified: Remembered, now_unix: u64, now: Instant) {
-        let Ok(mut map) = self.map.lock() else {
-            return;
-        };
-        if map.len() >= VERIFIED_MAX {
-            map.retain(|_, seen| seen.usable(now_unix, now));
-            if map.len() >= VERIFIED_MAX {
-                map.clear();
-            }
-        }
-        map.insert(digest, verified);
+        self.map
+            .insert(digest, verified, |_, seen| seen.usable(now_unix, now));
     }
 }
 
@@ -315,20 +325,13 @@ impl Remembered {
 }
 
 fn token_digest(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl Issuer {
     /// The key a token names, fetching the key set when it is not known (yet).
     /// The key, and when the set it comes from was fetched.
-    async fn key_for(
-        &self,
-        kid: Option<&str>,
-        alg: &str,
-    ) -> Result<(Jwk, Option<Instant>), Refusal> {
+    async fn key_for(&self, kid: Option<&str>, alg: &str) -> Result<(Jwk, Instant), Refusal> {
         // A known, fresh key is served without waiting for anything: a fetch caused by
         // another token (a rotation, or made-up key ids) never delays these logins.
         if let Some(key) = self.fresh_key(kid, alg) {
@@ -367,36 +370,32 @@ impl Issuer {
                 ),
             ));
         }
-        let key = find_key(&keys.set, kid, alg).cloned().ok_or_else(|| {
-            refuse(
+        // A key is found only in a set that was fetched, so both are there or neither.
+        match (find_key(&keys.set, kid, alg), keys.fetched) {
+            (Some(key), Some(fetched)) => Ok((key.clone(), fetched)),
+            _ => Err(refuse(
                 "oidc_unknown_key",
                 format!(
                     "no {alg} key {:?} in the key set of {}",
                     kid.unwrap_or("(none named)"),
                     self.config.issuer
                 ),
-            )
-        })?;
-        Ok((key, keys.fetched))
+            )),
+        }
     }
 
     /// The key, when it is known and the set is younger than `KEYS_MAX_AGE`; and when that
     /// set was fetched.
-    fn fresh_key(&self, kid: Option<&str>, alg: &str) -> Option<(Jwk, Option<Instant>)> {
+    fn fresh_key(&self, kid: Option<&str>, alg: &str) -> Option<(Jwk, Instant)> {
         let keys = self.lock_keys();
-        let fresh = keys.fetched.is_some_and(|at| at.elapsed() < KEYS_MAX_AGE);
-        fresh
-            .then(|| find_key(&keys.set, kid, alg).cloned())
-            .flatten()
-            .map(|key| (key, keys.fetched))
+        let fetched = keys.fresh_at(Instant::now())?;
+        Some((find_key(&keys.set, kid, alg)?.clone(), fetched))
     }
 
     /// When the key set in use was fetched, while it is younger than `KEYS_MAX_AGE` at `now`:
     /// a remembered token is taken only while this names the set it was verified against.
     fn fresh_keys(&self, now: Instant) -> Option<Instant> {
-        self.lock_keys()
-            .fetched
-            .filter(|at| now.saturating_duration_since(*at) < KEYS_MAX_AGE)
+        self.lock_keys().fresh_at(now)
     }
 
     /// Whether a fetch may start now (at most one per `REFETCH_INTERVAL`, failures
@@ -844,7 +843,7 @@ mod tests {
             exp,
             verified_at: at,
             issuer: 0,
-            keys_fetched: Some(keys_fetched),
+            keys_fetched,
         }
     }
 
@@ -919,7 +918,7 @@ mod tests {
             now,
         );
         // The expired ones went; the usable ones stayed.
-        let len = verified.map.lock().expect("lock").len();
+        let len = verified.map.len();
         assert_eq!(len, VERIFIED_MAX / 2 + 1);
         assert!(verified.get(&digest(1), 1_000, now, keys).is_some());
         assert!(verified
@@ -929,7 +928,7 @@ mod tests {
         for i in VERIFIED_MAX + 1..2 * VERIFIED_MAX + 10 {
             verified.remember(digest(i), verified_at(now, 2_000, now), 1_000, now);
         }
-        let len = verified.map.lock().expect("lock").len();
+        let len = verified.map.len();
         assert!(len <= VERIFIED_MAX, "{len} remembered");
         let newest = digest(2 * VERIFIED_MAX + 9);
         assert!(verified.get(&newest, 1_000, now, keys).is_some());

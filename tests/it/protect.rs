@@ -114,9 +114,7 @@ fn refused_as_protected(out: &std::process::Output, what: &str) {
 #[test]
 fn skopeo_cannot_move_or_delete_a_protected_tag_but_may_repeat_a_push() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
-    let sk = Skopeo::for_gate(&gate);
+    let (_registry, gate, sk) = started(tmp.path());
     let a = oci_image(&tmp.path().join("alpha"), 1, 16 * 1024);
     let b = oci_image(&tmp.path().join("bravo"), 1, 16 * 1024);
     let c = oci_image(&tmp.path().join("charlie"), 1, 16 * 1024);
@@ -182,9 +180,7 @@ fn skopeo_cannot_move_or_delete_a_protected_tag_but_may_repeat_a_push() {
 #[test]
 fn the_platforms_of_a_protected_index_and_the_tokens_of_exempt_users_stay_bound() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
-    let sk = Skopeo::for_gate(&gate);
+    let (_registry, gate, sk) = started(tmp.path());
     let amd = oci_image(&tmp.path().join("amd64"), 1, 8 * 1024);
     let arm = oci_image(&tmp.path().join("arm64"), 1, 8 * 1024);
     let loose = oci_image(&tmp.path().join("loose"), 1, 8 * 1024);
@@ -268,6 +264,14 @@ fn skopeo_ok_push(sk: &Skopeo, who: (&str, &str), image: &OciImage, reference: &
     );
 }
 
+/// A registry, the gate with the protections in front of it, and skopeo for that gate.
+fn started(tmp: &std::path::Path) -> (Registry, Gate, Skopeo) {
+    let registry = Registry::start(tmp);
+    let gate = Gate::start(tmp, gate_config(&registry.url));
+    let sk = Skopeo::for_gate(&gate);
+    (registry, gate, sk)
+}
+
 fn basic(who: (&str, &str)) -> String {
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", who.0, who.1));
     format!("Basic {token}")
@@ -276,9 +280,7 @@ fn basic(who: (&str, &str)) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_409_denied_and_oversized_manifests_413() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(tmp.path(), gate_config(&registry.url));
-    let sk = Skopeo::for_gate(&gate);
+    let (_registry, gate, sk) = started(tmp.path());
     let a = oci_image(&tmp.path().join("image-a"), 1, 4 * 1024);
     let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &a, "team/app:v2"))
         .await
@@ -356,9 +358,7 @@ async fn refusals_are_409_denied_and_oversized_manifests_413() {
 /// The registry and a gate with `[[protect]]`, and an image pushed with skopeo to the
 /// unprotected `team/app:base`, so its blobs and manifest are in the repository.
 async fn with_a_pushed_image(tmp: &std::path::Path) -> (Registry, Gate, OciImage) {
-    let registry = Registry::start(tmp);
-    let gate = Gate::start(tmp, gate_config(&registry.url));
-    let sk = Skopeo::for_gate(&gate);
+    let (registry, gate, sk) = started(tmp);
     let image = oci_image(&tmp.join("image"), 1, 4 * 1024);
     let base = image.clone();
     let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &base, "team/app:base"))

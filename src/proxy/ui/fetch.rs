@@ -7,8 +7,8 @@
 //! here decides who may see what: the caller is checked before any of these is called, and
 //! names and references are validated before they go into a registry path.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use crate::bounded_map::BoundedMap;
 use crate::proxy::error::GateError;
 use crate::proxy::upstream::Upstream;
 use crate::registry_path::{is_digest, is_tag, is_valid_repository_name, percent_decode};
@@ -50,8 +51,13 @@ pub struct Registry {
 /// reads each tag's manifest but not its config: a config never changes under its digest.
 /// Only dates are kept (a few dozen bytes each, the `created` value capped), and at most
 /// `MAX_DATES` of them; when full it starts over rather than track what was used last.
-#[derive(Default)]
-pub struct CreationDates(Mutex<HashMap<(String, String), Option<String>>>);
+pub struct CreationDates(BoundedMap<(String, String), Option<String>>);
+
+impl Default for CreationDates {
+    fn default() -> Self {
+        CreationDates(BoundedMap::new(MAX_DATES))
+    }
+}
 
 /// Dates kept at most: ten thousand tags' worth is well under 2 MiB.
 const MAX_DATES: usize = 10_000;
@@ -60,25 +66,15 @@ const MAX_DATE_LEN: usize = 64;
 
 impl CreationDates {
     fn get(&self, repository: &str, digest: &str) -> Option<Option<String>> {
-        let dates = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        dates
-            .get(&(repository.to_string(), digest.to_string()))
-            .cloned()
+        let key = (repository.to_string(), digest.to_string());
+        self.0.get_if(&key, |_| true)
     }
 
     fn put(&self, repository: &str, digest: &str, created: Option<String>) {
         let created = created.filter(|c| c.len() <= MAX_DATE_LEN);
-        let mut dates = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if dates.len() >= MAX_DATES {
-            dates.clear();
-        }
-        dates.insert((repository.to_string(), digest.to_string()), created);
+        // A date never goes stale, so when full none is kept over another.
+        let key = (repository.to_string(), digest.to_string());
+        self.0.insert(key, created, |_, _| false);
     }
 }
 
@@ -570,7 +566,7 @@ mod tests {
         for i in 0..MAX_DATES + 10 {
             dates.put("team/many", &format!("sha256:{i}"), None);
         }
-        let kept = dates.0.lock().expect("dates").len();
+        let kept = dates.0.len();
         assert!(kept <= MAX_DATES && kept > 0, "{kept} dates kept");
     }
 
