@@ -354,15 +354,25 @@ fn is_valid_component(component: &str) -> bool {
 
 /// `[\w][\w.-]{0,127}`, with `\w` as ASCII word characters.
 pub fn is_tag(s: &str) -> bool {
-    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     match s.as_bytes() {
         [first, rest @ ..] => {
             s.len() <= MAX_TAG_LEN
-                && word(*first)
-                && rest.iter().all(|&b| word(b) || b == b'.' || b == b'-')
+                && (first.is_ascii_alphanumeric() || *first == b'_')
+                && rest.iter().all(|&b| tag_byte(b))
         }
         [] => false,
     }
+}
+
+/// Whether `s` can be part of a tag: as long as one at most, and only its characters (a tag
+/// filter that is not matches nothing).
+pub fn is_tag_fragment(s: &str) -> bool {
+    s.len() <= MAX_TAG_LEN && s.bytes().all(tag_byte)
+}
+
+/// A byte a tag may hold after its first: `[A-Za-z0-9_.-]`.
+fn tag_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"_.-".contains(&b)
 }
 
 /// `algorithm:hex`, algorithm `[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*`, hex 32+.

@@ -37,6 +37,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::config::TOKEN_ACCOUNT_PREFIX;
 use crate::registry_path::Action;
 use crate::rules::{RulesError, Scope};
 
@@ -281,7 +282,7 @@ impl AccessTokens {
             by_name.insert(name.clone(), tokens.len());
             by_hash.insert(hash, tokens.len());
             tokens.push(Arc::new(AccessToken {
-                account: format!("token:{name}"),
+                account: format!("{TOKEN_ACCOUNT_PREFIX}{name}"),
                 name,
                 owner: raw.owner,
                 repositories: raw.repositories,

@@ -5,7 +5,7 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::CertIdentity;
+use crate::config::{CertIdentity, TOKEN_ACCOUNT_PREFIX};
 
 /// The identity of `leaf` (DER), or `None` if it carries no such name.
 pub fn identity(leaf: &[u8], which: CertIdentity) -> Option<String> {
@@ -31,8 +31,10 @@ pub fn identity(leaf: &[u8], which: CertIdentity) -> Option<String> {
     }?;
     // A name the rules could misread identifies nobody: empty, control characters, or an
     // access token's `token:NAME`, which `[[protect]]` may exempt by that name.
-    (!name.is_empty() && !name.chars().any(char::is_control) && !name.starts_with("token:"))
-        .then_some(name)
+    let misread = name.is_empty()
+        || name.chars().any(char::is_control)
+        || name.starts_with(TOKEN_ACCOUNT_PREFIX);
+    (!misread).then_some(name)
 }
 
 #[cfg(test)]

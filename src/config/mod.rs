@@ -39,6 +39,9 @@ pub const GENERATED_HTPASSWD: &str = "htpasswd";
 pub const GENERATED_TOKEN_KEY: &str = "token.key";
 /// The access token file's name, next to the first htpasswd file unless configured.
 pub const DEFAULT_ACCESS_TOKENS: &str = "access-tokens.toml";
+/// How every access token is named to the rules (`token:NAME`): no other source of
+/// identities (OIDC `user` templates, client certificates) may produce a name starting so.
+pub const TOKEN_ACCOUNT_PREFIX: &str = "token:";
 /// Docker asks for a new token when one expires; five minutes is what Docker Hub issues.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
 /// How long a verified credential is remembered (`[auth] cache_ttl`): docker sends the same
@@ -236,7 +239,7 @@ impl UserTemplate {
         // (whose names cannot hold a colon) and robot tokens (`token:NAME`): a claim such as
         // `actor = "alice"` must never become the user alice, with her rules.
         let prefix_ok = matches!(parts.first(), Some(TemplatePart::Text(t))
-            if t.contains(':') && !t.starts_with("token:"));
+            if t.contains(':') && !t.starts_with(TOKEN_ACCOUNT_PREFIX));
         if !prefix_ok {
             return Err(format!(
                 "{text:?} must start with a prefix of your own ending in \":\", such as \"ci:${{repository}}\" or \"oidc:${{sub}}\", so a token can never name an htpasswd user or an access token (\"token:\" is taken)"

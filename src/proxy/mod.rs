@@ -16,6 +16,7 @@
 //! - `upstream`: the pooled client to the registry.
 //! - `body`: the client's body until forwarded, and the streaming response body.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
+//! - `media_types`: the manifest media types read in registry answers.
 //! - `protect`: the `[[protect]]` phase, refusing writes that would move or delete a
 //!   protected tag.
 //! - `token_endpoint`: the `/token` endpoint of token mode.
@@ -35,6 +36,7 @@ mod cors;
 pub mod error;
 mod form;
 pub mod headers;
+mod media_types;
 mod protect;
 pub mod state;
 pub mod token_endpoint;

@@ -20,7 +20,7 @@
 //! would break a protected image without touching its tag, and so is deleting a manifest
 //! that a protected index (a multi-platform tag) lists as one of its platforms.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use super::body::ReadError;
 use super::context::RequestContext;
 use super::error::{GateError, ProtectRefusal};
+use super::media_types::{IMAGE_TYPES, INDEX_TYPES};
 use super::upstream::Upstream;
 use crate::registry_path::{Classified, Kind};
 use crate::rules::Identity;
@@ -50,19 +51,6 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
      application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v1+prettyjws";
 
-/// The media types of a multi-platform image.
-const INDEX_TYPES: [&str; 2] = [
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-];
-/// The media types of a single image, which lists no other manifest. Anything else (no type
-/// at all included) is read as a possible index: the check fails closed.
-const IMAGE_TYPES: [&str; 4] = [
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    "application/vnd.docker.distribution.manifest.v1+json",
-];
 /// Levels of indexes within indexes followed below a protected tag (OCI allows nesting;
 /// nothing deeper than two is seen in practice). Deeper, the delete is refused.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -125,22 +113,36 @@ pub(super) async fn check(
     host: &HeaderValue,
 ) -> Result<Option<WriteGuard>, GateError> {
     let method = request.method();
-    let (Some(repository), Some(reference)) = (class.repository, class.reference) else {
+    let covered = tag_moving_repository(class, method)
+        .filter(|repository| ctx.snapshot.config.protect.covers(repository));
+    let Some(repository) = covered else {
         return decide(ctx, request, class, who, host).await.map(|()| None);
     };
-    let moves_tags = class.kind == Kind::Manifest
-        && (method == Method::DELETE || (method == Method::PUT && !reference.contains(':')));
-    if !moves_tags || !ctx.snapshot.config.protect.covers(repository) {
-        return decide(ctx, request, class, who, host).await.map(|()| None);
-    }
     if method == Method::PUT {
         read_manifest(ctx).await?;
     }
     let guard = lock_within_limit(ctx, repository).await?;
-    tokio::time::timeout(LOCKED_CHECK_LIMIT, decide(ctx, request, class, who, host))
-        .await
-        .map_err(|_| GateError::UpstreamTimeout)??;
+    within_check_limit(decide(ctx, request, class, who, host)).await?;
     Ok(Some(guard))
+}
+
+/// The repository of a request that may move or delete a tag: a manifest delete, or a
+/// manifest put by tag (a put by digest names no tag).
+fn tag_moving_repository<'a>(class: &Classified<'a>, method: &Method) -> Option<&'a str> {
+    let (repository, reference) = (class.repository?, class.reference?);
+    let moves = class.kind == Kind::Manifest
+        && (method == Method::DELETE || (method == Method::PUT && !reference.contains(':')));
+    moves.then_some(repository)
+}
+
+/// The check made under the write lock, or a 504 after `LOCKED_CHECK_LIMIT`: a registry
+/// stalling mid-answer must not hold every other writer of the repository.
+async fn within_check_limit<T>(
+    check: impl std::future::Future<Output = Result<T, GateError>>,
+) -> Result<T, GateError> {
+    tokio::time::timeout(LOCKED_CHECK_LIMIT, check)
+        .await
+        .map_err(|_| GateError::UpstreamTimeout)?
 }
 
 /// The repository's write lock, or a 504 after `LOCKED_CHECK_LIMIT`.
@@ -267,8 +269,8 @@ async fn decide(
 
 /// The protected tag (and the protection) that points at `digest`, directly or as one
 /// platform of an index, and which of the two: one listing, a HEAD per covered tag and a GET
-/// per covered index. Deletes are rare, and a protected tag is found only by asking each one
-/// what it points to.
+/// per distinct covered index. Deletes are rare, and a protected tag is found only by asking
+/// each one what it points to.
 async fn protected_tag_of(
     registry: &Registry<'_>,
     protections: &crate::rules::Protections,
@@ -279,6 +281,8 @@ async fn protected_tag_of(
     if !protections.binds(who, repository) {
         return Ok(None);
     }
+    // Release tags often share one index (v1, v1.2, v1.2.3): each is read once.
+    let mut searched = HashSet::new();
     for tag in registry.tags(repository).await? {
         let Some(protection) = protections.guarding(who, repository, &tag) else {
             continue;
@@ -291,7 +295,10 @@ async fn protected_tag_of(
         }
         // The children are read by digest: they are the index the HEAD saw, even if the
         // tag moves in between.
-        if current.maybe_index && registry.lists(repository, &current.digest, digest).await? {
+        if current.maybe_index
+            && searched.insert(current.digest.clone())
+            && registry.lists(repository, &current.digest, digest).await?
+        {
             return Ok(Some((tag, protection, ProtectRefusal::DeleteChild)));
         }
     }
@@ -318,12 +325,14 @@ pub(super) async fn check_manifest_delete(
         host,
         authorization: None,
     };
-    let found = tokio::time::timeout(
-        LOCKED_CHECK_LIMIT,
-        protected_tag_of(&registry, &snapshot.config.protect, who, repository, digest),
-    )
-    .await
-    .map_err(|_| GateError::UpstreamTimeout)??;
+    let found = within_check_limit(protected_tag_of(
+        &registry,
+        &snapshot.config.protect,
+        who,
+        repository,
+        digest,
+    ))
+    .await?;
     match found {
         None => Ok(Some(guard)),
         Some((tag, protection, refusal)) => Err(GateError::Protected {
@@ -420,6 +429,8 @@ impl Registry<'_> {
             .unwrap_or_default();
         Ok(Some(Head {
             digest: digest.to_string(),
+            // Anything but a single image (no type at all included) is read as a possible
+            // index: the check fails closed.
             maybe_index: !IMAGE_TYPES.iter().any(|t| media_type.starts_with(t)),
         }))
     }

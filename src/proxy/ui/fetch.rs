@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::bounded_map::BoundedMap;
 use crate::proxy::error::GateError;
+use crate::proxy::media_types::{DOCKER_LIST, OCI_INDEX};
 use crate::proxy::upstream::Upstream;
 use crate::registry_path::{is_digest, is_tag, is_valid_repository_name, percent_decode};
 
@@ -35,9 +36,6 @@ const PAGE_SIZE: usize = 1000;
 /// Every manifest kind the browser understands, in the `Accept` header: without it the
 /// registry would convert an image to the old schema 1 or refuse an OCI index.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
-
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// The registry, as the browser's pages read it.
 #[derive(Clone)]

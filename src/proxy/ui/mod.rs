@@ -43,7 +43,7 @@ use crate::auth::token::unix_now;
 use crate::auth::{Failure, Identity};
 use crate::config::UiConfig;
 use crate::events::EventAction;
-use crate::registry_path::{is_digest, is_tag, is_valid_repository_name, Action};
+use crate::registry_path::{is_digest, is_tag, is_tag_fragment, is_valid_repository_name, Action};
 use fetch::{Deleted, ManifestKind, Registry};
 use html::Html;
 use pages::{ActivityRow, ChildRow, Chrome, ManifestView, RepositoryView, TagRow};
@@ -64,8 +64,6 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 /// Tags on one page of a repository, each with its manifest and config read (two registry
 /// reads, the config's only once: `CreationDates`): a page stays well under 100 ms.
 const TAGS_PER_PAGE: usize = 25;
-/// The longest tag filter worth running: no tag is longer.
-const MAX_TAG_FILTER: usize = 128;
 /// Platforms of an index whose manifests are read for the manifest page.
 const MAX_DETAILED_CHILDREN: usize = 32;
 /// Registry reads one page makes at once: fast pages without flooding the registry.
@@ -508,11 +506,9 @@ impl Browser {
             .into_iter()
             .next()
             .unwrap_or_default();
-        // A filter with a character no tag has matches nothing, and is never put in a link.
-        let filter_ok = query.len() <= MAX_TAG_FILTER
-            && query
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        // A filter with a character no tag has matches nothing: one page, with no pager, so
+        // it is never put in a link.
+        let filter_ok = is_tag_fragment(&query);
         let matching: Vec<&String> = listing
             .names
             .iter()
@@ -540,7 +536,6 @@ impl Browser {
             can_delete: self.may_delete(ctx, name),
             deleted: deleted.as_deref(),
             query: &query,
-            filter_ok,
             page: page_no,
             pages,
             first: first + 1,

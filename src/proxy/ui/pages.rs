@@ -155,10 +155,9 @@ pub struct RepositoryView<'a> {
     pub can_delete: bool,
     /// A tag just deleted, to say so.
     pub deleted: Option<&'a str>,
-    /// The tag filter as typed, and whether it can match a tag (only then is it put in a
-    /// link).
+    /// The tag filter as typed. One that cannot match a tag leaves one page and no pager,
+    /// so only a filter of tag characters is ever put in a link.
     pub query: &'a str,
-    pub filter_ok: bool,
     /// This page's number and the count of pages, from 1.
     pub page: usize,
     pub pages: usize,
@@ -245,7 +244,7 @@ pub fn repository(chrome: &Chrome, view: &RepositoryView) -> Html {
             h.raw("<a rel=\"").raw(rel).raw("\" href=\"");
             repo_url(h);
             h.raw("?page=").text(&page.to_string());
-            if view.filter_ok && !view.query.is_empty() {
+            if !view.query.is_empty() {
                 h.raw("&amp;q=").text(view.query);
             }
             h.raw("\">").raw(label).raw("</a>");
