@@ -1,5 +1,5 @@
 //! Who is asking: HTTP Basic credentials checked against htpasswd files, with a bounded cache
-//! of verified credentials and a per-address brake on failed attempts.
+//! of verified credentials and a brake on failed attempts per (address, user) and per address.
 //!
 //! This module turns an `Authorization` header into an `Identity` and nothing more; whether
 //! that identity may do something is `rules`' decision. It never logs a password, a hash or
@@ -61,7 +61,8 @@ pub enum Failure {
     Malformed,
     /// No such user, or the wrong password: deliberately not told apart.
     BadCredentials,
-    /// Too many failures from this address; checked before any hashing.
+    /// Locked out: too many failures for this user from this address, or from this address
+    /// altogether (`Throttle`). Checked before any hashing, and the same whatever the password.
     Throttled { retry_after: Duration },
     /// An access token that may not be used (`token_expired`, `token_revoked`,
     /// `token_owner_unknown`, `token_unknown`) or an OIDC ID token that did not verify
@@ -84,10 +85,20 @@ impl Failure {
 /// Entries kept at most; a flood of distinct valid credentials cannot grow memory past this.
 const CACHE_CAPACITY: usize = 4096;
 
+/// An attempt inside a lockout: counted as one more failure, so guessing on extends it, and
+/// answered with the extended wait.
+fn locked_out(throttle: &Throttle, peer: IpAddr, user: &str) -> Failure {
+    let retry_after = throttle
+        .record_failure(peer, user)
+        .map_or(Duration::from_secs(1), |l| l.retry_after);
+    Failure::Throttled { retry_after }
+}
+
 /// The users of one snapshot. Rebuilt (and so its cache emptied) whenever a file changes.
 pub struct Authenticator {
     users: HashMap<String, PasswordHash>,
     files: Vec<PathBuf>,
+    /// Verified credentials (by `cache_key_for`) and when they were verified.
     cache: BoundedMap<[u8; 32], Instant>,
     cache_ttl: Duration,
     cache_key: Hmac<Sha256>,
@@ -181,7 +192,12 @@ impl Authenticator {
         self.users.len()
     }
 
-    /// Checks one user's password (from a Basic header or the token endpoint's form).
+    /// Checks one user's password (from a Basic header, the token endpoint's form or the
+    /// browser's login form).
+    ///
+    /// While a lockout covers `user` from `peer`, the answer is 429 whatever the password,
+    /// and the attempt extends the lockout; only a credential verified from `peer` before the
+    /// lockout began still passes, from the cache and without hashing.
     pub async fn check_password(
         &self,
         user: String,
@@ -189,13 +205,13 @@ impl Authenticator {
         peer: IpAddr,
         throttle: &Throttle,
     ) -> Result<Identity, Failure> {
-        let key = self.cache_key_for(&user, &password);
-        if self.cached(&key) {
-            // Proven correct before: no hashing, and never throttled.
-            return Ok(Identity::User(user));
-        }
-        if let Some(retry_after) = throttle.blocked(peer) {
-            return Err(Failure::Throttled { retry_after });
+        let key = self.cache_key_for(peer, &user, &password);
+        let verified_at = self.cached(&key);
+        match (verified_at, throttle.lockout(peer, &user)) {
+            (Some(_), None) => return Ok(Identity::User(user)),
+            (Some(at), Some(lockout)) if at < lockout.since => return Ok(Identity::User(user)),
+            (_, Some(_)) => return Err(locked_out(throttle, peer, &user)),
+            (None, None) => {}
         }
 
         let Some(verification) = self.join_verification(key) else {
@@ -249,38 +265,52 @@ impl Authenticator {
         let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
             return Err(Failure::BadCredentials);
         };
-        if let Some(retry_after) = throttle.blocked(peer) {
-            return Err(Failure::Throttled { retry_after });
+        if throttle.lockout(peer, user).is_some() {
+            return Err(locked_out(throttle, peer, user));
         }
         let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
             .await
             .unwrap_or(false)
             && known;
+        if throttle.lockout(peer, user).is_some() {
+            // A lockout began while the hash was checked: the answer must not depend on the
+            // password, so this one is refused like any other attempt inside it.
+            return Err(locked_out(throttle, peer, user));
+        }
         if ok {
             Ok(())
         } else {
-            throttle.record_failure(peer);
+            throttle.record_failure(peer, user);
             Err(Failure::BadCredentials)
         }
     }
 
-    fn cache_key_for(&self, user: &str, password: &[u8]) -> [u8; 32] {
+    /// The cache key of a credential sent from `peer`: the exact address is part of it, so
+    /// what was proven from one address proves nothing for another during a lockout.
+    fn cache_key_for(&self, peer: IpAddr, user: &str, password: &[u8]) -> [u8; 32] {
         let mut mac = self.cache_key.clone();
+        match crate::client_addr::canonical(peer) {
+            IpAddr::V4(v4) => mac.update(&v4.octets()),
+            IpAddr::V6(v6) => mac.update(&v6.octets()),
+        }
         mac.update(user.as_bytes());
         mac.update(&[0]);
         mac.update(password);
         mac.finalize().into_bytes().into()
     }
 
-    fn cached(&self, key: &[u8; 32]) -> bool {
+    /// When the credential under `key` was verified, while that is still trusted.
+    fn cached(&self, key: &[u8; 32]) -> Option<Instant> {
         let now = Instant::now();
-        self.cache.get_if(key, |expires| *expires > now).is_some()
+        let ttl = self.cache_ttl;
+        self.cache.get_if(key, |verified| *verified + ttl > now)
     }
 
     fn remember(&self, key: [u8; 32]) {
         let now = Instant::now();
+        let ttl = self.cache_ttl;
         self.cache
-            .insert(key, now + self.cache_ttl, |_, expires| *expires > now);
+            .insert(key, now, |_, verified| *verified + ttl > now);
     }
 }
 
@@ -423,7 +453,7 @@ mod tests {
     async fn users_unknown_users_cache_and_throttle() {
         // "s3cret", as written by `htpasswd -s` and `htpasswd -B -C 4`.
         let (auth, _dir) = authenticator(
-            "sha:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\nbc:$2y$04$Pay09nK3F5sI8d5ULl5yKOscpbMjW4Zfb.EtlMV4/r0aer7a1xW0O\n",
+            "sha:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\nbc:$2y$04$Pay09nK3F5sI8d5ULl5yKOscpbMjW4Zfb.EtlMV4/r0aer7a1xW0O\nsha2:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\n",
         );
         let throttle = Throttle::new();
         let ip: IpAddr = "192.0.2.9".parse().expect("ip");
@@ -443,25 +473,71 @@ mod tests {
                 .await;
             assert_eq!(r, Err(Failure::BadCredentials), "{user}:{password}");
         }
-        for _ in 0..3 {
+        // Five failures for "sha" in all: the sixth locks it out.
+        for _ in 0..5 {
             let _ = auth
                 .authenticate(Some(&header("sha", "wrong")), ip, &throttle)
                 .await;
         }
         let blocked = auth
-            .authenticate(Some(&header("bc", "anything")), ip, &throttle)
+            .authenticate(Some(&header("sha", "anything")), ip, &throttle)
             .await;
         assert!(
             matches!(blocked, Err(Failure::Throttled { .. })),
             "{blocked:?}"
         );
-        // Verified before the lockout: still served, from the cache.
+        // Verified from this address before the lockout: still served, from the cache.
         let cached = auth
             .authenticate(Some(&header("sha", "s3cret")), ip, &throttle)
             .await;
         assert_eq!(cached, Ok(Identity::User("sha".into())));
+        // Another user from the same address is not locked out with "sha".
+        let other = auth
+            .authenticate(Some(&header("sha2", "s3cret")), ip, &throttle)
+            .await;
+        assert_eq!(other, Ok(Identity::User("sha2".into())));
         let malformed = auth.authenticate(Some(b"Basic !!"), ip, &throttle).await;
         assert_eq!(malformed, Err(Failure::Malformed));
+    }
+
+    #[tokio::test]
+    async fn a_locked_out_source_learns_nothing_from_the_right_password() {
+        let (auth, _dir) = authenticator("sha:{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=\n");
+        let throttle = Throttle::new();
+        let owner: IpAddr = "192.0.2.1".parse().expect("ip");
+        let attacker: IpAddr = "198.51.100.7".parse().expect("ip");
+        let header = |p: &str| b64(format!("sha:{p}").as_bytes());
+        let login = |p: &'static str, from: IpAddr| {
+            let (auth, throttle, header) = (&auth, &throttle, &header);
+            async move { auth.authenticate(Some(&header(p)), from, throttle).await }
+        };
+        // The owner's credential is verified, and so cached.
+        assert_eq!(
+            login("s3cret", owner).await,
+            Ok(Identity::User("sha".into()))
+        );
+        let mut last_wait = Duration::ZERO;
+        for i in 0..12 {
+            let answer = login("wrong", attacker).await;
+            if let Err(Failure::Throttled { retry_after }) = answer {
+                assert!(
+                    retry_after > last_wait,
+                    "guess {i} did not extend the lockout"
+                );
+                last_wait = retry_after;
+            }
+        }
+        assert!(last_wait > Duration::from_secs(8), "{last_wait:?}");
+        // The right guess from the locked-out address gets exactly what a wrong one gets.
+        match login("s3cret", attacker).await {
+            Err(Failure::Throttled { retry_after }) => assert!(retry_after > last_wait),
+            other => panic!("the right password inside the lockout: {other:?}"),
+        }
+        // The owner's address is not locked out, and its cached credential still works.
+        assert_eq!(
+            login("s3cret", owner).await,
+            Ok(Identity::User("sha".into()))
+        );
     }
 
     #[test]

@@ -1,32 +1,141 @@
-//! The brake on password guessing: per client address, failures within a window earn a
-//! growing lockout answered with 429 and `Retry-After`. Other addresses are not affected and
-//! a credential that has already been verified is never throttled.
+//! The brake on password guessing. Failures are counted twice: per (client address, user
+//! name), which locks out guessing at one account after a few tries, and per client address
+//! alone, with a higher allowance, which locks out spraying many accounts. A lockout grows
+//! with every further failure and is answered with 429 and `Retry-After`.
+//!
+//! While a lockout runs, every attempt it covers counts as one more failure, right password or
+//! wrong, so the answers a locked-out source gets say nothing about its guesses. The one thing
+//! that still passes is decided by `auth`, not here: a credential that was verified from the
+//! same address before the lockout began (`Lockout::since`).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failures allowed per address before the lockout starts: enough for typos.
-const FREE_FAILURES: u32 = 5;
+/// Failures allowed per (address, user) before that pair is locked out: enough for typos.
+const FREE_FAILURES_PER_USER: u32 = 5;
+/// Failures allowed per address over all user names: a shared NAT's users mistyping now and
+/// then stay under it, while one source spraying passwords at many accounts does not.
+const FREE_FAILURES_PER_ADDRESS: u32 = 20;
 /// Failures older than this are forgotten.
 const WINDOW: Duration = Duration::from_secs(300);
 /// The lockout doubles with every further failure, up to this.
 const MAX_LOCKOUT: Duration = Duration::from_secs(300);
-/// Addresses tracked at most; past it the oldest unblocked state is dropped (an attacker with
-/// more addresses than this is not stopped by per-address throttling anyway).
+/// Entries tracked at most, per kind; past it the oldest unblocked state is dropped (an
+/// attacker with more addresses than this is not stopped by per-address throttling anyway).
 const MAX_TRACKED: usize = 65_536;
+
+/// A lockout that covers an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockout {
+    /// How long until it ends, if nothing else fails meanwhile.
+    pub retry_after: Duration,
+    /// When it began: a credential verified from the address before this instant was proven
+    /// before any guessing that led here.
+    pub since: Instant,
+}
 
 #[derive(Debug, Default)]
 pub struct Throttle {
-    state: Mutex<HashMap<IpAddr, Entry>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// By (address bucket, keyed hash of the user name): the name itself is never kept, so
+    /// long names cannot grow memory.
+    pairs: Counters<(IpAddr, u64)>,
+    addresses: Counters<IpAddr>,
+    user_hasher: std::collections::hash_map::RandomState,
+}
+
+#[derive(Debug)]
+struct Counters<K> {
+    entries: HashMap<K, Entry>,
+}
+
+impl<K> Default for Counters<K> {
+    fn default() -> Self {
+        Counters {
+            entries: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     failures: u32,
     last: Instant,
-    blocked_until: Option<Instant>,
+    /// The running lockout: (since, until).
+    locked: Option<(Instant, Instant)>,
+}
+
+impl Entry {
+    fn lockout(&self, now: Instant) -> Option<Lockout> {
+        let (since, until) = self.locked?;
+        let retry_after = until.checked_duration_since(now)?;
+        (!retry_after.is_zero()).then_some(Lockout { retry_after, since })
+    }
+}
+
+impl<K: Eq + Hash + Copy> Counters<K> {
+    fn lockout(&self, key: &K, now: Instant) -> Option<Lockout> {
+        self.entries.get(key)?.lockout(now)
+    }
+
+    /// One more failure for `key`; a lockout starts once more than `free` failures fall in
+    /// the window, and every failure after that doubles it.
+    fn fail(&mut self, key: K, free: u32, now: Instant) {
+        if self.entries.len() >= MAX_TRACKED && !self.entries.contains_key(&key) {
+            self.make_room(now);
+        }
+        let entry = self.entries.entry(key).or_insert(Entry {
+            failures: 0,
+            last: now,
+            locked: None,
+        });
+        let running = entry.lockout(now);
+        if running.is_none() && now.duration_since(entry.last) > WINDOW {
+            entry.failures = 0;
+        }
+        entry.failures = entry.failures.saturating_add(1);
+        entry.last = now;
+        if entry.failures > free {
+            let exponent = (entry.failures - free - 1).min(16);
+            let until = now + Duration::from_secs(1u64 << exponent).min(MAX_LOCKOUT);
+            let since = running.map_or(now, |l| l.since);
+            entry.locked = Some((since, until));
+        }
+    }
+
+    /// Forgets the stale first, then the oldest unblocked; never a running lockout, so filling
+    /// the table cannot be used to wipe one.
+    fn make_room(&mut self, now: Instant) {
+        self.entries
+            .retain(|_, e| now.duration_since(e.last) < WINDOW || e.lockout(now).is_some());
+        if self.entries.len() >= MAX_TRACKED {
+            let mut ages: Vec<(Instant, K)> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.lockout(now).is_none())
+                .map(|(k, e)| (e.last, *k))
+                .collect();
+            ages.sort_by_key(|(last, _)| *last);
+            for (_, key) in ages.iter().take(MAX_TRACKED / 4) {
+                self.entries.remove(key);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn locked_count(&self, now: Instant) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.lockout(now).is_some())
+            .count()
+    }
 }
 
 impl Throttle {
@@ -34,64 +143,53 @@ impl Throttle {
         Self::default()
     }
 
-    /// `Some(wait)` while `ip` is locked out.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+    /// The lockout that covers `user` logging in from `ip`, if any: the pair's or the
+    /// address's, whichever ends later, dated from whichever began first (a credential must
+    /// predate every lockout that covers it).
+    pub fn lockout(&self, ip: IpAddr, user: &str) -> Option<Lockout> {
         let state = self.state.lock().ok()?;
-        let until = state.get(&bucket(ip))?.blocked_until?;
-        until.checked_duration_since(Instant::now())
+        state.lockout(ip, user, Instant::now())
     }
 
-    pub fn record_failure(&self, ip: IpAddr) {
+    /// Counts a failed (or, during a lockout, any) attempt by `user` from `ip`; returns the
+    /// lockout that now covers it, if any.
+    pub fn record_failure(&self, ip: IpAddr, user: &str) -> Option<Lockout> {
         let Ok(mut state) = self.state.lock() else {
-            return;
+            return None;
         };
         let now = Instant::now();
-        if state.len() >= MAX_TRACKED {
-            // Forget the stale first, then the oldest unblocked; never a running lockout, so
-            // filling the table cannot be used to wipe one.
-            state.retain(|_, e| {
-                now.duration_since(e.last) < WINDOW || e.blocked_until.is_some_and(|u| u > now)
-            });
-            if state.len() >= MAX_TRACKED {
-                let mut ages: Vec<(Instant, IpAddr)> = state
-                    .iter()
-                    .filter(|(_, e)| !e.blocked_until.is_some_and(|u| u > now))
-                    .map(|(ip, e)| (e.last, *ip))
-                    .collect();
-                ages.sort();
-                for (_, ip) in ages.iter().take(MAX_TRACKED / 4) {
-                    state.remove(ip);
-                }
-            }
-        }
-        let entry = state.entry(bucket(ip)).or_insert(Entry {
-            failures: 0,
-            last: now,
-            blocked_until: None,
-        });
-        if now.duration_since(entry.last) > WINDOW {
-            entry.failures = 0;
-        }
-        entry.failures += 1;
-        entry.last = now;
-        if entry.failures > FREE_FAILURES {
-            let exponent = (entry.failures - FREE_FAILURES - 1).min(16);
-            let lockout = Duration::from_secs(1u64 << exponent).min(MAX_LOCKOUT);
-            entry.blocked_until = Some(now + lockout);
-        }
+        let bucket = bucket(ip);
+        let pair = (bucket, state.user_hasher.hash_one(user));
+        state.pairs.fail(pair, FREE_FAILURES_PER_USER, now);
+        state.addresses.fail(bucket, FREE_FAILURES_PER_ADDRESS, now);
+        state.lockout(ip, user, now)
     }
 
-    /// Addresses currently locked out (for metrics).
-    pub fn blocked_count(&self) -> usize {
+    /// (address, user) pairs and addresses currently locked out.
+    #[cfg(test)]
+    fn locked_count(&self) -> usize {
         let now = Instant::now();
         self.state
             .lock()
-            .map(|s| {
-                s.values()
-                    .filter(|e| e.blocked_until.is_some_and(|u| u > now))
-                    .count()
-            })
+            .map(|s| s.pairs.locked_count(now) + s.addresses.locked_count(now))
             .unwrap_or(0)
+    }
+}
+
+impl State {
+    fn lockout(&self, ip: IpAddr, user: &str, now: Instant) -> Option<Lockout> {
+        let bucket = bucket(ip);
+        let pair = (bucket, self.user_hasher.hash_one(user));
+        match (
+            self.pairs.lockout(&pair, now),
+            self.addresses.lockout(&bucket, now),
+        ) {
+            (Some(a), Some(b)) => Some(Lockout {
+                retry_after: a.retry_after.max(b.retry_after),
+                since: a.since.min(b.since),
+            }),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -111,34 +209,69 @@ fn bucket(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
     #[test]
-    fn lockout_starts_after_free_failures_and_only_for_that_address() {
+    fn a_pair_is_locked_after_its_free_failures_and_nobody_else_is() {
         let t = Throttle::new();
-        let a: IpAddr = "192.0.2.1".parse().expect("ip");
-        let b: IpAddr = "192.0.2.2".parse().expect("ip");
-        for _ in 0..FREE_FAILURES {
-            t.record_failure(a);
-            assert!(t.blocked(a).is_none());
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        for _ in 0..FREE_FAILURES_PER_USER {
+            assert!(t.record_failure(a, "alice").is_none());
         }
-        t.record_failure(a);
-        let wait = t.blocked(a).expect("locked out");
-        assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
-        t.record_failure(a);
-        assert!(t.blocked(a).expect("still locked") > Duration::from_secs(1));
-        assert!(t.blocked(b).is_none());
-        assert_eq!(t.blocked_count(), 1);
+        let first = t.record_failure(a, "alice").expect("locked out");
+        assert!(first.retry_after <= Duration::from_secs(1) && !first.retry_after.is_zero());
+        let second = t.record_failure(a, "alice").expect("still locked");
+        assert!(second.retry_after > Duration::from_secs(1), "{second:?}");
+        assert_eq!(second.since, first.since, "an extension keeps its start");
+        assert!(t.lockout(a, "alice").is_some());
+        assert!(
+            t.lockout(a, "bob").is_none(),
+            "another user from the address"
+        );
+        assert!(
+            t.lockout(b, "alice").is_none(),
+            "the user from another address"
+        );
+        assert_eq!(t.locked_count(), 1);
+    }
+
+    #[test]
+    fn spraying_many_users_locks_the_address() {
+        let t = Throttle::new();
+        let a = ip("192.0.2.1");
+        for i in 0..FREE_FAILURES_PER_ADDRESS {
+            assert!(t.record_failure(a, &format!("user{i}")).is_none(), "{i}");
+        }
+        assert!(t.record_failure(a, "one-more").is_some());
+        assert!(t.lockout(a, "never-tried").is_some());
+        assert!(t.lockout(ip("192.0.2.2"), "never-tried").is_none());
+    }
+
+    #[test]
+    fn a_lockout_covering_both_is_dated_from_the_first() {
+        let t = Throttle::new();
+        let a = ip("192.0.2.1");
+        for _ in 0..=FREE_FAILURES_PER_USER {
+            t.record_failure(a, "alice");
+        }
+        let pair = t.lockout(a, "alice").expect("pair locked");
+        for i in 0..FREE_FAILURES_PER_ADDRESS {
+            t.record_failure(a, &format!("user{i}"));
+        }
+        let both = t.lockout(a, "alice").expect("locked");
+        assert_eq!(both.since, pair.since);
+        assert!(t.lockout(a, "user0").expect("address locked").since > pair.since);
     }
 
     #[test]
     fn an_ipv6_64_shares_one_budget() {
         let t = Throttle::new();
-        for i in 0..=FREE_FAILURES {
-            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().expect("ip");
-            t.record_failure(ip);
+        for i in 0..=FREE_FAILURES_PER_USER {
+            t.record_failure(ip(&format!("2001:db8:1:2::{:x}", i + 1)), "alice");
         }
-        assert!(t
-            .blocked("2001:db8:1:2::ffff".parse().expect("ip"))
-            .is_some());
-        assert!(t.blocked("2001:db8:1:3::1".parse().expect("ip")).is_none());
+        assert!(t.lockout(ip("2001:db8:1:2::ffff"), "alice").is_some());
+        assert!(t.lockout(ip("2001:db8:1:3::1"), "alice").is_none());
     }
 }

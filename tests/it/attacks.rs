@@ -1247,6 +1247,100 @@ async fn a_password_flood_from_one_address_does_not_starve_other_clients() {
     );
 }
 
+/// The attack of issue 22: alice's password sits in the verified-password cache from her
+/// own address; from another one, an attacker fails until locked out and then keeps guessing.
+/// Inside the lockout every door (`/v2/`, `/token`, the browser's login) must answer the
+/// right password exactly as a wrong one, and each guess must lengthen the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockout_answers_the_right_password_like_a_wrong_one_at_every_door() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    std::fs::create_dir_all(tmp.path().join("gate")).expect("mkdir gate");
+    write_cost_10_htpasswd(&tmp.path().join("gate/htpasswd"), &[ALICE]);
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url())
+            .trusted_proxies(&["127.0.0.0/8"])
+            .extra_toml("[auth]\nmode = \"token\"\nhtpasswd = [\"htpasswd\"]\n"),
+    );
+    let client = gate.client(Proto::Http1);
+    let (owner, attacker) = ("198.51.100.1", "203.0.113.9");
+    let origin = format!("https://{}", gate.authority());
+    // One attempt through `door` from `from`: the status and Retry-After.
+    let attempt = |door: &'static str, from: &'static str, password: &'static str| {
+        let (client, gate, origin) = (&client, &gate, &origin);
+        async move {
+            let builder = match door {
+                "ui" => request("POST", &gate.url("/ui/login"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .header("origin", origin.as_str()),
+                "token" => request(
+                    "GET",
+                    &gate.url("/token?service=registry-gate&scope=repository:team/app:pull"),
+                ),
+                _ => request("GET", &gate.url("/v2/")),
+            };
+            let body = match door {
+                "ui" => util::client::full(format!("user=alice&password={password}")),
+                _ => empty(),
+            };
+            let response = client
+                .send(
+                    builder
+                        .header("authorization", basic(ALICE.0, password))
+                        .header("x-forwarded-for", from)
+                        .body(body)
+                        .expect("request"),
+                )
+                .await;
+            let wait: Option<u64> =
+                util::client::header(&response, "retry-after").and_then(|v| v.parse().ok());
+            (response.status().as_u16(), wait)
+        }
+    };
+
+    // A login that passes: the browser's form answers with a redirect to its pages.
+    let passed = |door: &str| if door == "ui" { 303 } else { 200 };
+    for door in ["v2", "token", "ui"] {
+        assert_eq!(
+            attempt(door, owner, ALICE.1).await.0,
+            passed(door),
+            "alice at {door}"
+        );
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(attempt("v2", attacker, "guess").await.0);
+    }
+    assert_eq!(statuses, [401; 6], "the free failures");
+    let mut waits = Vec::new();
+    for door in ["v2", "token", "ui"] {
+        for password in ["guess", ALICE.1] {
+            let (status, wait) = attempt(door, attacker, password).await;
+            assert_eq!(
+                status,
+                429,
+                "{door} with the {} password inside the lockout",
+                if password == ALICE.1 {
+                    "right"
+                } else {
+                    "wrong"
+                }
+            );
+            waits.push(wait.expect("Retry-After on 429"));
+        }
+    }
+    assert!(
+        waits.windows(2).all(|w| w[0] <= w[1]) && waits[waits.len() - 1] >= 32,
+        "guessing inside the lockout did not lengthen it: {waits:?}"
+    );
+    // Alice's own address was never locked out.
+    for door in ["v2", "token", "ui"] {
+        let status = attempt(door, owner, ALICE.1).await.0;
+        assert_eq!(status, passed(door), "alice at {door} after");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_x_forwarded_for_from_an_untrusted_peer_does_not_reset_the_brake() {
     let tmp = temp_dir();

@@ -22,9 +22,14 @@ pub const RELOADED: &str = "a watched file changed: configuration";
 /// The gate must accept TCP this soon after spawn.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The binary under test, built by cargo for this test crate.
+/// The binary under test, built by cargo for this test crate, or the one that
+/// `TEST_GATE_BINARY` names: an older commit's build, to show that a new test fails
+/// without the change it guards.
 pub fn gate_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_registry-gate"))
+    match std::env::var_os("TEST_GATE_BINARY") {
+        Some(binary) => Command::new(binary),
+        None => Command::new(env!("CARGO_BIN_EXE_registry-gate")),
+    }
 }
 
 /// What goes into `proxy.toml`, beyond the listen address and TLS files `Gate::start` fills
