@@ -3,4 +3,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| registry_gate::fuzzing::htpasswd(data));
+fuzz_target!(|data: &[u8]| {
+    registry_gate::fuzzing::htpasswd(data);
+});
