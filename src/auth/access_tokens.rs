@@ -399,7 +399,7 @@ pub fn create(path: &Path, new: NewToken) -> Result<String, AccessTokenError> {
     let now = SystemTime::now();
     raw.tokens.push(RawToken {
         name: new.name,
-        hash: hex_encode(&mac.finalize().into_bytes()),
+        hash: hex::encode(mac.finalize().into_bytes()),
         repositories: new.repositories,
         actions: new.actions,
         owner: new.owner,
@@ -567,19 +567,10 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
+/// A stored hash: 64 hex digits.
 fn hex_decode(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 

@@ -185,7 +185,7 @@ impl Authenticator {
             .chain_update(b"registry-gate password stamp\0")
             .chain_update(&material)
             .finalize();
-        Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+        Some(hex::encode(&digest[..8]))
     }
 
     pub fn user_count(&self) -> usize {

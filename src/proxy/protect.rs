@@ -236,7 +236,7 @@ async fn decide(
         };
         let pushed = format!(
             "sha256:{}",
-            hex(&Sha256::digest(&read_manifest(ctx).await?))
+            hex::encode(Sha256::digest(&read_manifest(ctx).await?))
         );
         // The same manifest again (a CI retry) leaves the tag where it is.
         if current.eq_ignore_ascii_case(&pushed) {
@@ -552,10 +552,6 @@ fn next_page(headers: &HeaderMap, prefix: &str) -> Option<String> {
         .or_else(|| target.strip_prefix("https://"))
         .map_or(Some(target), |rest| rest.find('/').map(|i| &rest[i..]))?;
     path.starts_with(prefix).then(|| path.to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

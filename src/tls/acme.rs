@@ -135,7 +135,7 @@ pub fn certificate_path(config: &AcmeConfig) -> PathBuf {
     let first = config.domains.first().map(String::as_str).unwrap_or("none");
     config
         .cache_dir
-        .join(format!("{first}-{}.pem", short_hex(&hash.finalize())))
+        .join(format!("{first}-{}.pem", hex::encode(&hash.finalize()[..8])))
 }
 
 /// The account credentials for the configured CA.
@@ -143,11 +143,7 @@ fn account_path(config: &AcmeConfig) -> PathBuf {
     let digest = Sha256::digest(config.directory.as_bytes());
     config
         .cache_dir
-        .join(format!("account-{}.json", short_hex(&digest)))
-}
-
-fn short_hex(bytes: &[u8]) -> String {
-    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+        .join(format!("account-{}.json", hex::encode(&digest[..8])))
 }
 
 /// The cached certificate, if there is one that covers every configured name.

@@ -416,8 +416,7 @@ fn parse_manifest(
         .unwrap_or_else(|| {
             use sha2::{Digest, Sha256};
             let hash = Sha256::digest(body);
-            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-            format!("sha256:{hex}")
+            format!("sha256:{}", hex::encode(hash))
         });
     let kind = match (raw.config, raw.layers, raw.manifests) {
         (_, _, Some(manifests)) if media_type == DOCKER_LIST || media_type == OCI_INDEX => {
