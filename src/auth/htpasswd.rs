@@ -79,9 +79,11 @@ pub struct ShaCrypt {
     encoded: String,
 }
 
-/// bcrypt reads at most 72 bytes; the crate silently drops the rest, so a longer password
-/// would match on its prefix. Apache's `htpasswd` refuses to hash longer ones.
-const BCRYPT_MAX_PASSWORD: usize = 72;
+/// bcrypt reads at most 72 bytes of a password. Apache's `htpasswd -B` hashes a longer one
+/// without a word, and Apache and nginx then accept it (and anything else that starts with
+/// the same 72 bytes): verifying does the same, or a user moved over from them is locked
+/// out. Writing one is refused (`bcrypt_line`), and `htpasswd verify` points it out.
+pub const BCRYPT_MAX_PASSWORD: usize = 72;
 /// Lowest cost `bcrypt_line` writes (OWASP's minimum; Apache's default of 5 is too cheap).
 const BCRYPT_MIN_COST: u32 = 10;
 /// What the dummy hash costs: the cost the gate itself writes.
@@ -135,10 +137,8 @@ impl PasswordHash {
     /// async runtime.
     pub fn verify(&self, password: &[u8]) -> bool {
         match self {
-            PasswordHash::Bcrypt(hash) => {
-                password.len() <= BCRYPT_MAX_PASSWORD
-                    && bcrypt::verify(password, hash).unwrap_or(false)
-            }
+            // The crate reads the first 72 bytes, as Apache's and nginx's crypt do.
+            PasswordHash::Bcrypt(hash) => bcrypt::verify(password, hash).unwrap_or(false),
             PasswordHash::Apr1 { salt, digest } => {
                 ct_eq(&apr1_digest(password, salt.as_bytes()), digest.as_bytes())
             }
@@ -154,6 +154,15 @@ impl PasswordHash {
                 .and_then(|p| sha_crypt::sha512_crypt_b64(password, h.salt.as_bytes(), &p))
                 .is_ok_and(|computed| ct_eq(computed.as_bytes(), h.encoded.as_bytes())),
             PasswordHash::Plain(digest) => ct_eq(&Sha256::digest(password), digest),
+        }
+    }
+
+    /// How many bytes of a password this format reads, when it does not read them all:
+    /// bcrypt's 72. What follows is ignored.
+    pub fn reads_at_most(&self) -> Option<usize> {
+        match self {
+            PasswordHash::Bcrypt(_) => Some(BCRYPT_MAX_PASSWORD),
+            _ => None,
         }
     }
 
@@ -177,6 +186,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct HtpasswdFile {
     order: Vec<String>,
     users: HashMap<String, PasswordHash>,
+    /// Each user's line, for messages that send the operator to it.
+    lines: HashMap<String, usize>,
 }
 
 impl HtpasswdFile {
@@ -246,6 +257,7 @@ impl HtpasswdFile {
                 Ok(h) => {
                     file.order.push(user.to_string());
                     file.users.insert(user.to_string(), h);
+                    file.lines.insert(user.to_string(), line);
                 }
                 Err(reason) => fail(format!("user {user:?}: {reason}")),
             }
@@ -263,6 +275,11 @@ impl HtpasswdFile {
 
     pub fn get(&self, user: &str) -> Option<&PasswordHash> {
         self.users.get(user)
+    }
+
+    /// The line (from 1) `user` is defined on.
+    pub fn line_of(&self, user: &str) -> Option<usize> {
+        self.lines.get(user).copied()
     }
 }
 
@@ -504,9 +521,17 @@ pub fn bcrypt_line(user: &str, password: &str, cost: u32) -> Result<String, Htpa
              leading '#' or surrounding spaces)"
         )));
     }
-    if password.is_empty() || password.len() > BCRYPT_MAX_PASSWORD {
+    if password.is_empty() {
+        return Err(HtpasswdError::Hash("the password is empty".into()));
+    }
+    if password.len() > BCRYPT_MAX_PASSWORD {
+        // Apache's htpasswd hashes it anyway; then the end of the password counts for
+        // nothing, and its first 72 bytes alone log in.
         return Err(HtpasswdError::Hash(format!(
-            "the password must be 1 to {BCRYPT_MAX_PASSWORD} bytes for bcrypt"
+            "the password is {} bytes, and bcrypt ignores what follows byte \
+             {BCRYPT_MAX_PASSWORD}: choose one of at most {BCRYPT_MAX_PASSWORD} bytes \
+             (without --password-stdin, `registry-gate htpasswd add` generates one)",
+            password.len()
         )));
     }
     if !(BCRYPT_MIN_COST..=31).contains(&cost) {
@@ -580,13 +605,22 @@ mod tests {
     }
 
     #[test]
-    fn bcrypt_never_matches_on_the_72_byte_prefix() {
-        // htpasswd -nbB -C 4 of 72 'x's.
+    fn bcrypt_reads_the_first_72_bytes_as_apache_and_nginx_do() {
+        // htpasswd -nbB -C 4 of 72 'x's; `htpasswd -vb` accepts the 73- and 85-byte ones too.
         let h = one("long:$2y$04$Nw7smjBeYFK0l0qlrI6os.MhJ3GIsJqlAe/Nq5rPF3DNPXqx5fmiC");
         assert!(h.verify(&[b'x'; 72]));
-        assert!(!h.verify(&[b'x'; 73]));
-        assert!(!h.verify(&[&[b'x'; 72][..], b"anything else"].concat()));
-        assert!(bcrypt_line("u", &"x".repeat(73), 10).is_err());
+        assert!(h.verify(&[b'x'; 73]));
+        assert!(h.verify(&[&[b'x'; 72][..], b"anything else"].concat()));
+        assert!(!h.verify(&[b'x'; 71]));
+        assert_eq!(h.reads_at_most(), Some(72));
+        assert_eq!(one(ALICE[3]).reads_at_most(), None, "apr1 reads it all");
+        let refused = bcrypt_line("u", &"x".repeat(73), 10).expect_err("73 bytes");
+        let message = refused.to_string();
+        assert!(
+            message.contains("73 bytes") && message.contains("ignores what follows byte 72"),
+            "{message}"
+        );
+        assert!(bcrypt_line("u", &"x".repeat(72), 10).is_ok());
     }
 
     #[test]

@@ -467,14 +467,16 @@ impl Issuer {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("{url}: {e}"))?;
+                // "client error (Connect)" alone hides the refused connection or
+                // certificate behind it.
+                .map_err(|e| format!("{url}: {}", crate::error_chain::describe(&e)))?;
             if !response.status().is_success() {
                 return Err(format!("{url}: answered {}", response.status()));
             }
             let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
                 .collect()
                 .await
-                .map_err(|e| format!("{url}: {e}"))?
+                .map_err(|e| format!("{url}: {}", crate::error_chain::describe(&*e)))?
                 .to_bytes();
             serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))
         };

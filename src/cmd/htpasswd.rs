@@ -46,13 +46,27 @@ pub(super) fn run(file: &Path, action: HtpasswdAction) -> Result<i32, HtpasswdEr
         HtpasswdAction::Verify { user } => {
             let parsed = manage::load(file)?;
             let password = read_password()?;
-            let ok = parsed
-                .get(&user)
-                .is_some_and(|h| h.verify(password.as_bytes()));
+            let hash = parsed.get(&user);
+            let ok = hash.is_some_and(|h| h.verify(password.as_bytes()));
             eprintln!(
                 "registry-gate: password for {user:?} {}",
                 if ok { "correct" } else { "not correct" }
             );
+            // A hash does not tell how long its password was: only here, with the password
+            // in hand, can the gate say that part of it never counted.
+            let read = hash.and_then(|h| h.reads_at_most());
+            if let Some(limit) = read.filter(|limit| ok && password.len() > *limit) {
+                eprintln!(
+                    "registry-gate: {}:{}: user {user:?}: bcrypt ignores what follows byte \
+                     {limit} of a password: this one is {} bytes, and any password that starts \
+                     with the same {limit} bytes logs in too (with Apache and nginx as well); \
+                     set one of at most {limit} bytes with `registry-gate htpasswd -f {} add {user}`",
+                    file.display(),
+                    parsed.line_of(&user).unwrap_or(0),
+                    password.len(),
+                    file.display(),
+                );
+            }
             Ok(if ok { 0 } else { 1 })
         }
         HtpasswdAction::List => {

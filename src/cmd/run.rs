@@ -76,23 +76,14 @@ fn warn_about_open_files(max_connections: usize) {
 /// Binds the TLS listener and the optional plain-HTTP and metrics ones; the message names the
 /// config key of the one that failed.
 async fn bind_all(config: &crate::config::Config) -> Result<server::Listeners, String> {
-    let tls = server::bind(config.server.listen)
-        .await
-        .map_err(|e| e.to_string())?;
+    let bind = |addr, key| async move { server::bind(addr, key).await.map_err(|e| e.to_string()) };
+    let tls = bind(config.server.listen, "[server] listen").await?;
     let http = match config.server.http_listen {
-        Some(addr) => Some(
-            server::bind(addr)
-                .await
-                .map_err(|e| format!("[server] http_listen: {e}"))?,
-        ),
+        Some(addr) => Some(bind(addr, "[server] http_listen").await?),
         None => None,
     };
     let metrics = match config.metrics_listen {
-        Some(addr) => Some(
-            server::bind(addr)
-                .await
-                .map_err(|e| format!("[metrics] listen: {e}"))?,
-        ),
+        Some(addr) => Some(bind(addr, "[metrics] listen").await?),
         None => None,
     };
     Ok(server::Listeners { tls, http, metrics })

@@ -414,6 +414,12 @@ impl ResponseBody {
         }
     }
 
+    /// Whether the gate made this body itself (an error, a page, a redirect): its length is
+    /// known before a byte is sent, unlike the registry's streamed one.
+    pub fn is_made_here(&self) -> bool {
+        matches!(self.inner, Either::Right(_))
+    }
+
     /// Attaches the access log record, written when this body finishes or is dropped.
     pub fn with_record(mut self, record: AccessRecord) -> Self {
         let exchange = record.exchange().clone();

@@ -39,8 +39,11 @@ const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
-/// Headers by which a client could claim to be someone or somewhere else. From an untrusted
-/// peer they are dropped and the gate's own values set.
+/// Headers by which a client could claim to be someone or somewhere else, or to have asked
+/// for another path (the prefix and original-URL headers that proxies and IIS's rewrite
+/// module set, which some applications route by). From an untrusted peer they are dropped,
+/// and the gate's own values set where it has them; from a trusted proxy they are that
+/// proxy's word and kept.
 const FORWARDING: &[&str] = &[
     "forwarded",
     "x-forwarded-for",
@@ -50,9 +53,12 @@ const FORWARDING: &[&str] = &[
     "x-forwarded-server",
     "x-forwarded-ssl",
     "x-forwarded-scheme",
+    "x-forwarded-prefix",
     "x-real-ip",
     "x-client-ip",
     "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
     "x-request-id",
 ];
 
@@ -73,10 +79,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes the underscore spellings of the headers above and of the hop-by-hop ones
+/// (`X_Forwarded_For`, `X_Real_IP`): CGI-style servers and many frameworks read
+/// `X_Forwarded_For` and `X-Forwarded-For` as one variable (`HTTP_X_FORWARDED_FOR`), so a
+/// client could set the value the gate replaced. No proxy writes them, so they are dropped
+/// whoever sends them, a trusted proxy included: one that passes them on (nginx drops them by
+/// default, `underscores_in_headers off`; many balancers do not) passes the client's.
+fn drop_underscore_look_alikes(headers: &mut HeaderMap) {
+    let look_alikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.contains('_') && {
+                let hyphenated = name.replace('_', "-");
+                FORWARDING.contains(&hyphenated.as_str())
+                    || HOP_BY_HOP.contains(&hyphenated.as_str())
+            }
+        })
+        .cloned()
+        .collect();
+    for name in look_alikes {
+        headers.remove(name);
+    }
+}
+
 /// Rewrites the request head for the registry: `host` as the client sent it (the registry
 /// builds upload URLs from it), forwarded headers describing the real client.
 pub fn rewrite_request(headers: &mut HeaderMap, host: &HeaderValue, client: &ClientInfo<'_>) {
     strip_hop_by_hop(headers);
+    drop_underscore_look_alikes(headers);
     let peer_ip = canonical(client.peer.ip());
     let trusted = client.peer_is_trusted();
 
@@ -217,6 +248,43 @@ mod tests {
         rewrite_request(&mut h, &host, &client("10.0.0.2:1000", &trusted));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");
         assert_eq!(h["x-real-ip"], "203.0.113.9");
+    }
+
+    #[test]
+    fn look_alikes_of_forwarding_headers_are_dropped_and_path_headers_kept_from_a_proxy() {
+        let sent = [
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+            ("x_forwarded_proto", "http"),
+            ("x-forwarded_host", "evil.example"),
+            ("proxy_authorization", "Basic eA=="),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-original-url", "/v2/other/manifests/1"),
+            ("x-rewrite-url", "/v2/other/manifests/1"),
+            ("x_original_url", "/v2/other/manifests/1"),
+            // Not a look-alike of anything the gate owns: none of its business.
+            ("x_custom_thing", "kept"),
+        ];
+        let host = HeaderValue::from_static("reg.example");
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut untrusted = headers(&sent);
+        rewrite_request(&mut untrusted, &host, &client("192.0.2.1:5555", &[]));
+        let mut proxied = headers(&sent);
+        rewrite_request(&mut proxied, &host, &client("10.0.0.2:1000", &trusted));
+        for (h, from) in [(&untrusted, "a client"), (&proxied, "a trusted proxy")] {
+            for (name, _) in &sent[..5] {
+                assert!(!h.contains_key(*name), "{name} from {from} was forwarded");
+            }
+            assert!(!h.contains_key("x_original_url"), "from {from}");
+            assert_eq!(h["x_custom_thing"], "kept", "from {from}");
+            assert_eq!(h["x-forwarded-host"], "reg.example", "from {from}");
+        }
+        for name in ["x-forwarded-prefix", "x-original-url", "x-rewrite-url"] {
+            assert!(!untrusted.contains_key(name), "{name} from a client");
+        }
+        assert_eq!(proxied["x-forwarded-prefix"], "/evil");
+        assert_eq!(proxied["x-original-url"], "/v2/other/manifests/1");
+        assert_eq!(proxied["x-rewrite-url"], "/v2/other/manifests/1");
     }
 
     #[test]

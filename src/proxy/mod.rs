@@ -49,6 +49,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::events::{Actor, Event, EventAction};
@@ -85,6 +86,7 @@ pub async fn handle(
     let cors_origin = cors::allowed_origin(cors_origins, request.headers(), request.uri().path());
     let cors_configured = !cors_origins.is_empty();
     let version = request.version();
+    let is_head = request.method() == Method::HEAD;
     let (parts, incoming) = request.into_parts();
     let expects_continue = parts
         .headers
@@ -152,8 +154,36 @@ pub async fn handle(
     headers
         .entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
+    let response = state_length(response, is_head);
     record.status = Some(response.status());
     Ok(response.map(|body| body.with_record(record)))
+}
+
+/// An answer the gate made itself (an error, a page, a redirect, a probe) says how long it
+/// is, and to a HEAD it is sent without its body, with the headers a GET would get. hyper
+/// drops the body of a HEAD answer over HTTP/1.1 but sends it as DATA over HTTP/2, which
+/// RFC 9113 makes a malformed response: curl failed with PROTOCOL_ERROR where it should
+/// have shown a 401 (RFC 9110 §9.3.2: a HEAD answer has no content). The registry's own
+/// answers are left as they are: hyper's client reads no body for a HEAD, and the
+/// registry's `Content-Length` is already the GET's.
+fn state_length(response: Response<ResponseBody>, is_head: bool) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    if !body.is_made_here() {
+        return Response::from_parts(parts, body);
+    }
+    // RFC 9110 §8.6: never in a 204 or 304 (a 1xx is never a final answer here).
+    let has_content = !matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    );
+    if let Some(length) = body.size_hint().exact().filter(|_| has_content) {
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert(HeaderValue::from(length));
+    }
+    let body = if is_head { ResponseBody::empty() } else { body };
+    Response::from_parts(parts, body)
 }
 
 /// The phases, in order; each may answer early with an error.
@@ -424,4 +454,56 @@ fn next_request_id() -> String {
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{start:x}-{n:x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_len(response: Response<ResponseBody>) -> usize {
+        let collected = response.into_body().collect().await;
+        collected.map(|c| c.to_bytes().len()).unwrap_or(usize::MAX)
+    }
+
+    /// The errors no HEAD can reach over the wire (the integration suite `head` sends the
+    /// rest): each states the GET's length and sends no body to a HEAD.
+    #[tokio::test]
+    async fn a_head_gets_the_gets_length_and_no_body() {
+        let errors = || {
+            [
+                GateError::Throttled(std::time::Duration::from_secs(3)),
+                GateError::Protected {
+                    repository: "team/app".into(),
+                    tag: "v1".into(),
+                    protection: 0,
+                    refusal: error::ProtectRefusal::Move,
+                },
+                GateError::ManifestTooLarge(4 << 20),
+                GateError::Internal("test"),
+            ]
+        };
+        let mut checked = 0;
+        for (error, again) in errors().into_iter().zip(errors()) {
+            let status = error.status();
+            let full = body_len(error.to_response()).await;
+            let get = state_length(again.to_response(), false);
+            let head = state_length(error.to_response(), true);
+            assert_eq!(head.headers(), get.headers(), "{status}");
+            assert_eq!(
+                head.headers()[header::CONTENT_LENGTH],
+                full.to_string(),
+                "{status}"
+            );
+            assert_eq!(body_len(head).await, 0, "{status}");
+            assert_eq!(body_len(get).await, full, "{status}");
+            checked += 1;
+        }
+        assert_eq!(checked, 4);
+        // A 204 has no content and says no length (RFC 9110 §8.6).
+        let mut none = plain(StatusCode::OK, "");
+        *none.status_mut() = StatusCode::NO_CONTENT;
+        let head = state_length(none, true);
+        assert!(!head.headers().contains_key(header::CONTENT_LENGTH));
+    }
 }

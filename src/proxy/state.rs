@@ -24,7 +24,7 @@ use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::events::{self, Events, EventsError};
 use crate::proxy::activity::Activity;
 use crate::proxy::protect::WriteLocks;
-use crate::proxy::ui::CreationDates;
+use crate::proxy::ui::{CreationDates, EndedSessions};
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -82,6 +82,8 @@ pub struct Shared {
     /// The last accepted pushes and deletes, for the browser's activity page; outlives
     /// reloads (a reload changes no history), ends with the process.
     activity: Activity,
+    /// Browser sessions ended by a logout; outlives reloads, which keep sessions.
+    ended_sessions: EndedSessions,
 }
 
 /// Registry reads the registry browser makes at once, over all its pages: a page reads up to
@@ -331,6 +333,7 @@ impl Shared {
             creation_dates: Arc::default(),
             write_locks: WriteLocks::default(),
             activity: Activity::default(),
+            ended_sessions: EndedSessions::default(),
         })
     }
 
@@ -364,6 +367,11 @@ impl Shared {
     /// The recent pushes and deletes the gate saw accepted.
     pub fn activity(&self) -> &Activity {
         &self.activity
+    }
+
+    /// The browser sessions a logout ended.
+    pub(super) fn ended_sessions(&self) -> &EndedSessions {
+        &self.ended_sessions
     }
 
     pub fn last_used(&self) -> &LastUsed {

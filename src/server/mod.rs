@@ -31,11 +31,13 @@ use plain_http::{metrics_answer, plain_http_answer, serve_plain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}{hint}")]
+    #[error("{key}: cannot listen on {addr}: {source}{hint}")]
     Bind {
+        /// The configuration key that names the address, for the operator to change.
+        key: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
-        hint: &'static str,
+        hint: String,
     },
     #[error("cannot read the address of a bound socket: {0}")]
     LocalAddr(std::io::Error),
@@ -43,19 +45,27 @@ pub enum ServerError {
     Signals(std::io::Error),
 }
 
-/// Binds the listening socket, so that a port in use is reported before anything else runs.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+/// Binds a listening socket, so that a port in use is reported before anything else runs.
+/// `key` is the configuration key the address came from (`[server] listen`,
+/// `[server] http_listen`, `[metrics] listen`): the message tells the operator which one to
+/// change.
+pub async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr).await.map_err(|source| {
         let hint = match source.kind() {
             std::io::ErrorKind::AddrInUse => {
-                " (another process is listening there; stop it or change [server] listen)"
+                format!(" (another process is listening there; stop it or change {key})")
             }
             std::io::ErrorKind::PermissionDenied => {
-                " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_string()
             }
-            _ => "",
+            _ => String::new(),
         };
-        ServerError::Bind { addr, source, hint }
+        ServerError::Bind {
+            key,
+            addr,
+            source,
+            hint,
+        }
     })
 }
 

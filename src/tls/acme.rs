@@ -39,20 +39,19 @@ const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// How long the CA may take to validate the challenges and to issue.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The errors of the ACME client carry the whole chain of their cause as text
+/// (`error_chain::describe`): instant-acme's transport errors say only "client error
+/// (Connect)" at the top, and the reason an operator can act on (a refused connection, a
+/// certificate the directory's TLS presented that rustls refused) sits causes deep. Every
+/// message is then complete however it is printed, and has no `source()` to repeat.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
-    #[error("cannot reach the ACME directory {directory}: {source} (check [tls.acme] directory and that this host can make outbound HTTPS connections; a private ACME server's root goes in [tls.acme] directory_ca)")]
-    Directory {
-        directory: String,
-        source: instant_acme::Error,
-    },
+    #[error("cannot reach the ACME directory {directory}: {cause} (check [tls.acme] directory and that this host can make outbound HTTPS connections; a private ACME server's root goes in [tls.acme] directory_ca)")]
+    Directory { directory: String, cause: String },
     #[error("{path}: {message}")]
     Cache { path: PathBuf, message: String },
-    #[error("the ACME server refused the order for {domains}: {source}")]
-    Order {
-        domains: String,
-        source: instant_acme::Error,
-    },
+    #[error("the ACME server refused the order for {domains}: {cause}")]
+    Order { domains: String, cause: String },
     #[error("the ACME server offers no {challenge} challenge for {domain}; set [tls.acme] challenge to one it offers")]
     NoChallenge {
         domain: String,
@@ -65,11 +64,17 @@ pub enum AcmeError {
         hint: &'static str,
     },
     #[error("ordering the certificate failed: {0}")]
-    Protocol(#[from] instant_acme::Error),
+    Protocol(String),
     #[error("the issued certificate is unusable: {0}")]
     Certificate(String),
     #[error(transparent)]
     Write(#[from] TlsError),
+}
+
+impl From<instant_acme::Error> for AcmeError {
+    fn from(e: instant_acme::Error) -> AcmeError {
+        AcmeError::Protocol(crate::error_chain::describe(&e))
+    }
 }
 
 /// The challenge answers currently published, for the CA's validation requests.
@@ -345,7 +350,7 @@ impl Manager {
             }
             Err(instant_acme::Error::Unsupported(_)) => None,
             Err(e) => {
-                tracing::debug!(error = %e, "ACME renewal information unavailable; renewing by lifetime");
+                tracing::debug!(error = %crate::error_chain::describe(&e), "ACME renewal information unavailable; renewing by lifetime");
                 None
             }
         }
@@ -354,9 +359,9 @@ impl Manager {
     /// The account for this CA: created on first use, then reused from the cache.
     async fn account(&self, config: &AcmeConfig) -> Result<Account, AcmeError> {
         let path = account_path(config);
-        let directory_error = |source| AcmeError::Directory {
+        let directory_error = |e: instant_acme::Error| AcmeError::Directory {
             directory: config.directory.clone(),
-            source,
+            cause: crate::error_chain::describe(&e),
         };
         let builder = || match &config.directory_ca {
             Some(ca) => Account::builder_with_root(ca).map_err(|e| AcmeError::Cache {
@@ -411,9 +416,9 @@ impl Manager {
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
         let domains = config.domains.join(", ");
-        let order_error = |source| AcmeError::Order {
+        let order_error = |e: instant_acme::Error| AcmeError::Order {
             domains: domains.clone(),
-            source,
+            cause: crate::error_chain::describe(&e),
         };
         let mut order = account
             .new_order(&NewOrder::new(&identifiers))
@@ -479,7 +484,7 @@ impl Manager {
                     detail: problem.to_string(),
                     hint,
                 },
-                other => AcmeError::Protocol(other),
+                other => AcmeError::from(other),
             })?;
             if status != OrderStatus::Ready {
                 return Err(AcmeError::Validation {
@@ -588,6 +593,71 @@ mod tests {
             directory_ca: None,
             retry_interval: Duration::from_secs(60),
         }
+    }
+
+    /// A directory whose TLS certificate is a CA certificate (a private ACME server set up
+    /// with its root as its own certificate): the message must say so, as the events path
+    /// does for the same fault, not only "client error (Connect)".
+    #[tokio::test]
+    async fn an_unreachable_directory_is_reported_with_its_root_cause() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("certificate");
+        let root = dir.path().join("root.pem");
+        std::fs::write(&root, cert.pem()).expect("write the root");
+
+        let provider = crate::tls::provider();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let serve = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                // The client refuses the certificate; nothing more happens here.
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+
+        let manager = Manager {
+            certs: Arc::new(CertStore::new(None)),
+            provider,
+            current: Box::new(|| None),
+        };
+        let mut acme = config(&["localhost"], &format!("https://127.0.0.1:{port}/dir"));
+        acme.directory_ca = Some(root);
+        acme.cache_dir = dir.path().join("cache");
+        let error = match manager.account(&acme).await {
+            Ok(_) => panic!("an account from a directory with a CA as its certificate"),
+            Err(e) => e,
+        };
+        serve.abort();
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "cannot reach the ACME directory https://127.0.0.1:{port}/dir: "
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains("invalid peer certificate") && message.contains("CaUsedAsEndEntity"),
+            "the cause is missing: {message}"
+        );
+        assert!(
+            message.ends_with("goes in [tls.acme] directory_ca)"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -534,6 +534,116 @@ fn htpasswd_subcommand_writes_a_file_apache_and_the_gate_accept() {
     });
 }
 
+/// Apache's `htpasswd -B` hashes a password over 72 bytes without complaint, and Apache and
+/// nginx accept it; the gate refused it (and took its first 72 bytes alone), so a user moved
+/// from them was locked out. Now the gate decides as Apache's own `htpasswd -v` does, on
+/// every variant, `htpasswd verify` names the user and line, and `htpasswd add` refuses to
+/// write such a password.
+#[test]
+fn a_bcrypt_password_over_72_bytes_logs_in_as_with_apache() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let dir = tmp.path().join("gate");
+    std::fs::create_dir_all(&dir).expect("mkdir gate dir");
+    let file = dir.join("moved.htpasswd");
+    let long = "correct horse battery staple ".repeat(3);
+    assert_eq!(long.len(), 87);
+    apache_htpasswd(
+        &file,
+        &[("-B", "other", "other-secret"), ("-B", "migrated", &long)],
+    );
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url())
+            .extra_toml("\n[auth]\nmode = \"basic\"\nhtpasswd = [\"moved.htpasswd\"]\n"),
+    );
+    let first_72 = &long[..72];
+    let candidates = [
+        long.clone(),
+        first_72.to_string(),
+        format!("{first_72}something else"),
+        long[..71].to_string(),
+        "not-the-password".to_string(),
+    ];
+    let mut accepted = 0;
+    runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        let url = gate.url("/v2/");
+        for password in &candidates {
+            let apache = run(Command::new("htpasswd")
+                .arg("-vb")
+                .arg(&file)
+                .arg("migrated")
+                .arg(password))
+            .status
+            .success();
+            let (status, body) = status_and_body(&client, &url, Some(("migrated", password))).await;
+            let expected = if apache {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            assert_eq!(
+                status,
+                expected,
+                "a {}-byte password: Apache says {apache}; the gate: {body}",
+                password.len()
+            );
+            accepted += usize::from(apache);
+        }
+    });
+    // Apache takes the password and what shares its first 72 bytes, nothing shorter.
+    assert_eq!(accepted, 3, "Apache's verdicts changed");
+
+    let htpasswd = |args: &[&str], stdin: &str| {
+        let mut child = gate_command()
+            .arg("htpasswd")
+            .arg("-f")
+            .arg(&file)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn registry-gate htpasswd");
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().expect("stdin");
+            input.write_all(stdin.as_bytes()).expect("write stdin");
+        }
+        child
+            .wait_with_output()
+            .expect("wait for registry-gate htpasswd")
+    };
+    let verify = htpasswd(&["verify", "migrated"], &format!("{long}\n"));
+    assert_eq!(verify.status.code(), Some(0), "{}", describe(&verify));
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        said.contains(&format!("{}:2: user \"migrated\"", file.display()))
+            && said.contains("bcrypt ignores what follows byte 72")
+            && said.contains("87 bytes"),
+        "verify does not name the line and the limit: {}",
+        describe(&verify)
+    );
+    let before = std::fs::read_to_string(&file).expect("read the file");
+    let add = htpasswd(
+        &["add", "migrated", "--password-stdin"],
+        &format!("{long}\n"),
+    );
+    assert!(!add.status.success(), "add: {}", describe(&add));
+    let said = String::from_utf8_lossy(&add.stderr);
+    assert!(
+        said.contains("87 bytes") && said.contains("bcrypt ignores what follows byte 72"),
+        "add does not say why: {}",
+        describe(&add)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read the file"),
+        before,
+        "a refused add changed the file"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Catalog, read-only, throttling
 

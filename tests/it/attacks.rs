@@ -946,6 +946,89 @@ async fn forwarding_and_request_id_headers_from_a_client_never_reach_the_registr
     assert_ne!(ids[0], ids[1], "request ids repeat");
 }
 
+/// Spellings of the forwarding headers a client could use to reach past the gate: with
+/// underscores (a CGI-style registry or sidecar reads `X_Forwarded_For` as
+/// `X-Forwarded-For`), and the path headers proxies set, which some applications route by.
+const LOOK_ALIKES: &[(&str, &str)] = &[
+    ("X_Forwarded_For", "6.6.6.6"),
+    ("X_Real_IP", "6.6.6.6"),
+    ("X_Forwarded_Proto", "http"),
+    ("X_Forwarded_Host", "evil.example"),
+    ("X-Forwarded-Prefix", "/spoofed"),
+    ("X-Original-URL", "/spoofed/v2/other/manifests/1"),
+    ("X-Rewrite-URL", "/spoofed/v2/other/manifests/1"),
+];
+
+/// The names of `LOOK_ALIKES` that reached the upstream, lowercase.
+fn look_alikes_seen(seen: &Recorded) -> Vec<String> {
+    LOOK_ALIKES
+        .iter()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .filter(|name| !seen.header_all(name).is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_alikes_of_forwarding_headers_never_reach_the_registry() {
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(tmp.path(), GateConfig::new(recorder.url()));
+    let extra: String = LOOK_ALIKES
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    let answer = raw(
+        &gate,
+        head("GET /v2/ HTTP/1.1", Who::Anonymous, &extra).as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = recorder.single_request();
+    assert_eq!(
+        look_alikes_seen(&seen),
+        Vec::<String>::new(),
+        "HTTP/1.1: {seen:#?}"
+    );
+    assert_no_spoofed_value(&seen, "HTTP/1.1");
+
+    let client = gate.client(Proto::Http2);
+    let mut get = request("GET", &gate.url("/v2/"));
+    for (name, value) in LOOK_ALIKES {
+        get = get.header(*name, *value);
+    }
+    let response = client.send(get.body(empty()).expect("GET")).await;
+    assert_eq!(response.status(), 200);
+    let seen = recorder.requests().pop().expect("forwarded");
+    assert_eq!(
+        look_alikes_seen(&seen),
+        Vec::<String>::new(),
+        "HTTP/2: {seen:#?}"
+    );
+    assert_no_spoofed_value(&seen, "HTTP/2");
+
+    // Behind a trusted proxy the path headers are the proxy's to set and pass; the
+    // underscore spellings are not (no proxy writes them: one that passes them on passes
+    // the client's).
+    let tmp = temp_dir();
+    let recorder = Recorder::start(|_| Reply::ok_json());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(recorder.url()).trusted_proxies(&["127.0.0.0/8"]),
+    );
+    let answer = raw(
+        &gate,
+        head("GET /v2/ HTTP/1.1", Who::Anonymous, &extra).as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = recorder.single_request();
+    assert_eq!(
+        look_alikes_seen(&seen),
+        ["x-forwarded-prefix", "x-original-url", "x-rewrite-url"],
+        "from a trusted proxy: {seen:#?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Credentials
 

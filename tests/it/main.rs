@@ -19,6 +19,7 @@ mod events;
 mod faults;
 mod filter;
 mod harness;
+mod head;
 mod identity;
 mod lifecycle;
 mod oidc;

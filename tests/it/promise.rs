@@ -786,6 +786,68 @@ fn run_exits_2_when_the_port_is_taken_and_leaves_nothing_running() {
     );
 }
 
+/// Each listener's taken port is reported with the key that names it: the message used to
+/// send the operator to `[server] listen` whichever listener failed.
+#[test]
+fn a_taken_port_is_reported_with_the_key_of_its_listener() {
+    let mut checked = 0;
+    for key in [
+        "[server] listen",
+        "[server] http_listen",
+        "[metrics] listen",
+    ] {
+        let tmp = temp_dir();
+        let holder = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+        let taken = holder.local_addr().expect("held address");
+        let config = write_config(tmp.path(), |toml| {
+            let listen = toml
+                .lines()
+                .find(|l| l.starts_with("listen"))
+                .expect("listen line")
+                .to_string();
+            match key {
+                "[server] listen" => toml.replace(&listen, &format!("listen = \"{taken}\"")),
+                "[server] http_listen" => {
+                    toml.replace(&listen, &format!("{listen}\nhttp_listen = \"{taken}\""))
+                }
+                _ => format!("{toml}\n[metrics]\nlisten = \"{taken}\"\n"),
+            }
+        });
+        let output = run(gate_command()
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null()));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{key}: {}",
+            describe(&output)
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let change = format!("change {key})");
+        assert!(
+            stderr.contains(&change) && stderr.contains(&taken.to_string()),
+            "{key}: the message does not say {change:?} for {taken}:\n{}",
+            describe(&output)
+        );
+        for other in [
+            "[server] listen",
+            "[server] http_listen",
+            "[metrics] listen",
+        ] {
+            assert!(
+                other == key || !stderr.contains(&format!("change {other})")),
+                "{key}: the message names {other}:\n{}",
+                describe(&output)
+            );
+        }
+        drop(holder);
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
+
 /// Pids whose command line mentions `path`.
 fn processes_mentioning(path: &Path) -> Vec<u32> {
     let needle = path.display().to_string();

@@ -653,6 +653,60 @@ fn sessions_are_locked_down_and_every_changing_form_needs_its_csrf_token() {
     });
 }
 
+/// Clearing the cookie only asks the browser to forget it: a copy taken before the logout
+/// (another tab's, a shared machine's, a proxy log's) used to work for the rest of its 8
+/// hours. The logout ends the session in the gate; other logins of the same user go on.
+#[test]
+fn a_logout_ends_the_session_for_every_copy_of_its_cookie() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[ALICE, BOB])
+            .extra_toml(RULES),
+    );
+    let origin = format!("https://{}", gate.authority());
+    runtime().block_on(async {
+        let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+        let (_, alice) = login(&client, &gate, ALICE).await;
+        let (_, elsewhere) = login(&client, &gate, ALICE).await;
+        let copy = alice.clone();
+        let page = get(&client, &gate.url("/ui/"), Some(&alice)).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let token = csrf_of(&page.body);
+
+        let out = post(
+            &client,
+            &gate.url("/ui/logout"),
+            Some(&alice),
+            Some(&origin),
+            &format!("csrf={token}"),
+        )
+        .await;
+        assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.body);
+        assert!(header_text(&out, "set-cookie").contains("Max-Age=0"));
+
+        let page = get(&client, &gate.url("/ui/"), Some(&copy)).await;
+        assert_eq!(
+            page.status,
+            StatusCode::SEE_OTHER,
+            "the logged-out session still works: {}",
+            page.body
+        );
+        assert_eq!(page.headers["location"], "/ui/login");
+        let page = get(&client, &gate.url("/ui/"), Some(&elsewhere)).await;
+        assert_eq!(
+            page.status,
+            StatusCode::OK,
+            "the logout ended alice's other session"
+        );
+        let (_, back) = login(&client, &gate, ALICE).await;
+        let page = get(&client, &gate.url("/ui/"), Some(&back)).await;
+        assert_eq!(page.status, StatusCode::OK, "a new login after the logout");
+    });
+}
+
 fn header_text<'a>(page: &'a Page, name: &str) -> &'a str {
     page.headers
         .get(name)

@@ -24,6 +24,7 @@ mod pages;
 mod session;
 
 pub(super) use fetch::CreationDates;
+pub(super) use session::EndedSessions;
 
 use std::sync::Arc;
 
@@ -213,15 +214,16 @@ pub(super) async fn answer(
     Ok(result.unwrap_or_else(|refusal| refusal.page(&chrome, &ctx.record.request_id)))
 }
 
-/// The caller of a browser request and their session: a valid session cookie whose user may
-/// still log in, else a client certificate's user, else anonymous.
+/// The caller of a browser request and their session: a valid session cookie, not logged
+/// out, whose user may still log in; else a client certificate's user, else anonymous.
 async fn who(
     ctx: &RequestContext,
     request: &Request<()>,
     key: &SessionKey,
 ) -> Result<(Caller, Option<Session>), GateError> {
-    if let Some(session) =
-        session::cookie_value(request.headers()).and_then(|v| key.open(v, unix_now()))
+    if let Some(session) = session::cookie_value(request.headers())
+        .and_then(|v| key.open(v, unix_now()))
+        .filter(|s| !ctx.shared.ended_sessions().is_ended(s))
     {
         if let Some(caller) = caller::from_session(
             ctx,
@@ -478,6 +480,10 @@ impl Browser {
     ) -> Result<Response<ResponseBody>, Refusal> {
         if let Some(session) = &self.session {
             self.checked_form(ctx, request, host, session).await?;
+            // Clearing the cookie only asks the browser to forget it; a copy would still
+            // work until it expires.
+            ctx.shared.ended_sessions().end(session, unix_now());
+            tracing::info!(user = %session.user, peer = %ctx.client_ip, "browser logout");
         }
         Ok(redirect(
             chrome.base,

@@ -3,10 +3,14 @@
 //! HMAC-SHA256; and the CSRF token derived from that id, which every form that changes
 //! something must send back.
 //!
-//! The cookie is the whole session: the gate keeps no session table, so replicas sharing
-//! the key share sessions. This module signs, verifies and formats; whether the named user
-//! may still log in is `caller::from_session`'s question.
+//! The cookie is the whole session: the gate keeps no table of open sessions, so replicas
+//! sharing the key share sessions. What it keeps is the short list of sessions ended by a
+//! logout before their time (`EndedSessions`), so a cookie copied before the logout is
+//! refused afterwards. This module signs, verifies, formats and remembers those ends;
+//! whether the named user may still log in is `caller::from_session`'s question.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,10 +21,18 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// How long a login lasts. A working day: long enough not to annoy, short enough that a
-/// cookie left on a shared machine dies the same day. The gate cannot end a stolen cookie
-/// earlier (it keeps no session table), other than by removing the user or revoking the
-/// access token it names.
+/// cookie left on a shared machine dies the same day. A logout ends it earlier
+/// (`EndedSessions`), as do a new password, removing the user or revoking the access token
+/// it names.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// Logged-out sessions remembered at once (about 100 bytes each: 1.6 MiB at most). Each is
+/// kept only until its cookie would have expired anyway, so this many logouts within
+/// `SESSION_TTL` fill it: far beyond a team's, and each needs a login first. When it is full
+/// the oldest is forgotten and, in its place, every session that expires no later than it
+/// is refused too (`EndedSessions::floor`): a flood of logouts can end sessions early, never
+/// bring an ended one back.
+pub const MAX_ENDED_SESSIONS: usize = 16 * 1024;
 
 /// The cookie's name. Not `__Host-`: that prefix demands `Path=/`, and the cookie is kept to
 /// the browser's path so it is never sent with registry API requests.
@@ -146,6 +158,64 @@ impl SessionKey {
     }
 }
 
+/// The sessions a logout ended before their expiry, in this process. The cookie itself
+/// cannot be taken back: a copy made before the logout (a shared machine, a proxy log, a
+/// stolen backup) would otherwise work until it expires.
+#[derive(Default)]
+pub struct EndedSessions {
+    state: Mutex<Ended>,
+}
+
+#[derive(Default)]
+struct Ended {
+    /// Session id to the unix second its cookie expires.
+    ids: HashMap<String, u64>,
+    /// Every session expiring at or before this second is ended: what forgetting ended
+    /// sessions to stay within `MAX_ENDED_SESSIONS` costs, instead of their coming back.
+    floor: u64,
+}
+
+impl EndedSessions {
+    /// Ends `session` at `now` (unix seconds); it is refused from then on.
+    pub fn end(&self, session: &Session, now: u64) {
+        self.end_within(session, now, MAX_ENDED_SESSIONS);
+    }
+
+    fn end_within(&self, session: &Session, now: u64, capacity: usize) {
+        let mut ended = self.lock();
+        if ended.ids.len() >= capacity {
+            // Expired cookies are refused by their own expiry: nothing to remember.
+            ended.ids.retain(|_, expires| *expires > now);
+        }
+        while ended.ids.len() >= capacity.max(1) {
+            let Some((id, expires)) = ended
+                .ids
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(id, expires)| (id.clone(), *expires))
+            else {
+                break;
+            };
+            ended.ids.remove(&id);
+            ended.floor = ended.floor.max(expires);
+        }
+        ended.ids.insert(session.id.clone(), session.expires);
+    }
+
+    /// Whether a logout ended `session`.
+    pub fn is_ended(&self, session: &Session) -> bool {
+        let ended = self.lock();
+        session.expires <= ended.floor || ended.ids.contains_key(&session.id)
+    }
+
+    /// Every change is one insert, remove or retain: a poisoned lock is taken as it is.
+    fn lock(&self) -> MutexGuard<'_, Ended> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// `Set-Cookie` for a new session: only over HTTPS, never to scripts, never on a request
 /// another site started, and only under the browser's path.
 pub fn set_cookie(value: &str, path: &str) -> String {
@@ -265,6 +335,42 @@ mod tests {
         // The session's own cookie tag is not its CSRF token.
         let cookie = k.seal(&s);
         assert!(!k.csrf_ok(&s, cookie.rsplit_once('.').expect("tag").1));
+    }
+
+    #[test]
+    fn an_ended_session_stays_ended_and_a_full_list_ends_older_ones_too() {
+        let ended = EndedSessions::default();
+        let s = session();
+        let other = session();
+        assert!(!ended.is_ended(&s));
+        ended.end(&s, NOW);
+        assert!(ended.is_ended(&s));
+        assert!(!ended.is_ended(&other), "another login is not ended");
+
+        // Full (capacity 3 here): the oldest is forgotten, and with it every session that
+        // expires no later; never is an ended one taken back.
+        let ended = EndedSessions::default();
+        let at = |minute: u64| {
+            Session::start("alice".into(), None, None, NOW + minute * 60).expect("random id")
+        };
+        let (a, b, c, d) = (at(0), at(1), at(2), at(3));
+        let (older, newer) = (at(0), at(2));
+        for s in [&a, &b, &c] {
+            ended.end_within(s, NOW, 3);
+        }
+        ended.end_within(&d, NOW, 3);
+        for s in [&a, &b, &c, &d, &older] {
+            assert!(ended.is_ended(s), "{} ended", s.expires - NOW);
+        }
+        assert!(!ended.is_ended(&newer), "a later login is not ended");
+        assert!(ended.lock().ids.len() <= 3);
+
+        // Expired entries make room first, without raising the floor.
+        let later = NOW + SESSION_TTL.as_secs() + 600;
+        let e = Session::start("alice".into(), None, None, later).expect("random id");
+        ended.end_within(&e, later, 3);
+        assert!(ended.is_ended(&e));
+        assert!(!ended.is_ended(&Session::start("bob".into(), None, None, later).expect("id")));
     }
 
     #[test]

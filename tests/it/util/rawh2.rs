@@ -6,7 +6,8 @@
 //! Header blocks use only HPACK literals without indexing and without Huffman coding, so what
 //! is written is what the server decodes. Of the answer only what a test needs is read: the
 //! `:status` of the response on stream 1 (an indexed static entry, or a literal, Huffman-coded
-//! or not), a `RST_STREAM` or `GOAWAY`, or the connection closing.
+//! or not), a `RST_STREAM` or `GOAWAY`, or the connection closing; and, for
+//! `whole_exchange`, the DATA frames up to the stream's end, which a real client may hide.
 
 use std::io;
 use std::net::SocketAddr;
@@ -96,6 +97,38 @@ impl Answer {
 /// Opens a TLS connection offering only `h2`, writes the preface, SETTINGS and `frames` on
 /// stream 1, and returns how stream 1 was answered.
 pub async fn exchange(addr: SocketAddr, ca_pem: &Path, frames: &[Frame]) -> io::Result<Answer> {
+    Ok(talk(addr, ca_pem, frames, false).await?.answer)
+}
+
+/// The whole of stream 1's answer: how it began, and the DATA bytes that came before the
+/// stream ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WholeAnswer {
+    pub answer: Answer,
+    /// Payload bytes of every DATA frame on stream 1, padding included.
+    pub data_bytes: usize,
+    /// DATA frames on stream 1, empty ones included.
+    pub data_frames: usize,
+    /// The stream ended (END_STREAM) rather than being reset, cut off or left open.
+    pub ended: bool,
+}
+
+/// Like `exchange`, but reads stream 1 to its end and counts what came in DATA frames: the
+/// frames hyper's client would hide (it drops a body it knows a HEAD answer cannot have).
+pub async fn whole_exchange(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    frames: &[Frame],
+) -> io::Result<WholeAnswer> {
+    talk(addr, ca_pem, frames, true).await
+}
+
+async fn talk(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    frames: &[Frame],
+    whole: bool,
+) -> io::Result<WholeAnswer> {
     let mut config = tls_config(ca_pem);
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -139,6 +172,12 @@ pub async fn exchange(addr: SocketAddr, ca_pem: &Path, frames: &[Frame]) -> io::
     let _ = tls.flush().await;
 
     let mut buf = Vec::new();
+    let mut seen = WholeAnswer {
+        answer: Answer::Nothing,
+        data_bytes: 0,
+        data_frames: 0,
+        ended: false,
+    };
     let read = async {
         loop {
             while let Some((kind, flags, stream, payload, used)) = parse(&buf) {
@@ -154,22 +193,49 @@ pub async fn exchange(addr: SocketAddr, ca_pem: &Path, frames: &[Frame]) -> io::
                         frame(&mut pong, PING, ACK, 0, &payload);
                         let _ = tls.write_all(&pong).await;
                     }
-                    (HEADERS, 1) => return status(&payload, flags),
-                    (RST_STREAM, 1) => return Answer::Reset(u32_at(&payload, 0)),
-                    (GOAWAY, 0) => return Answer::GoAway(u32_at(&payload, 4)),
+                    (HEADERS, 1) => {
+                        // A second header block is the trailers; the first has the status.
+                        if seen.answer == Answer::Nothing {
+                            seen.answer = status(&payload, flags);
+                        }
+                        seen.ended = flags & END_STREAM != 0;
+                        if !whole || seen.ended {
+                            return;
+                        }
+                    }
+                    (DATA, 1) => {
+                        seen.data_bytes += payload.len();
+                        seen.data_frames += 1;
+                        seen.ended = flags & END_STREAM != 0;
+                        if seen.ended {
+                            return;
+                        }
+                    }
+                    (RST_STREAM, 1) => {
+                        if seen.answer == Answer::Nothing {
+                            seen.answer = Answer::Reset(u32_at(&payload, 0));
+                        }
+                        return;
+                    }
+                    (GOAWAY, 0) => {
+                        if seen.answer == Answer::Nothing {
+                            seen.answer = Answer::GoAway(u32_at(&payload, 4));
+                        }
+                        return;
+                    }
                     _ => {}
                 }
             }
             let mut chunk = [0u8; 16 * 1024];
             match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Answer::Nothing,
+                Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
     };
-    Ok(tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .unwrap_or(Answer::Nothing))
+    // Nothing more in time leaves what was seen so far: `Nothing`, or a stream not ended.
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    Ok(seen)
 }
 
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
