@@ -500,7 +500,7 @@ cpu_per_gib() { awk -v t="$1" -v b="$2" -v hz="$CLK_TCK" -v g="$GIB" 'BEGIN { pr
 # size and sha256 are checked after the clock stopped. A digest in curl's pipe instead puts
 # a pipe and a second process in every target's path: measured here, curl's system time per
 # GiB doubled (0.5 -> 1.0 s) and every proxy's single download fell to the same ~420 MB/s,
-# the client's speed, not the proxy's (BENCHMARKS.md, "The client's digest"). Without room in
+# the client's speed, not the proxy's (bench/history.md, "The client's digest"). Without room in
 # /dev/shm the digest goes back into the pipe, and the report says so.
 sink_setup() {
     local need avail

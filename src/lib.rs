@@ -3,28 +3,7 @@
 //!
 //! # Layout
 //! The crate is built in floors; a module imports only from its own floor or the ones below
-//! (`scripts/check-layers` keeps it so). `docs/architecture.md` walks a request through them.
-//!
-//! 1. The command line: `cli` (clap) and `cmd` (one file per subcommand, exit codes).
-//! 2. `server`: listeners, accept loop, handshakes, PROXY protocol, lingering close, graceful
-//!    shutdown, signals, the plain-HTTP and metrics listeners.
-//! 3. `proxy`: the phases of one request in order (`proxy/mod.rs`), with its context, the
-//!    caller's identity and decision, header rewriting, bodies, the upstream client, catalog
-//!    filtering, the token endpoint, the registry browser (`proxy/ui/`), the access record,
-//!    errors, and the reloadable snapshot.
-//! 4. The policy and its inputs, each on its own: `config` (`proxy.toml` parsed and
-//!    validated), `tls` (certificates, ACME, the rustls configuration), `auth` (htpasswd,
-//!    client certificates, tokens, throttling), `rules` (who may do what, and the protected
-//!    tags), `filter` (user agents and addresses), `registry_path` (method + path to endpoint,
-//!    action, repository), `metrics` (Prometheus counters by label), `log` (the tracing
-//!    subscriber), `events` (push and delete events: the bounded queues, signatures,
-//!    delivery with retries to `[[events]]` receivers, off the request path).
-//! 5. Shared by all: `client_addr` (the canonical client address and the real client behind
-//!    trusted proxies), `atomic_file` (files written whole or not at all), `bounded_map` (the
-//!    size-bounded map behind the caches) and `error_chain` (an error and its causes on one
-//!    line).
-//!
-//! `fuzzing` holds the parser properties shared by `fuzz/` and the property tests.
+//! (`scripts/check-layers` keeps it so). The module map is `docs/architecture.md`.
 
 pub mod cli;
 pub mod cmd;
