@@ -247,10 +247,10 @@ fn assert_normal_form(path: &str) {
     );
 }
 
-/// The README's glob semantics, read from the pattern text independently of `rules.rs`:
-/// `*` within a component, a whole last `*` or any `**` across components, a whole `**/`
-/// component as zero or more components, `${user}` literally (never for anonymous or a user
-/// with `/`). `None` is a pattern that can match nothing.
+/// The documented glob semantics (`proxy.toml.example`), read from the pattern text apart
+/// from `rules/mod.rs`: `*` within a component, a whole last `*` or any `**` across
+/// components, a whole `**/` component as zero or more components, `${user}` literally (never
+/// for anonymous or a user with `/`). `None` is a pattern that can match nothing.
 fn reference_tokens(pattern: &str, user: Option<&str>) -> Option<Vec<Ref>> {
     let components: Vec<&str> = pattern.split('/').collect();
     let last = components.len() - 1;

@@ -494,7 +494,7 @@ mod tests {
             ("GET", "/v2/%2e%2e/manifests/x", nn("percent-encoding")),
             ("GET", "/v2/a/manifests/x;y", nn("; parameter")),
             // The registry answers 500 to a reference that is neither tag nor digest; the
-            // gate's 400 is documented in the README's table of the gate's own answers.
+            // gate's 400 is documented in docs/security.md's table of the gate's own answers.
             ("GET", "/v2/a/manifests/sha256:totallywrong", Unclassified),
             ("GET", "/v2/a\\b/manifests/x", nn("backslash")),
             ("GET", "/v2/a\0/manifests/x", nn("NUL byte")),

@@ -20,7 +20,7 @@ mod token;
 
 use crate::cli::{Cli, Command};
 
-/// Exit codes, documented in the README.
+/// Exit codes, documented in docs/operations.md.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_BAD_CONFIG: i32 = 2;

@@ -38,12 +38,12 @@ const POOL_MAX_IDLE: usize = 64;
 const UPSTREAM_MAX_BUF: usize = 64 * 1024;
 /// The read buffer of a layer download that holds a bulk slot: a quarter of the system
 /// calls, wakeups and body frames per byte of 64 KiB reads, 10–15 % less CPU per GiB
-/// (BENCHMARKS.md, session 3).
+/// (bench/history.md, session 3).
 const BULK_MAX_BUF: usize = 256 * 1024;
 /// Layer downloads that get [`BULK_MAX_BUF`] at once. Further parallel ones use 64 KiB
 /// reads, so memory stays bounded however many layers are pulled. Two give one or two
 /// downloads the whole gain; four added 2.7 MiB of peak RSS for 7 % more throughput with 16
-/// parallel pulls (BENCHMARKS.md, "After the fourth run").
+/// parallel pulls (bench/history.md, "After the fourth run").
 const BULK_SLOTS: usize = 2;
 
 /// The pooled client to the registry.

@@ -5,7 +5,7 @@
 //! validation message about them, and the decision. Must not touch: headers, TOML, requests;
 //! it sees an identity and a classified request, nothing else, so it can be tested as a table.
 //!
-//! Semantics, for the README:
+//! Semantics, as docs/access.md gives them:
 //! - Rules are an ordered list. The first rule whose `users` and `repositories` both match
 //!   decides: its `actions` contain the action -> allow, otherwise deny (first match decides,
 //!   like nginx/Apache order). No rule matches -> deny. `rules[i]` counts from 0 in file order;

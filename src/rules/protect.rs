@@ -7,7 +7,7 @@
 //! would really move a tag is found out by the proxy (`proxy/protect.rs`), which asks here
 //! only who and what is protected.
 //!
-//! Semantics, for the README:
+//! Semantics, as docs/access.md gives them:
 //! - A protection covers a tag when one of its `repositories` globs (the `[[rules]]` syntax,
 //!   without `${user}`) matches the repository and one of its `tags` globs matches the tag.
 //! - `users` (optional, the `[[rules]]` user syntax): who may still move and delete the tags

@@ -138,9 +138,10 @@ pub fn certificate_path(config: &AcmeConfig) -> PathBuf {
         hash.update(d.as_bytes());
     }
     let first = config.domains.first().map(String::as_str).unwrap_or("none");
-    config
-        .cache_dir
-        .join(format!("{first}-{}.pem", hex::encode(&hash.finalize()[..8])))
+    config.cache_dir.join(format!(
+        "{first}-{}.pem",
+        hex::encode(&hash.finalize()[..8])
+    ))
 }
 
 /// The account credentials for the configured CA.
@@ -391,7 +392,7 @@ impl Manager {
                 &NewAccount {
                     contact: &contact,
                     // Configuring an ACME CA is accepting its terms, as with certbot's
-                    // --agree-tos; the README says so next to the key.
+                    // --agree-tos; proxy.toml.example says so next to the key.
                     terms_of_service_agreed: true,
                     only_return_existing: false,
                 },

@@ -63,7 +63,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// with AES instructions. AES-128 gives 128-bit security like the X25519 or P-256 key
 /// exchange in front of it; AES-256 adds four rounds per block and, in TLS 1.3, SHA-384 for
 /// the key schedule, for which aws-lc ran its portable (`_nohw`) SHA-512 code on the
-/// benchmark machine's AMD CPU: 16 % of the gate's CPU per handshake (S6 in BENCHMARKS.md).
+/// benchmark machine's AMD CPU: 16 % of the gate's CPU per handshake (S6 in bench/history.md).
 fn suite_preference(suite: rustls::CipherSuite) -> u8 {
     use rustls::CipherSuite as S;
     match suite {

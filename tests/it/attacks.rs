@@ -864,7 +864,7 @@ async fn http2_frames_no_client_library_sends_never_reach_the_upstream() {
 // Header trust
 
 /// Headers with which a client could claim an address, a scheme, a host or a request id.
-/// `core.rs` covers X-Forwarded-For/-Proto/-Host/-Port, X-Real-IP and Forwarded; these are
+/// `promise.rs` covers X-Forwarded-For/-Proto/-Host/-Port, X-Real-IP and Forwarded; these are
 /// the rest of the gate's list, repeated and in odd case.
 const SPOOFED: &[(&str, &str)] = &[
     ("X-Request-Id", "spoofed-request-id"),

@@ -6,7 +6,7 @@
 //!
 //! Already proved elsewhere and not repeated here: 431 for a head over the default limit,
 //! the idle timeout of a connection that never sends a request, 504 over HTTP/1.1 and the
-//! per-address limit (`core.rs`); users changed on disk (`lifecycle.rs`); certificate files
+//! per-address limit (`promise.rs`); users changed on disk (`lifecycle.rs`); certificate files
 //! replaced on disk (`certificates.rs`).
 
 use crate::util;
@@ -687,7 +687,7 @@ async fn a_registry_dying_mid_response_is_a_broken_transfer_never_a_short_comple
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_stalling_past_the_read_timeout_gets_504_or_a_broken_transfer() {
     let tmp = temp_dir();
-    // Silent before the head, over HTTP/2 (core.rs proves HTTP/1.1): 504.
+    // Silent before the head, over HTTP/2 (promise.rs proves HTTP/1.1): 504.
     let slow = Recorder::start(|_| Reply::ok_json().delay(Duration::from_secs(5)));
     let mut config = GateConfig::new(slow.url());
     config.read_timeout = "1s".into();

@@ -1,5 +1,5 @@
 //! The harness itself, checked without the gate: the registry, the recorder, the hand-made
-//! OCI images and dockerd work directly, so a failure in `core.rs` is the gate's.
+//! OCI images and dockerd work directly, so a failure in `promise.rs` is the gate's.
 
 use crate::util;
 

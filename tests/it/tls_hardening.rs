@@ -2,7 +2,7 @@
 //! (checked with openssl, which rustls clients cannot be made to offer), what a client with no
 //! SNI or an unknown name gets, and testssl.sh with no finding rated MEDIUM or worse.
 //!
-//! TLS 1.2/1.3 negotiation is proved in `core.rs`; handshakes that never finish in
+//! TLS 1.2/1.3 negotiation is proved in `promise.rs`; handshakes that never finish in
 //! `faults.rs`.
 
 use crate::util;

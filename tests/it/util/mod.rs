@@ -4,7 +4,7 @@
 //! Every helper owns what it starts: the gate binds port 0 and reports it, other children get
 //! a port from `free_port`, files live in the test's own `TempDir`, and `Drop` kills the child.
 //! Nothing here skips a test: a missing tool is a panic naming the package to install
-//! (STYLE.md, convention 13).
+//! (the style guide, convention 13).
 //!
 //! Layout:
 //! - `pki`      a CA and a server certificate per test (rcgen), written as PEM
