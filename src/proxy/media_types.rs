@@ -1,6 +1,6 @@
-//! The manifest media types the gate reads in registry answers: `[[protect]]` to tell an
-//! index (whose platforms are manifests of their own) from a single image, the browser to
-//! show either.
+//! The manifest media types the gate asks for and reads in registry answers: `[[protect]]`
+//! to tell an index (whose platforms are manifests of their own) from a single image, the
+//! browser to show either.
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -18,3 +18,25 @@ pub const IMAGE_TYPES: [&str; 4] = [
     DOCKER_SCHEMA1_SIGNED,
     DOCKER_SCHEMA1,
 ];
+
+/// Every manifest type, for the `Accept` of the gate's own manifest reads: asked for less,
+/// distribution 2.8 answers an index with one platform's manifest and a schema2 manifest with
+/// a schema1 rewrite, each with another digest, and refuses an OCI index.
+pub const ACCEPT_MANIFESTS: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_manifest_type_is_accepted() {
+        for media_type in INDEX_TYPES.iter().chain(&IMAGE_TYPES[..3]) {
+            assert!(ACCEPT_MANIFESTS.split(", ").any(|t| t == *media_type));
+        }
+        assert!(http::HeaderValue::from_str(ACCEPT_MANIFESTS).is_ok());
+    }
+}

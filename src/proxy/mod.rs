@@ -38,6 +38,7 @@ mod form;
 pub mod headers;
 mod media_types;
 mod protect;
+pub mod registry;
 pub mod state;
 pub mod token_endpoint;
 mod ui;
@@ -330,13 +331,10 @@ async fn proxy(
         && parts.status.is_success()
     {
         let rules = &snapshot.config.rules;
-        let filtered = catalog::filter(
-            body,
-            &mut parts.headers,
-            &snapshot.upstream,
-            &host,
-            |repo| caller.may(rules, client_ip, repo, Action::Pull),
-        )
+        let registry = registry::Registry::new(snapshot.upstream.clone(), host.clone());
+        let filtered = catalog::filter(body, &mut parts.headers, &registry, |repo| {
+            caller.may(rules, client_ip, repo, Action::Pull)
+        })
         .await?;
         return Ok(Response::from_parts(parts, filtered));
     }

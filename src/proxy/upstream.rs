@@ -153,8 +153,7 @@ impl Upstream {
         }
     }
 
-    /// A GET of the gate's own making (readiness, further catalog pages), bounded by the
-    /// read timeout.
+    /// A GET of the gate's own making (readiness, `doctor`), bounded by the read timeout.
     pub async fn get(
         &self,
         path_and_query: &str,
@@ -165,9 +164,8 @@ impl Upstream {
         self.lookup(Method::GET, path_and_query, headers).await
     }
 
-    /// A bodiless request of the gate's own making with the headers given (`[[protect]]`
-    /// asks for a tag's digest with a HEAD and its `Accept` list), bounded by the read
-    /// timeout. `headers` must carry `Host`.
+    /// A bodiless request of the gate's own making with the headers given (`registry`'s
+    /// reads, readiness), bounded by the read timeout. `headers` must carry `Host`.
     pub async fn lookup(
         &self,
         method: Method,
@@ -182,23 +180,6 @@ impl Upstream {
             .await
             .map_err(|_| GateError::UpstreamTimeout)?
             .map_err(classify_client_error)
-    }
-
-    /// `lookup` with `Host` and an optional `Accept`: the registry browser's reads and
-    /// deletes.
-    pub async fn call(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        host: &HeaderValue,
-        accept: Option<HeaderValue>,
-    ) -> Result<Response<Incoming>, GateError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, host.clone());
-        if let Some(accept) = accept {
-            headers.insert(header::ACCEPT, accept);
-        }
-        self.lookup(method, path_and_query, headers).await
     }
 }
 

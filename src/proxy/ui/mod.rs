@@ -14,16 +14,16 @@
 //! only as `Caller::may` allows, exactly as the API would. A repository the caller may not
 //! pull gets the same 404 as one that does not exist.
 //!
-//! The rooms: `session` (the signed cookie and CSRF tokens), `fetch` (reading the registry,
-//! capped), `pages` (server-rendered HTML), `html` (escaping by construction), and the
+//! The rooms: `session` (the signed cookie and CSRF tokens), `dates` (images' creation
+//! dates, remembered; the registry is read through `proxy::registry`), `pages` (server-rendered HTML), `html` (escaping by construction), and the
 //! embedded `assets/` (one stylesheet, one small script; pages work without it).
 
-mod fetch;
+mod dates;
 mod html;
 mod pages;
 mod session;
 
-pub(super) use fetch::CreationDates;
+pub(super) use dates::CreationDates;
 pub(super) use session::EndedSessions;
 
 use std::sync::Arc;
@@ -39,13 +39,14 @@ use super::caller::{self, Caller};
 use super::context::RequestContext;
 use super::error::{GateError, Side};
 use super::form::{read_small_form, FormError};
+use super::registry::manifest::{Descriptor, Manifest, ManifestKind};
+use super::registry::{Deleted, Registry};
 use super::token_endpoint::query_values;
 use crate::auth::token::unix_now;
 use crate::auth::{Failure, Identity};
 use crate::config::UiConfig;
 use crate::events::EventAction;
 use crate::registry_path::{is_digest, is_tag, is_tag_fragment, is_valid_repository_name, Action};
-use fetch::{Deleted, ManifestKind, Registry};
 use html::Html;
 use pages::{ActivityRow, ChildRow, Chrome, ManifestView, RepositoryView, TagRow};
 use session::{Session, SessionKey, CSRF_FIELD};
@@ -178,11 +179,8 @@ pub(super) async fn answer(
         can_log_in: snapshot.auth.is_some(),
     };
     let browser = Browser {
-        registry: Registry::new(
-            snapshot.upstream.clone(),
-            host.clone(),
-            ctx.shared.creation_dates(),
-        ),
+        registry: Registry::new(snapshot.upstream.clone(), host.clone()),
+        dates: ctx.shared.creation_dates(),
         host: host.to_str().unwrap_or("").to_string(),
         caller,
         session,
@@ -319,6 +317,8 @@ impl Refusal {
 /// One request's view of the registry: who asks and how to read it.
 struct Browser {
     registry: Registry,
+    /// Images' creation dates, remembered across requests.
+    dates: Arc<CreationDates>,
     /// The host the browser addressed, for the `docker pull` lines.
     host: String,
     caller: Caller,
@@ -579,8 +579,9 @@ impl Browser {
         let mut reads = JoinSet::new();
         let count = references.len();
         for (i, reference) in references.into_iter().enumerate() {
-            let (registry, name, page, all) = (
+            let (registry, dates, name, page, all) = (
                 self.registry.clone(),
+                self.dates.clone(),
                 name.to_string(),
                 page.clone(),
                 self.all_reads.clone(),
@@ -588,7 +589,7 @@ impl Browser {
             reads.spawn(async move {
                 let _page = page.acquire_owned().await;
                 let _all = all.acquire_owned().await;
-                (i, read_image(&registry, &name, &reference).await)
+                (i, read_image(&registry, &dates, &name, &reference).await)
             });
         }
         let mut out: Vec<Option<ImageRead>> = (0..count).map(|_| None).collect();
@@ -646,7 +647,7 @@ impl Browser {
     }
 
     /// The images of an index with their sizes and created dates, attestations left out.
-    async fn children(&self, name: &str, manifests: &[fetch::Descriptor]) -> Vec<ChildRow> {
+    async fn children(&self, name: &str, manifests: &[Descriptor]) -> Vec<ChildRow> {
         let platforms: Vec<(String, String)> = manifests
             .iter()
             .filter_map(|d| Some((d.platform.as_ref()?, d)))
@@ -804,9 +805,14 @@ impl Browser {
 /// A manifest and, for an image, its config's created date; `None`s where the registry
 /// does not answer (the page shows the rest).
 /// A manifest and its image's created date, each absent when it could not be read.
-type ImageRead = (Option<fetch::Manifest>, Option<String>);
+type ImageRead = (Option<Manifest>, Option<String>);
 
-async fn read_image(registry: &Registry, name: &str, reference: &str) -> ImageRead {
+async fn read_image(
+    registry: &Registry,
+    dates: &CreationDates,
+    name: &str,
+    reference: &str,
+) -> ImageRead {
     let manifest = match registry.manifest(name, reference).await {
         Ok(m) => m,
         Err(e) => {
@@ -815,7 +821,9 @@ async fn read_image(registry: &Registry, name: &str, reference: &str) -> ImageRe
         }
     };
     let created = match manifest.as_ref().map(|m| &m.kind) {
-        Some(ManifestKind::Image { config, .. }) => registry.created(name, &config.digest).await,
+        Some(ManifestKind::Image { config, .. }) => {
+            dates.created(registry, name, &config.digest).await
+        }
         _ => None,
     };
     (manifest, created)

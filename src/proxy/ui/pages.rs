@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use super::fetch::{ImageConfig, Manifest, ManifestKind};
 use super::html::{human_size, Html};
 use super::session::CSRF_FIELD;
 use crate::events::{Event, EventAction};
+use crate::proxy::registry::manifest::{ImageConfig, Manifest, ManifestKind};
 use crate::registry_path::is_digest;
 
 /// What every page's header needs.
@@ -593,7 +593,7 @@ fn short_time(time: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::ui::fetch::Descriptor;
+    use crate::proxy::registry::manifest::Descriptor;
 
     const HOSTILE: &str = "<script>alert(1)</script>\"'&";
 
@@ -648,6 +648,7 @@ mod tests {
                 },
                 layers: vec![],
             },
+            listed: vec![],
         };
         let page = layout(
             &chrome(),
