@@ -101,6 +101,9 @@ pub fn parse_scopes(text: &str) -> Vec<Scope> {
         .collect()
 }
 
+/// Where token mode's token endpoint answers (the `realm` of its Bearer challenges).
+pub const TOKEN_PATH: &str = "/token";
+
 /// Signs and verifies tokens with one key.
 pub struct TokenKey {
     mac: Hmac<Sha256>,

@@ -13,11 +13,12 @@ use http::Request;
 
 use super::context::RequestContext;
 use super::error::{Challenge, GateError};
+use super::form;
 use super::state::Snapshot;
-use super::{form, token_endpoint};
 use crate::auth::access_tokens::AccessToken;
 use crate::auth::oidc::Oidc;
 use crate::auth::token::Claims;
+use crate::auth::token::TOKEN_PATH;
 use crate::auth::{Failure, Identity};
 use crate::registry_path::{Action, Classified, Kind};
 use crate::rules::{Decision, Rules};
@@ -304,7 +305,7 @@ fn challenge(
             .and_then(|h| h.to_str().ok().map(str::to_string))
             .unwrap_or_default();
         Challenge::Bearer {
-            realm: format!("https://{host}{}", token_endpoint::TOKEN_PATH),
+            realm: format!("https://{host}{TOKEN_PATH}"),
             service: auth.service.clone(),
             scope: scope_for(class),
             insufficient_scope,

@@ -39,7 +39,7 @@ pub fn allowed_origin(origins: &[String], headers: &HeaderMap, path: &str) -> Op
 }
 
 fn shared_path(path: &str) -> bool {
-    path == "/v2" || path.starts_with("/v2/") || path == super::token_endpoint::TOKEN_PATH
+    path == "/v2" || path.starts_with("/v2/") || path == crate::auth::token::TOKEN_PATH
 }
 
 /// The answer to a preflight from a listed origin; `None` for anything else, which then

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Limited};
 
 use super::body::RequestBody;
 use super::error::GateError;
+use crate::registry_path::percent_decode;
 
 /// A form the gate itself answers (a login, a delete, an OAuth2 token request) arrives in one
 /// packet; a client dribbling one is holding a stream open.
@@ -121,4 +122,33 @@ pub fn public_host(request: &Request<()>) -> Result<HeaderValue, GateError> {
         }
     }
     Err(GateError::BadRequest("a Host header is required"))
+}
+
+/// Every value of `key` in a query string or urlencoded form, percent- and plus-decoded.
+pub(super) fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == key)
+                .then(|| percent_decode(v))
+                .flatten()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_and_query_values_decode() {
+        let q = "grant_type=password&username=al%69ce&password=a+b%26c&scope=repository%3Aa%2Fb%3Apull&scope=x";
+        assert_eq!(query_values(Some(q), "username"), ["alice"]);
+        assert_eq!(query_values(Some(q), "password"), ["a b&c"]);
+        assert_eq!(query_values(Some(q), "scope"), ["repository:a/b:pull", "x"]);
+        assert!(query_values(Some("a=%zz"), "a").is_empty());
+        assert!(query_values(None, "a").is_empty());
+    }
 }

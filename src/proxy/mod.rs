@@ -239,7 +239,7 @@ async fn proxy(
         }
         _ => {}
     }
-    if snapshot.tokens.is_some() && request.uri().path() == token_endpoint::TOKEN_PATH {
+    if snapshot.tokens.is_some() && request.uri().path() == crate::auth::token::TOKEN_PATH {
         return token_endpoint::answer(ctx, request).await;
     }
     // The registry browser: the gate's own pages, so a browser path never reaches the

@@ -16,9 +16,7 @@ use super::form::{self, FormError};
 use super::state::Snapshot;
 use crate::auth::token::{parse_scopes, Grant, Scope};
 use crate::auth::{Failure, Identity};
-use crate::registry_path::{is_valid_repository_name, percent_decode, Action};
-
-pub const TOKEN_PATH: &str = "/token";
+use crate::registry_path::{is_valid_repository_name, Action};
 
 /// An OAuth2 form is a few short fields; anything larger is not a login.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -36,7 +34,7 @@ pub async fn answer(
     };
     let (caller, scopes, oauth) = match *request.method() {
         Method::GET => {
-            let scopes = query_values(request.uri().query(), "scope")
+            let scopes = form::query_values(request.uri().query(), "scope")
                 .iter()
                 .flat_map(|s| parse_scopes(s))
                 .collect::<Vec<_>>();
@@ -54,7 +52,7 @@ pub async fn answer(
                     })
                 })?;
             let form = form.as_str();
-            if query_values(Some(form), "grant_type")
+            if form::query_values(Some(form), "grant_type")
                 .first()
                 .map(String::as_str)
                 != Some("password")
@@ -64,15 +62,15 @@ pub async fn answer(
                     "unsupported_grant_type",
                 ));
             }
-            let user = query_values(Some(form), "username")
+            let user = form::query_values(Some(form), "username")
                 .into_iter()
                 .next()
                 .unwrap_or_default();
-            let password = query_values(Some(form), "password")
+            let password = form::query_values(Some(form), "password")
                 .into_iter()
                 .next()
                 .unwrap_or_default();
-            let scopes = query_values(Some(form), "scope")
+            let scopes = form::query_values(Some(form), "scope")
                 .iter()
                 .flat_map(|s| parse_scopes(s))
                 .collect();
@@ -183,33 +181,4 @@ fn oauth_error(status: StatusCode, error: &'static str) -> Response<ResponseBody
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// Every value of `key` in a query string or urlencoded form, percent- and plus-decoded.
-pub(super) fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k)? == key)
-                .then(|| percent_decode(v))
-                .flatten()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn form_and_query_values_decode() {
-        let q = "grant_type=password&username=al%69ce&password=a+b%26c&scope=repository%3Aa%2Fb%3Apull&scope=x";
-        assert_eq!(query_values(Some(q), "username"), ["alice"]);
-        assert_eq!(query_values(Some(q), "password"), ["a b&c"]);
-        assert_eq!(query_values(Some(q), "scope"), ["repository:a/b:pull", "x"]);
-        assert!(query_values(Some("a=%zz"), "a").is_empty());
-        assert!(query_values(None, "a").is_empty());
-    }
 }
