@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::access_log::AccessRecord;
 use super::body::ClientBody;
+use super::send_budget::ConnShare;
 use super::state::{Shared, Snapshot};
 
 /// What the server knows about the connection a request arrived on.
@@ -21,6 +22,8 @@ pub struct ConnInfo {
     pub cert_user: Option<Arc<str>>,
     /// The connection's activity, for its idle timeout.
     pub activity: Arc<ConnActivity>,
+    /// The connection's share of `[server] h2_buffer_budget`, for answers over HTTP/2.
+    pub send_share: ConnShare,
 }
 
 /// One request's context: built when its head arrives, dropped when its answer has left.

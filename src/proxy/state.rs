@@ -24,6 +24,7 @@ use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::events::{self, Events, EventsError};
 use crate::proxy::activity::Activity;
 use crate::proxy::protect::WriteLocks;
+use crate::proxy::send_budget::SendBudget;
 use crate::proxy::ui::CreationDates;
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
@@ -82,6 +83,9 @@ pub struct Shared {
     /// The last accepted pushes and deletes, for the browser's activity page; outlives
     /// reloads (a reload changes no history), ends with the process.
     activity: Activity,
+    /// `[server] h2_buffer_budget`, shared by every HTTP/2 connection; sized at start, since
+    /// the answers holding it outlive any reload.
+    send_budget: SendBudget,
 }
 
 /// Registry reads the registry browser makes at once, over all its pages: a page reads up to
@@ -331,6 +335,7 @@ impl Shared {
             creation_dates: Arc::default(),
             write_locks: WriteLocks::default(),
             activity: Activity::default(),
+            send_budget: SendBudget::new(prepared.config.server.h2_buffer_budget),
         })
     }
 
@@ -364,6 +369,10 @@ impl Shared {
     /// The recent pushes and deletes the gate saw accepted.
     pub fn activity(&self) -> &Activity {
         &self.activity
+    }
+
+    pub fn send_budget(&self) -> &SendBudget {
+        &self.send_budget
     }
 
     pub fn last_used(&self) -> &LastUsed {
@@ -442,6 +451,13 @@ impl Shared {
                 old = %old.config.server.listen,
                 new = %prepared.config.server.listen,
                 "server.listen changed: a restart is needed to listen on the new address; keeping the old one"
+            );
+        }
+        if prepared.config.server.h2_buffer_budget != old.config.server.h2_buffer_budget {
+            tracing::warn!(
+                old = old.config.server.h2_buffer_budget,
+                new = prepared.config.server.h2_buffer_budget,
+                "server.h2_buffer_budget changed: a restart is needed to resize it; keeping the old one"
             );
         }
         let next = build(

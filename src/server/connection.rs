@@ -2,6 +2,9 @@
 //! one, the handshake within its time budget, the tls-alpn-01 answer, the client
 //! certificate's user, then hyper serving HTTP/1.1 or HTTP/2 until the client leaves, the
 //! connection idles out, or shutdown drains it. What happens to each request is `proxy`'s.
+//!
+//! HTTP/2's limits are set here: streams per connection, the send buffer of each stream
+//! (`[server] h2_stream_buffer`) and the connection's share of the send budget.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use super::proxy_protocol;
 use super::read_ahead::ReadAhead;
 use crate::proxy;
 use crate::proxy::context::{ConnActivity, ConnInfo};
+use crate::proxy::send_budget::{self, ConnShare};
 use crate::proxy::state::Shared;
 
 pub(super) async fn serve_connection(
@@ -85,6 +89,10 @@ pub(super) async fn serve_connection(
         local,
         cert_user,
         activity: activity.clone(),
+        send_share: ConnShare::new(
+            server.h2_connection_buffer,
+            send_budget::per_stream(server.h2_stream_buffer),
+        ),
     };
     let service = service_fn(move |request| proxy::handle(shared.clone(), conn.clone(), request));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -100,6 +108,10 @@ pub(super) async fn serve_connection(
         // Large windows let one stream move layers at full speed instead of waiting on
         // WINDOW_UPDATE round trips.
         .adaptive_window(true)
+        // What one stream may queue for a client that does not read; the connection's
+        // share of the send budget bounds them all together (`proxy::send_budget`).
+        .max_send_buf_size(server.h2_stream_buffer)
+        .max_concurrent_streams(H2_MAX_STREAMS)
         // A peer that stops answering pings is gone; its streams are released.
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
@@ -158,3 +170,11 @@ async fn proxied_peer(
 /// is not answered in time.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Streams one HTTP/2 connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS): hyper's
+/// default today, stated so that a new hyper cannot change it. Streams past the
+/// connection's send share wait before reaching the registry, each costing about 12 KiB
+/// (its head and its request's state), so waiting costs a connection at most 2.4 MiB. A
+/// lower limit would save some of that, but clients open up to 100 streams before they
+/// read the server's SETTINGS, and h2 ends a connection whose refused streams pile up.
+const H2_MAX_STREAMS: u32 = 200;
