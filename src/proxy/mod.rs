@@ -165,6 +165,15 @@ async fn proxy(
 ) -> Result<Response<ResponseBody>, GateError> {
     let snapshot = ctx.snapshot.clone();
     let client_ip = ctx.client_ip;
+    // A connection being closed for cancelling what it asks for gets nothing more forwarded
+    // while its last streams finish.
+    if ctx.conn.activity.condemned() {
+        let (answered, cancelled) = ctx.conn.activity.outcomes();
+        return Err(GateError::Condemned {
+            answered,
+            cancelled,
+        });
+    }
     // 0. Who may talk to the gate at all (health probes excepted: they reveal nothing, and a
     // container's own probe comes from loopback).
     let path = request.uri().path();
