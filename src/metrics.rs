@@ -66,6 +66,7 @@ pub struct Metrics {
     protect_refusals: Family<ReasonLabels, Counter>,
     open_connections: Gauge,
     refused_connections: Family<ReasonLabels, Counter>,
+    condemned_connections: Counter,
     certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     events: Family<OutcomeLabels, Counter>,
 }
@@ -146,6 +147,12 @@ impl Metrics {
             "Connections closed at accept: max_connections or max_connections_per_ip reached",
             refused_connections.clone(),
         );
+        let condemned_connections = Counter::default();
+        registry.register(
+            "condemned_connections",
+            "Connections ended with GOAWAY for cancelling more requests than they completed (rapid reset)",
+            condemned_connections.clone(),
+        );
         let certificate_expiry = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "certificate_expiry_seconds",
@@ -170,6 +177,7 @@ impl Metrics {
             protect_refusals,
             open_connections,
             refused_connections,
+            condemned_connections,
             certificate_expiry,
             events,
         }
@@ -252,6 +260,10 @@ impl Metrics {
         self.refused_connections
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn connection_condemned(&self) {
+        self.condemned_connections.inc();
     }
 
     /// One event's fate at one receiver (`delivered`, `failed`, `dropped`).
@@ -345,6 +357,7 @@ mod tests {
         m.protect_refusal("move");
         m.connection_refused("max_connections_per_ip");
         m.connection_opened();
+        m.connection_condemned();
         m.event("dropped");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).expect("encode");
@@ -357,6 +370,7 @@ mod tests {
             "registry_gate_protect_refusals_total{reason=\"move\"} 1",
             "registry_gate_refused_connections_total{reason=\"max_connections_per_ip\"} 1",
             "registry_gate_open_connections 1",
+            "registry_gate_condemned_connections_total 1",
             "registry_gate_events_total{outcome=\"dropped\"} 1",
             "registry_gate_request_duration_seconds_bucket{le=\"0.05\",action=\"pull\"} 1",
         ] {

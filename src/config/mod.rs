@@ -79,6 +79,24 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request heads larger than this get 431. Registry requests carry small heads; 64 KiB leaves
 /// room for large bearer tokens.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Answer bytes one HTTP/2 stream may have queued in the gate for a client that has not read
+/// them yet. hyper's default is 400 KiB; a single 1 GiB download over loopback was as fast
+/// with 64, 128, 256 or 400 KiB (the kernel's socket buffer does the buffering that
+/// matters), and the smaller the buffer, the more streams a connection's share holds.
+pub const DEFAULT_H2_STREAM_BUFFER: usize = 128 * 1024;
+/// Answer bytes all streams of one HTTP/2 connection may hold at once: nine downloads in
+/// parallel with the default stream buffer (docker pulls three layers at a time), beyond
+/// which a connection's further GETs wait for one of its own to finish.
+pub const DEFAULT_H2_CONNECTION_BUFFER: u64 = 3 * 1024 * 1024;
+/// Answer bytes all HTTP/2 connections together may hold: about 800 downloads in parallel,
+/// and a ceiling on what clients that stop reading can make the gate keep.
+pub const DEFAULT_H2_BUFFER_BUDGET: u64 = 256 * 1024 * 1024;
+/// The smallest `h2_stream_buffer`: one HTTP/2 DATA frame of the default size, so a stream
+/// never has to send its data in slivers.
+pub const MIN_H2_STREAM_BUFFER: usize = 16 * 1024;
+/// The largest `h2_stream_buffer`: hyper takes at most `u32::MAX`, and past a few MiB a
+/// larger buffer adds memory, not speed.
+pub const MAX_H2_STREAM_BUFFER: usize = 64 * 1024 * 1024;
 
 /// One problem with the configuration, naming where it is and, where possible, the fix.
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +307,12 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Every write is refused with 405 UNSUPPORTED (registry maintenance, mirrors).
     pub read_only: bool,
+    /// Answer bytes one HTTP/2 stream may have queued for a client that is not reading.
+    pub h2_stream_buffer: usize,
+    /// What all streams of one HTTP/2 connection may hold at once, in bytes.
+    pub h2_connection_buffer: u64,
+    /// What all HTTP/2 connections together may hold, in bytes; read at start only.
+    pub h2_buffer_budget: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -129,6 +129,9 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub read_only: Option<bool>,
+    pub h2_stream_buffer: Option<String>,
+    pub h2_connection_buffer: Option<String>,
+    pub h2_buffer_budget: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,11 +24,13 @@ use super::{
     AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ConfigError,
     EventAction, EventReceiver, EventSecret, LogConfig, LogFormat, OidcConfig, ServerConfig,
     TlsConfig, TlsSource, UiConfig, UpstreamConfig, UpstreamTarget, UserTemplate,
-    DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_TIMEOUT, DEFAULT_H2_BUFFER_BUDGET,
+    DEFAULT_H2_CONNECTION_BUFFER, DEFAULT_H2_STREAM_BUFFER, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_REALM,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, DEFAULT_UPSTREAM, GENERATED_HTPASSWD,
-    GENERATED_TOKEN_KEY, LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING,
+    GENERATED_TOKEN_KEY, LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, MAX_H2_STREAM_BUFFER,
+    MIN_H2_STREAM_BUFFER,
 };
 
 /// Collects errors while letting validation go on with a placeholder value.
@@ -103,6 +105,7 @@ impl Validator {
                 "the header is only believed from [server] trusted_proxies, which is empty: list the balancer's addresses".into(),
             );
         }
+        let (h2_stream_buffer, h2_connection_buffer, h2_buffer_budget) = self.h2_buffers(&raw);
         ServerConfig {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
             http_listen,
@@ -146,7 +149,59 @@ impl Validator {
                 raw.max_connections_per_ip,
                 DEFAULT_MAX_CONNECTIONS_PER_IP,
             ),
+            h2_stream_buffer,
+            h2_connection_buffer,
+            h2_buffer_budget,
         }
+    }
+
+    /// `h2_stream_buffer`, `h2_connection_buffer` and `h2_buffer_budget`, each at least as
+    /// large as the one before it: a connection must hold one stream, the budget one
+    /// connection.
+    fn h2_buffers(&mut self, raw: &RawServer) -> (usize, u64, u64) {
+        let stream = self.size(
+            "server.h2_stream_buffer",
+            &raw.h2_stream_buffer,
+            DEFAULT_H2_STREAM_BUFFER as u64,
+        );
+        let stream = if stream < MIN_H2_STREAM_BUFFER as u64 {
+            self.fail(
+                "server.h2_stream_buffer",
+                format!("{stream} bytes is less than one HTTP/2 frame; use at least \"16KiB\""),
+            );
+            DEFAULT_H2_STREAM_BUFFER
+        } else if stream > MAX_H2_STREAM_BUFFER as u64 {
+            self.fail(
+                "server.h2_stream_buffer",
+                format!("{stream} bytes is more than one stream can use; use at most \"64MiB\""),
+            );
+            DEFAULT_H2_STREAM_BUFFER
+        } else {
+            stream as usize
+        };
+        let connection = self.size(
+            "server.h2_connection_buffer",
+            &raw.h2_connection_buffer,
+            DEFAULT_H2_CONNECTION_BUFFER.max(stream as u64),
+        );
+        if connection < stream as u64 {
+            self.fail(
+                "server.h2_connection_buffer",
+                format!("{connection} bytes cannot hold one stream's h2_stream_buffer ({stream} bytes); raise it or lower h2_stream_buffer"),
+            );
+        }
+        let budget = self.size(
+            "server.h2_buffer_budget",
+            &raw.h2_buffer_budget,
+            DEFAULT_H2_BUFFER_BUDGET.max(connection),
+        );
+        if budget < connection {
+            self.fail(
+                "server.h2_buffer_budget",
+                format!("{budget} bytes cannot hold one connection's h2_connection_buffer ({connection} bytes); raise it or lower h2_connection_buffer"),
+            );
+        }
+        (stream, connection, budget)
     }
 
     /// `[metrics] listen`: `None` when there is to be no metrics listener.
@@ -896,6 +951,13 @@ impl Validator {
         }
     }
 
+    fn size(&mut self, key: &'static str, value: &Option<String>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(text) => self.check(key, parse_size(text)).unwrap_or(default),
+        }
+    }
+
     fn duration(
         &mut self,
         key: &'static str,
@@ -1005,6 +1067,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// A size in bytes: a number with an optional unit, `B`, `KiB`, `MiB` or `GiB` (powers of
+/// 1024, as the memory a process uses is counted).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size; write it like \"256KiB\", \"4MiB\" or \"1GiB\""
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| {
+            format!("{text:?} is not a size; write it like \"256KiB\", \"4MiB\" or \"1GiB\"")
+        })
+}
+
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
@@ -1097,6 +1187,36 @@ mod tests {
         let c = parse("[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.5\"]\n")
             .expect("valid");
         assert!(c.server.proxy_protocol);
+    }
+
+    #[test]
+    fn h2_buffers_default_nest_and_name_the_key_that_does_not() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.server.h2_stream_buffer, DEFAULT_H2_STREAM_BUFFER);
+        assert_eq!(c.server.h2_connection_buffer, DEFAULT_H2_CONNECTION_BUFFER);
+        assert_eq!(c.server.h2_buffer_budget, DEFAULT_H2_BUFFER_BUDGET);
+        let c = parse("[server]\nh2_stream_buffer = \"1MiB\"\nh2_connection_buffer = \"8MiB\"\nh2_buffer_budget = \"1GiB\"\n").expect("valid");
+        assert_eq!(
+            (
+                c.server.h2_stream_buffer,
+                c.server.h2_connection_buffer,
+                c.server.h2_buffer_budget
+            ),
+            (1 << 20, 8 << 20, 1 << 30)
+        );
+        // A larger stream buffer alone raises the defaults above it instead of failing.
+        let c = parse("[server]\nh2_stream_buffer = \"8MiB\"\n").expect("valid");
+        assert_eq!(c.server.h2_connection_buffer, 8 << 20);
+        for (toml, needle) in [
+            ("h2_stream_buffer = \"1KiB\"", "[server.h2_stream_buffer]: 1024 bytes is less than one HTTP/2 frame"),
+            ("h2_stream_buffer = \"1GiB\"", "[server.h2_stream_buffer]: 1073741824 bytes is more than one stream can use"),
+            ("h2_stream_buffer = \"4MB\"", "[server.h2_stream_buffer]: \"4MB\" is not a size"),
+            ("h2_connection_buffer = \"64KiB\"", "[server.h2_connection_buffer]: 65536 bytes cannot hold one stream's h2_stream_buffer"),
+            ("h2_buffer_budget = \"1MiB\"", "[server.h2_buffer_budget]: 1048576 bytes cannot hold one connection's h2_connection_buffer"),
+        ] {
+            let m = messages(parse(&format!("[server]\n{toml}\n"))).join("\n");
+            assert!(m.contains(needle), "{toml}: {m}");
+        }
     }
 
     #[test]
@@ -1388,6 +1508,17 @@ mod tests {
     fn unknown_ui_keys_are_errors() {
         let m = messages(parse("[ui]\nenable = true\n")).join("\n");
         assert!(m.contains("enable"), "{m}");
+    }
+
+    #[test]
+    fn sizes_accept_binary_units() {
+        assert_eq!(parse_size("256KiB"), Ok(256 * 1024));
+        assert_eq!(parse_size("4 MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        for bad in ["", "4MB", "MiB", "-1KiB", "4.5MiB", "99999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub struct AccessRecord {
     pub reason: Option<String>,
     /// Logged at debug instead of info (health probes).
     pub quiet: bool,
-    /// Keeps the connection from counting as idle until the response is done.
+    /// Keeps the connection from counting as idle until the response is done, and tells it
+    /// whether the request was answered in full or cancelled.
     pub in_flight: Option<InFlight>,
     exchange: Arc<Exchange>,
 }
@@ -86,11 +87,11 @@ impl Drop for AccessRecord {
             self.exchange.bytes_out(),
             self.exchange.elapsed(),
         );
-        let outcome = if self.exchange.completed() {
-            "complete"
-        } else {
-            "aborted"
-        };
+        let completed = self.exchange.completed();
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.end(completed);
+        }
+        let outcome = if completed { "complete" } else { "aborted" };
         // Health probes arrive every few seconds; they would drown the audit trail at info.
         macro_rules! access {
             ($level:expr) => {

@@ -21,6 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use crate::proxy::access_log::AccessRecord;
+use crate::proxy::send_budget::Reservation;
 use crate::proxy::upstream::BulkSlot;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -343,6 +344,8 @@ pin_project! {
         exchange: Option<Arc<Exchange>>,
         // Held while the registry's body streams; given back with the body.
         bulk: Option<BulkSlot>,
+        // This answer's place in the HTTP/2 send budget; given back with the body.
+        reservation: Option<Reservation>,
         // Dropped with the body: that is when the request is over and the line is written.
         record: Option<AccessRecord>,
     }
@@ -400,6 +403,7 @@ impl ResponseBody {
             }),
             exchange: Some(exchange),
             bulk,
+            reservation: None,
             record: None,
         }
     }
@@ -410,6 +414,7 @@ impl ResponseBody {
             idle: None,
             exchange: None,
             bulk: None,
+            reservation: None,
             record: None,
         }
     }
@@ -418,6 +423,12 @@ impl ResponseBody {
     /// known before a byte is sent, unlike the registry's streamed one.
     pub fn is_made_here(&self) -> bool {
         matches!(self.inner, Either::Right(_))
+    }
+
+    /// Keeps the answer's send-budget reservation, if it has one, until the body is done.
+    pub fn holding(mut self, reservation: Option<Reservation>) -> Self {
+        self.reservation = reservation;
+        self
     }
 
     /// Attaches the access log record, written when this body finishes or is dropped.

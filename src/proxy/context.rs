@@ -1,16 +1,27 @@
 //! What one request carries through the phases: the snapshot it is served from, the
 //! connection it came on, the real client address (worked out once), its access record and
 //! the client's body until a phase takes it. Also the connection's activity, which the server
-//! floor watches for its idle timeout and every request marks while it is in flight.
+//! floor watches for its idle timeout and every request marks while it is in flight, and
+//! which counts the requests the client cancelled, so the server can end a connection that
+//! keeps asking and cancelling (delayed rapid reset).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use super::access_log::AccessRecord;
 use super::body::ClientBody;
+use super::send_budget::ConnShare;
 use super::state::{Shared, Snapshot};
+
+/// Cancelled requests a connection may have before it is judged: a client that breaks off a
+/// pull (Ctrl-C, a failed layer ending its siblings) cancels a handful, never dozens. h2
+/// ends a connection after 20 streams reset before they were taken up; this catches the
+/// ones reset a little later, after the gate has taken them up and asked the registry.
+pub const CANCELS_TOLERATED: u64 = 50;
 
 /// What the server knows about the connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -19,8 +30,10 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The user a verified client certificate names (`[tls] client_identity`).
     pub cert_user: Option<Arc<str>>,
-    /// The connection's activity, for its idle timeout.
+    /// The connection's activity, for its idle timeout and its cancelled requests.
     pub activity: Arc<ConnActivity>,
+    /// The connection's share of `[server] h2_buffer_budget`, for answers over HTTP/2.
+    pub send_share: ConnShare,
 }
 
 /// One request's context: built when its head arrives, dropped when its answer has left.
@@ -42,22 +55,56 @@ pub struct RequestContext {
 /// and how many are in flight (a request waiting on a slow registry is not idle). Bytes alone
 /// do not count: a client trickling a request head or HTTP/2 control frames between requests
 /// is holding the connection, not using it.
+///
+/// And how its requests ended: answered in full, or cancelled first (the stream reset by the
+/// client, or by the server for the client's protocol error, the connection gone). A
+/// connection with more than [`CANCELS_TOLERATED`] cancelled requests and more cancelled than
+/// answered is condemned: each cancelled request cost a registry request and usually a
+/// registry connection, and the client had no use for any of them.
 #[derive(Debug)]
 pub struct ConnActivity {
     started: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
     any_request: AtomicBool,
+    answered: AtomicU64,
+    cancelled: AtomicU64,
+    condemned: AtomicBool,
+    condemn: Notify,
 }
 
-/// Held by a request from its start until its response body is finished or dropped.
+/// Held by a request from its start until its response body is finished or dropped; how it
+/// ended is told with `end`, and a request dropped without that counts as cancelled.
 #[derive(Debug)]
-pub struct InFlight(Arc<ConnActivity>);
+pub struct InFlight {
+    activity: Arc<ConnActivity>,
+    answered: bool,
+}
+
+impl InFlight {
+    /// The request is over: `answered` when its answer was sent in full.
+    pub fn end(mut self, answered: bool) {
+        self.answered = answered;
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        let activity = &self.activity;
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        activity.touch();
+        if self.answered {
+            activity.answered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let cancelled = activity.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if cancelled > CANCELS_TOLERATED
+            && cancelled > activity.answered.load(Ordering::Relaxed)
+            && !activity.condemned.swap(true, Ordering::Relaxed)
+        {
+            // A stored permit: the server's watcher sees it even if it is not waiting now.
+            activity.condemn.notify_one();
+        }
     }
 }
 
@@ -68,6 +115,10 @@ impl ConnActivity {
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             any_request: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            condemned: AtomicBool::new(false),
+            condemn: Notify::new(),
         })
     }
 
@@ -75,7 +126,30 @@ impl ConnActivity {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.any_request.store(true, Ordering::Relaxed);
         self.touch();
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            answered: false,
+        }
+    }
+
+    /// Requests answered in full and requests cancelled so far.
+    pub fn outcomes(&self) -> (u64, u64) {
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.cancelled.load(Ordering::Relaxed),
+        )
+    }
+
+    /// True once the connection has cancelled too much: its new requests are refused.
+    pub fn condemned(&self) -> bool {
+        self.condemned.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the connection is condemned, for the server to end it.
+    pub async fn condemned_now(&self) {
+        while !self.condemned() {
+            self.condemn.notified().await;
+        }
     }
 
     /// Resolves if no request has started `limit` after the connection was set up; never
@@ -109,5 +183,52 @@ impl ConnActivity {
             }
             tokio::time::sleep(deadline - now).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(activity: &Arc<ConnActivity>, answered: bool) {
+        activity.enter().end(answered);
+    }
+
+    #[test]
+    fn a_connection_is_condemned_for_cancelling_more_than_it_answers() {
+        let activity = ConnActivity::new();
+        for _ in 0..CANCELS_TOLERATED {
+            run(&activity, false);
+        }
+        assert!(!activity.condemned(), "condemned within the tolerance");
+        // Dropped without `end`: a request future hyper dropped.
+        drop(activity.enter());
+        assert!(activity.condemned());
+        assert_eq!(activity.outcomes(), (0, CANCELS_TOLERATED + 1));
+    }
+
+    #[test]
+    fn cancellations_among_more_answers_are_a_client_changing_its_mind() {
+        let activity = ConnActivity::new();
+        for _ in 0..3 * CANCELS_TOLERATED {
+            run(&activity, true);
+            run(&activity, false);
+        }
+        assert!(!activity.condemned());
+        assert_eq!(
+            activity.outcomes(),
+            (3 * CANCELS_TOLERATED, 3 * CANCELS_TOLERATED)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_watcher_learns_of_it_even_when_it_looks_later() {
+        let activity = ConnActivity::new();
+        for _ in 0..=CANCELS_TOLERATED {
+            run(&activity, false);
+        }
+        tokio::time::timeout(Duration::from_secs(5), activity.condemned_now())
+            .await
+            .expect("condemned_now resolves");
     }
 }

@@ -147,6 +147,10 @@ pub enum GateError {
     /// request was aborted with it.
     #[error("the client broke off its request body")]
     ClientAborted,
+    /// The connection cancelled more requests than it completed and is being closed; what it
+    /// still asks for is refused, not forwarded.
+    #[error("the connection cancelled {cancelled} requests and completed {answered}; it is being closed")]
+    Condemned { answered: u64, cancelled: u64 },
     /// No connection to the registry could be made.
     #[error("the registry behind the gate is unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -173,7 +177,8 @@ impl GateError {
             | GateError::ReadOnly
             | GateError::Protected { .. }
             | GateError::ManifestTooLarge(_)
-            | GateError::ClientAborted => Side::Client,
+            | GateError::ClientAborted
+            | GateError::Condemned { .. } => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_) => Side::Upstream,
@@ -231,6 +236,8 @@ impl GateError {
             GateError::ManifestTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
             // A client that is gone rarely reads this; 400 says whose side it was in the log.
             GateError::ClientAborted => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            // 503 with Retry-After: a client misjudged retries on a new connection.
+            GateError::Condemned { .. } => (StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS"),
             GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
@@ -299,6 +306,9 @@ impl GateError {
                 limit / (1024 * 1024)
             ),
             GateError::ClientAborted => "the request body was cut off before its end".into(),
+            GateError::Condemned { .. } => {
+                "this connection cancelled more requests than it completed and is being closed; retry on a new connection".into()
+            }
             GateError::UpstreamUnreachable(_) => {
                 "the registry behind the gate is unreachable".into()
             }
@@ -321,6 +331,9 @@ impl GateError {
                     header::RETRY_AFTER,
                     HeaderValue::from(wait.as_secs().max(1)),
                 );
+            }
+            GateError::Condemned { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
@@ -491,6 +504,19 @@ mod tests {
         );
         let r = GateError::Throttled(Duration::from_secs(8)).to_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "8");
+    }
+
+    #[tokio::test]
+    async fn a_condemned_connection_gets_503_and_a_retry() {
+        let e = GateError::Condemned {
+            answered: 0,
+            cancelled: 51,
+        };
+        assert_eq!(e.side(), Side::Client);
+        assert_eq!(e.to_response().headers()[header::RETRY_AFTER], "1");
+        let (status, json, _) = parts(e).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json["errors"][0]["code"], "TOOMANYREQUESTS");
     }
 
     #[tokio::test]

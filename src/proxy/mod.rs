@@ -14,6 +14,7 @@
 //! - `caller`: phases 3 and 4, who asks and what they may do.
 //! - `headers`: forwarded headers and hop-by-hop removal, both ways.
 //! - `upstream`: the pooled client to the registry.
+//! - `send_budget`: the memory HTTP/2 answers may hold for clients that do not read them.
 //! - `body`: the client's body until forwarded, and the streaming response body.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `media_types`: the manifest media types read in registry answers.
@@ -39,6 +40,7 @@ pub mod headers;
 mod media_types;
 mod protect;
 pub mod registry;
+pub mod send_budget;
 pub mod state;
 pub mod token_endpoint;
 mod ui;
@@ -194,6 +196,15 @@ async fn proxy(
 ) -> Result<Response<ResponseBody>, GateError> {
     let snapshot = ctx.snapshot.clone();
     let client_ip = ctx.client_ip;
+    // A connection being closed for cancelling what it asks for gets nothing more forwarded
+    // while its last streams finish.
+    if ctx.conn.activity.condemned() {
+        let (answered, cancelled) = ctx.conn.activity.outcomes();
+        return Err(GateError::Condemned {
+            answered,
+            cancelled,
+        });
+    }
     // 0. Who may talk to the gate at all (health probes excepted: they reveal nothing, and a
     // container's own probe comes from loopback).
     let path = request.uri().path();
@@ -282,7 +293,14 @@ async fn proxy(
     let _write_lock =
         protect::check(ctx, &request, &class, &caller.protect_identity(), &host).await?;
 
-    // 5. Forward.
+    // 5. Forward. Over HTTP/2 an answer with a body first takes its stream's place in the
+    // send budget, waiting while its connection's share or the whole is spent: a client that
+    // opens hundreds of streams and stops reading holds that, not the gate's memory.
+    let reservation = if request.version() == Version::HTTP_2 && request.method() == Method::GET {
+        Some(ctx.shared.send_budget().reserve(&ctx.conn.send_share).await)
+    } else {
+        None
+    };
     let (mut parts, ()) = request.into_parts();
     parts.uri = snapshot.upstream.uri_for(&path_and_query)?;
     // The registry speaks HTTP/1.1 whatever the client used.
@@ -336,9 +354,10 @@ async fn proxy(
             caller.may(rules, client_ip, repo, Action::Pull)
         })
         .await?;
-        return Ok(Response::from_parts(parts, filtered));
+        return Ok(Response::from_parts(parts, filtered.holding(reservation)));
     }
-    let body = ResponseBody::upstream(body, exchange, snapshot.upstream.read_timeout(), bulk);
+    let body = ResponseBody::upstream(body, exchange, snapshot.upstream.read_timeout(), bulk)
+        .holding(reservation);
     Ok(Response::from_parts(parts, body))
 }
 

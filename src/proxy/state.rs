@@ -24,6 +24,7 @@ use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::events::{self, Events, EventsError};
 use crate::proxy::activity::Activity;
 use crate::proxy::protect::WriteLocks;
+use crate::proxy::send_budget::SendBudget;
 use crate::proxy::ui::{CreationDates, EndedSessions};
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
@@ -84,6 +85,9 @@ pub struct Shared {
     activity: Activity,
     /// Browser sessions ended by a logout; outlives reloads, which keep sessions.
     ended_sessions: EndedSessions,
+    /// `[server] h2_buffer_budget`, shared by every HTTP/2 connection; sized at start, since
+    /// the answers holding it outlive any reload.
+    send_budget: SendBudget,
 }
 
 /// Registry reads the registry browser makes at once, over all its pages: a page reads up to
@@ -334,6 +338,7 @@ impl Shared {
             write_locks: WriteLocks::default(),
             activity: Activity::default(),
             ended_sessions: EndedSessions::default(),
+            send_budget: SendBudget::new(prepared.config.server.h2_buffer_budget),
         })
     }
 
@@ -372,6 +377,11 @@ impl Shared {
     /// The browser sessions a logout ended.
     pub(super) fn ended_sessions(&self) -> &EndedSessions {
         &self.ended_sessions
+    }
+
+    /// `[server] h2_buffer_budget`'s shared reservations.
+    pub fn send_budget(&self) -> &SendBudget {
+        &self.send_budget
     }
 
     pub fn last_used(&self) -> &LastUsed {
@@ -450,6 +460,13 @@ impl Shared {
                 old = %old.config.server.listen,
                 new = %prepared.config.server.listen,
                 "server.listen changed: a restart is needed to listen on the new address; keeping the old one"
+            );
+        }
+        if prepared.config.server.h2_buffer_budget != old.config.server.h2_buffer_budget {
+            tracing::warn!(
+                old = old.config.server.h2_buffer_budget,
+                new = prepared.config.server.h2_buffer_budget,
+                "server.h2_buffer_budget changed: a restart is needed to resize it; keeping the old one"
             );
         }
         let next = build(

@@ -36,6 +36,12 @@ const POOL_MAX_IDLE: usize = 64;
 /// and a download pins two or three of them (one being read, the ones being sent on): 16
 /// parallel pulls would cost ~13 MiB more RSS than with 64 KiB.
 const UPSTREAM_MAX_BUF: usize = 64 * 1024;
+/// Registry bytes one download holds in the gate besides what hyper's HTTP/2 send buffer
+/// queues: the last chunk queued (it may carry the buffer past its limit), the chunk
+/// hyper's pipe has taken from the body and waits to queue, and the read buffer the next one
+/// is read into. The send budget reserves this per stream (the two bulk slots' larger
+/// buffers are a fixed extra of at most 1.2 MiB).
+pub const REGISTRY_BYTES_IN_HAND: u64 = 3 * UPSTREAM_MAX_BUF as u64;
 /// The read buffer of a layer download that holds a bulk slot: a quarter of the system
 /// calls, wakeups and body frames per byte of 64 KiB reads, 10–15 % less CPU per GiB
 /// (bench/history.md, session 3).

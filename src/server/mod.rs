@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
@@ -179,7 +178,10 @@ pub async fn run(
         ));
     }
 
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: `true` asks it to drain, and the last one dropped
+    // tells the shutdown that all are closed. A connection ended early for cancelling too
+    // much needs the same GOAWAY on its own, which hyper-util's watcher cannot give.
+    let (drain_tx, drain_rx) = watch::channel(false);
     let slots = Arc::new(ConnectionSlots::default());
     loop {
         tokio::select! {
@@ -201,9 +203,9 @@ pub async fn run(
                         }
                     };
                     let shared = shared.clone();
-                    let watcher = graceful.watcher();
+                    let drain = drain_rx.clone();
                     tokio::spawn(async move {
-                        serve_connection(shared, stream, peer, watcher).await;
+                        serve_connection(shared, stream, peer, drain).await;
                         drop(slot);
                     });
                 }
@@ -217,12 +219,15 @@ pub async fn run(
         }
     }
     drop(listener);
+    drop(drain_rx);
 
     let grace = shared.snapshot().config.server.shutdown_grace;
     let began = tokio::time::Instant::now();
-    tracing::info!(in_flight = graceful.count(), grace = ?grace, "shutting down: no new connections, draining");
+    tracing::info!(in_flight = drain_tx.receiver_count(), grace = ?grace, "shutting down: no new connections, draining");
+    // Sending fails only when no connection is open, and then there is nothing to drain.
+    let _ = drain_tx.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections finished"),
+        () = drain_tx.closed() => tracing::info!("all connections finished"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace expired; closing remaining connections"),
     }
     // The pushes that just finished queued their events last: they go out before the exit,

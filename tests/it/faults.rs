@@ -77,17 +77,6 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or_else(|e| panic!("list /proc/{pid}/fd: {e}"))
 }
 
-/// Current resident set (VmRSS) in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let status = util::read_text(Path::new(&path));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS line in {path}"))
-}
-
 /// A blob path the gate classifies as a pull of `repo`.
 fn blob_path(repo: &str, digest: &str) -> String {
     format!("/v2/{repo}/blobs/{digest}")
@@ -395,7 +384,7 @@ async fn ten_thousand_idle_tls_connections_leave_the_gate_responsive() {
     assert_eq!(warm.status(), 200);
     drop(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = rss_kib(gate.pid());
+    let rss_before = gate.vm_rss_kib();
 
     let started = Instant::now();
     let gate = Arc::new(gate);
@@ -426,7 +415,7 @@ async fn ten_thousand_idle_tls_connections_leave_the_gate_responsive() {
     }
     let setup = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = rss_kib(gate.pid());
+    let rss_after = gate.vm_rss_kib();
     let fds = open_fds(gate.pid());
 
     let asked = Instant::now();
@@ -937,7 +926,7 @@ async fn a_hundred_aborted_uploads_and_downloads_leave_no_descriptors_or_memory_
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fds_before = open_fds(gate.pid());
-    let rss_before = rss_kib(gate.pid());
+    let rss_before = gate.vm_rss_kib();
 
     let shared = Arc::new(gate);
     let abort_at = 4 * MIB;
@@ -1000,7 +989,7 @@ async fn a_hundred_aborted_uploads_and_downloads_leave_no_descriptors_or_memory_
     let gate = shared;
     let fds_after = settle_fds(&gate, fds_before + 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = rss_kib(gate.pid());
+    let rss_after = gate.vm_rss_kib();
     println!(
         "after 100 aborted uploads and 100 aborted downloads: fds {fds_before} -> {fds_after}, \
          VmRSS {rss_before} KiB -> {rss_after} KiB"

@@ -439,13 +439,23 @@ impl Gate {
 
     /// Peak resident set size (VmHWM) in KiB, read from /proc while the gate runs.
     pub fn vm_hwm_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Resident set size now (VmRSS) in KiB.
+    pub fn vm_rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// A `kB` line of /proc/PID/status.
+    fn status_kib(&self, field: &str) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
         let status = read_text(Path::new(&path));
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM line in {path}:\n{status}"))
+            .unwrap_or_else(|| panic!("no {field} line in {path}:\n{status}"))
     }
 }
 

@@ -8,6 +8,10 @@
 //! `:status` of the response on stream 1 (an indexed static entry, or a literal, Huffman-coded
 //! or not), a `RST_STREAM` or `GOAWAY`, or the connection closing; and, for
 //! `whole_exchange`, the DATA frames up to the stream's end, which a real client may hide.
+//!
+//! `Raw` is the same client for many streams at once, as hostile clients use them: streams
+//! reset a moment after they were opened, windows made to overflow, or hundreds of downloads
+//! opened with huge windows on a socket that is then never read.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,6 +31,13 @@ const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+/// SETTINGS_INITIAL_WINDOW_SIZE (RFC 9113 §6.5.2).
+pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
+/// The largest flow-control window (RFC 9113 §6.9.1).
+pub const MAX_WINDOW: u32 = 0x7fff_ffff;
+/// RST_STREAM's CANCEL, what a client sends for a request it no longer wants.
+pub const CANCEL: u32 = 0x8;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
@@ -236,6 +247,155 @@ async fn talk(
     // Nothing more in time leaves what was seen so far: `Nothing`, or a stream not ended.
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
     Ok(seen)
+}
+
+/// A raw HTTP/2 connection for many streams. Frames are queued with the methods below and
+/// go out on `flush`; nothing is read unless `watch` is called.
+pub struct Raw {
+    writer: Arc<tokio::sync::Mutex<tokio::io::WriteHalf<TlsStream>>>,
+    reader: Option<tokio::io::ReadHalf<TlsStream>>,
+    out: Vec<u8>,
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// What the server sent on a watched `Raw` connection.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// The first GOAWAY: (last stream id, error code).
+    pub goaway: Option<(u32, u32)>,
+    /// The connection closed (or a read failed).
+    pub closed: bool,
+    /// The server's SETTINGS arrived: the connection is set up.
+    pub settings: bool,
+    /// HEADERS frames received (response heads) and RST_STREAM frames.
+    pub heads: u64,
+    pub resets: u64,
+}
+
+impl Raw {
+    /// Opens a TLS connection offering only `h2` and queues the preface and a SETTINGS frame
+    /// with `settings` (identifier, value).
+    pub async fn connect(
+        addr: SocketAddr,
+        ca_pem: &Path,
+        settings: &[(u16, u32)],
+    ) -> io::Result<Raw> {
+        let mut config = tls_config(ca_pem);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from("localhost")
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        // Each flush must leave at once: Nagle's algorithm would hold a reset back until the
+        // HEADERS before it were acknowledged, turning a delayed reset into an immediate one.
+        tcp.set_nodelay(true)?;
+        let tls = connector.connect(name, tcp).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(io::Error::other("the gate did not negotiate h2"));
+        }
+        let (reader, writer) = tokio::io::split(tls);
+        let mut out = PREFACE.to_vec();
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, value)| {
+                let mut entry = id.to_be_bytes().to_vec();
+                entry.extend_from_slice(&value.to_be_bytes());
+                entry
+            })
+            .collect();
+        frame(&mut out, SETTINGS, 0, 0, &payload);
+        Ok(Raw {
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            reader: Some(reader),
+            out,
+        })
+    }
+
+    /// Queues a header block on `stream` (client streams are odd and rising).
+    pub fn headers(&mut self, stream: u32, fields: &[(&str, &str)], end_stream: bool) {
+        let mut block = Vec::new();
+        for (name, value) in fields {
+            block.push(0x00);
+            string(&mut block, name.as_bytes());
+            string(&mut block, value.as_bytes());
+        }
+        let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+        frame(&mut self.out, HEADERS, flags, stream, &block);
+    }
+
+    pub fn rst_stream(&mut self, stream: u32, code: u32) {
+        frame(&mut self.out, RST_STREAM, 0, stream, &code.to_be_bytes());
+    }
+
+    /// Queues a WINDOW_UPDATE; stream 0 is the connection.
+    pub fn window_update(&mut self, stream: u32, increment: u32) {
+        frame(
+            &mut self.out,
+            WINDOW_UPDATE,
+            0,
+            stream,
+            &increment.to_be_bytes(),
+        );
+    }
+
+    /// Writes what is queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        let mut writer = self.writer.lock().await;
+        writer.write_all(&self.out).await?;
+        self.out.clear();
+        writer.flush().await
+    }
+
+    /// Reads the connection from now on, acknowledging SETTINGS and PINGs as a live client
+    /// does, and keeps what it saw in the returned record.
+    pub fn watch(&mut self) -> Arc<std::sync::Mutex<Seen>> {
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let Some(mut reader) = self.reader.take() else {
+            return seen;
+        };
+        let writer = self.writer.clone();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                while let Some((kind, flags, stream, payload, used)) = parse(&buf) {
+                    buf.drain(..used);
+                    let mut reply = Vec::new();
+                    {
+                        let mut seen = record.lock().expect("seen lock");
+                        match (kind, stream) {
+                            (SETTINGS, 0) if flags & ACK == 0 => {
+                                seen.settings = true;
+                                frame(&mut reply, SETTINGS, ACK, 0, &[]);
+                            }
+                            (PING, 0) if flags & ACK == 0 => {
+                                frame(&mut reply, PING, ACK, 0, &payload)
+                            }
+                            (GOAWAY, 0) => {
+                                let first =
+                                    (u32_at(&payload, 0) & 0x7fff_ffff, u32_at(&payload, 4));
+                                seen.goaway.get_or_insert(first);
+                            }
+                            (HEADERS, _) => seen.heads += 1,
+                            (RST_STREAM, _) => seen.resets += 1,
+                            _ => {}
+                        }
+                    }
+                    if !reply.is_empty() {
+                        let _ = writer.lock().await.write_all(&reply).await;
+                    }
+                }
+                match reader.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            record.lock().expect("seen lock").closed = true;
+        });
+        seen
+    }
 }
 
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
