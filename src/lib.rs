@@ -25,6 +25,7 @@ pub mod tls;
 pub mod atomic_file;
 pub mod bounded_map;
 pub mod client_addr;
+pub mod conn;
 pub mod error_chain;
 
 #[doc(hidden)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 
 use super::body::Exchange;
-use super::context::InFlight;
+use crate::conn::InFlight;
 
 /// Everything the access log says about one request; written on drop.
 #[derive(Debug)]

@@ -20,8 +20,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+use crate::conn::send_budget::Reservation;
 use crate::proxy::access_log::AccessRecord;
-use crate::proxy::send_budget::Reservation;
 use crate::proxy::upstream::BulkSlot;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

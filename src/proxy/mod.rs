@@ -14,7 +14,6 @@
 //! - `caller`: phases 3 and 4, who asks and what they may do.
 //! - `headers`: forwarded headers and hop-by-hop removal, both ways.
 //! - `upstream`: the pooled client to the registry.
-//! - `send_budget`: the memory HTTP/2 answers may hold for clients that do not read them.
 //! - `body`: the client's body until forwarded, and the streaming response body.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `media_types`: the manifest media types read in registry answers.
@@ -40,7 +39,6 @@ pub mod headers;
 mod media_types;
 mod protect;
 pub mod registry;
-pub mod send_budget;
 pub mod state;
 pub mod token_endpoint;
 mod ui;
@@ -55,11 +53,12 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use crate::conn::ConnInfo;
 use crate::events::{Actor, Event, EventAction};
 use crate::registry_path::{self, Action, Classified, Kind};
 use access_log::AccessRecord;
 use body::{ClientBody, ResponseBody, Settled};
-use context::{ConnInfo, RequestContext};
+use context::RequestContext;
 use error::{GateError, Side, API_VERSION, API_VERSION_HEADER};
 use headers::ClientInfo;
 use state::Shared;

@@ -22,9 +22,9 @@ use tokio_rustls::TlsAcceptor;
 use super::linger::Linger;
 use super::proxy_protocol;
 use super::read_ahead::ReadAhead;
+use crate::conn::send_budget::{self, ConnShare};
+use crate::conn::{ConnActivity, ConnInfo};
 use crate::proxy;
-use crate::proxy::context::{ConnActivity, ConnInfo};
-use crate::proxy::send_budget::{self, ConnShare};
 use crate::proxy::state::Shared;
 
 /// Serves one connection until it ends. `drain` turns true when the gate shuts down; holding
@@ -96,7 +96,10 @@ pub(super) async fn serve_connection(
         activity: activity.clone(),
         send_share: ConnShare::new(
             server.h2_connection_buffer,
-            send_budget::per_stream(server.h2_stream_buffer),
+            send_budget::per_stream(
+                server.h2_stream_buffer,
+                crate::proxy::upstream::REGISTRY_BYTES_IN_HAND,
+            ),
         ),
     };
     let service = service_fn(move |request| proxy::handle(shared.clone(), conn.clone(), request));
@@ -114,7 +117,7 @@ pub(super) async fn serve_connection(
         // WINDOW_UPDATE round trips.
         .adaptive_window(true)
         // What one stream may queue for a client that does not read; the connection's
-        // share of the send budget bounds them all together (`proxy::send_budget`).
+        // share of the send budget bounds them all together (`conn::send_budget`).
         .max_send_buf_size(server.h2_stream_buffer)
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)

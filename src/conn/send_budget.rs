@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::upstream::REGISTRY_BYTES_IN_HAND;
-
 /// The unit of the semaphores: byte counts in the hundreds of MiB fit the `u32` that
 /// `acquire_many` takes, and nothing here needs finer grain.
 const UNIT: u64 = 1024;
@@ -30,10 +28,11 @@ const UNIT: u64 = 1024;
 /// request would log one.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// What one answer reserves: the stream's send buffer, the chunk hyper's pipe holds and the
-/// registry read buffer it was cut from.
-pub fn per_stream(h2_stream_buffer: usize) -> u64 {
-    h2_stream_buffer as u64 + REGISTRY_BYTES_IN_HAND
+/// What one answer reserves: the stream's send buffer, plus what the registry client holds
+/// of it (`proxy::upstream::REGISTRY_BYTES_IN_HAND`: the chunk hyper's pipe holds and the
+/// registry read buffer it was cut from).
+pub fn per_stream(h2_stream_buffer: usize, registry_in_hand: u64) -> u64 {
+    h2_stream_buffer as u64 + registry_in_hand
 }
 
 /// The budget all HTTP/2 connections share; made once at start.
