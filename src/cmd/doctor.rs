@@ -11,7 +11,8 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request};
 
 use crate::config::{AuthMode, Config, TlsSource};
-use crate::proxy::body::{Exchange, RequestBody};
+use crate::proxy::body::RequestBody;
+use crate::proxy::exchange::Exchange;
 use crate::proxy::upstream::Upstream;
 use crate::tls::acme::CertFacts;
 

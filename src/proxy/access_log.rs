@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use super::body::Exchange;
+use super::exchange::Exchange;
 use crate::conn::InFlight;
 
 /// Everything the access log says about one request; written on drop.

@@ -15,6 +15,8 @@
 //! - `headers`: forwarded headers and hop-by-hop removal, both ways.
 //! - `upstream`: the pooled client to the registry.
 //! - `body`: the client's body until forwarded, and the streaming response body.
+//! - `exchange`: one exchange's progress, shared by its bodies, the registry client and the
+//!   access record.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `media_types`: the manifest media types read in registry answers.
 //! - `protect`: the `[[protect]]` phase, refusing writes that would move or delete a
@@ -34,6 +36,7 @@ pub mod catalog;
 pub mod context;
 mod cors;
 pub mod error;
+pub mod exchange;
 mod form;
 pub mod headers;
 mod media_types;

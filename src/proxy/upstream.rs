@@ -21,11 +21,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::config::{UpstreamConfig, UpstreamTarget};
-use crate::proxy::body::{Exchange, RequestBody};
+use crate::proxy::body::{BulkSlot, RequestBody};
 use crate::proxy::error::GateError;
+use crate::proxy::exchange::Exchange;
 
 /// Idle upstream connections are closed after this long; the registry's own idle timeout is
 /// longer, so the gate closes first and never reuses a connection the registry just dropped.
@@ -116,7 +117,7 @@ impl Upstream {
     /// until the slot (kept with the response body) is dropped.
     pub fn bulk_slot(&self) -> Option<BulkSlot> {
         let permit = self.bulk_slots.clone().try_acquire_owned().ok()?;
-        Some(BulkSlot { _permit: permit })
+        Some(BulkSlot::new(permit))
     }
 
     /// Sends the request and waits for the response head. The wait ends with 504 only when
@@ -187,12 +188,6 @@ impl Upstream {
             .map_err(|_| GateError::UpstreamTimeout)?
             .map_err(classify_client_error)
     }
-}
-
-/// One of the [`BULK_SLOTS`] large-buffer downloads; given back when dropped.
-#[derive(Debug)]
-pub struct BulkSlot {
-    _permit: OwnedSemaphorePermit,
 }
 
 /// A readiness probe that takes longer than this counts as a failure: probes come every few
