@@ -52,7 +52,16 @@ pub(super) fn run(config_path: Option<&Path>) -> i32 {
             Ok(s) => Arc::new(s),
             Err(errors) => return report(EXIT_BAD_CONFIG, errors),
         };
-        match server::run(shared, listeners, signals).await {
+        let features = match crate::proxy::Features::new() {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                return report(
+                    EXIT_FAILURE,
+                    [format!("cannot generate the browser session key: {e}")],
+                )
+            }
+        };
+        match server::run(shared, features, listeners, signals).await {
             Ok(()) => EXIT_OK,
             Err(e) => report(EXIT_FAILURE, [e]),
         }

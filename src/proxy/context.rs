@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::access_log::AccessRecord;
 use super::body::ClientBody;
 use super::state::{Shared, Snapshot};
+use super::write_locks::WriteLocks;
 use crate::conn::ConnInfo;
 
 /// One request's context: built when its head arrives, dropped when its answer has left.
@@ -15,6 +16,8 @@ pub struct RequestContext {
     /// Taken once per request, so a reload in the middle never mixes two configurations.
     pub snapshot: Arc<Snapshot>,
     pub shared: Arc<Shared>,
+    /// `[[protect]]`'s locks, taken by API writes and the browser's deletes alike.
+    pub write_locks: Arc<WriteLocks>,
     pub conn: ConnInfo,
     /// The real client: the peer, or the client a trusted proxy names. Keys the filter, the
     /// `from` rules and the login throttle.

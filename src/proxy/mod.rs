@@ -27,6 +27,7 @@
 //! - `activity`: the last accepted pushes and deletes, kept in memory for the browser.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
 //! - `state`: the snapshot requests are served from, and its reload.
+//! - `write_locks`: `[[protect]]`'s per-repository locks, kept in `Features`.
 
 pub mod access_log;
 pub mod activity;
@@ -46,6 +47,7 @@ pub mod state;
 pub mod token_endpoint;
 mod ui;
 pub mod upstream;
+mod write_locks;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,9 +68,27 @@ use error::{GateError, Side, API_VERSION, API_VERSION_HEADER};
 use headers::ClientInfo;
 use state::Shared;
 
+/// What the request path's features keep across requests and reloads, each its own: the
+/// browser's session key, caches and ended sessions (`ui::Kept`), and `[[protect]]`'s write
+/// locks. Made once at start, beside `Shared`; a reload keeps it.
+pub struct Features {
+    browser: Arc<ui::Kept>,
+    write_locks: Arc<write_locks::WriteLocks>,
+}
+
+impl Features {
+    pub fn new() -> Result<Features, getrandom::Error> {
+        Ok(Features {
+            browser: Arc::new(ui::Kept::new()?),
+            write_locks: Arc::default(),
+        })
+    }
+}
+
 /// hyper's service entry point. Never fails: every error becomes a response.
 pub async fn handle(
     shared: Arc<Shared>,
+    features: Arc<Features>,
     conn: ConnInfo,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -108,13 +128,14 @@ pub async fn handle(
         cors_origin: cors_origin.clone(),
         snapshot,
         shared,
+        write_locks: features.write_locks.clone(),
         conn,
         client_ip,
         record,
         body,
     };
 
-    let mut response = match proxy(&mut ctx, request).await {
+    let mut response = match proxy(&mut ctx, &features, request).await {
         Ok(response) => response,
         Err(e) => {
             e.count();
@@ -194,6 +215,7 @@ fn state_length(response: Response<ResponseBody>, is_head: bool) -> Response<Res
 /// The phases, in order; each may answer early with an error.
 async fn proxy(
     ctx: &mut RequestContext,
+    features: &Features,
     request: Request<()>,
 ) -> Result<Response<ResponseBody>, GateError> {
     let snapshot = ctx.snapshot.clone();
@@ -258,7 +280,7 @@ async fn proxy(
     // The registry browser: the gate's own pages, so a browser path never reaches the
     // classifier or the registry.
     if ui::serves(&snapshot.config.ui, request.uri().path()) {
-        return ui::answer(ctx, request, host).await;
+        return ui::answer(ctx, features.browser.clone(), request, host).await;
     }
 
     // 2. What it is: endpoint, action, repository. Anything unclassifiable stops here.

@@ -20,8 +20,7 @@
 //! would break a protected image without touching its tag, and so is deleting a manifest
 //! that a protected index (a multi-platform tag) lists as one of its platforms.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -34,6 +33,7 @@ use super::error::{GateError, ProtectRefusal};
 use super::media_types::{IMAGE_TYPES, INDEX_TYPES};
 use super::registry::manifest::Descriptor;
 use super::registry::{Registry, MAX_BODY_BYTES};
+use super::write_locks::WriteGuard;
 use crate::registry_path::{Classified, Kind};
 use crate::rules::Identity;
 
@@ -47,37 +47,6 @@ const MAX_INDEX_READS: usize = 64;
 /// long its own check may take under the lock: refused with 504 rather than queued without
 /// end behind a registry that stalls.
 const LOCKED_CHECK_LIMIT: Duration = Duration::from_secs(60);
-
-/// One lock per repository with protected tags: see the module's doc. Entries go when no
-/// write holds or waits for them (looked at once the map is large).
-#[derive(Default)]
-pub struct WriteLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
-
-/// A repository's manifest writes, held until the registry has answered this one.
-pub type WriteGuard = tokio::sync::OwnedMutexGuard<()>;
-
-/// Repositories with a lock entry before the unused ones are dropped.
-const PRUNE_LOCKS_AT: usize = 1024;
-
-impl WriteLocks {
-    pub async fn lock(&self, repository: &str) -> WriteGuard {
-        let lock = {
-            let mut locks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            match locks.get(repository).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    if locks.len() >= PRUNE_LOCKS_AT {
-                        locks.retain(|_, lock| lock.strong_count() > 0);
-                    }
-                    let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    locks.insert(repository.to_string(), Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
-    }
-}
 
 /// Refuses a manifest write that would move or delete a protected tag; anything else passes,
 /// and a manifest write where tags are protected passes holding the repository's write lock,
@@ -127,7 +96,7 @@ async fn lock_within_limit(
     ctx: &RequestContext,
     repository: &str,
 ) -> Result<WriteGuard, GateError> {
-    let locks = ctx.shared.write_locks();
+    let locks = &ctx.write_locks;
     match tokio::time::timeout(LOCKED_CHECK_LIMIT, locks.lock(repository)).await {
         Ok(guard) => Ok(guard),
         Err(_) => {

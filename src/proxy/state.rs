@@ -24,8 +24,6 @@ use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::conn::send_budget::SendBudget;
 use crate::events::{self, Events, EventsError};
 use crate::proxy::activity::Activity;
-use crate::proxy::protect::WriteLocks;
-use crate::proxy::ui::{CreationDates, EndedSessions};
 use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -68,32 +66,13 @@ pub struct Shared {
     watched_at_start: FileStamps,
     /// When each access token was last used; outlives reloads, saved by `token_upkeep`.
     last_used: Arc<LastUsed>,
-    /// Signs the registry browser's session cookies when no token key is loaded (basic
-    /// mode): random per process, so sessions end when the gate restarts, and outlives
-    /// reloads so they do not end on one.
-    ui_secret: [u8; 32],
-    /// Registry reads made for browser pages, all pages together (`BROWSER_READS`).
-    browser_reads: Arc<Semaphore>,
-    /// Images' creation dates the browser has read; outlives reloads (a config never
-    /// changes under its digest).
-    creation_dates: Arc<CreationDates>,
-    /// `[[protect]]`'s per-repository locks; outlive reloads, so a write in flight during
-    /// one still excludes the next.
-    write_locks: WriteLocks,
     /// The last accepted pushes and deletes, for the browser's activity page; outlives
     /// reloads (a reload changes no history), ends with the process.
     activity: Activity,
-    /// Browser sessions ended by a logout; outlives reloads, which keep sessions.
-    ended_sessions: EndedSessions,
     /// `[server] h2_buffer_budget`, shared by every HTTP/2 connection; sized at start, since
     /// the answers holding it outlive any reload.
     send_budget: SendBudget,
 }
-
-/// Registry reads the registry browser makes at once, over all its pages: a page reads up to
-/// two hundred manifests and configs, and pages can be asked for by anyone who may browse,
-/// so the registry's load from the browser is bounded here, not by the number of visitors.
-const BROWSER_READS: usize = 16;
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
 /// parallel runs than cores only queue inside the OS while holding blocking threads.
@@ -120,8 +99,6 @@ pub enum PrepareError {
     Oidc(#[from] OidcError),
     #[error(transparent)]
     Events(#[from] EventsError),
-    #[error("cannot generate the browser session key: {0}")]
-    Random(String),
 }
 
 /// Configuration and certificates, loaded and checked, not yet listening.
@@ -316,9 +293,6 @@ impl Shared {
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
         certs.replace_extra(&prepared.tls.extra);
         let next = build(prepared, credentials, &certs, &provider, None)?;
-        let mut ui_secret = [0u8; 32];
-        getrandom::getrandom(&mut ui_secret)
-            .map_err(|e| vec![PrepareError::Random(e.to_string())])?;
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(next.snapshot),
             certs,
@@ -332,39 +306,12 @@ impl Shared {
             acme_running: Arc::new(AtomicBool::new(false)),
             watched_at_start: prepared.watched.clone(),
             last_used: Arc::new(LastUsed::default()),
-            ui_secret,
-            browser_reads: Arc::new(Semaphore::new(BROWSER_READS)),
-            creation_dates: Arc::default(),
-            write_locks: WriteLocks::default(),
             activity: Activity::default(),
-            ended_sessions: EndedSessions::default(),
             send_budget: SendBudget::new(prepared.config.server.h2_buffer_budget),
         })
     }
 
     /// The semaphore every browser page's registry reads share.
-    pub fn browser_reads(&self) -> Arc<Semaphore> {
-        self.browser_reads.clone()
-    }
-
-    pub(super) fn creation_dates(&self) -> Arc<CreationDates> {
-        self.creation_dates.clone()
-    }
-
-    pub(super) fn write_locks(&self) -> &WriteLocks {
-        &self.write_locks
-    }
-
-    /// The secret the registry browser's session cookies are signed with: derived from the
-    /// token key when one is loaded (replicas sharing it share sessions, and sessions
-    /// survive a restart), else this process's random one.
-    pub fn ui_secret(&self, snapshot: &Snapshot) -> [u8; 32] {
-        match &snapshot.tokens {
-            Some(key) => key.derive("ui-session"),
-            None => self.ui_secret,
-        }
-    }
-
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
     }
@@ -372,11 +319,6 @@ impl Shared {
     /// The recent pushes and deletes the gate saw accepted.
     pub fn activity(&self) -> &Activity {
         &self.activity
-    }
-
-    /// The browser sessions a logout ended.
-    pub(super) fn ended_sessions(&self) -> &EndedSessions {
-        &self.ended_sessions
     }
 
     /// `[server] h2_buffer_budget`'s shared reservations.

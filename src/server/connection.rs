@@ -31,6 +31,7 @@ use crate::proxy::state::Shared;
 /// it is what tells the shutdown that this connection is still open.
 pub(super) async fn serve_connection(
     shared: Arc<Shared>,
+    features: Arc<proxy::Features>,
     stream: TcpStream,
     peer: SocketAddr,
     mut drain: watch::Receiver<bool>,
@@ -102,7 +103,9 @@ pub(super) async fn serve_connection(
             ),
         ),
     };
-    let service = service_fn(move |request| proxy::handle(shared.clone(), conn.clone(), request));
+    let service = service_fn(move |request| {
+        proxy::handle(shared.clone(), features.clone(), conn.clone(), request)
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

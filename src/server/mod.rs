@@ -138,6 +138,7 @@ pub struct Listeners {
 /// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
 pub async fn run(
     shared: Arc<Shared>,
+    features: Arc<crate::proxy::Features>,
     listeners: Listeners,
     signals: Signals,
 ) -> Result<(), ServerError> {
@@ -202,10 +203,10 @@ pub async fn run(
                             continue;
                         }
                     };
-                    let shared = shared.clone();
+                    let (shared, features) = (shared.clone(), features.clone());
                     let drain = drain_rx.clone();
                     tokio::spawn(async move {
-                        serve_connection(shared, stream, peer, drain).await;
+                        serve_connection(shared, features, stream, peer, drain).await;
                         drop(slot);
                     });
                 }

@@ -23,8 +23,8 @@ mod html;
 mod pages;
 mod session;
 
-pub(super) use dates::CreationDates;
-pub(super) use session::EndedSessions;
+use dates::CreationDates;
+use session::EndedSessions;
 
 use std::sync::Arc;
 
@@ -42,6 +42,7 @@ use super::form::query_values;
 use super::form::{read_small_form, FormError};
 use super::registry::manifest::{Descriptor, Manifest, ManifestKind};
 use super::registry::{Deleted, Registry};
+use super::state::Snapshot;
 use crate::auth::token::unix_now;
 use crate::auth::{Failure, Identity};
 use crate::config::UiConfig;
@@ -139,8 +140,50 @@ impl<'a> Route<'a> {
 }
 
 /// One browser request: who asks (session, client certificate or nobody), then the page.
+/// What the browser keeps across requests and reloads, beside the snapshot.
+pub struct Kept {
+    /// Signs session cookies when no token key is loaded (basic mode): random per process, so
+    /// sessions end when the gate restarts, and kept across reloads so they do not end on one.
+    secret: [u8; 32],
+    /// Registry reads made for browser pages, all pages together (`BROWSER_READS`).
+    reads: Arc<Semaphore>,
+    /// Images' creation dates read; a config never changes under its digest.
+    dates: Arc<CreationDates>,
+    /// Sessions a logout ended (a reload keeps sessions, so it keeps these too).
+    ended: EndedSessions,
+}
+
+/// Registry reads the registry browser makes at once, over all its pages: a page reads up to
+/// two hundred manifests and configs, and pages can be asked for by anyone who may browse,
+/// so the registry's load from the browser is bounded here, not by the number of visitors.
+const BROWSER_READS: usize = 16;
+
+impl Kept {
+    pub fn new() -> Result<Kept, getrandom::Error> {
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret)?;
+        Ok(Kept {
+            secret,
+            reads: Arc::new(Semaphore::new(BROWSER_READS)),
+            dates: Arc::default(),
+            ended: EndedSessions::default(),
+        })
+    }
+
+    /// The secret session cookies are signed with: derived from the token key when one is
+    /// loaded (replicas sharing it share sessions, and sessions survive a restart), else this
+    /// process's random one.
+    fn secret(&self, snapshot: &Snapshot) -> [u8; 32] {
+        match &snapshot.tokens {
+            Some(key) => key.derive("ui-session"),
+            None => self.secret,
+        }
+    }
+}
+
 pub(super) async fn answer(
     ctx: &mut RequestContext,
+    kept: Arc<Kept>,
     request: Request<()>,
     host: HeaderValue,
 ) -> Result<Response<ResponseBody>, GateError> {
@@ -162,8 +205,8 @@ pub(super) async fn answer(
         return Ok(response);
     }
 
-    let key = SessionKey::new(&ctx.shared.ui_secret(&snapshot));
-    let (caller, session) = who(ctx, &request, &key).await?;
+    let key = SessionKey::new(&kept.secret(&snapshot));
+    let (caller, session) = who(ctx, &kept, &request, &key).await?;
     ctx.record.user = caller.identity.name().to_string();
     ctx.record.token = caller.token_name().map(str::to_string);
     let csrf = session.as_ref().map(|s| key.csrf_token(s));
@@ -180,12 +223,13 @@ pub(super) async fn answer(
     };
     let browser = Browser {
         registry: Registry::new(snapshot.upstream.clone(), host.clone()),
-        dates: ctx.shared.creation_dates(),
+        dates: kept.dates.clone(),
         host: host.to_str().unwrap_or("").to_string(),
         caller,
         session,
         key,
-        all_reads: ctx.shared.browser_reads(),
+        all_reads: kept.reads.clone(),
+        kept: kept.clone(),
     };
     let result = match route {
         Route::Index => browser.index(ctx, &chrome, &request).await,
@@ -216,12 +260,13 @@ pub(super) async fn answer(
 /// out, whose user may still log in; else a client certificate's user, else anonymous.
 async fn who(
     ctx: &RequestContext,
+    kept: &Kept,
     request: &Request<()>,
     key: &SessionKey,
 ) -> Result<(Caller, Option<Session>), GateError> {
     if let Some(session) = session::cookie_value(request.headers())
         .and_then(|v| key.open(v, unix_now()))
-        .filter(|s| !ctx.shared.ended_sessions().is_ended(s))
+        .filter(|s| !kept.ended.is_ended(s))
     {
         if let Some(caller) = caller::from_session(
             ctx,
@@ -327,6 +372,7 @@ struct Browser {
     /// Registry reads of every browser page together: however many pages are asked for,
     /// anonymous ones included, the registry sees at most `BROWSER_READS` from the browser.
     all_reads: Arc<Semaphore>,
+    kept: Arc<Kept>,
 }
 
 impl Browser {
@@ -482,7 +528,7 @@ impl Browser {
             self.checked_form(ctx, request, host, session).await?;
             // Clearing the cookie only asks the browser to forget it; a copy would still
             // work until it expires.
-            ctx.shared.ended_sessions().end(session, unix_now());
+            self.kept.ended.end(session, unix_now());
             tracing::info!(user = %session.user, peer = %ctx.client_ip, "browser logout");
         }
         Ok(redirect(
