@@ -10,6 +10,8 @@ pub mod cmd;
 
 pub mod server;
 
+pub mod front;
+
 pub mod proxy;
 
 pub mod auth;

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{report, EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK};
 use crate::config::Config;
-use crate::proxy;
+use crate::front;
 
 /// Exit 0 when the gate's listener answers 200 on `/healthz` (`/readyz` with `ready`), 1 when
 /// it answers anything else or nothing, 2 when the configuration does not load.
@@ -26,7 +26,7 @@ pub(super) fn run(config_path: Option<&Path>, ready: bool) -> i32 {
         Ok(c) => c,
         Err(errors) => return report(EXIT_BAD_CONFIG, errors),
     };
-    let path = if ready { proxy::READYZ } else { proxy::HEALTHZ };
+    let path = if ready { front::READYZ } else { front::HEALTHZ };
     let runtime = match super::runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -42,7 +42,7 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-method-override",
 ];
 
-pub(super) fn refuse_method_override(request: &Request<()>) -> Result<(), GateError> {
+pub(crate) fn refuse_method_override(request: &Request<()>) -> Result<(), GateError> {
     if METHOD_OVERRIDES
         .iter()
         .any(|h| request.headers().contains_key(*h))
@@ -77,7 +77,7 @@ pub(super) fn refuse_form_bodies(request: &Request<()>) -> Result<(), GateError>
 /// Only origin-form targets (`/path?query`) are forwarded. Absolute-form (`GET http://x/`)
 /// would let a client name a host the Host header contradicts; asterisk-form has no place in
 /// the registry API.
-pub(super) fn check_target(request: &Request<()>) -> Result<(), GateError> {
+pub(crate) fn check_target(request: &Request<()>) -> Result<(), GateError> {
     let uri = request.uri();
     let origin_form = match request.version() {
         // HTTP/2 always carries scheme and authority as pseudo-headers.

@@ -1,17 +1,20 @@
-//! The path of one request, top to bottom, like a phase chart: check who may talk to the
-//! gate and the request's form, classify it (endpoint, action, repository), authenticate,
-//! authorise, forward with rewritten headers, stream the answer back, and hand a push or
-//! delete the registry accepted to the event receivers; the access log line is written when
-//! the response body is done.
+//! The registry API's path, top to bottom, like a phase chart. The front (`front`) has done
+//! phase 1, admit (who may talk to the gate at all, and the request's form), and routed the
+//! request here; `api` then runs 2 classify (endpoint, action, repository), 3 authenticate,
+//! 4 authorise, 5 guard tags (`[[protect]]`), 6 forward with rewritten headers (and hand a
+//! push or delete the registry accepted to the event receivers), 7 respond, streaming the
+//! answer back. The access log line is written when the response body is done. The same
+//! numbers are used in `docs/architecture.md`.
 //!
 //! Each phase is a plain function that may answer early with a `GateError`; there are no
 //! hooks. Classification comes before authentication so that an unclassifiable request is
 //! refused without spending a password check on it, and nothing reaches the upstream client
 //! that the rules have not seen. The rooms beside this file:
 //!
-//! - `context`: the per-request context and the connection's activity.
-//! - `form`: the request-form checks of phase 1.
+//! - `context`: the per-request context.
+//! - `form`: the request-form checks of phase 1 (called by the front), and the form reader.
 //! - `caller`: phases 3 and 4, who asks and what they may do.
+//! - `registry`: the one client of the registry's API for the gate's own reads.
 //! - `headers`: forwarded headers and hop-by-hop removal, both ways.
 //! - `upstream`: the pooled client to the registry.
 //! - `body`: the client's body until forwarded, and the streaming response body.
@@ -19,15 +22,15 @@
 //!   access record.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `media_types`: the manifest media types read in registry answers.
-//! - `protect`: the `[[protect]]` phase, refusing writes that would move or delete a
+//! - `protect`: phase 5, `[[protect]]`, refusing writes that would move or delete a
 //!   protected tag.
-//! - `token_endpoint`: the `/token` endpoint of token mode.
-//! - `ui`: the registry browser (`[ui]`), answered before classification.
+//! - `token_endpoint`: the `/token` endpoint of token mode (routed to by the front).
+//! - `ui`: the registry browser (`[ui]`), routed to by the front.
 //! - `access_log`: the access record, written when the response is done.
 //! - `activity`: the last accepted pushes and deletes, kept in memory for the browser.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
 //! - `state`: the snapshot requests are served from, and its reload.
-//! - `write_locks`: `[[protect]]`'s per-repository locks, kept in `Features`.
+//! - `write_locks`: `[[protect]]`'s per-repository locks, kept in `front::Features`.
 
 pub mod access_log;
 pub mod activity;
@@ -35,255 +38,39 @@ pub mod body;
 mod caller;
 pub mod catalog;
 pub mod context;
-mod cors;
 pub mod error;
 pub mod exchange;
-mod form;
+pub(crate) mod form;
 pub mod headers;
 mod media_types;
 mod protect;
 pub mod registry;
 pub mod state;
 pub mod token_endpoint;
-mod ui;
+pub(crate) mod ui;
 pub mod upstream;
-mod write_locks;
-
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+pub(crate) mod write_locks;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
-use hyper::body::Incoming;
 
-use crate::conn::ConnInfo;
 use crate::events::{Actor, Event, EventAction};
 use crate::registry_path::{self, Action, Classified, Kind};
-use access_log::AccessRecord;
-use body::{ClientBody, ResponseBody, Settled};
+use body::ResponseBody;
 use context::RequestContext;
-use error::{GateError, Side, API_VERSION, API_VERSION_HEADER};
+use error::GateError;
 use headers::ClientInfo;
-use state::Shared;
 
-/// What the request path's features keep across requests and reloads, each its own: the
-/// browser's session key, caches and ended sessions (`ui::Kept`), and `[[protect]]`'s write
-/// locks. Made once at start, beside `Shared`; a reload keeps it.
-pub struct Features {
-    browser: Arc<ui::Kept>,
-    write_locks: Arc<write_locks::WriteLocks>,
-}
-
-impl Features {
-    pub fn new() -> Result<Features, getrandom::Error> {
-        Ok(Features {
-            browser: Arc::new(ui::Kept::new()?),
-            write_locks: Arc::default(),
-        })
-    }
-}
-
-/// hyper's service entry point. Never fails: every error becomes a response.
-pub async fn handle(
-    shared: Arc<Shared>,
-    features: Arc<Features>,
-    conn: ConnInfo,
-    request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let snapshot = shared.snapshot();
-    let mut record = AccessRecord::new(
-        next_request_id(),
-        conn.peer,
-        request.method().clone(),
-        request.uri().path().to_string(),
-        request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string(),
-    );
-    record.in_flight = Some(conn.activity.enter());
-    let is_registry_api = is_registry_path(request.uri().path());
-    let cors_origins = &snapshot.config.ui.cors_origins;
-    let cors_origin = cors::allowed_origin(cors_origins, request.headers(), request.uri().path());
-    let cors_configured = !cors_origins.is_empty();
-    let version = request.version();
-    let is_head = request.method() == Method::HEAD;
-    let (parts, incoming) = request.into_parts();
-    let expects_continue = parts
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let body = ClientBody::new(incoming, record.exchange().clone(), expects_continue);
-    let request = Request::from_parts(parts, ());
-    let client_ip = crate::client_addr::client_ip(
-        request.headers(),
-        conn.peer,
-        &snapshot.config.server.trusted_proxies,
-    );
-    let mut ctx = RequestContext {
-        cors_origin: cors_origin.clone(),
-        snapshot,
-        shared,
-        write_locks: features.write_locks.clone(),
-        conn,
-        client_ip,
-        record,
-        body,
-    };
-
-    let mut response = match proxy(&mut ctx, &features, request).await {
-        Ok(response) => response,
-        Err(e) => {
-            e.count();
-            let request_id = &ctx.record.request_id;
-            match e.side() {
-                Side::Client => {
-                    tracing::debug!(request_id = %request_id, error = %e, "request refused")
-                }
-                Side::Upstream => {
-                    tracing::warn!(request_id = %request_id, error = %e, "upstream error")
-                }
-                Side::Internal => {
-                    tracing::error!(request_id = %request_id, error = %e, "the gate failed")
-                }
-            }
-            e.to_response()
-        }
-    };
-    let RequestContext {
-        mut record, body, ..
-    } = ctx;
-    // An answer given before the whole body was read must leave the connection usable.
-    if body.settle(version).await == Settled::Close {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-
-    if is_registry_api && !response.headers().contains_key(API_VERSION_HEADER) {
-        response
-            .headers_mut()
-            .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
-    }
-    // Every answer comes over TLS; a browser that ever reaches the gate should never try it
-    // in plain text, nor render a blob or an error body as HTML (the registry sets nosniff on
-    // its own answers, the gate's were missing it; testssl.sh rates both as findings).
-    let headers = response.headers_mut();
-    cors::decorate(headers, cors_configured, cors_origin);
-    headers
-        .entry(header::STRICT_TRANSPORT_SECURITY)
-        .or_insert(HeaderValue::from_static(HSTS));
-    headers
-        .entry(header::X_CONTENT_TYPE_OPTIONS)
-        .or_insert(HeaderValue::from_static("nosniff"));
-    let response = state_length(response, is_head);
-    record.status = Some(response.status());
-    Ok(response.map(|body| body.with_record(record)))
-}
-
-/// An answer the gate made itself (an error, a page, a redirect, a probe) says how long it
-/// is, and to a HEAD it is sent without its body, with the headers a GET would get. hyper
-/// drops the body of a HEAD answer over HTTP/1.1 but sends it as DATA over HTTP/2, which
-/// RFC 9113 makes a malformed response: curl failed with PROTOCOL_ERROR where it should
-/// have shown a 401 (RFC 9110 §9.3.2: a HEAD answer has no content). The registry's own
-/// answers are left as they are: hyper's client reads no body for a HEAD, and the
-/// registry's `Content-Length` is already the GET's.
-fn state_length(response: Response<ResponseBody>, is_head: bool) -> Response<ResponseBody> {
-    let (mut parts, body) = response.into_parts();
-    if !body.is_made_here() {
-        return Response::from_parts(parts, body);
-    }
-    // RFC 9110 §8.6: never in a 204 or 304 (a 1xx is never a final answer here).
-    let has_content = !matches!(
-        parts.status,
-        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-    );
-    if let Some(length) = body.size_hint().exact().filter(|_| has_content) {
-        parts
-            .headers
-            .entry(header::CONTENT_LENGTH)
-            .or_insert(HeaderValue::from(length));
-    }
-    let body = if is_head { ResponseBody::empty() } else { body };
-    Response::from_parts(parts, body)
-}
-
-/// The phases, in order; each may answer early with an error.
-async fn proxy(
+/// The registry API's phases, in order, for a request the front has admitted and routed
+/// here (`host` is its public host); each may answer early with an error.
+pub(crate) async fn api(
     ctx: &mut RequestContext,
-    features: &Features,
     request: Request<()>,
+    host: HeaderValue,
 ) -> Result<Response<ResponseBody>, GateError> {
     let snapshot = ctx.snapshot.clone();
     let client_ip = ctx.client_ip;
-    // A connection being closed for cancelling what it asks for gets nothing more forwarded
-    // while its last streams finish.
-    if ctx.conn.activity.condemned() {
-        let (answered, cancelled) = ctx.conn.activity.outcomes();
-        return Err(GateError::Condemned {
-            answered,
-            cancelled,
-        });
-    }
-    // 0. Who may talk to the gate at all (health probes excepted: they reveal nothing, and a
-    // container's own probe comes from loopback).
-    let path = request.uri().path();
-    if path != HEALTHZ && path != READYZ {
-        let user_agent = request
-            .headers()
-            .get(header::USER_AGENT)
-            .map(HeaderValue::as_bytes);
-        snapshot
-            .config
-            .filter
-            .check(user_agent, client_ip)
-            .map_err(GateError::Filtered)?;
-    }
-
-    // 1. The request's form: origin-form target, one Host, no smuggled method.
-    form::check_target(&request)?;
-    let host = form::public_host(&request)?;
-    form::refuse_method_override(&request)?;
-
-    // A listed UI's preflight: answered here, since it carries no credentials and the
-    // registry knows no OPTIONS.
-    if let Some(answer) = cors::preflight(ctx.cors_origin.as_ref(), &request) {
-        return Ok(answer);
-    }
-
-    // The gate's own endpoints; never forwarded.
-    match request.uri().path() {
-        HEALTHZ => {
-            ctx.record.quiet = true;
-            return Ok(plain(StatusCode::OK, "ok\n"));
-        }
-        READYZ => {
-            ctx.record.quiet = true;
-            return Ok(if snapshot.upstream.ready().await {
-                plain(StatusCode::OK, "ready\n")
-            } else {
-                plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the registry is not answering\n",
-                )
-            });
-        }
-        _ => {}
-    }
-    if snapshot.tokens.is_some() && request.uri().path() == crate::auth::token::TOKEN_PATH {
-        return token_endpoint::answer(ctx, request).await;
-    }
-    // The registry browser: the gate's own pages, so a browser path never reaches the
-    // classifier or the registry.
-    if ui::serves(&snapshot.config.ui, request.uri().path()) {
-        return ui::answer(ctx, features.browser.clone(), request, host).await;
-    }
-
-    // 2. What it is: endpoint, action, repository. Anything unclassifiable stops here.
+    // 2. Classify: endpoint, action, repository. Anything unclassifiable stops here.
     let uri = request.uri().clone();
     let class = registry_path::classify(request.method(), uri.path(), uri.query())
         .map_err(GateError::Rejected)?;
@@ -293,12 +80,12 @@ async fn proxy(
     record.repository = class.repository.map(str::to_string);
     record.reference = class.reference.map(str::to_string);
 
-    // 3. Who asks.
+    // 3. Authenticate: who asks.
     let caller = caller::authenticate(ctx, &request, &class).await?;
     ctx.record.user = caller.identity.name().to_string();
     ctx.record.token = caller.token_name().map(str::to_string);
 
-    // 4. May they.
+    // 4. Authorise: may they.
     let mut path_and_query = uri
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
@@ -312,12 +99,13 @@ async fn proxy(
         }
     }
 
-    // 4b. Protected tags: a manifest write the rules allowed may still not move or delete one.
+    // 5. Guard tags: a manifest write the rules allowed may still not move or delete a
+    // protected tag.
     // The lock it may hand back is held until the registry has answered (step 5).
     let _write_lock =
         protect::check(ctx, &request, &class, &caller.protect_identity(), &host).await?;
 
-    // 5. Forward. Over HTTP/2 an answer with a body first takes its stream's place in the
+    // 6. Forward. Over HTTP/2 an answer with a body first takes its stream's place in the
     // send budget, waiting while its connection's share or the whole is spent: a client that
     // opens hundreds of streams and stops reading holds that, not the gate's memory.
     let reservation = if request.version() == Version::HTTP_2 && request.method() == Method::GET {
@@ -358,7 +146,7 @@ async fn proxy(
         .send(upstream_request, &exchange, bulk.as_ref())
         .await?;
 
-    // 6. Remember and tell the event receivers, as soon as the registry's answer says it
+    // 6b. Remember and tell the event receivers, as soon as the registry's answer says it
     // accepted a push or delete: whatever happens to the rest of this response, the change
     // is made. The browser's activity page keeps it whether or not receivers exist.
     if let Some(event) = accepted_change(ctx, &caller, &method, &class, &response) {
@@ -456,95 +244,4 @@ fn content_digest(headers: &HeaderMap) -> Option<String> {
         .to_str()
         .ok()
         .map(str::to_string)
-}
-
-/// One year, the value HSTS preload lists ask for; no `includeSubDomains`: the gate speaks
-/// for its own host only.
-const HSTS: &str = "max-age=31536000";
-
-/// Liveness: the gate answers. Readiness: the registry behind it answers too.
-pub const HEALTHZ: &str = "/healthz";
-pub const READYZ: &str = "/readyz";
-
-fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(bytes::Bytes::from_static(
-        text.as_bytes(),
-    )));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-fn is_registry_path(path: &str) -> bool {
-    path == "/v2" || path.starts_with("/v2/")
-}
-
-/// Unique per process and start: the start time in the high bits keeps ids from two runs of
-/// the gate apart in one log.
-fn next_request_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{start:x}-{n:x}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    async fn body_len(response: Response<ResponseBody>) -> usize {
-        let collected = response.into_body().collect().await;
-        collected.map(|c| c.to_bytes().len()).unwrap_or(usize::MAX)
-    }
-
-    /// The errors no HEAD can reach over the wire (the integration suite `head` sends the
-    /// rest): each states the GET's length and sends no body to a HEAD.
-    #[tokio::test]
-    async fn a_head_gets_the_gets_length_and_no_body() {
-        let errors = || {
-            [
-                GateError::Throttled(std::time::Duration::from_secs(3)),
-                GateError::Protected {
-                    repository: "team/app".into(),
-                    tag: "v1".into(),
-                    protection: 0,
-                    refusal: error::ProtectRefusal::Move,
-                },
-                GateError::ManifestTooLarge(4 << 20),
-                GateError::Internal("test"),
-            ]
-        };
-        let mut checked = 0;
-        for (error, again) in errors().into_iter().zip(errors()) {
-            let status = error.status();
-            let full = body_len(error.to_response()).await;
-            let get = state_length(again.to_response(), false);
-            let head = state_length(error.to_response(), true);
-            assert_eq!(head.headers(), get.headers(), "{status}");
-            assert_eq!(
-                head.headers()[header::CONTENT_LENGTH],
-                full.to_string(),
-                "{status}"
-            );
-            assert_eq!(body_len(head).await, 0, "{status}");
-            assert_eq!(body_len(get).await, full, "{status}");
-            checked += 1;
-        }
-        assert_eq!(checked, 4);
-        // A 204 has no content and says no length (RFC 9110 §8.6).
-        let mut none = plain(StatusCode::OK, "");
-        *none.status_mut() = StatusCode::NO_CONTENT;
-        let head = state_length(none, true);
-        assert!(!head.headers().contains_key(header::CONTENT_LENGTH));
-    }
 }

@@ -24,14 +24,14 @@ use super::proxy_protocol;
 use super::read_ahead::ReadAhead;
 use crate::conn::send_budget::{self, ConnShare};
 use crate::conn::{ConnActivity, ConnInfo};
-use crate::proxy;
+use crate::front;
 use crate::proxy::state::Shared;
 
 /// Serves one connection until it ends. `drain` turns true when the gate shuts down; holding
 /// it is what tells the shutdown that this connection is still open.
 pub(super) async fn serve_connection(
     shared: Arc<Shared>,
-    features: Arc<proxy::Features>,
+    features: Arc<front::Features>,
     stream: TcpStream,
     peer: SocketAddr,
     mut drain: watch::Receiver<bool>,
@@ -104,7 +104,7 @@ pub(super) async fn serve_connection(
         ),
     };
     let service = service_fn(move |request| {
-        proxy::handle(shared.clone(), features.clone(), conn.clone(), request)
+        front::handle(shared.clone(), features.clone(), conn.clone(), request)
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

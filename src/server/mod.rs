@@ -138,7 +138,7 @@ pub struct Listeners {
 /// Serves until SIGTERM/SIGINT, then drains within `[server] shutdown_grace`.
 pub async fn run(
     shared: Arc<Shared>,
-    features: Arc<crate::proxy::Features>,
+    features: Arc<crate::front::Features>,
     listeners: Listeners,
     signals: Signals,
 ) -> Result<(), ServerError> {

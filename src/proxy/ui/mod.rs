@@ -73,7 +73,7 @@ const MAX_DETAILED_CHILDREN: usize = 32;
 const READS_AT_ONCE: usize = 8;
 
 /// Whether `path` is the browser's: under `[ui] path`, or that path without its slash.
-pub(super) fn serves(config: &UiConfig, path: &str) -> bool {
+pub(crate) fn serves(config: &UiConfig, path: &str) -> bool {
     config.enabled
         && (path.starts_with(&config.path) || path == &config.path[..config.path.len() - 1])
 }
@@ -181,7 +181,7 @@ impl Kept {
     }
 }
 
-pub(super) async fn answer(
+pub(crate) async fn answer(
     ctx: &mut RequestContext,
     kept: Arc<Kept>,
     request: Request<()>,

@@ -10,7 +10,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use super::body::ResponseBody;
+use crate::proxy::body::ResponseBody;
 
 /// Methods a registry UI uses: listings and manifests, deletes, and uploads for the odd UI
 /// that pushes.
