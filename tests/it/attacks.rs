@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use util::client::{empty, raw_exchange_until_quiet, request, HttpsClient, Proto};
 use util::gate::{Gate, GateConfig};
-use util::image::{oci_image, skopeo_ok};
+use util::image::oci_image;
 use util::rawh2::{self, Answer, Frame};
 use util::recorder::{Recorded, Recorder, Reply};
 use util::registry::Registry;
@@ -347,12 +347,7 @@ async fn the_real_registry_keeps_a_manifest_through_overrides_and_smuggled_delet
     let registry = Registry::start(tmp.path());
     let registry_addr = registry.addr.expect("a TCP registry");
     let image = oci_image(&tmp.path().join("image"), 1, 1024);
-    skopeo_ok(&[
-        "copy",
-        "--dest-tls-verify=false",
-        &image.reference(),
-        &format!("docker://{registry_addr}/team/app:1"),
-    ]);
+    registry.push_directly(&image, "team/app:1");
     let gate = Gate::start(
         tmp.path(),
         GateConfig::new(registry.url.clone())
@@ -592,10 +587,9 @@ async fn http1_framing_tricks_never_smuggle_a_request_upstream() {
             ));
         }
     }
-    assert!(
-        forwarded.len() <= 1,
-        "trailers made two requests: {forwarded:#?}"
-    );
+    if forwarded.len() > 1 {
+        failures.push(format!("trailers made two requests: {forwarded:#?}"));
+    }
 
     // The carrier itself still works, so the cases above were judged by a live gate.
     let before = recorder.requests().len();
@@ -604,8 +598,14 @@ async fn http1_framing_tricks_never_smuggle_a_request_upstream() {
         (put("Content-Length: 2\r\nConnection: close\r\n\r\n") + "{}").as_bytes(),
     )
     .await;
-    assert_eq!(statuses(&ok), [200], "{ok}");
-    assert_eq!(recorder.requests().len(), before + 1);
+    let carried = recorder.requests().len() - before;
+    if statuses(&ok) != [200] || carried != 1 {
+        failures.push(format!(
+            "the carrier alone: statuses {:?} and {carried} forwarded request(s), \
+             expected [200] and 1\n{ok}",
+            statuses(&ok)
+        ));
+    }
 
     assert!(
         failures.is_empty(),
@@ -767,9 +767,13 @@ async fn http2_frames_no_client_library_sends_never_reach_the_upstream() {
     let mut seen_answers = Vec::new();
     for (what, frames, must_refuse) in &cases {
         let before = recorder.requests().len();
-        let answer = rawh2::exchange(gate.addr, &gate.pki.ca_pem, frames)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let answer = match rawh2::exchange(gate.addr, &gate.pki.ca_pem, frames).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                failures.push(format!("{what}: no exchange: {e}"));
+                continue;
+            }
+        };
         // A refused stream may still be in flight upstream for a moment; let it land.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let forwarded = recorder.requests().split_off(before);
@@ -822,19 +826,20 @@ async fn http2_frames_no_client_library_sends_never_reach_the_upstream() {
             body(""),
         ],
     )
-    .await
-    .expect("h2 carrier");
-    assert_eq!(ok, Answer::Status(200), "the valid h2 PUT");
+    .await;
+    if !matches!(ok, Ok(Answer::Status(200))) {
+        failures.push(format!("the valid h2 PUT: {ok:?}"));
+    }
     let carried = recorder.requests().split_off(before);
-    assert_eq!(
-        carried.len(),
-        1,
-        "the carrier alone was forwarded: {carried:#?}"
-    );
-    assert_eq!(
-        (carried[0].body_error.as_ref(), carried[0].body_len),
-        (None, 2)
-    );
+    let bodies: Vec<_> = carried
+        .iter()
+        .map(|r| (r.body_error.as_ref(), r.body_len))
+        .collect();
+    if bodies != [(None, 2)] {
+        failures.push(format!(
+            "the carrier alone was forwarded, whole: {carried:#?}"
+        ));
+    }
     // And the upstream connection pool was not poisoned by the broken streams.
     let client = gate.client(Proto::Http1);
     let response = client
@@ -845,12 +850,14 @@ async fn http2_frames_no_client_library_sends_never_reach_the_upstream() {
                 .expect("GET"),
         )
         .await;
-    assert_eq!(response.status(), 200);
-    let last = recorder.requests().pop().expect("the GET was forwarded");
-    assert_eq!(
-        (last.method.as_str(), last.uri.as_str()),
-        ("GET", "/v2/team/app/manifests/1")
-    );
+    let last = recorder.requests().pop();
+    let forwarded = last.as_ref().map(|r| (r.method.as_str(), r.uri.as_str()));
+    if response.status() != 200 || forwarded != Some(("GET", "/v2/team/app/manifests/1")) {
+        failures.push(format!(
+            "a GET after the broken streams: {} and upstream {forwarded:?}",
+            response.status()
+        ));
+    }
 
     assert!(
         failures.is_empty(),

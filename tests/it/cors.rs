@@ -11,7 +11,7 @@ use base64::Engine;
 use http::StatusCode;
 use util::client::{empty, header, request, Proto};
 use util::gate::{Gate, GateConfig};
-use util::image::{oci_image, skopeo_ok};
+use util::image::oci_image;
 use util::peer::{answer, Peer};
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
@@ -80,15 +80,7 @@ fn a_listed_ui_reads_the_registry_in_chromium_and_no_other_page_can() {
     let unlisted = PageServer::start();
     let gate = cors_gate(tmp.path(), &registry.url, &listed.origin);
     let image = oci_image(&tmp.path().join("image"), 1, 4 * 1024);
-    skopeo_ok(&[
-        "copy",
-        "--dest-cert-dir",
-        gate.pki.cert_dir.to_str().expect("UTF-8 path"),
-        "--dest-creds",
-        "alice:alice-secret",
-        &image.reference(),
-        &format!("docker://{}/team/app:v1", gate.authority()),
-    ]);
+    gate.push_ok("alice:alice-secret", &image.reference(), "team/app:v1");
     let catalog = gate.url("/v2/_catalog");
     listed.serve_fetch_of(&catalog, &basic);
     unlisted.serve_fetch_of(&catalog, &basic);

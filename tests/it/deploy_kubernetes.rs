@@ -16,9 +16,11 @@ use std::time::Duration;
 use base64::Engine;
 use util::client::{empty, request, text, HttpsClient, Proto};
 use util::gate::{gate_command, reported_listener, write_htpasswd};
-use util::image::{oci_image, read_oci_layout, skopeo, skopeo_ok};
+use util::image::{oci_image, read_oci_layout, RegistryHost};
 use util::registry::Registry;
-use util::{accepts_tcp, describe, read_text, run, temp_dir, wait_until, write_file, KillOnDrop};
+use util::{
+    accepts_tcp, describe, read_text, run, temp_dir, wait_until, write_file, KillOnDrop, TempDir,
+};
 
 const CONFIG_MAP: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -110,71 +112,105 @@ fn replica(config: &Path, upstream: &str, log: &Path) -> (KillOnDrop, SocketAddr
     (child, addr.expect("reported while waiting"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_kubernetes_config_serves_two_replicas_in_token_mode() {
-    let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let (config, ca) = pod_layout(tmp.path());
-    let (_a, a) = replica(&config, &registry.url, &tmp.path().join("a.log"));
-    let (_b, b) = replica(&config, &registry.url, &tmp.path().join("b.log"));
-    let logs = || {
+/// The real registry and two replicas of the shipped configuration in front of it.
+struct Replicas {
+    registry: Registry,
+    config: PathBuf,
+    /// The CA that signed the replicas' certificate, as `ca.crt` in a skopeo cert dir.
+    trust: PathBuf,
+    ca: PathBuf,
+    a: SocketAddr,
+    b: SocketAddr,
+    _children: [KillOnDrop; 2],
+    /// Last: dropped after the processes whose logs it holds.
+    tmp: TempDir,
+}
+
+impl Replicas {
+    fn start() -> Replicas {
+        let tmp = temp_dir();
+        let registry = Registry::start(tmp.path());
+        let (config, ca) = pod_layout(tmp.path());
+        let (child_a, a) = replica(&config, &registry.url, &tmp.path().join("a.log"));
+        let (child_b, b) = replica(&config, &registry.url, &tmp.path().join("b.log"));
+        let trust = tmp.path().join("trust");
+        std::fs::create_dir_all(&trust).expect("mkdir trust");
+        std::fs::copy(&ca, trust.join("ca.crt")).expect("copy CA");
+        Replicas {
+            registry,
+            config,
+            trust,
+            ca,
+            a,
+            b,
+            _children: [child_a, child_b],
+            tmp,
+        }
+    }
+
+    /// The replica at `addr` as skopeo reaches it, trusting the CA.
+    fn host(&self, addr: SocketAddr) -> RegistryHost {
+        RegistryHost {
+            authority: addr.to_string(),
+            cert_dir: self.trust.clone(),
+        }
+    }
+
+    /// Both replicas' logs, for assertion messages.
+    fn logs(&self) -> String {
         format!(
             "--- replica a ---\n{}\n--- replica b ---\n{}",
-            read_text(&tmp.path().join("a.log")),
-            read_text(&tmp.path().join("b.log"))
+            read_text(&self.tmp.path().join("a.log")),
+            read_text(&self.tmp.path().join("b.log"))
         )
-    };
+    }
+}
 
-    let trust = tmp.path().join("trust");
-    std::fs::create_dir_all(&trust).expect("mkdir trust");
-    std::fs::copy(&ca, trust.join("ca.crt")).expect("copy CA");
-    let certs = trust.to_str().expect("UTF-8 temp path");
-    let image = oci_image(&tmp.path().join("image"), 1, 64 * 1024);
+#[test]
+fn the_shipped_rules_let_ci_push_to_one_replica_and_users_pull_from_the_other() {
+    let r = Replicas::start();
+    let image = oci_image(&r.tmp.path().join("image"), 1, 64 * 1024);
+    let (a, b) = (r.host(r.a), r.host(r.b));
 
     // The shipped rules: @ci (builder) pushes, every other user pulls only.
-    let refused = skopeo(&[
-        "copy",
-        "--dest-cert-dir",
-        certs,
-        "--dest-creds",
-        "alice:alice-secret",
-        &image.reference(),
-        &format!("docker://{a}/team/app:v1"),
-    ]);
+    let refused = a.push("alice:alice-secret", &image.reference(), "team/app:v1");
     assert!(
         !refused.status.success(),
         "alice pushed, which the shipped rules forbid:\n{}\n{}",
         describe(&refused),
-        logs()
+        r.logs()
     );
-    skopeo_ok(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-cert-dir",
-        certs,
-        "--dest-creds",
-        "builder:builder-secret",
-        &image.reference(),
-        &format!("docker://{a}/team/app:v1"),
-    ]);
-    let pulled = tmp.path().join("pulled");
-    skopeo_ok(&[
-        "copy",
-        "--src-cert-dir",
-        certs,
-        "--src-creds",
-        "alice:alice-secret",
-        &format!("docker://{b}/team/app:v1"),
-        &format!("oci:{}:latest", pulled.display()),
-    ]);
+    let pushed = a.push("builder:builder-secret", &image.reference(), "team/app:v1");
+    assert!(
+        pushed.status.success(),
+        "builder's push to replica a: {}\n{}",
+        describe(&pushed),
+        r.logs()
+    );
+    let pulled = r.tmp.path().join("pulled");
+    let pull = b.pull("alice:alice-secret", "team/app:v1", &pulled);
+    assert!(
+        pull.status.success(),
+        "alice's pull from replica b: {}\n{}",
+        describe(&pull),
+        r.logs()
+    );
     assert_eq!(
         read_oci_layout(&pulled).manifest_digest,
         image.manifest_digest
     );
+}
 
-    // A token from replica a is good on replica b: the load balancer may send a client's
-    // next request anywhere.
-    let client = HttpsClient::new(&ca, Proto::Http1);
+/// A token from replica a is good on replica b: the load balancer may send a client's next
+/// request anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_one_replica_is_good_on_the_other() {
+    let r = Replicas::start();
+    let image = oci_image(&r.tmp.path().join("image"), 1, 16 * 1024);
+    r.registry.push_directly(&image, "team/app:v1");
+    let (a, b) = (r.a, r.b);
+
+    let client = HttpsClient::new(&r.ca, Proto::Http1);
     let basic = base64::engine::general_purpose::STANDARD.encode("alice:alice-secret");
     let response = client
         .send(
@@ -193,7 +229,7 @@ async fn the_shipped_kubernetes_config_serves_two_replicas_in_token_mode() {
         response.status(),
         200,
         "no token from replica a:\n{}",
-        logs()
+        r.logs()
     );
     let body: serde_json::Value = serde_json::from_str(&text(response).await).expect("token JSON");
     let token = body["token"].as_str().expect("token in the answer");
@@ -209,17 +245,21 @@ async fn the_shipped_kubernetes_config_serves_two_replicas_in_token_mode() {
         tags.status(),
         200,
         "replica b refused replica a's token:\n{}",
-        logs()
+        r.logs()
     );
     assert!(text(tags).await.contains("v1"));
+}
 
-    // Both replicas are ready the way the readiness probe asks.
-    for addr in [a, b] {
+/// Both replicas are ready the way the readiness probe asks.
+#[test]
+fn both_replicas_pass_the_readiness_probe() {
+    let r = Replicas::start();
+    for addr in [r.a, r.b] {
         let out = run(Command::new(env!("CARGO_BIN_EXE_registry-gate"))
             .args(["healthcheck", "--ready", "--config"])
-            .arg(&config)
+            .arg(&r.config)
             .env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
-            .env("REGISTRY_GATE_UPSTREAM__URL", &registry.url));
+            .env("REGISTRY_GATE_UPSTREAM__URL", &r.registry.url));
         assert!(out.status.success(), "{addr} not ready: {}", describe(&out));
     }
 }

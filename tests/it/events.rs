@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use util::gate::{gate_command, Gate, GateConfig};
-use util::image::{oci_image, skopeo_ok, OciImage};
+use util::image::{oci_image, OciImage};
 use util::peer::{answer, Peer};
 use util::pki::Pki;
 use util::registry::Registry;
@@ -210,15 +210,10 @@ fn a_push_and_a_delete_each_send_one_signed_event() {
     );
 
     // skopeo deletes by digest after resolving the tag.
-    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
-    skopeo_ok(&[
-        "delete",
-        "--cert-dir",
-        certs,
-        "--creds",
-        &format!("{}:{}", BUILDER.0, BUILDER.1),
-        &format!("docker://{}/team/app:v1", gate.authority()),
-    ]);
+    let deleted = gate
+        .host()
+        .delete(&format!("{}:{}", BUILDER.0, BUILDER.1), "team/app:v1");
+    assert!(deleted.status.success(), "delete: {}", describe(&deleted));
     let hooks = receiver.exactly(2, Duration::from_secs(15));
     let hook = &hooks[1];
     verify_signature(hook);

@@ -17,7 +17,7 @@ use util::client::{
 };
 use util::docker::Dockerd;
 use util::gate::{gate_command, Gate, GateConfig};
-use util::image::{oci_image, read_oci_layout, skopeo, skopeo_ok};
+use util::image::{oci_image, read_oci_layout, skopeo};
 use util::pki::Pki;
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
@@ -63,20 +63,10 @@ fn skopeo_pushes_and_pulls_a_three_layer_image_with_strict_tls() {
         GateConfig::new(&registry.url).basic_auth(&[("pusher", "pusher-secret")]),
     );
     let image = oci_image(&tmp.path().join("pushed"), 3, 2 << 20);
-    let remote = format!("docker://{}/gate-test/skopeo:v1", gate.authority());
-    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 temp path");
+    let creds = "pusher:pusher-secret";
 
     // --preserve-digests: skopeo must fail rather than silently convert what it copies.
-    skopeo_ok(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-cert-dir",
-        certs,
-        "--dest-creds",
-        "pusher:pusher-secret",
-        &image.reference(),
-        &remote,
-    ]);
+    gate.push_ok(creds, &image.reference(), "gate-test/skopeo:v1");
     let stored = registry.stored_blob_digests();
     for digest in image.layer_digests.iter().chain([&image.config_digest]) {
         assert!(
@@ -85,32 +75,14 @@ fn skopeo_pushes_and_pulls_a_three_layer_image_with_strict_tls() {
         );
     }
 
-    let raw = skopeo_ok(&[
-        "inspect",
-        "--raw",
-        "--cert-dir",
-        certs,
-        "--creds",
-        "pusher:pusher-secret",
-        &remote,
-    ]);
     assert_eq!(
-        sha256_digest(&raw.stdout),
-        image.manifest_digest,
+        gate.host().manifest_digest(creds, "gate-test/skopeo:v1"),
+        Some(image.manifest_digest.clone()),
         "manifest bytes changed on the way through the gate"
     );
 
     let pulled_dir = tmp.path().join("pulled");
-    skopeo_ok(&[
-        "copy",
-        "--preserve-digests",
-        "--src-cert-dir",
-        certs,
-        "--src-creds",
-        "pusher:pusher-secret",
-        &remote,
-        &format!("oci:{}:latest", pulled_dir.display()),
-    ]);
+    gate.pull_ok(creds, "gate-test/skopeo:v1", &pulled_dir);
     // read_oci_layout re-hashes every blob it lists.
     let pulled = read_oci_layout(&pulled_dir);
     assert_eq!(pulled.manifest_digest, image.manifest_digest);
@@ -118,13 +90,8 @@ fn skopeo_pushes_and_pulls_a_three_layer_image_with_strict_tls() {
     assert_eq!(pulled.layer_digests, image.layer_digests);
 
     // Strict means strict: without the test CA the gate's certificate is refused.
-    let untrusted = skopeo(&[
-        "inspect",
-        "--raw",
-        "--creds",
-        "pusher:pusher-secret",
-        &remote,
-    ]);
+    let remote = format!("docker://{}/gate-test/skopeo:v1", gate.authority());
+    let untrusted = skopeo(&["inspect", "--raw", "--creds", creds, &remote]);
     assert!(
         !untrusted.status.success(),
         "skopeo trusted the gate without the test CA:\n{}",

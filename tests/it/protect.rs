@@ -13,8 +13,7 @@ use util::client::{full, request, text, HttpsClient, Proto};
 use util::docker::Dockerd;
 use util::gate::{Gate, GateConfig};
 use util::image::{
-    oci_image, oci_index, read_oci_layout, skopeo, skopeo_ok, skopeo_push, OciImage,
-    MANIFEST_MEDIA_TYPE,
+    oci_image, oci_index, read_oci_layout, OciImage, RegistryHost, MANIFEST_MEDIA_TYPE,
 };
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
@@ -34,60 +33,14 @@ fn gate_config(upstream: &str) -> GateConfig {
         .extra_toml(PROTECT)
 }
 
-/// What skopeo needs to reach the gate as one user.
-struct Skopeo {
-    certs: String,
-    authority: String,
+/// `user:password` for skopeo.
+fn creds((user, password): (&str, &str)) -> String {
+    format!("{user}:{password}")
 }
 
-impl Skopeo {
-    fn for_gate(gate: &Gate) -> Skopeo {
-        Skopeo {
-            certs: gate.pki.cert_dir.to_str().expect("UTF-8 path").to_string(),
-            authority: gate.authority(),
-        }
-    }
-
-    fn remote(&self, reference: &str) -> String {
-        format!("docker://{}/{reference}", self.authority)
-    }
-
-    fn push(&self, who: (&str, &str), image: &OciImage, reference: &str) -> std::process::Output {
-        skopeo_push(
-            std::path::Path::new(&self.certs),
-            &self.authority,
-            &format!("{}:{}", who.0, who.1),
-            &image.reference(),
-            reference,
-        )
-    }
-
-    fn delete(&self, who: (&str, &str), reference: &str) -> std::process::Output {
-        let creds = format!("{}:{}", who.0, who.1);
-        skopeo(&[
-            "delete",
-            "--cert-dir",
-            &self.certs,
-            "--creds",
-            &creds,
-            &self.remote(reference),
-        ])
-    }
-
-    /// The digest of the manifest `reference` names now, or `None` if it names none.
-    fn digest(&self, reference: &str) -> Option<String> {
-        let creds = format!("{}:{}", CI.0, CI.1);
-        let out = skopeo(&[
-            "inspect",
-            "--raw",
-            "--cert-dir",
-            &self.certs,
-            "--creds",
-            &creds,
-            &self.remote(reference),
-        ]);
-        out.status.success().then(|| sha256_digest(&out.stdout))
-    }
+/// The digest of the manifest `reference` names now, as CI sees it, or `None`.
+fn digest(sk: &RegistryHost, reference: &str) -> Option<String> {
+    sk.manifest_digest(&creds(CI), reference)
 }
 
 fn refused_as_protected(out: &std::process::Output, what: &str) {
@@ -123,9 +76,9 @@ fn skopeo_cannot_move_or_delete_a_protected_tag_but_may_repeat_a_push() {
     assert_ne!(b.manifest_digest, c.manifest_digest);
 
     // A new protected tag may be pushed, and the same manifest again (a CI retry).
-    let first = sk.push(CI, &a, "team/app:v1");
+    let first = sk.push(&creds(CI), &a.reference(), "team/app:v1");
     assert!(first.status.success(), "first push: {}", describe(&first));
-    let again = sk.push(CI, &a, "team/app:v1");
+    let again = sk.push(&creds(CI), &a.reference(), "team/app:v1");
     assert!(
         again.status.success(),
         "same push again: {}",
@@ -133,45 +86,43 @@ fn skopeo_cannot_move_or_delete_a_protected_tag_but_may_repeat_a_push() {
     );
 
     // Another manifest may not take the tag; the tag stays where it was.
-    refused_as_protected(&sk.push(CI, &b, "team/app:v1"), "moving team/app:v1");
-    assert_eq!(sk.digest("team/app:v1"), Some(a.manifest_digest.clone()));
+    refused_as_protected(
+        &sk.push(&creds(CI), &b.reference(), "team/app:v1"),
+        "moving team/app:v1",
+    );
+    assert_eq!(digest(&sk, "team/app:v1"), Some(a.manifest_digest.clone()));
     log_says(&gate, "decision=\"deny\" rule=- reason=\"protect[0]:move\"");
 
     // skopeo deletes a tag by the digest it points to; by digest directly, the same.
-    refused_as_protected(&sk.delete(CI, "team/app:v1"), "deleting team/app:v1");
+    refused_as_protected(
+        &sk.delete(&creds(CI), "team/app:v1"),
+        "deleting team/app:v1",
+    );
     let by_digest = format!("team/app@{}", a.manifest_digest);
-    refused_as_protected(&sk.delete(CI, &by_digest), "deleting v1's manifest");
-    assert_eq!(sk.digest("team/app:v1"), Some(a.manifest_digest.clone()));
+    refused_as_protected(&sk.delete(&creds(CI), &by_digest), "deleting v1's manifest");
+    assert_eq!(digest(&sk, "team/app:v1"), Some(a.manifest_digest.clone()));
     log_says(&gate, "reason=\"protect[0]:delete_tagged\"");
 
     // An unprotected tag moves and goes as before, in the same repository.
-    skopeo_ok_push(&sk, CI, &b, "team/app:latest");
-    skopeo_ok_push(&sk, CI, &c, "team/app:latest");
+    sk.push_ok(&creds(CI), &b.reference(), "team/app:latest");
+    sk.push_ok(&creds(CI), &c.reference(), "team/app:latest");
     assert_eq!(
-        sk.digest("team/app:latest"),
+        digest(&sk, "team/app:latest"),
         Some(c.manifest_digest.clone())
     );
-    let gone = sk.delete(CI, "team/app:latest");
+    let gone = sk.delete(&creds(CI), "team/app:latest");
     assert!(gone.status.success(), "delete latest: {}", describe(&gone));
-    assert_eq!(sk.digest("team/app:latest"), None);
+    assert_eq!(digest(&sk, "team/app:latest"), None);
     // Outside the protected repositories, version tags are ordinary.
-    skopeo_ok_push(&sk, CI, &a, "other/app:v1");
-    skopeo_ok_push(&sk, CI, &b, "other/app:v1");
-    assert_eq!(sk.digest("other/app:v1"), Some(b.manifest_digest.clone()));
+    sk.push_ok(&creds(CI), &a.reference(), "other/app:v1");
+    sk.push_ok(&creds(CI), &b.reference(), "other/app:v1");
+    assert_eq!(digest(&sk, "other/app:v1"), Some(b.manifest_digest.clone()));
 
     // A user the protection lists may move the tag.
-    skopeo_ok_push(&sk, BOT, &b, "team/app:v1");
-    assert_eq!(sk.digest("team/app:v1"), Some(b.manifest_digest.clone()));
-    let untouched = skopeo_ok(&[
-        "inspect",
-        "--raw",
-        "--cert-dir",
-        &sk.certs,
-        "--creds",
-        "ci:ci-secret",
-        &sk.remote(&format!("team/app@{}", a.manifest_digest)),
-    ]);
-    assert_eq!(sha256_digest(&untouched.stdout), a.manifest_digest);
+    sk.push_ok(&creds(BOT), &b.reference(), "team/app:v1");
+    assert_eq!(digest(&sk, "team/app:v1"), Some(b.manifest_digest.clone()));
+    let untouched = digest(&sk, &format!("team/app@{}", a.manifest_digest));
+    assert_eq!(untouched, Some(a.manifest_digest.clone()));
 }
 
 /// A multi-platform tag protects its platforms too: each is a manifest of its own, and a
@@ -186,27 +137,20 @@ fn the_platforms_of_a_protected_index_and_the_tokens_of_exempt_users_stay_bound(
     let loose = oci_image(&tmp.path().join("loose"), 1, 8 * 1024);
     let multi = tmp.path().join("multi");
     let index = oci_index(&multi, &[(&amd, "amd64"), (&arm, "arm64")]);
-    let creds = format!("{}:{}", CI.0, CI.1);
-    let pushed = skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-cert-dir",
-        &sk.certs,
-        "--dest-creds",
-        &creds,
+    let pushed = sk.push(
+        &creds(CI),
         &format!("oci:{}:latest", multi.display()),
-        &sk.remote("team/app:v1"),
-    ]);
+        "team/app:v1",
+    );
     assert!(
         pushed.status.success(),
         "push the index: {}",
         describe(&pushed)
     );
-    assert_eq!(sk.digest("team/app:v1"), Some(index.clone()));
+    assert_eq!(digest(&sk, "team/app:v1"), Some(index.clone()));
 
     let platform = format!("team/app@{}", arm.manifest_digest);
-    let out = sk.delete(CI, &platform);
+    let out = sk.delete(&creds(CI), &platform);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -217,14 +161,14 @@ fn the_platforms_of_a_protected_index_and_the_tokens_of_exempt_users_stay_bound(
         "deleting a platform of v1: {}",
         describe(&out)
     );
-    assert_eq!(sk.digest(&platform), Some(arm.manifest_digest.clone()));
+    assert_eq!(digest(&sk, &platform), Some(arm.manifest_digest.clone()));
     log_says(&gate, "reason=\"protect[0]:delete_child\"");
 
     // A manifest no protected index lists is deleted as before.
-    skopeo_ok_push(&sk, CI, &loose, "team/app:scratch");
-    let gone = sk.delete(CI, &format!("team/app@{}", loose.manifest_digest));
+    sk.push_ok(&creds(CI), &loose.reference(), "team/app:scratch");
+    let gone = sk.delete(&creds(CI), &format!("team/app@{}", loose.manifest_digest));
     assert!(gone.status.success(), "delete scratch: {}", describe(&gone));
-    assert_eq!(sk.digest("team/app:scratch"), None);
+    assert_eq!(digest(&sk, "team/app:scratch"), None);
 
     // The release bot may move v1; a token it made for a pipeline may not.
     let out = gate.change_with(&[
@@ -242,33 +186,23 @@ fn the_platforms_of_a_protected_index_and_the_tokens_of_exempt_users_stay_bound(
     let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(secret.starts_with("rgt_"), "no secret: {}", describe(&out));
     refused_as_protected(
-        &sk.push((BOT.0, &secret), &loose, "team/app:v1"),
+        &sk.push(&creds((BOT.0, &secret)), &loose.reference(), "team/app:v1"),
         "moving team/app:v1 with the bot's token",
     );
-    assert_eq!(sk.digest("team/app:v1"), Some(index.clone()));
+    assert_eq!(digest(&sk, "team/app:v1"), Some(index.clone()));
     log_says(&gate, "token=bot-pipeline");
-    skopeo_ok_push(&sk, BOT, &loose, "team/app:v1");
+    sk.push_ok(&creds(BOT), &loose.reference(), "team/app:v1");
     assert_eq!(
-        sk.digest("team/app:v1"),
+        digest(&sk, "team/app:v1"),
         Some(loose.manifest_digest.clone())
     );
 }
 
-fn skopeo_ok_push(sk: &Skopeo, who: (&str, &str), image: &OciImage, reference: &str) {
-    let out = sk.push(who, image, reference);
-    assert!(
-        out.status.success(),
-        "{} pushing {reference}: {}",
-        who.0,
-        describe(&out)
-    );
-}
-
 /// A registry, the gate with the protections in front of it, and skopeo for that gate.
-fn started(tmp: &std::path::Path) -> (Registry, Gate, Skopeo) {
+fn started(tmp: &std::path::Path) -> (Registry, Gate, RegistryHost) {
     let registry = Registry::start(tmp);
     let gate = Gate::start(tmp, gate_config(&registry.url));
-    let sk = Skopeo::for_gate(&gate);
+    let sk = gate.host();
     (registry, gate, sk)
 }
 
@@ -282,9 +216,10 @@ async fn refusals_are_409_denied_and_oversized_manifests_413() {
     let tmp = temp_dir();
     let (_registry, gate, sk) = started(tmp.path());
     let a = oci_image(&tmp.path().join("image-a"), 1, 4 * 1024);
-    let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &a, "team/app:v2"))
-        .await
-        .expect("skopeo thread");
+    let pushed =
+        tokio::task::spawn_blocking(move || sk.push(&creds(CI), &a.reference(), "team/app:v2"))
+            .await
+            .expect("skopeo thread");
     assert!(pushed.status.success(), "{}", describe(&pushed));
     let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http2);
 
@@ -361,9 +296,11 @@ async fn with_a_pushed_image(tmp: &std::path::Path) -> (Registry, Gate, OciImage
     let (registry, gate, sk) = started(tmp);
     let image = oci_image(&tmp.join("image"), 1, 4 * 1024);
     let base = image.clone();
-    let pushed = tokio::task::spawn_blocking(move || sk.push(CI, &base, "team/app:base"))
-        .await
-        .expect("skopeo thread");
+    let pushed = tokio::task::spawn_blocking(move || {
+        sk.push(&creds(CI), &base.reference(), "team/app:base")
+    })
+    .await
+    .expect("skopeo thread");
     assert!(pushed.status.success(), "{}", describe(&pushed));
     (registry, gate, image)
 }
@@ -415,8 +352,8 @@ async fn of_racing_pushes_to_a_new_protected_tag_exactly_one_passes() {
     }
     assert_eq!(passed.len(), 1, "{passed:?} all passed:\n{}", gate.log());
     assert_eq!(refused, 7);
-    let sk = Skopeo::for_gate(&gate);
-    let now = tokio::task::spawn_blocking(move || sk.digest("team/app:v7"))
+    let sk = gate.host();
+    let now = tokio::task::spawn_blocking(move || digest(&sk, "team/app:v7"))
         .await
         .expect("skopeo thread");
     assert_eq!(now.as_ref(), passed.first(), "v7 is not the winner's");

@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::client::{HttpsClient, Proto};
+use super::image::RegistryHost;
 use super::netns::Netns;
 use super::pki::Pki;
 use super::{
@@ -358,9 +359,27 @@ impl Gate {
         );
     }
 
-    /// `skopeo_push` of `source` to `target` on this gate as `creds` (`user:password`).
+    /// This gate as skopeo reaches it, trusting its CA.
+    pub fn host(&self) -> RegistryHost {
+        RegistryHost {
+            authority: self.authority(),
+            cert_dir: self.pki.cert_dir.clone(),
+        }
+    }
+
+    /// `RegistryHost::push` of `source` to `target` on this gate as `creds` (`user:password`).
     pub fn push(&self, creds: &str, source: &str, target: &str) -> std::process::Output {
-        super::image::skopeo_push(&self.pki.cert_dir, &self.authority(), creds, source, target)
+        self.host().push(creds, source, target)
+    }
+
+    /// `RegistryHost::push_ok`: the push, which must succeed.
+    pub fn push_ok(&self, creds: &str, source: &str, target: &str) {
+        self.host().push_ok(creds, source, target);
+    }
+
+    /// `RegistryHost::pull_ok`: the pull, which must succeed.
+    pub fn pull_ok(&self, creds: &str, reference: &str, into: &Path) {
+        self.host().pull_ok(creds, reference, into);
     }
 
     /// Runs `registry-gate ARGS --config <this gate's config>`, a command that edits a file

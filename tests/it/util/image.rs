@@ -1,5 +1,6 @@
 //! OCI image layouts made by hand (ustar layers, gzip via `gzip -n`, config, manifest,
-//! index) and a `skopeo` runner, so tests push and pull real images with a real client.
+//! index) and `skopeo`, with the one push, pull and delete every suite uses
+//! (`RegistryHost`), so tests move real images with a real client.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -262,27 +263,106 @@ pub fn skopeo(args: &[&str]) -> Output {
     run(Command::new("skopeo").arg("--insecure-policy").args(args))
 }
 
-/// `skopeo copy --all --preserve-digests` of `source` (a skopeo reference) to `target`
-/// (`repository:tag`) on the gate at `authority`, trusting the CA in `cert_dir`, logging in
-/// with `creds` (`user:password`).
-pub fn skopeo_push(
-    cert_dir: &Path,
-    authority: &str,
-    creds: &str,
-    source: &str,
-    target: &str,
-) -> Output {
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-cert-dir",
-        cert_dir.to_str().expect("UTF-8 path"),
-        "--dest-creds",
-        creds,
-        source,
-        &format!("docker://{authority}/{target}"),
-    ])
+/// A registry host as skopeo reaches it over TLS: its `host:port` and a skopeo cert dir
+/// holding the CA to trust. The one push, pull, delete and manifest lookup every suite uses;
+/// owned, so a thread can take one (`Gate::host` gives a gate's). Credentials are
+/// `user:password`.
+#[derive(Clone, Debug)]
+pub struct RegistryHost {
+    pub authority: String,
+    pub cert_dir: PathBuf,
+}
+
+impl RegistryHost {
+    /// `docker://<authority>/<reference>`.
+    fn remote(&self, reference: &str) -> String {
+        format!("docker://{}/{reference}", self.authority)
+    }
+
+    fn certs(&self) -> &str {
+        self.cert_dir.to_str().expect("UTF-8 path")
+    }
+
+    /// `skopeo copy --all --preserve-digests` of `source` (a skopeo reference) to `target`
+    /// (`repository:tag`): every platform, and a failure rather than a silent conversion.
+    pub fn push(&self, creds: &str, source: &str, target: &str) -> Output {
+        skopeo(&[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-cert-dir",
+            self.certs(),
+            "--dest-creds",
+            creds,
+            source,
+            &self.remote(target),
+        ])
+    }
+
+    /// `push`, panicking with skopeo's output unless it succeeded.
+    pub fn push_ok(&self, creds: &str, source: &str, target: &str) {
+        let what = format!("push of {source} to {target} as {}", user_of(creds));
+        succeeded(&self.push(creds, source, target), &what);
+    }
+
+    /// `skopeo copy --preserve-digests` of `reference` (`repository:tag`) into an OCI layout
+    /// at `into`, tagged `latest`: what `read_oci_layout` reads back.
+    pub fn pull(&self, creds: &str, reference: &str, into: &Path) -> Output {
+        skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--src-cert-dir",
+            self.certs(),
+            "--src-creds",
+            creds,
+            &self.remote(reference),
+            &format!("oci:{}:latest", into.display()),
+        ])
+    }
+
+    /// `pull`, panicking with skopeo's output unless it succeeded.
+    pub fn pull_ok(&self, creds: &str, reference: &str, into: &Path) {
+        let what = format!("pull of {reference} as {}", user_of(creds));
+        succeeded(&self.pull(creds, reference, into), &what);
+    }
+
+    /// `skopeo delete` of `reference`: a tag (skopeo resolves it and deletes by digest) or
+    /// `repository@digest`.
+    pub fn delete(&self, creds: &str, reference: &str) -> Output {
+        skopeo(&[
+            "delete",
+            "--cert-dir",
+            self.certs(),
+            "--creds",
+            creds,
+            &self.remote(reference),
+        ])
+    }
+
+    /// The digest of the manifest `reference` names now (its raw bytes, hashed here), or
+    /// `None` when skopeo gets none.
+    pub fn manifest_digest(&self, creds: &str, reference: &str) -> Option<String> {
+        let out = skopeo(&[
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            self.certs(),
+            "--creds",
+            creds,
+            &self.remote(reference),
+        ]);
+        out.status.success().then(|| sha256_digest(&out.stdout))
+    }
+}
+
+/// The user of `user:password` credentials, for messages that must not show the password.
+fn user_of(creds: &str) -> &str {
+    creds.split_once(':').map_or(creds, |(user, _)| user)
+}
+
+/// Panics with `what` and the command's output unless it succeeded.
+fn succeeded(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what}: {}", describe(out));
 }
 
 pub fn skopeo_ok(args: &[&str]) -> Output {

@@ -13,7 +13,7 @@
 //! - `recorder` an HTTP/1.1 upstream that records what the gate forwards
 //! - `client`   an HTTPS client trusting the test CA, streaming pseudo-random bodies
 //! - `docker`   a private `dockerd` and its CLI
-//! - `image`    OCI image layouts made by hand, and `skopeo`
+//! - `image`    OCI image layouts made by hand, and `skopeo` with its one push and one pull
 //! - `netns`    a network namespace with a non-loopback address, for docker's secure mode
 //! - `pebble`   the ACME test server
 //! - `rawh2`    HTTP/2 frames written byte for byte, for requests real clients refuse to send

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::image::{skopeo_ok, OciImage};
 use super::{free_port, read_text, require_tool, wait_until, write_file};
 
 /// How long a registry may take to answer its first `GET /v2/`.
@@ -157,6 +158,19 @@ impl Registry {
             }
         }
         digests
+    }
+
+    /// Puts `image` into this (TCP) registry as `target` (`repository:tag`) directly, not
+    /// through a gate: what a test needs to find there already. Panics unless skopeo succeeds.
+    pub fn push_directly(&self, image: &OciImage, target: &str) {
+        let addr = self.addr.expect("a TCP registry");
+        skopeo_ok(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &image.reference(),
+            &format!("docker://{addr}/{target}"),
+        ]);
     }
 
     pub fn log_text(&self) -> String {
