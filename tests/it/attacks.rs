@@ -12,8 +12,10 @@
 //!   HTTP/2 (frames written by hand: connection-specific headers, CR LF in values,
 //!   `content-length` contradicted by DATA);
 //! - header trust: forwarding and request-id headers from an untrusted client;
-//! - credentials: malformed `Authorization` headers, bcrypt's 72-byte limit, the time an
-//!   unknown user costs, and a flood of wrong passwords next to a legitimate client.
+//! - credentials: malformed `Authorization` headers, the time an unknown user costs, a
+//!   lockout that answers the right password like a wrong one, and a flood of wrong
+//!   passwords next to a legitimate client (bcrypt's 72-byte limit, where the gate agrees
+//!   with Apache, is `access.rs`'s).
 //!
 //! `access.rs` already covers the first bypass list (dot segments, encoded slashes, override
 //! headers, form bodies, one CL+TE pair); these tables extend it rather than repeat it.
@@ -1107,46 +1109,6 @@ async fn malformed_credentials_are_refused_and_never_forwarded() {
     // The gate survived all of it.
     let answer = raw(&gate, &with_auth(valid.as_bytes())).await;
     assert_eq!(statuses(&answer), [200], "{answer}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bcrypt_passwords_match_on_all_their_bytes_not_the_first_72() {
-    let tmp = temp_dir();
-    let recorder = Recorder::start(|_| Reply::ok_json());
-    // 72 bytes is what bcrypt reads; Apache's htpasswd hashes exactly these.
-    let password: String = "correct-horse-battery-staple-".repeat(3)[..72].to_string();
-    let gate = Gate::start(
-        tmp.path(),
-        GateConfig::new(recorder.url()).basic_auth(&[("long", &password)]),
-    );
-    let client = gate.client(Proto::Http1);
-    let status = |pw: String| {
-        let client = client.clone();
-        let url = gate.url("/v2/");
-        async move {
-            client
-                .send(
-                    request("GET", &url)
-                        .header("authorization", basic("long", &pw))
-                        .body(empty())
-                        .expect("GET"),
-                )
-                .await
-                .status()
-        }
-    };
-    assert_eq!(status(password.clone()).await, 200, "the 72-byte password");
-    // Without the gate's own length check bcrypt ignores everything past byte 72, so these
-    // would log in.
-    for tail in ["x", "-anything-at-all", &"z".repeat(100)] {
-        assert_eq!(
-            status(format!("{password}{tail}")).await,
-            401,
-            "72 correct bytes followed by {tail:?}"
-        );
-    }
-    assert_eq!(status(password[..71].to_string()).await, 401, "71 bytes");
-    assert_eq!(recorder.requests().len(), 1);
 }
 
 /// An htpasswd file with bcrypt at cost 10 (what operators use), so one check costs tens of
