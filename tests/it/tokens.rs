@@ -14,9 +14,9 @@ use base64::Engine;
 use util::client::{empty, full, request, text, Proto};
 use util::docker::Dockerd;
 use util::gate::{gate_command, write_htpasswd, Gate, GateConfig};
-use util::image::{oci_image, read_oci_layout, skopeo};
+use util::image::{oci_image, read_oci_layout, OciImage};
 use util::registry::Registry;
-use util::{describe, temp_dir, wait_until};
+use util::{describe, temp_dir, wait_until, TempDir};
 
 /// `registry-gate token ARGS --config <the gate's config>`.
 fn token(gate: &Gate, args: &[&str]) -> Output {
@@ -51,33 +51,89 @@ fn create(gate: &Gate, args: &[&str]) -> String {
     secret
 }
 
-fn basic_gate(tmp: &Path, registry: &Registry, rules: &str) -> Gate {
-    Gate::start(
-        tmp,
-        GateConfig::new(&registry.url)
-            .basic_auth(&[("alice", "alice-secret"), ("bob", "bob-secret")])
-            .extra_toml(&format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{rules}")),
+/// A robot account's token for team/*, pull and push; returns its secret.
+fn create_ci(gate: &Gate) -> String {
+    create(
+        gate,
+        &[
+            "--name",
+            "ci",
+            "--repositories",
+            "team/*",
+            "--actions",
+            "pull,push",
+        ],
     )
 }
 
-/// `skopeo copy` of `image` to `repo` on the gate with these credentials.
-fn push(gate: &Gate, image: &str, repo: &str, creds: &str) -> Output {
-    gate.push(creds, image, repo)
+/// ci's token (`create_ci`), once it has pushed team/app:v1: a token the gate has verified
+/// and counted.
+fn create_ci_and_push(t: &Tokens) -> String {
+    let ci = create_ci(&t.gate);
+    let pushed = t.push(&format!("ci:{ci}"), "team/app:v1");
+    assert!(pushed.status.success(), "token push: {}", describe(&pushed));
+    ci
 }
 
-fn pull(gate: &Gate, repo: &str, creds: &str, into: &Path) -> Output {
-    let certs = gate.pki.cert_dir.to_str().expect("UTF-8 path");
-    let src = format!("docker://{}/{repo}", gate.authority());
-    let dest = format!("oci:{}:latest", into.display());
-    skopeo(&[
-        "copy",
-        "--src-cert-dir",
-        certs,
-        "--src-creds",
-        creds,
-        &src,
-        &dest,
-    ])
+/// alice may only pull; everyone else may pull and push.
+const RULES: &str = "[[rules]]\nusers = [\"alice\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n\
+                     [[rules]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\"]\n";
+
+/// The real registry behind a gate in basic mode with `RULES` and a metrics listener, and a
+/// two-layer image to push.
+struct Tokens {
+    registry: Registry,
+    gate: Gate,
+    image: OciImage,
+    /// Last: dropped after the processes whose logs it holds.
+    tmp: TempDir,
+}
+
+impl Tokens {
+    fn start() -> Tokens {
+        let tmp = temp_dir();
+        let registry = Registry::start(tmp.path());
+        let gate = Gate::start(
+            tmp.path(),
+            GateConfig::new(&registry.url)
+                .basic_auth(&[("alice", "alice-secret"), ("bob", "bob-secret")])
+                .extra_toml(&format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{RULES}")),
+        );
+        let image = oci_image(&tmp.path().join("image"), 2, 64 * 1024);
+        Tokens {
+            registry,
+            gate,
+            image,
+            tmp,
+        }
+    }
+
+    /// Like `start`, with team/app:v1 already in the registry, for the tokens that pull.
+    fn with_team_app_v1() -> Tokens {
+        let t = Tokens::start();
+        t.registry.push_directly(&t.image, "team/app:v1");
+        t
+    }
+
+    /// The image pushed to `target` as `creds`.
+    fn push(&self, creds: &str, target: &str) -> Output {
+        self.gate.push(creds, &self.image.reference(), target)
+    }
+
+    /// team/app:v1 pulled as `creds` into `<tmp>/<into>`.
+    fn pull_v1(&self, creds: &str, into: &str) -> Output {
+        self.gate
+            .host()
+            .pull(creds, "team/app:v1", &self.tmp.path().join(into))
+    }
+
+    /// Fails if any of `secrets` is in the gate's log.
+    fn assert_unlogged(&self, secrets: &[&str]) {
+        let log = self.gate.log();
+        for secret in secrets {
+            assert!(!log.contains(secret), "a token secret is in the log");
+        }
+    }
 }
 
 fn output_text(out: &Output) -> String {
@@ -100,51 +156,50 @@ fn metrics(gate: &Gate) -> String {
     answer
 }
 
+/// A robot account for team/*: any user name goes with the secret.
 #[test]
-fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
-    let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    // alice may only pull; everyone else may pull and push.
-    let rules = "[[rules]]\nusers = [\"alice\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n\
-                 [[rules]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\"]\n";
-    let gate = basic_gate(tmp.path(), &registry, rules);
-    let image = oci_image(&tmp.path().join("image"), 2, 64 * 1024);
-    let src = image.reference();
-
-    // A robot account for team/*: any user name goes with the secret.
-    let ci = create(
-        &gate,
-        &[
-            "--name",
-            "ci",
-            "--repositories",
-            "team/*",
-            "--actions",
-            "pull,push",
-        ],
-    );
-    let pushed = push(&gate, &src, "team/app:v1", &format!("whoever:{ci}"));
+fn a_robot_token_pushes_and_pulls_its_scope_with_any_user_name() {
+    let t = Tokens::start();
+    let gate = &t.gate;
+    let ci = create_ci(gate);
+    let pushed = t.push(&format!("whoever:{ci}"), "team/app:v1");
     assert!(
         pushed.status.success(),
         "token push failed: {}\n{}",
         describe(&pushed),
         gate.log()
     );
-    let pulled_dir = tmp.path().join("pulled");
-    let pulled = pull(&gate, "team/app:v1", &format!("ci:{ci}"), &pulled_dir);
+    let pulled = t.pull_v1(&format!("ci:{ci}"), "pulled");
     assert!(
         pulled.status.success(),
         "token pull failed: {}",
         describe(&pulled)
     );
     assert_eq!(
-        read_oci_layout(&pulled_dir).manifest_digest,
-        image.manifest_digest
+        read_oci_layout(&t.tmp.path().join("pulled")).manifest_digest,
+        t.image.manifest_digest
     );
+    let log = gate.log();
+    assert!(
+        log.contains("user=token:ci token=ci"),
+        "robot requests not attributed:\n{log}"
+    );
+    t.assert_unlogged(&[&ci]);
+    let file = std::fs::read_to_string(gate.config_path.with_file_name("access-tokens.toml"))
+        .expect("token file next to the htpasswd file");
+    assert!(
+        !file.contains(&ci) && file.contains("name = \"ci\""),
+        "{file}"
+    );
+}
 
-    // Outside the scope: refused (skopeo's first request is a HEAD, whose 403 carries no
-    // message; docker's test below sees one).
-    let outside = push(&gate, &src, "other/app:v1", &format!("ci:{ci}"));
+/// Outside the scope: refused (skopeo's first request is a HEAD, whose 403 carries no
+/// message; docker's test below sees one).
+#[test]
+fn a_token_cannot_push_outside_its_scope() {
+    let t = Tokens::start();
+    let ci = create_ci(&t.gate);
+    let outside = t.push(&format!("ci:{ci}"), "other/app:v1");
     assert!(
         !outside.status.success(),
         "pushed outside the scope: {}",
@@ -155,10 +210,13 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
         "{}",
         describe(&outside)
     );
+}
 
-    // A pull-only token pulls but does not push.
+#[test]
+fn a_pull_only_token_pulls_but_does_not_push() {
+    let t = Tokens::with_team_app_v1();
     let reader = create(
-        &gate,
+        &t.gate,
         &[
             "--name",
             "reader",
@@ -168,27 +226,27 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
             "pull",
         ],
     );
-    let refused = push(&gate, &src, "team/app:v2", &format!("reader:{reader}"));
+    let refused = t.push(&format!("reader:{reader}"), "team/app:v2");
     assert!(
         !refused.status.success(),
         "a pull token pushed: {}",
         describe(&refused)
     );
-    let pulled = pull(
-        &gate,
-        "team/app:v1",
-        &format!("x:{reader}"),
-        &tmp.path().join("p2"),
-    );
+    let pulled = t.pull_v1(&format!("x:{reader}"), "p2");
     assert!(
         pulled.status.success(),
         "a pull token could not pull: {}",
         describe(&pulled)
     );
+    t.assert_unlogged(&[&reader]);
+}
 
-    // An owned token never does more than its owner: alice may only pull.
+/// An owned token never does more than its owner: alice may only pull.
+#[test]
+fn an_owned_token_never_does_more_than_its_owner() {
+    let t = Tokens::with_team_app_v1();
     let alices = create(
-        &gate,
+        &t.gate,
         &[
             "--name",
             "alice-laptop",
@@ -200,36 +258,31 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
             "*",
         ],
     );
-    let refused = push(&gate, &src, "team/app:v3", &format!("alice:{alices}"));
+    let refused = t.push(&format!("alice:{alices}"), "team/app:v3");
     assert!(
         !refused.status.success(),
         "alice's token pushed: {}",
         describe(&refused)
     );
-    let pulled = pull(
-        &gate,
-        "team/app:v1",
-        &format!("alice:{alices}"),
-        &tmp.path().join("p3"),
-    );
+    let pulled = t.pull_v1(&format!("alice:{alices}"), "p3");
     assert!(
         pulled.status.success(),
         "alice's token could not pull: {}",
         describe(&pulled)
     );
-    let log = gate.log();
+    let log = t.gate.log();
     assert!(
         log.contains("user=alice token=alice-laptop"),
         "the owned token's requests are not logged as alice with the token:\n{log}"
     );
-    assert!(
-        log.contains("user=token:ci token=ci"),
-        "robot requests not attributed:\n{log}"
-    );
+    t.assert_unlogged(&[&alices]);
+}
 
-    // A token for a user who does not exist is refused when created.
+#[test]
+fn a_token_for_a_user_who_does_not_exist_is_refused_when_created() {
+    let t = Tokens::start();
     let nobody = token(
-        &gate,
+        &t.gate,
         &[
             "create",
             "--name",
@@ -252,9 +305,15 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
         "{}",
         describe(&nobody)
     );
+}
 
-    // Uses are counted per token, and recorded for `token list`.
-    let text = metrics(&gate);
+/// Uses are counted per token, and recorded for `token list`.
+#[test]
+fn token_uses_are_counted_and_token_list_shows_the_last_one() {
+    let t = Tokens::start();
+    let gate = &t.gate;
+    let ci = create_ci_and_push(&t);
+    let text = metrics(gate);
     assert!(
         text.lines()
             .any(|l| l.starts_with("registry_gate_access_token_uses_total{token=\"ci\"}")),
@@ -262,7 +321,7 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
     );
     assert!(
         wait_until(Duration::from_secs(20), || {
-            let list = output_text(&token(&gate, &["list"]));
+            let list = output_text(&token(gate, &["list"]));
             list.lines().any(|l| {
                 l.starts_with("ci ")
                     && l.contains("team/*:pull,push")
@@ -270,12 +329,21 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
             })
         }),
         "token list never showed when ci was last used:\n{}",
-        output_text(&token(&gate, &["list"]))
+        output_text(&token(gate, &["list"]))
     );
+    t.assert_unlogged(&[&ci]);
+}
 
-    // Revoked: refused at once, and the log names the token.
-    token_change(&gate, &["revoke", "ci"]);
-    let refused = push(&gate, &src, "team/app:v4", &format!("ci:{ci}"));
+/// Revoked: refused at once, even after the gate has verified it, and the log names the
+/// token.
+#[test]
+fn a_revoked_token_is_refused_at_once_and_the_log_names_it() {
+    let t = Tokens::start();
+    let gate = &t.gate;
+    // Verified once: the gate may remember it.
+    let ci = create_ci_and_push(&t);
+    token_change(gate, &["revoke", "ci"]);
+    let refused = t.push(&format!("ci:{ci}"), "team/app:v4");
     assert!(
         !refused.status.success(),
         "a revoked token pushed: {}",
@@ -286,16 +354,22 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
         log.contains("access token refused: it was revoked") && log.contains("token=ci"),
         "the refusal does not name the token:\n{log}"
     );
-    let list = output_text(&token(&gate, &["list"]));
+    let list = output_text(&token(gate, &["list"]));
     assert!(
         list.lines()
             .any(|l| l.starts_with("ci ") && l.trim_end().ends_with("revoked")),
         "{list}"
     );
+    t.assert_unlogged(&[&ci]);
+}
 
-    // Expired: refused with its own reason.
+/// Expired: refused with its own reason.
+#[test]
+fn an_expired_token_is_refused_with_its_own_reason() {
+    let t = Tokens::with_team_app_v1();
+    let gate = &t.gate;
     let short = create(
-        &gate,
+        gate,
         &[
             "--name",
             "short",
@@ -308,12 +382,7 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
         ],
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let refused = pull(
-        &gate,
-        "team/app:v1",
-        &format!("short:{short}"),
-        &tmp.path().join("p4"),
-    );
+    let refused = t.pull_v1(&format!("short:{short}"), "p4");
     assert!(
         !refused.status.success(),
         "an expired token pulled: {}",
@@ -325,13 +394,19 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
         gate.log()
     );
     assert!(
-        metrics(&gate).contains("registry_gate_auth_failures_total{reason=\"token_expired\"}"),
+        metrics(gate).contains("registry_gate_auth_failures_total{reason=\"token_expired\"}"),
         "expired use not counted"
     );
+    t.assert_unlogged(&[&short]);
+}
 
-    // A token about to expire is named by the running gate's log and by `doctor`.
+/// A token about to expire is named by the running gate's log and by `doctor`.
+#[test]
+fn a_token_about_to_expire_is_named_by_the_log_and_by_doctor() {
+    let t = Tokens::start();
+    let gate = &t.gate;
     create(
-        &gate,
+        gate,
         &[
             "--name",
             "soon",
@@ -360,49 +435,31 @@ fn access_tokens_reach_their_scope_and_no_further_with_skopeo() {
         report.contains("warn  access token \"soon\" expires at"),
         "doctor did not warn about soon:\n{report}"
     );
-
-    // No secret ever reaches the log.
-    let log = gate.log();
-    for secret in [&ci, &reader, &alices, &short] {
-        assert!(
-            !log.contains(secret.as_str()),
-            "a token secret is in the log"
-        );
-    }
-    let file = std::fs::read_to_string(gate.config_path.with_file_name("access-tokens.toml"))
-        .expect("token file next to the htpasswd file");
-    assert!(
-        !file.contains(&ci) && file.contains("name = \"ci\""),
-        "{file}"
-    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_mode_docker_logs_in_with_an_access_token_and_its_bearer_tokens_die_with_it() {
-    let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let dir = tmp.path().join("gate");
+/// The real registry behind a gate in token mode (builder in its htpasswd file), and ci's
+/// token for team/*, pull and push.
+fn token_mode_with_ci(tmp: &Path) -> (Registry, Gate, String) {
+    let registry = Registry::start(tmp);
+    let dir = tmp.join("gate");
     std::fs::create_dir_all(&dir).expect("mkdir gate");
     write_htpasswd(
         &dir.join("htpasswd"),
         &[("builder".into(), "builder-secret".into())],
     );
     let gate = Gate::start(
-        tmp.path(),
+        tmp,
         GateConfig::new(&registry.url)
             .extra_toml("[auth]\nmode = \"token\"\nhtpasswd = [\"htpasswd\"]\n"),
     );
-    let ci = create(
-        &gate,
-        &[
-            "--name",
-            "ci",
-            "--repositories",
-            "team/*",
-            "--actions",
-            "pull,push",
-        ],
-    );
+    let ci = create_ci(&gate);
+    (registry, gate, ci)
+}
+
+#[test]
+fn token_mode_docker_logs_in_with_an_access_token_and_pushes_only_its_scope() {
+    let tmp = temp_dir();
+    let (_registry, gate, ci) = token_mode_with_ci(tmp.path());
 
     let dockerd = Dockerd::start(tmp.path());
     let allowed = format!("{}/team/app:v1", gate.authority());
@@ -427,8 +484,18 @@ async fn token_mode_docker_logs_in_with_an_access_token_and_its_bearer_tokens_di
     dockerd.docker_ok(&["rmi", &allowed, &outside]);
     dockerd.docker_ok(&["pull", &allowed]);
     assert_eq!(dockerd.image_id(&allowed), id, "pulled image differs");
+    let log = gate.log();
+    assert!(!log.contains(&ci), "the secret is in the log");
+}
 
-    // A bearer token issued for the access token works until the access token is revoked.
+/// A bearer token issued for the access token works until the access token is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_issued_for_an_access_token_die_with_it() {
+    let tmp = temp_dir();
+    let (registry, gate, ci) = token_mode_with_ci(tmp.path());
+    let image = oci_image(&tmp.path().join("image"), 1, 16 * 1024);
+    registry.push_directly(&image, "team/app:v1");
+
     let client = gate.client(Proto::Http1);
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("anyone:{ci}"));
     let answer = client
