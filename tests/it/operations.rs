@@ -11,12 +11,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use util::client::Proto;
 use util::gate::{Gate, GateConfig};
 use util::image::oci_image;
 use util::netns::Netns;
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
-use util::{describe, run, temp_dir, wait_until};
+use util::{describe, run, runtime, temp_dir, wait_until};
 
 /// `GET /metrics` over plain HTTP, parsed into series -> value.
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
@@ -150,8 +151,22 @@ fn metrics_count_a_real_push_and_pull_and_a_wrong_password() {
 fn metrics_count_a_connection_refused_over_the_per_address_limit() {
     let tmp = temp_dir();
     let (_registry, gate, metrics_addr) = metered_gate(tmp.path());
-    // One address holding three connections: the fourth is refused and counted.
+    // One address holding three connections: the fourth is refused and counted. Earlier
+    // connections must be gone first, or one would take a held one's slot: the harness's
+    // readiness probe may still wait in the accept queue, where the gauge cannot see it. An
+    // answered request was accepted after it (the queue is in order), and its connection
+    // closes with the runtime.
+    let answered = runtime().block_on(async {
+        let client = gate.client(Proto::Http1);
+        client.get(&gate.url("/healthz")).await.status()
+    });
+    assert_eq!(answered, 200, "/healthz");
     let open = || sum(&scrape(metrics_addr), "registry_gate_open_connections", &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || open() == 0.0),
+        "earlier connections still open: {}",
+        open()
+    );
     let held: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(gate.addr).expect("connect"))
         .collect();
