@@ -13,6 +13,7 @@ pub mod server;
 pub mod front;
 
 pub mod proxy;
+pub mod ui;
 
 pub mod auth;
 pub mod config;

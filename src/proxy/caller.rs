@@ -79,7 +79,7 @@ impl Caller {
 
 /// Establishes the caller's identity from, in order: a bearer token (token mode), Basic
 /// credentials, a verified client certificate; otherwise the caller is anonymous.
-pub(super) async fn authenticate(
+pub(crate) async fn authenticate(
     ctx: &RequestContext,
     request: &Request<()>,
     class: &Classified<'_>,
@@ -125,7 +125,7 @@ pub(super) async fn authenticate(
 /// The caller an `Authorization` header (or its absence) proves: a verified client
 /// certificate identifies its holder unless they log in explicitly; without users configured
 /// everyone is anonymous. Shared by the registry API and the token endpoint's `GET`.
-pub(super) async fn credentials(
+pub(crate) async fn credentials(
     ctx: &RequestContext,
     header: Option<&HeaderValue>,
 ) -> Result<Caller, Failure> {
@@ -146,7 +146,7 @@ pub(super) async fn credentials(
 /// access token's secret first, which costs one HMAC, then the htpasswd users. With an
 /// access token the user name is not looked at: CI systems and Kubernetes pull secrets put
 /// anything there.
-pub(super) async fn check_password(
+pub(crate) async fn check_password(
     ctx: &RequestContext,
     user: String,
     password: Vec<u8>,
@@ -204,7 +204,7 @@ pub(super) async fn check_password(
 /// opened with must still be usable, and a user must still be in the htpasswd files with
 /// the password they logged in with, so revoking the token, removing the user or changing
 /// the password ends the session at its next request.
-pub(super) fn from_session(
+pub(crate) fn from_session(
     ctx: &RequestContext,
     user: &str,
     access_token: Option<&str>,
@@ -270,7 +270,7 @@ fn usable_access_token(ctx: &RequestContext, name: &str) -> Result<Arc<AccessTok
 
 /// A failed login: a throttled client gets its 429 at once; any other failure is logged with
 /// its reason (never the credentials) and the reason handed back for the caller's answer.
-pub(super) fn refused(
+pub(crate) fn refused(
     failure: Failure,
     client: IpAddr,
     what: &'static str,
@@ -335,7 +335,7 @@ fn scope_for(class: &Classified<'_>) -> Option<String> {
 }
 
 /// Applies read-only mode, the token's grants and the access rules to a classified request.
-pub(super) fn authorise(
+pub(crate) fn authorise(
     ctx: &mut RequestContext,
     caller: &Caller,
     request: &Request<()>,

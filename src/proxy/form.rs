@@ -18,14 +18,14 @@ use crate::registry_path::percent_decode;
 const FORM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a form the gate answers itself was not read; each caller words it for its client.
-pub(super) enum FormError {
+pub(crate) enum FormError {
     Late,
     TooLargeOrBroken,
     NotUtf8,
 }
 
 /// A form the gate answers itself, whole: at most `limit` bytes, all within `FORM_TIMEOUT`.
-pub(super) async fn read_small_form(body: RequestBody, limit: usize) -> Result<String, FormError> {
+pub(crate) async fn read_small_form(body: RequestBody, limit: usize) -> Result<String, FormError> {
     let collected = tokio::time::timeout(FORM_TIMEOUT, Limited::new(body, limit).collect())
         .await
         .map_err(|_| FormError::Late)?
@@ -56,7 +56,7 @@ pub(crate) fn refuse_method_override(request: &Request<()>) -> Result<(), GateEr
 
 /// The registry reads `mount` and `from` with Go's `FormValue`, which also reads a form body
 /// and prefers it to the query the rules saw. No registry client sends forms, so none pass.
-pub(super) fn refuse_form_bodies(request: &Request<()>) -> Result<(), GateError> {
+pub(crate) fn refuse_form_bodies(request: &Request<()>) -> Result<(), GateError> {
     // Compared as bytes: Go still reads a form whose Content-Type has non-UTF-8 parameters.
     let form = request
         .headers()
@@ -125,7 +125,7 @@ pub fn public_host(request: &Request<()>) -> Result<HeaderValue, GateError> {
 }
 
 /// Every value of `key` in a query string or urlencoded form, percent- and plus-decoded.
-pub(super) fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
+pub(crate) fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
     query
         .unwrap_or("")
         .split('&')

@@ -25,7 +25,6 @@
 //! - `protect`: phase 5, `[[protect]]`, refusing writes that would move or delete a
 //!   protected tag.
 //! - `token_endpoint`: the `/token` endpoint of token mode (routed to by the front).
-//! - `ui`: the registry browser (`[ui]`), routed to by the front.
 //! - `access_log`: the access record, written when the response is done.
 //! - `activity`: the last accepted pushes and deletes, kept in memory for the browser.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
@@ -35,7 +34,7 @@
 pub mod access_log;
 pub mod activity;
 pub mod body;
-mod caller;
+pub(crate) mod caller;
 pub mod catalog;
 pub mod context;
 pub mod error;
@@ -43,11 +42,10 @@ pub mod exchange;
 pub(crate) mod form;
 pub mod headers;
 mod media_types;
-mod protect;
+pub(crate) mod protect;
 pub mod registry;
 pub mod state;
 pub mod token_endpoint;
-pub(crate) mod ui;
 pub mod upstream;
 pub(crate) mod write_locks;
 
@@ -205,7 +203,7 @@ fn accepted_change<B>(
 
 /// A change the registry accepted, from the API or the registry browser: remembered for the
 /// activity page, and sent to the event receivers if there are any.
-fn note_change(ctx: &RequestContext, event: Event) {
+pub(crate) fn note_change(ctx: &RequestContext, event: Event) {
     let events = &ctx.snapshot.events;
     if !events.is_empty() {
         events.publish(event.clone());
@@ -214,7 +212,7 @@ fn note_change(ctx: &RequestContext, event: Event) {
 }
 
 /// The event of a change the registry accepted, from the API or the registry browser.
-fn change_event(
+pub(crate) fn change_event(
     ctx: &RequestContext,
     caller: &caller::Caller,
     action: EventAction,

@@ -255,7 +255,7 @@ async fn protected_tag_of(
 /// The registry browser's delete of a manifest by digest, checked as a `DELETE` through the
 /// API is: refused while a tag protected against `who` points at it, and holding the
 /// repository's write lock where tags are protected. Fails closed.
-pub(super) async fn check_manifest_delete(
+pub(crate) async fn check_manifest_delete(
     ctx: &RequestContext,
     who: &Identity<'_>,
     repository: &str,

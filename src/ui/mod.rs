@@ -34,19 +34,18 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::body::ResponseBody;
-use super::caller::{self, Caller};
-use super::context::RequestContext;
-use super::error::{GateError, Side};
-use super::form::query_values;
-use super::form::{read_small_form, FormError};
-use super::registry::manifest::{Descriptor, Manifest, ManifestKind};
-use super::registry::{Deleted, Registry};
-use super::state::Snapshot;
 use crate::auth::token::unix_now;
 use crate::auth::{Failure, Identity};
 use crate::config::UiConfig;
 use crate::events::EventAction;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::caller::{self, Caller};
+use crate::proxy::context::RequestContext;
+use crate::proxy::error::{GateError, Side};
+use crate::proxy::form::{query_values, read_small_form, FormError};
+use crate::proxy::registry::manifest::{Descriptor, Manifest, ManifestKind};
+use crate::proxy::registry::{Deleted, Registry};
+use crate::proxy::state::Snapshot;
 use crate::registry_path::{is_digest, is_tag, is_tag_fragment, is_valid_repository_name, Action};
 use html::Html;
 use pages::{ActivityRow, ChildRow, Chrome, ManifestView, RepositoryView, TagRow};
@@ -787,7 +786,7 @@ impl Browser {
         }
         // The registry deletes by digest, taking every tag that points there: a protected
         // one must stop it, as it would a DELETE through the API.
-        let _write_lock = match super::protect::check_manifest_delete(
+        let _write_lock = match crate::proxy::protect::check_manifest_delete(
             ctx,
             &self.caller.protect_identity(),
             name,
@@ -807,9 +806,9 @@ impl Browser {
             Deleted::Done => {
                 tracing::info!(user = %self.caller.identity.name(), repository = %name, tag = %tag, digest = %digest, peer = %ctx.client_ip, "deleted from the browser");
                 // A delete made here is as much the gate's history as one through the API.
-                super::note_change(
+                crate::proxy::note_change(
                     ctx,
-                    super::change_event(
+                    crate::proxy::change_event(
                         ctx,
                         &self.caller,
                         EventAction::Delete,
