@@ -28,8 +28,9 @@ pub struct AccessRecord {
     pub repository: Option<String>,
     /// Tag, digest or upload id.
     pub reference: Option<String>,
-    /// `allow`, `deny`, or `-` where no rule was consulted (ping, errors before classifying).
-    pub decision: &'static str,
+    /// What the access decision was; `-` where none was made (ping, errors before
+    /// classifying).
+    pub decision: Verdict,
     /// Index of the `[[rules]]` entry that decided; `default` when none did.
     pub rule: Option<usize>,
     /// Why a request the rules allowed was still refused, e.g. `protect[0]:move`.
@@ -40,6 +41,25 @@ pub struct AccessRecord {
     /// whether the request was answered in full or cancelled.
     pub in_flight: Option<InFlight>,
     exchange: Arc<Exchange>,
+}
+
+/// The access line's `decision`: whether the request was let through to what it asked
+/// for, as the phase that decided recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Undecided,
+    Allow,
+    Deny,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Undecided => "-",
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
 }
 
 impl AccessRecord {
@@ -62,7 +82,7 @@ impl AccessRecord {
             action: None,
             repository: None,
             reference: None,
-            decision: "-",
+            decision: Verdict::Undecided,
             rule: None,
             reason: None,
             quiet: false,
@@ -108,7 +128,7 @@ impl Drop for AccessRecord {
                     action = self.action.unwrap_or("-"),
                     repository = self.repository.as_deref().unwrap_or("-"),
                     reference = self.reference.as_deref().unwrap_or("-"),
-                    decision = self.decision,
+                    decision = self.decision.as_str(),
                     rule = %self.rule.map(|r| format!("rules[{r}]")).unwrap_or_else(|| "-".into()),
                     reason = self.reason.as_deref().unwrap_or("-"),
                     bytes_in = self.exchange.bytes_in(),

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderValue};
 use http::Request;
 
+use super::access_log::Verdict;
 use super::context::RequestContext;
 use super::error::{Challenge, GateError};
 use super::form;
@@ -348,7 +349,7 @@ pub(crate) fn authorise(
     let identity = &caller.identity;
     let auth_on = snapshot.auth.is_some();
     if config.server.read_only && class.action != Action::Pull {
-        record.decision = "deny";
+        record.decision = Verdict::Deny;
         return Err(GateError::ReadOnly);
     }
     let Some(repository) = class.repository else {
@@ -364,7 +365,7 @@ pub(crate) fn authorise(
     };
     if let Some(token) = &caller.access_token {
         if !token.allows(repository, class.action) {
-            record.decision = "deny";
+            record.decision = Verdict::Deny;
             return Err(GateError::Denied {
                 user: format!("access token {:?}", token.name),
                 action: class.action,
@@ -388,7 +389,7 @@ pub(crate) fn authorise(
         // The rules were applied when the token was issued; a rule that denies now (a
         // reload, or a `from` rule and a token carried to another address) still wins.
         if let Decision::Deny { rule: Some(rule) } = decision {
-            record.decision = "deny";
+            record.decision = Verdict::Deny;
             record.rule = Some(rule);
             return Err(GateError::Denied {
                 user: identity.name().to_string(),
@@ -396,18 +397,18 @@ pub(crate) fn authorise(
                 repository: repository.to_string(),
             });
         }
-        record.decision = "allow";
+        record.decision = Verdict::Allow;
         return Ok(());
     }
     match decision {
         Decision::Allow { rule } if caller.token.is_none() => {
-            record.decision = "allow";
+            record.decision = Verdict::Allow;
             record.rule = rule;
             Ok(())
         }
         Decision::Allow { rule } => {
             // Allowed, but this token was issued for less: docker asks for a wider one.
-            record.decision = "deny";
+            record.decision = Verdict::Deny;
             record.rule = rule;
             Err(challenge(
                 snapshot,
@@ -418,7 +419,7 @@ pub(crate) fn authorise(
             ))
         }
         Decision::Deny { rule } => {
-            record.decision = "deny";
+            record.decision = Verdict::Deny;
             record.rule = rule;
             match identity {
                 // No credentials at all: say how to authenticate.

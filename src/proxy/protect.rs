@@ -27,6 +27,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request};
 use sha2::{Digest, Sha256};
 
+use super::access_log::Verdict;
 use super::body::ReadError;
 use super::context::RequestContext;
 use super::error::{GateError, ProtectRefusal};
@@ -139,7 +140,7 @@ async fn decide(
         return Ok(());
     };
     let refuse = |ctx: &mut RequestContext, refusal: ProtectRefusal| {
-        ctx.record.decision = "deny";
+        ctx.record.decision = Verdict::Deny;
         ctx.record.reason = Some(format!("protect[{binding}]:{}", refusal.label()));
         GateError::Protected {
             repository: repository.to_string(),
@@ -201,7 +202,7 @@ async fn decide(
         return Ok(());
     };
     let (tag, protection, refusal) = refusal;
-    ctx.record.decision = "deny";
+    ctx.record.decision = Verdict::Deny;
     ctx.record.reason = Some(format!("protect[{protection}]:{}", refusal.label()));
     Err(GateError::Protected {
         repository: repository.to_string(),

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
+use super::access_log::Verdict;
 use super::body::ResponseBody;
 use super::caller::{self, Caller};
 use super::context::RequestContext;
@@ -106,7 +107,7 @@ pub async fn answer(
     ctx.record.user = caller.identity.name().to_string();
     ctx.record.token = caller.token_name().map(str::to_string);
     let access = grants(&snapshot, &caller, peer, &scopes);
-    ctx.record.decision = "allow";
+    ctx.record.decision = Verdict::Allow;
     let user = match &caller.identity {
         Identity::User(u) => Some(u.as_str()),
         Identity::Anonymous => None,

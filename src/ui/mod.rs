@@ -38,6 +38,7 @@ use crate::auth::token::unix_now;
 use crate::auth::{Failure, Identity};
 use crate::config::UiConfig;
 use crate::events::EventAction;
+use crate::proxy::access_log::Verdict;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::caller::{self, Caller};
 use crate::proxy::context::RequestContext;
@@ -797,11 +798,11 @@ impl Browser {
         {
             Ok(guard) => guard,
             Err(e) => {
-                ctx.record.decision = "deny";
+                ctx.record.decision = Verdict::Deny;
                 return Err(Refusal::Gate(e));
             }
         };
-        ctx.record.decision = "allow";
+        ctx.record.decision = Verdict::Allow;
         match self.registry.delete_manifest(name, &digest).await? {
             Deleted::Done => {
                 tracing::info!(user = %self.caller.identity.name(), repository = %name, tag = %tag, digest = %digest, peer = %ctx.client_ip, "deleted from the browser");
