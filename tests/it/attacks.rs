@@ -917,34 +917,54 @@ fn assert_no_spoofed_value(seen: &Recorded, how: &str) {
     assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"), "{how}");
 }
 
+/// A `GET /v2/` with `headers`, written byte for byte over HTTP/1.1 (names as spelled), as
+/// the recorder behind the gate saw it.
+async fn forwarded_over_http1(
+    gate: &Gate,
+    recorder: &Recorder,
+    headers: &[(&str, &str)],
+) -> Recorded {
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    let answer = raw(
+        gate,
+        head("GET /v2/ HTTP/1.1", Who::Anonymous, &extra).as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    recorder.single_request()
+}
+
+/// `forwarded_over_http1`, then the same over HTTP/2, where names arrive lowercase and
+/// hyper's client sends them: what the recorder saw of each.
+async fn forwarded_both_ways(
+    gate: &Gate,
+    recorder: &Recorder,
+    headers: &[(&str, &str)],
+) -> [Recorded; 2] {
+    let over_http1 = forwarded_over_http1(gate, recorder, headers).await;
+    let client = gate.client(Proto::Http2);
+    let mut get = request("GET", &gate.url("/v2/"));
+    for (name, value) in headers {
+        get = get.header(*name, *value);
+    }
+    let response = client.send(get.body(empty()).expect("GET")).await;
+    assert_eq!(response.status(), 200);
+    let over_http2 = recorder.requests().pop().expect("forwarded");
+    [over_http1, over_http2]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_and_request_id_headers_from_a_client_never_reach_the_registry() {
     let tmp = temp_dir();
     let recorder = Recorder::start(|_| Reply::ok_json());
     let gate = Gate::start(tmp.path(), GateConfig::new(recorder.url()));
 
-    let extra: String = SPOOFED
-        .iter()
-        .map(|(n, v)| format!("{n}: {v}\r\n"))
-        .collect();
-    let answer = raw(
-        &gate,
-        head("GET /v2/ HTTP/1.1", Who::Anonymous, &extra).as_bytes(),
-    )
-    .await;
-    assert_eq!(statuses(&answer), [200], "{answer}");
-    assert_no_spoofed_value(&recorder.single_request(), "HTTP/1.1");
-
-    // The same over HTTP/2, where names arrive lowercase and hyper's client sends them.
-    let client = gate.client(Proto::Http2);
-    let mut get = request("GET", &gate.url("/v2/"));
-    for (name, value) in SPOOFED {
-        get = get.header(*name, *value);
-    }
-    let response = client.send(get.body(empty()).expect("GET")).await;
-    assert_eq!(response.status(), 200);
-    let seen = recorder.requests().pop().expect("forwarded");
-    assert_no_spoofed_value(&seen, "HTTP/2");
+    let [over_http1, over_http2] = forwarded_both_ways(&gate, &recorder, SPOOFED).await;
+    assert_no_spoofed_value(&over_http1, "HTTP/1.1");
+    assert_no_spoofed_value(&over_http2, "HTTP/2");
     // Each request gets its own id.
     let ids: Vec<String> = recorder
         .requests()
@@ -982,38 +1002,15 @@ async fn look_alikes_of_forwarding_headers_never_reach_the_registry() {
     let tmp = temp_dir();
     let recorder = Recorder::start(|_| Reply::ok_json());
     let gate = Gate::start(tmp.path(), GateConfig::new(recorder.url()));
-    let extra: String = LOOK_ALIKES
-        .iter()
-        .map(|(n, v)| format!("{n}: {v}\r\n"))
-        .collect();
-    let answer = raw(
-        &gate,
-        head("GET /v2/ HTTP/1.1", Who::Anonymous, &extra).as_bytes(),
-    )
-    .await;
-    assert_eq!(statuses(&answer), [200], "{answer}");
-    let seen = recorder.single_request();
-    assert_eq!(
-        look_alikes_seen(&seen),
-        Vec::<String>::new(),
-        "HTTP/1.1: {seen:#?}"
-    );
-    assert_no_spoofed_value(&seen, "HTTP/1.1");
-
-    let client = gate.client(Proto::Http2);
-    let mut get = request("GET", &gate.url("/v2/"));
-    for (name, value) in LOOK_ALIKES {
-        get = get.header(*name, *value);
+    let both = forwarded_both_ways(&gate, &recorder, LOOK_ALIKES).await;
+    for (seen, how) in both.iter().zip(["HTTP/1.1", "HTTP/2"]) {
+        assert_eq!(
+            look_alikes_seen(seen),
+            Vec::<String>::new(),
+            "{how}: {seen:#?}"
+        );
+        assert_no_spoofed_value(seen, how);
     }
-    let response = client.send(get.body(empty()).expect("GET")).await;
-    assert_eq!(response.status(), 200);
-    let seen = recorder.requests().pop().expect("forwarded");
-    assert_eq!(
-        look_alikes_seen(&seen),
-        Vec::<String>::new(),
-        "HTTP/2: {seen:#?}"
-    );
-    assert_no_spoofed_value(&seen, "HTTP/2");
 
     // Behind a trusted proxy the path headers are the proxy's to set and pass; the
     // underscore spellings are not (no proxy writes them: one that passes them on passes
@@ -1024,13 +1021,7 @@ async fn look_alikes_of_forwarding_headers_never_reach_the_registry() {
         tmp.path(),
         GateConfig::new(recorder.url()).trusted_proxies(&["127.0.0.0/8"]),
     );
-    let answer = raw(
-        &gate,
-        head("GET /v2/ HTTP/1.1", Who::Anonymous, &extra).as_bytes(),
-    )
-    .await;
-    assert_eq!(statuses(&answer), [200], "{answer}");
-    let seen = recorder.single_request();
+    let seen = forwarded_over_http1(&gate, &recorder, LOOK_ALIKES).await;
     assert_eq!(
         look_alikes_seen(&seen),
         ["x-forwarded-prefix", "x-original-url", "x-rewrite-url"],

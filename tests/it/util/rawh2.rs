@@ -140,16 +140,7 @@ async fn talk(
     frames: &[Frame],
     whole: bool,
 ) -> io::Result<WholeAnswer> {
-    let mut config = tls_config(ca_pem);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from("localhost")
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let mut tls = connector.connect(name, tcp).await?;
-    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-        return Err(io::Error::other("the gate did not negotiate h2"));
-    }
+    let mut tls = connect_h2(addr, ca_pem).await?;
     let mut out = PREFACE.to_vec();
     frame(&mut out, SETTINGS, 0, 0, &[]);
     for f in frames {
@@ -259,6 +250,24 @@ pub struct Raw {
 
 type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
+/// A TLS connection to the gate at `addr` that negotiated h2. Nagle's algorithm is off, so
+/// each flush leaves at once: it would hold a reset back until the HEADERS before it were
+/// acknowledged, turning a delayed reset into an immediate one.
+async fn connect_h2(addr: SocketAddr, ca_pem: &Path) -> io::Result<TlsStream> {
+    let mut config = tls_config(ca_pem);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost")
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = connector.connect(name, tcp).await?;
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(io::Error::other("the gate did not negotiate h2"));
+    }
+    Ok(tls)
+}
+
 /// What the server sent on a watched `Raw` connection.
 #[derive(Clone, Debug, Default)]
 pub struct Seen {
@@ -281,19 +290,7 @@ impl Raw {
         ca_pem: &Path,
         settings: &[(u16, u32)],
     ) -> io::Result<Raw> {
-        let mut config = tls_config(ca_pem);
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = ServerName::try_from("localhost")
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        // Each flush must leave at once: Nagle's algorithm would hold a reset back until the
-        // HEADERS before it were acknowledged, turning a delayed reset into an immediate one.
-        tcp.set_nodelay(true)?;
-        let tls = connector.connect(name, tcp).await?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(io::Error::other("the gate did not negotiate h2"));
-        }
+        let tls = connect_h2(addr, ca_pem).await?;
         let (reader, writer) = tokio::io::split(tls);
         let mut out = PREFACE.to_vec();
         let payload: Vec<u8> = settings
