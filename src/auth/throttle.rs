@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,9 +38,23 @@ pub struct Lockout {
     pub since: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Throttle {
     state: Mutex<State>,
+    /// When the latest lockout ends, in milliseconds after `epoch` (rounded up): while none
+    /// runs, which is nearly always, a login's check is one atomic read, not the lock.
+    latest_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            state: Mutex::default(),
+            latest_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +162,9 @@ impl Throttle {
     /// address's, whichever ends later, dated from whichever began first (a credential must
     /// predate every lockout that covers it).
     pub fn lockout(&self, ip: IpAddr, user: &str) -> Option<Lockout> {
+        if self.epoch.elapsed().as_millis() as u64 >= self.latest_until_ms.load(Ordering::Relaxed) {
+            return None;
+        }
         let state = self.state.lock().ok()?;
         state.lockout(ip, user, Instant::now())
     }
@@ -162,7 +180,12 @@ impl Throttle {
         let pair = (bucket, state.user_hasher.hash_one(user));
         state.pairs.fail(pair, FREE_FAILURES_PER_USER, now);
         state.addresses.fail(bucket, FREE_FAILURES_PER_ADDRESS, now);
-        state.lockout(ip, user, now)
+        let lockout = state.lockout(ip, user, now);
+        if let Some(l) = &lockout {
+            let until = (now + l.retry_after).duration_since(self.epoch).as_millis() as u64 + 1;
+            self.latest_until_ms.fetch_max(until, Ordering::Relaxed);
+        }
+        lockout
     }
 
     /// (address, user) pairs and addresses currently locked out.
