@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the tools the integration tests (tests/) start: the registry, skopeo, dockerd and
 # the docker CLI, htpasswd, ip, openssl, curl, gzip, nginx (the recipe the filter is compared
-# with), pebble (the ACME test server), testssl.sh (the TLS scan), chromium and
+# with), redis-server (the shared state of a fleet of gates), pebble (the ACME test server), testssl.sh (the TLS scan), chromium and
 # chromium-driver (the registry browser in a real browser), g++ and, when
 # FUZZ_SECONDS is set, cargo-fuzz (the fuzz targets, scripts/fuzz), and the checkers of the
 # deployment files: docker-compose (compose.yaml), systemd-analyze
@@ -35,6 +35,7 @@ need curl curl
 need gzip gzip
 need docker-compose docker-compose
 need nginx nginx
+need redis-server redis-server
 need pebble pebble
 need systemd-analyze systemd
 need shellcheck shellcheck

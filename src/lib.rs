@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod ui;
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod filter;

@@ -69,6 +69,13 @@ pub struct Metrics {
     condemned_connections: Counter,
     certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     events: Family<OutcomeLabels, Counter>,
+    cluster_errors: Family<ReasonLabels, Counter>,
+    cluster_fallbacks: Family<FeatureLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureLabels {
+    feature: &'static str,
 }
 
 /// Seconds; from a manifest HEAD (milliseconds) to a multi-gigabyte layer (minutes).
@@ -165,6 +172,18 @@ impl Metrics {
             "Push and delete events per [[events]] receiver: delivered, failed (given up after every retry), dropped (the receiver's queue was full)",
             events.clone(),
         );
+        let cluster_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "cluster_errors",
+            "Calls to the [cluster] Redis that failed: timeout (no answer within [cluster] timeout) or error",
+            cluster_errors.clone(),
+        );
+        let cluster_fallbacks = Family::<FeatureLabels, Counter>::default();
+        registry.register(
+            "cluster_fallbacks",
+            "Times a feature acted without the [cluster] Redis, by feature: protect (a write refused with 503), lockout (local counters only), tokens, sessions",
+            cluster_fallbacks.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -180,6 +199,8 @@ impl Metrics {
             condemned_connections,
             certificate_expiry,
             events,
+            cluster_errors,
+            cluster_fallbacks,
         }
     }
 
@@ -269,6 +290,20 @@ impl Metrics {
     /// One event's fate at one receiver (`delivered`, `failed`, `dropped`).
     pub fn event(&self, outcome: &'static str) {
         self.events.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// A call to the shared Redis that failed (`timeout` or `error`).
+    pub fn cluster_error(&self, reason: &'static str) {
+        self.cluster_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A feature that went on without the shared Redis (or refused, where that is safer).
+    pub fn cluster_fallback(&self, feature: &'static str) {
+        self.cluster_fallbacks
+            .get_or_create(&FeatureLabels { feature })
+            .inc();
     }
 
     /// The text exposition format, with the certificate expiry read now.

@@ -87,9 +87,10 @@ const CACHE_CAPACITY: usize = 4096;
 
 /// An attempt inside a lockout: counted as one more failure, so guessing on extends it, and
 /// answered with the extended wait.
-fn locked_out(throttle: &Throttle, peer: IpAddr, user: &str) -> Failure {
+async fn locked_out(throttle: &Throttle, peer: IpAddr, user: &str) -> Failure {
     let retry_after = throttle
-        .record_failure(peer, user)
+        .record_failure_everywhere(peer, user)
+        .await
         .map_or(Duration::from_secs(1), |l| l.retry_after);
     Failure::Throttled { retry_after }
 }
@@ -210,7 +211,7 @@ impl Authenticator {
         match (verified_at, throttle.lockout(peer, &user)) {
             (Some(_), None) => return Ok(Identity::User(user)),
             (Some(at), Some(lockout)) if at < lockout.since => return Ok(Identity::User(user)),
-            (_, Some(_)) => return Err(locked_out(throttle, peer, &user)),
+            (_, Some(_)) => return Err(locked_out(throttle, peer, &user).await),
             (None, None) => {}
         }
 
@@ -265,22 +266,22 @@ impl Authenticator {
         let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
             return Err(Failure::BadCredentials);
         };
-        if throttle.lockout(peer, user).is_some() {
-            return Err(locked_out(throttle, peer, user));
+        if throttle.lockout_everywhere(peer, user).await.is_some() {
+            return Err(locked_out(throttle, peer, user).await);
         }
         let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
             .await
             .unwrap_or(false)
             && known;
-        if throttle.lockout(peer, user).is_some() {
+        if throttle.lockout_everywhere(peer, user).await.is_some() {
             // A lockout began while the hash was checked: the answer must not depend on the
             // password, so this one is refused like any other attempt inside it.
-            return Err(locked_out(throttle, peer, user));
+            return Err(locked_out(throttle, peer, user).await);
         }
         if ok {
             Ok(())
         } else {
-            throttle.record_failure(peer, user);
+            throttle.record_failure_everywhere(peer, user).await;
             Err(Failure::BadCredentials)
         }
     }

@@ -452,7 +452,7 @@ impl Issuer {
             .keys
             .into_iter()
             .filter_map(|k| serde_json::from_value::<Jwk>(k).ok())
-            .filter(|k| k.usage.as_deref().map_or(true, |u| u == "sig"))
+            .filter(|k| k.usage.as_deref().is_none_or(|u| u == "sig"))
             .collect())
     }
 
@@ -495,7 +495,7 @@ fn find_key<'a>(set: &'a [Jwk], kid: Option<&str>, alg: &str) -> Option<&'a Jwk>
             _ => false,
         };
         // A key pinned to another algorithm must not be used with this one.
-        kind && k.alg.as_deref().map_or(true, |a| a == alg)
+        kind && k.alg.as_deref().is_none_or(|a| a == alg)
     };
     match kid {
         Some(kid) => set

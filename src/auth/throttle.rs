@@ -7,13 +7,24 @@
 //! wrong, so the answers a locked-out source gets say nothing about its guesses. The one thing
 //! that still passes is decided by `auth`, not here: a credential that was verified from the
 //! same address before the lockout began (`Lockout::since`).
+//!
+//! With `[cluster]`, the counts are kept in the fleet's Redis as well, by one script per
+//! failure that counts and decides in Redis's own clock, so N gates give a guesser no more
+//! tries than one. A lockout learnt from Redis is kept here too, so the next check of a warm
+//! credential stays a local read: Redis is asked only where a password is about to be hashed
+//! (the cold path, which costs far more than a round trip) and when one failed. Without an
+//! answer from Redis within `[cluster] timeout`, this gate's own counts decide alone.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{Cluster, ClusterError};
 
 /// Failures allowed per (address, user) before that pair is locked out: enough for typos.
 const FREE_FAILURES_PER_USER: u32 = 5;
@@ -38,9 +49,10 @@ pub struct Lockout {
     pub since: Instant,
 }
 
-#[derive(Debug)]
 pub struct Throttle {
     state: Mutex<State>,
+    /// The fleet's shared counts, with `[cluster]`.
+    fleet: Option<Arc<Cluster>>,
     /// When the latest lockout ends, in milliseconds after `epoch` (rounded up): while none
     /// runs, which is nearly always, a login's check is one atomic read, not the lock.
     latest_until_ms: AtomicU64,
@@ -51,6 +63,7 @@ impl Default for Throttle {
     fn default() -> Self {
         Throttle {
             state: Mutex::default(),
+            fleet: None,
             latest_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -125,6 +138,23 @@ impl<K: Eq + Hash + Copy> Counters<K> {
         }
     }
 
+    /// A lockout decided elsewhere in the fleet: kept unless this one's own runs longer.
+    fn impose(&mut self, key: K, (since, until): (Instant, Instant), now: Instant) {
+        if self.entries.len() >= MAX_TRACKED && !self.entries.contains_key(&key) {
+            self.make_room(now);
+        }
+        let entry = self.entries.entry(key).or_insert(Entry {
+            failures: 0,
+            last: now,
+            locked: None,
+        });
+        entry.locked = match entry.locked {
+            Some((s, u)) if u >= until => Some((s.min(since), u)),
+            Some((s, _)) => Some((s.min(since), until)),
+            None => Some((since, until)),
+        };
+    }
+
     /// Forgets the stale first, then the oldest unblocked; never a running lockout, so filling
     /// the table cannot be used to wipe one.
     fn make_room(&mut self, now: Instant) {
@@ -156,6 +186,80 @@ impl<K: Eq + Hash + Copy> Counters<K> {
 impl Throttle {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts shared with every gate that uses `cluster`.
+    pub fn shared(cluster: Arc<Cluster>) -> Self {
+        Throttle {
+            fleet: Some(cluster),
+            ..Self::default()
+        }
+    }
+
+    /// The lockout that covers `user` from `ip` anywhere in the fleet: this gate's, or the
+    /// one Redis holds (then kept here too). Without `[cluster]`, `lockout`.
+    pub async fn lockout_everywhere(&self, ip: IpAddr, user: &str) -> Option<Lockout> {
+        let local = self.lockout(ip, user);
+        let Some(cluster) = &self.fleet else {
+            return local;
+        };
+        match fleet_call(cluster, PEEK, ip, user).await {
+            Ok(remote) => merge(local, self.learn(ip, user, remote)),
+            Err(e) => {
+                fleet_unreachable(&e);
+                local
+            }
+        }
+    }
+
+    /// `record_failure`, counted in the fleet's Redis too.
+    pub async fn record_failure_everywhere(&self, ip: IpAddr, user: &str) -> Option<Lockout> {
+        let local = self.record_failure(ip, user);
+        let Some(cluster) = &self.fleet else {
+            return local;
+        };
+        match fleet_call(cluster, FAIL, ip, user).await {
+            Ok(remote) => merge(local, self.learn(ip, user, remote)),
+            Err(e) => {
+                fleet_unreachable(&e);
+                local
+            }
+        }
+    }
+
+    /// Keeps the fleet's lockouts of the pair and the address here, so that the local check
+    /// sees them; returns the one that covers the attempt.
+    fn learn(&self, ip: IpAddr, user: &str, remote: Remote) -> Option<Lockout> {
+        let now = Instant::now();
+        let as_local = |ends: Option<(u64, u64)>| {
+            ends.map(|(since_ago, remaining)| {
+                let since = now
+                    .checked_sub(Duration::from_millis(since_ago))
+                    .unwrap_or(now);
+                (since, now + Duration::from_millis(remaining))
+            })
+        };
+        let (pair_lock, address_lock) = (as_local(remote.pair), as_local(remote.address));
+        if pair_lock.is_none() && address_lock.is_none() {
+            return None;
+        }
+        let Ok(mut state) = self.state.lock() else {
+            return None;
+        };
+        let bucket = bucket(ip);
+        let pair = (bucket, state.user_hasher.hash_one(user));
+        let mut latest = now;
+        if let Some(lock) = pair_lock {
+            state.pairs.impose(pair, lock, now);
+            latest = latest.max(lock.1);
+        }
+        if let Some(lock) = address_lock {
+            state.addresses.impose(bucket, lock, now);
+            latest = latest.max(lock.1);
+        }
+        let until = latest.duration_since(self.epoch).as_millis() as u64 + 1;
+        self.latest_until_ms.fetch_max(until, Ordering::Relaxed);
+        state.lockout(ip, user, now)
     }
 
     /// The lockout that covers `user` logging in from `ip`, if any: the pair's or the
@@ -214,6 +318,115 @@ impl State {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// Whichever of two lockouts ends later, dated from whichever began first.
+fn merge(a: Option<Lockout>, b: Option<Lockout>) -> Option<Lockout> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Lockout {
+            retry_after: a.retry_after.max(b.retry_after),
+            since: a.since.min(b.since),
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The fleet's lockouts of one (address, user) pair and of the address, each as
+/// (milliseconds since it began, milliseconds it has left), by Redis's clock.
+struct Remote {
+    pair: Option<(u64, u64)>,
+    address: Option<(u64, u64)>,
+}
+
+/// One more failure for the pair (KEYS[1], ARGV[1] free) and the address (KEYS[2], ARGV[2]
+/// free), decided as `Counters::fail` decides, in Redis's clock; returns the clock and each
+/// key's running lockout (since, until), 0 where none runs.
+const FAIL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window, longest = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {now}
+for i, key in ipairs(KEYS) do
+  local free = tonumber(ARGV[i])
+  local v = redis.call('HMGET', key, 'f', 'l', 's', 'u')
+  local f, l = tonumber(v[1]) or 0, tonumber(v[2]) or now
+  local s, u = tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  local running = u > now
+  if not running and now - l > window then f = 0 end
+  f = f + 1
+  if f > free then
+    u = now + math.min(1000 * 2 ^ math.min(f - free - 1, 16), longest)
+    if not running then s = now end
+    running = true
+  end
+  redis.call('HSET', key, 'f', f, 'l', now, 's', s, 'u', u)
+  redis.call('PEXPIRE', key, math.max(window, u - now) + 1000)
+  if running then
+    table.insert(out, s)
+    table.insert(out, u)
+  else
+    table.insert(out, 0)
+    table.insert(out, 0)
+  end
+end
+return out
+";
+
+/// The running lockouts of the pair and the address, in `FAIL`'s answer's form.
+const PEEK: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {now}
+for _, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 's', 'u')
+  local s, u = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+  if u > now then
+    table.insert(out, s)
+    table.insert(out, u)
+  else
+    table.insert(out, 0)
+    table.insert(out, 0)
+  end
+end
+return out
+";
+
+async fn fleet_call(
+    cluster: &Cluster,
+    script: &str,
+    ip: IpAddr,
+    user: &str,
+) -> Result<Remote, ClusterError> {
+    let bucket = bucket(ip).to_string();
+    // The user name is hashed: names are not the fleet's business, and the key stays short.
+    let user_key = hex::encode(&Sha256::digest(user.as_bytes())[..16]);
+    let script = redis::Script::new(script);
+    let mut call = script.key(cluster.key(&["lockout", &bucket, &user_key]));
+    call.key(cluster.key(&["lockout", &bucket]))
+        .arg(FREE_FAILURES_PER_USER)
+        .arg(FREE_FAILURES_PER_ADDRESS)
+        .arg(WINDOW.as_millis() as u64)
+        .arg(MAX_LOCKOUT.as_millis() as u64);
+    let answer: Vec<u64> = cluster.script(&call).await?;
+    let at = |i: usize| {
+        let (now, since, until) = (answer[0], answer[i], answer[i + 1]);
+        (until > now).then(|| (now.saturating_sub(since), until - now))
+    };
+    if answer.len() != 5 {
+        return Ok(Remote {
+            pair: None,
+            address: None,
+        });
+    }
+    Ok(Remote {
+        pair: at(1),
+        address: at(3),
+    })
+}
+
+fn fleet_unreachable(error: &ClusterError) {
+    crate::metrics::get().cluster_fallback("lockout");
+    tracing::debug!(error = %error, "lockouts: Redis unreachable; this gate's own counts decide");
 }
 
 /// IPv6 clients are counted per /64: one host usually owns a whole /64, and counting single

@@ -52,7 +52,7 @@ pub(super) fn run(config_path: Option<&Path>) -> i32 {
             Ok(s) => Arc::new(s),
             Err(errors) => return report(EXIT_BAD_CONFIG, errors),
         };
-        let features = match crate::front::Features::new() {
+        let features = match crate::front::Features::new(shared.cluster().cloned()) {
             Ok(f) => Arc::new(f),
             Err(e) => {
                 return report(

@@ -142,7 +142,41 @@ pub struct Config {
     pub events: Vec<EventReceiver>,
     /// `[ui]`: the registry browser.
     pub ui: UiConfig,
+    /// `[cluster]`: the Redis (or Valkey) several gates share state through; `None`: one
+    /// gate, everything in this process.
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// `[cluster]`: where the fleet's shared state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db` or `rediss://…`, without a password (it never sits in the
+    /// configuration, which is logged and shown by `check`).
+    pub url: String,
+    /// Where the password comes from, if the server wants one.
+    pub password: Option<ClusterPassword>,
+    /// `rediss://` only: the CA bundle the server's certificate must chain to; `None`: the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+    /// The longest any request waits on Redis; past it the feature's fallback applies.
+    pub timeout: Duration,
+    /// Every key starts with this and `:`, so several fleets can share one Redis.
+    pub key_prefix: String,
+    /// How long a protected-tag write lock lives unless its holder renews it: the longest a
+    /// gate that died holding one blocks the repository.
+    pub lock_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterPassword {
+    File(PathBuf),
+    /// The name of an environment variable holding it.
+    Env(String),
+}
+
+pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_CLUSTER_PREFIX: &str = "registry-gate";
+pub const DEFAULT_CLUSTER_LOCK_TTL: Duration = Duration::from_secs(30);
 
 /// `[ui]`: the registry browser the gate serves itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -555,6 +589,7 @@ impl Config {
         let protect = v.protect(&raw.groups, raw.protect);
         let events = v.events(raw.events, base);
         let ui = v.ui(raw.ui);
+        let cluster = raw.cluster.map(|c| v.cluster(c, base));
         v.finish()?;
         Ok(Config {
             source: path.map(Path::to_path_buf),
@@ -569,6 +604,7 @@ impl Config {
             protect: Arc::new(protect),
             events,
             ui,
+            cluster,
         })
     }
 }

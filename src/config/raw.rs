@@ -34,6 +34,19 @@ pub struct RawConfig {
     pub events: Vec<RawEvents>,
     #[serde(default)]
     pub ui: RawUi,
+    pub cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub ca: Option<String>,
+    pub timeout: Option<String>,
+    pub key_prefix: Option<String>,
+    pub lock_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,20 +17,21 @@ use ipnet::IpNet;
 use crate::rules::{ProtectSpec, Protections, RepositoryPattern, RuleSpec, Rules};
 
 use super::raw::{
-    RawAcme, RawAuth, RawEvents, RawFilter, RawLog, RawMetrics, RawOidc, RawProtect, RawRule,
-    RawServer, RawTls, RawUi, RawUpstream,
+    RawAcme, RawAuth, RawCluster, RawEvents, RawFilter, RawLog, RawMetrics, RawOidc, RawProtect,
+    RawRule, RawServer, RawTls, RawUi, RawUpstream,
 };
 use super::{
-    AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ConfigError,
-    EventAction, EventReceiver, EventSecret, LogConfig, LogFormat, OidcConfig, ServerConfig,
-    TlsConfig, TlsSource, UiConfig, UpstreamConfig, UpstreamTarget, UserTemplate,
-    DEFAULT_ACME_RETRY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_TIMEOUT, DEFAULT_H2_BUFFER_BUDGET,
-    DEFAULT_H2_CONNECTION_BUFFER, DEFAULT_H2_STREAM_BUFFER, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_REALM,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, DEFAULT_UPSTREAM, GENERATED_HTPASSWD,
-    GENERATED_TOKEN_KEY, LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, MAX_H2_STREAM_BUFFER,
-    MIN_H2_STREAM_BUFFER,
+    AcmeChallenge, AcmeConfig, AuthConfig, AuthMode, CertIdentity, ClientCertConfig, ClusterConfig,
+    ClusterPassword, ConfigError, EventAction, EventReceiver, EventSecret, LogConfig, LogFormat,
+    OidcConfig, ServerConfig, TlsConfig, TlsSource, UiConfig, UpstreamConfig, UpstreamTarget,
+    UserTemplate, DEFAULT_ACME_RETRY, DEFAULT_CLUSTER_LOCK_TTL, DEFAULT_CLUSTER_PREFIX,
+    DEFAULT_CLUSTER_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_TIMEOUT,
+    DEFAULT_H2_BUFFER_BUDGET, DEFAULT_H2_CONNECTION_BUFFER, DEFAULT_H2_STREAM_BUFFER,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_READ_TIMEOUT, DEFAULT_REALM, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL,
+    DEFAULT_UPSTREAM, GENERATED_HTPASSWD, GENERATED_TOKEN_KEY, LETSENCRYPT_PRODUCTION,
+    LETSENCRYPT_STAGING, MAX_H2_STREAM_BUFFER, MIN_H2_STREAM_BUFFER,
 };
 
 /// Collects errors while letting validation go on with a placeholder value.
@@ -891,6 +892,76 @@ impl Validator {
 
     /// `[ui]`: the browser's path must be the gate's own. Under `/v2/` it would shadow the
     /// registry API; `/` would take every path, `/v2/` included.
+    /// `[cluster]`: the Redis URL (its password kept out of it), where the password comes
+    /// from, the CA for `rediss://`, the timeouts and the key prefix.
+    pub(super) fn cluster(&mut self, raw: RawCluster, base: &Path) -> ClusterConfig {
+        let url = match raw.redis.as_deref() {
+            None => {
+                self.fail("cluster.redis", "missing: name the shared Redis or Valkey, e.g. redis = \"redis://redis.internal:6379/0\", or remove [cluster] to run one gate on its own".into());
+                String::new()
+            }
+            Some(text) => self
+                .check("cluster.redis", check_redis_url(text))
+                .unwrap_or_default(),
+        };
+        let password = match (raw.password_file, raw.password_env) {
+            (Some(_), Some(_)) => {
+                self.fail("cluster.password_file", "password_file and password_env are both set: the password comes from one place; keep one".into());
+                None
+            }
+            (Some(file), None) => Some(ClusterPassword::File(base.join(file))),
+            (None, Some(name)) if name.is_empty() || name.contains('=') => {
+                self.fail("cluster.password_env", format!("{name:?} is not the name of an environment variable, e.g. \"REDIS_PASSWORD\""));
+                None
+            }
+            (None, Some(name)) => Some(ClusterPassword::Env(name)),
+            (None, None) => None,
+        };
+        if raw.ca.is_some() && !url.starts_with("rediss://") {
+            self.fail(
+                "cluster.ca",
+                "a CA is only used with TLS: write the URL as rediss://…, or remove ca".into(),
+            );
+        }
+        let timeout = self.duration("cluster.timeout", &raw.timeout, DEFAULT_CLUSTER_TIMEOUT);
+        if timeout.is_zero() {
+            self.fail(
+                "cluster.timeout",
+                "0 would give Redis no time at all; use e.g. \"500ms\"".into(),
+            );
+        }
+        let lock_ttl = self.duration("cluster.lock_ttl", &raw.lock_ttl, DEFAULT_CLUSTER_LOCK_TTL);
+        if lock_ttl < Duration::from_secs(2) {
+            self.fail(
+                "cluster.lock_ttl",
+                "under 2s a lock could expire while its holder renews it; use e.g. \"30s\"".into(),
+            );
+        }
+        let key_prefix = raw
+            .key_prefix
+            .unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.into());
+        if key_prefix.is_empty()
+            || !key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.fail(
+                "cluster.key_prefix",
+                format!(
+                    "{key_prefix:?}: use letters, digits, '-', '_' or '.', e.g. \"registry-gate\""
+                ),
+            );
+        }
+        ClusterConfig {
+            url,
+            password,
+            ca: raw.ca.map(|ca| base.join(ca)),
+            timeout,
+            key_prefix,
+            lock_ttl,
+        }
+    }
+
     pub(super) fn ui(&mut self, raw: RawUi) -> UiConfig {
         let path = raw
             .path
@@ -969,6 +1040,32 @@ impl Validator {
             Some(text) => self.check(key, parse_duration(text)).unwrap_or(default),
         }
     }
+}
+
+/// A Redis URL the `redis` crate can open, with no password in it: a password in the
+/// configuration would be shown by `check` and in logs.
+fn check_redis_url(text: &str) -> Result<String, String> {
+    let Some(rest) = text
+        .strip_prefix("redis://")
+        .or_else(|| text.strip_prefix("rediss://"))
+    else {
+        return Err(format!(
+            "{text:?} is not a Redis URL; write redis://host:6379/0, or rediss://… for TLS"
+        ));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if userinfo.contains(':') {
+            return Err("the URL holds a password; take it out and set password_file (or password_env) instead, so it is never shown or logged".into());
+        }
+    }
+    if authority.is_empty() || authority.ends_with('@') {
+        return Err(format!(
+            "{text:?} names no host; write e.g. redis://redis.internal:6379/0"
+        ));
+    }
+    redis::IntoConnectionInfo::into_connection_info(text).map_err(|e| format!("{text:?}: {e}"))?;
+    Ok(text.to_string())
 }
 
 fn rule_spec(users: &[&str], repositories: &[&str], actions: &[&str]) -> RuleSpec {
@@ -1370,6 +1467,54 @@ mod tests {
         assert!(!second.repositories[0].matches("other/app", None));
         assert_eq!(second.timeout, Duration::from_secs(3));
         assert!(second.secret.is_none());
+    }
+
+    #[test]
+    fn cluster_defaults_and_password_sources() {
+        let c = parse("[cluster]\nredis = \"redis://redis.internal:6379/0\"\npassword_file = \"redis.pass\"\n")
+            .expect("valid");
+        let cluster = c.cluster.expect("[cluster]");
+        assert_eq!(cluster.url, "redis://redis.internal:6379/0");
+        assert_eq!(
+            cluster.password,
+            Some(ClusterPassword::File(PathBuf::from("/etc/gate/redis.pass")))
+        );
+        assert_eq!(cluster.timeout, DEFAULT_CLUSTER_TIMEOUT);
+        assert_eq!(cluster.lock_ttl, DEFAULT_CLUSTER_LOCK_TTL);
+        assert_eq!(cluster.key_prefix, DEFAULT_CLUSTER_PREFIX);
+        assert!(parse("").expect("valid").cluster.is_none());
+        let tls = parse("[cluster]\nredis = \"rediss://r:6380\"\nca = \"ca.pem\"\npassword_env = \"REDIS_PASSWORD\"\n")
+            .expect("valid")
+            .cluster
+            .expect("[cluster]");
+        assert_eq!(tls.ca, Some(PathBuf::from("/etc/gate/ca.pem")));
+        assert_eq!(
+            tls.password,
+            Some(ClusterPassword::Env("REDIS_PASSWORD".into()))
+        );
+    }
+
+    #[test]
+    fn cluster_mistakes_name_the_key_and_never_show_a_password() {
+        let all = messages(parse(
+            "[cluster]\nredis = \"redis://gate:hunter2@redis:6379\"\npassword_file = \"a\"\npassword_env = \"B\"\nca = \"ca.pem\"\ntimeout = \"0s\"\nlock_ttl = \"1s\"\nkey_prefix = \"a b\"\n",
+        ))
+        .join("\n");
+        for needle in [
+            "[cluster.redis]: the URL holds a password",
+            "[cluster.password_file]: password_file and password_env are both set",
+            "[cluster.ca]: a CA is only used with TLS",
+            "[cluster.timeout]: 0 would give Redis no time",
+            "[cluster.lock_ttl]: under 2s",
+            "[cluster.key_prefix]: \"a b\"",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("hunter2"), "a password in a message: {all}");
+        let all = messages(parse("[cluster]\n")).join("\n");
+        assert!(all.contains("[cluster.redis]: missing"), "{all}");
+        let all = messages(parse("[cluster]\nredis = \"http://redis:6379\"\n")).join("\n");
+        assert!(all.contains("is not a Redis URL"), "{all}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use crate::cluster::Cluster;
 use crate::conn::ConnInfo;
 use crate::proxy::access_log::AccessRecord;
 use crate::proxy::body::{ClientBody, ResponseBody, Settled};
@@ -38,10 +39,11 @@ pub struct Features {
 }
 
 impl Features {
-    pub fn new() -> Result<Features, getrandom::Error> {
+    /// With `cluster`, what the fleet must agree on is kept in its Redis.
+    pub fn new(cluster: Option<Arc<Cluster>>) -> Result<Features, getrandom::Error> {
         Ok(Features {
             browser: Arc::new(Kept::new()?),
-            write_locks: Arc::default(),
+            write_locks: Arc::new(WriteLocks::new(cluster)),
         })
     }
 }
@@ -197,7 +199,15 @@ async fn route(
         READYZ => {
             ctx.record.quiet = true;
             return Ok(if snapshot.upstream.ready().await {
-                plain(StatusCode::OK, "ready\n")
+                // Still ready without the fleet's Redis: pulls and most pushes go on, and
+                // every gate of the fleet shares the same Redis, so taking them all out of
+                // the balancer would turn a degraded fleet into a dead one.
+                match ctx.shared.cluster() {
+                    Some(cluster) if cluster.ping().await.is_err() => {
+                        plain(StatusCode::OK, CLUSTER_DEGRADED)
+                    }
+                    _ => plain(StatusCode::OK, "ready\n"),
+                }
             } else {
                 plain(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -261,6 +271,9 @@ const HSTS: &str = "max-age=31536000";
 /// Liveness: the gate answers. Readiness: the registry behind it answers too.
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
+
+/// `/readyz` while the `[cluster]` Redis does not answer: what works and what does not.
+const CLUSTER_DEGRADED: &str = "ready, degraded: the [cluster] Redis does not answer; writes to repositories with protected tags are refused (503), lockouts are counted by each gate alone\n";
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(bytes::Bytes::from_static(

@@ -160,6 +160,11 @@ pub enum GateError {
     /// The exchange with the registry broke after it started.
     #[error("the registry behind the gate failed: {0}")]
     UpstreamFailed(String),
+    /// A `[[protect]]` write needs the fleet's write lock and the shared Redis cannot give
+    /// it (unreachable, too slow, or another gate holds it too long): refused, never passed
+    /// unchecked. The detail is for the log.
+    #[error("the fleet's write lock is unavailable: {0}")]
+    LockUnavailable(String),
     /// The gate cannot serve the request from its own state; the detail is for the log.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -181,7 +186,8 @@ impl GateError {
             | GateError::Condemned { .. } => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
-            | GateError::UpstreamFailed(_) => Side::Upstream,
+            | GateError::UpstreamFailed(_)
+            | GateError::LockUnavailable(_) => Side::Upstream,
             GateError::Internal(_) => Side::Internal,
         }
     }
@@ -241,6 +247,9 @@ impl GateError {
             GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+            // 503 with Retry-After: nothing was written, and the same push succeeds once the
+            // lock can be had again.
+            GateError::LockUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             GateError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
@@ -316,6 +325,9 @@ impl GateError {
                 "the registry behind the gate did not answer in time".into()
             }
             GateError::UpstreamFailed(_) => "the registry behind the gate failed to answer".into(),
+            GateError::LockUnavailable(_) => {
+                "this repository holds protected tags and the gates cannot agree on who writes it right now; nothing was written, retry shortly".into()
+            }
             GateError::Internal(_) => "the gate failed to answer; its log says why".into(),
         };
         let mut response = registry_error(status, code, &message);
@@ -332,7 +344,7 @@ impl GateError {
                     HeaderValue::from(wait.as_secs().max(1)),
                 );
             }
-            GateError::Condemned { .. } => {
+            GateError::Condemned { .. } | GateError::LockUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -463,6 +475,11 @@ mod tests {
                 GateError::Filtered(crate::filter::Refusal::Address),
                 403,
                 "DENIED",
+            ),
+            (
+                GateError::LockUnavailable("redis down".into()),
+                503,
+                "UNAVAILABLE",
             ),
         ];
         for (e, status, code) in cases {

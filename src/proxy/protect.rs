@@ -70,7 +70,7 @@ pub(super) async fn check(
     }
     let guard = lock_within_limit(ctx, repository).await?;
     within_check_limit(decide(ctx, request, class, who, host)).await?;
-    Ok(Some(guard))
+    still_held(guard, repository).map(Some)
 }
 
 /// The repository of a request that may move or delete a tag: a manifest delete, or a
@@ -92,14 +92,25 @@ async fn within_check_limit<T>(
         .map_err(|_| GateError::UpstreamTimeout)?
 }
 
-/// The repository's write lock, or a 504 after `LOCKED_CHECK_LIMIT`.
+/// The repository's write lock, or a 504 after `LOCKED_CHECK_LIMIT`; in a fleet, a 503 when
+/// the shared Redis cannot give the fleet's lock.
 async fn lock_within_limit(
     ctx: &RequestContext,
     repository: &str,
 ) -> Result<WriteGuard, GateError> {
     let locks = &ctx.write_locks;
-    match tokio::time::timeout(LOCKED_CHECK_LIMIT, locks.lock(repository)).await {
-        Ok(guard) => Ok(guard),
+    match tokio::time::timeout(
+        LOCKED_CHECK_LIMIT,
+        locks.lock(repository, LOCKED_CHECK_LIMIT),
+    )
+    .await
+    {
+        Ok(Ok(guard)) => Ok(guard),
+        Ok(Err(e)) => {
+            crate::metrics::get().cluster_fallback("protect");
+            tracing::warn!(repository, error = %e, "a manifest write to a repository with protected tags refused: no fleet write lock");
+            Err(GateError::LockUnavailable(e.to_string()))
+        }
         Err(_) => {
             tracing::warn!(
                 repository,
@@ -108,6 +119,19 @@ async fn lock_within_limit(
             );
             Err(GateError::UpstreamTimeout)
         }
+    }
+}
+
+/// The lock still held once the check is done: a fleet lock that lapsed meanwhile (Redis
+/// unreachable for longer than `[cluster] lock_ttl`) may be someone else's now.
+fn still_held(guard: WriteGuard, repository: &str) -> Result<WriteGuard, GateError> {
+    if guard.held() {
+        Ok(guard)
+    } else {
+        crate::metrics::get().cluster_fallback("protect");
+        Err(GateError::LockUnavailable(format!(
+            "the fleet's write lock of {repository} lapsed during the [[protect]] check"
+        )))
     }
 }
 
@@ -278,7 +302,7 @@ pub(crate) async fn check_manifest_delete(
     ))
     .await?;
     match found {
-        None => Ok(Some(guard)),
+        None => still_held(guard, repository).map(Some),
         Some((tag, protection, refusal)) => Err(GateError::Protected {
             repository: repository.to_string(),
             tag,

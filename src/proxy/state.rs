@@ -20,6 +20,7 @@ use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
 use crate::auth::oidc::{Oidc, OidcError};
 use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::conn::send_budget::SendBudget;
 use crate::events::{self, Events, EventsError};
@@ -69,6 +70,8 @@ pub struct Shared {
     /// The last accepted pushes and deletes, for the browser's activity page; outlives
     /// reloads (a reload changes no history), ends with the process.
     activity: Activity,
+    /// `[cluster]`'s Redis, connected at start (a change needs a restart).
+    cluster: Option<Arc<Cluster>>,
     /// `[server] h2_buffer_budget`, shared by every HTTP/2 connection; sized at start, since
     /// the answers holding it outlive any reload.
     send_budget: SendBudget,
@@ -99,6 +102,8 @@ pub enum PrepareError {
     Oidc(#[from] OidcError),
     #[error(transparent)]
     Events(#[from] EventsError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// Configuration and certificates, loaded and checked, not yet listening.
@@ -293,13 +298,18 @@ impl Shared {
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
         certs.replace_extra(&prepared.tls.extra);
         let next = build(prepared, credentials, &certs, &provider, None)?;
+        let cluster = match &prepared.config.cluster {
+            Some(config) => Some(Cluster::open(config).map_err(|e| vec![e.into()])?),
+            None => None,
+        };
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(next.snapshot),
             certs,
             tls: ArcSwap::new(next.server_tls),
             provider,
             config_path: prepared.config.source.clone(),
-            throttle: Throttle::new(),
+            throttle: cluster.clone().map_or_else(Throttle::new, Throttle::shared),
+            cluster,
             verify_slots,
             reloading: tokio::sync::Mutex::new(()),
             ticketer: std::sync::Mutex::new(next.ticketer),
@@ -314,6 +324,11 @@ impl Shared {
     /// The semaphore every browser page's registry reads share.
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
+    }
+
+    /// The fleet's shared Redis, with `[cluster]`.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The recent pushes and deletes the gate saw accepted.
@@ -402,6 +417,11 @@ impl Shared {
                 old = %old.config.server.listen,
                 new = %prepared.config.server.listen,
                 "server.listen changed: a restart is needed to listen on the new address; keeping the old one"
+            );
+        }
+        if prepared.config.cluster != old.config.cluster {
+            tracing::warn!(
+                "[cluster] changed: a restart is needed to use another Redis; keeping the old one"
             );
         }
         if prepared.config.server.h2_buffer_budget != old.config.server.h2_buffer_budget {

@@ -228,7 +228,7 @@ impl Rules {
                 && rule
                     .from
                     .as_ref()
-                    .map_or(true, |nets| nets.iter().any(|n| n.contains(&client)))
+                    .is_none_or(|nets| nets.iter().any(|n| n.contains(&client)))
                 && rule
                     .repositories
                     .iter()

@@ -18,6 +18,7 @@ mod early_answers;
 mod events;
 mod faults;
 mod filter;
+mod fleet;
 mod harness;
 mod head;
 mod identity;

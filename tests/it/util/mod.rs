@@ -29,6 +29,7 @@ pub mod peer;
 pub mod pki;
 pub mod rawh2;
 pub mod recorder;
+pub mod redis;
 pub mod registry;
 pub mod webdriver;
 

@@ -1,0 +1,259 @@
+//! Several gates, one gate: three gates in front of one real registry share their state
+//! through a real `redis-server` (`[cluster]`). Racing pushes to a new protected tag through
+//! the three pass exactly once; a guesser going round the three is locked out after as many
+//! failures as one gate allows; and with Redis stopped, a protected write is refused (503),
+//! never passed unchecked, while pulls go on, until Redis is back.
+
+use crate::util;
+
+use std::time::Duration;
+
+use base64::Engine;
+use http::StatusCode;
+use util::client::{full, request, text, HttpsClient, Proto};
+use util::gate::{Gate, GateConfig};
+use util::image::{oci_image, OciImage, MANIFEST_MEDIA_TYPE};
+use util::redis::Redis;
+use util::registry::Registry;
+use util::{describe, sha256_digest, temp_dir};
+
+const CI: (&str, &str) = ("ci", "ci-secret");
+
+const PROTECT: &str = "\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"v*\"]\n";
+
+/// One registry, one Redis and three gates sharing it, each with its own directory (and so
+/// its own certificate authority).
+struct Fleet {
+    gates: Vec<Gate>,
+    redis: Redis,
+    _registry: Registry,
+}
+
+fn fleet(tmp: &std::path::Path, extra: &str) -> Fleet {
+    let registry = Registry::start(tmp);
+    let redis = Redis::start(tmp);
+    let cluster = format!(
+        "\n[cluster]\nredis = \"{}\"\ntimeout = \"300ms\"\nlock_ttl = \"5s\"\n",
+        redis.url()
+    );
+    let gates = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let dir = tmp.join(name);
+            std::fs::create_dir_all(&dir).expect("mkdir gate dir");
+            Gate::start(
+                &dir,
+                GateConfig::new(&registry.url)
+                    .basic_auth(&[CI, ("good", "good-secret")])
+                    .extra_toml(&format!("{extra}{cluster}")),
+            )
+        })
+        .collect();
+    Fleet {
+        gates,
+        redis,
+        _registry: registry,
+    }
+}
+
+fn basic((user, password): (&str, &str)) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+/// An image pushed with skopeo through the first gate to the unprotected `team/app:base`,
+/// so its blobs are in the repository for the manifests the tests push.
+async fn pushed_image(tmp: &std::path::Path, gate: &Gate) -> OciImage {
+    let image = oci_image(&tmp.join("image"), 1, 4 * 1024);
+    let (sk, source) = (gate.host(), image.reference());
+    let pushed = tokio::task::spawn_blocking(move || {
+        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:base")
+    })
+    .await
+    .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    image
+}
+
+/// The image's manifest with an annotation that makes it a different manifest.
+fn variant(image: &OciImage, mark: &str) -> Vec<u8> {
+    let hex = image.manifest_digest.trim_start_matches("sha256:");
+    let mut manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(image.dir.join("blobs/sha256").join(hex)).expect("read the manifest"),
+    )
+    .expect("manifest JSON");
+    manifest["annotations"] = serde_json::json!({ "mark": mark });
+    serde_json::to_vec(&manifest).expect("serialise")
+}
+
+async fn put_manifest(gate: &Gate, tag: &str, body: Vec<u8>) -> (StatusCode, String) {
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    let response = client
+        .send(
+            request("PUT", &gate.url(&format!("/v2/team/app/manifests/{tag}")))
+                .header("Authorization", basic(CI))
+                .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                .body(full(body))
+                .expect("request"),
+        )
+        .await;
+    let status = response.status();
+    (status, text(response).await)
+}
+
+async fn login(gate: &Gate, who: (&str, &str)) -> StatusCode {
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    client
+        .send(
+            request("GET", &gate.url("/v2/"))
+                .header("Authorization", basic(who))
+                .body(full(Vec::new()))
+                .expect("request"),
+        )
+        .await
+        .status()
+}
+
+/// Each gate's lock alone would let one push per gate through: the registry has no
+/// compare-and-swap, so all of them would find the tag absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_racing_pushes_through_three_gates_to_a_new_protected_tag_exactly_one_passes() {
+    let tmp = temp_dir();
+    let fleet = fleet(tmp.path(), PROTECT);
+    let image = pushed_image(tmp.path(), &fleet.gates[0]).await;
+
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..9 {
+        let body = variant(&image, &format!("racer-{i}"));
+        let digest = sha256_digest(&body);
+        let gate = &fleet.gates[i % 3];
+        let (ca, url) = (
+            gate.pki.ca_pem.clone(),
+            gate.url("/v2/team/app/manifests/v7"),
+        );
+        racers.spawn(async move {
+            let client = HttpsClient::new(&ca, Proto::Http2);
+            let response = client
+                .send(
+                    request("PUT", &url)
+                        .header("Authorization", basic(CI))
+                        .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                        .body(full(body))
+                        .expect("request"),
+                )
+                .await;
+            (response.status(), digest)
+        });
+    }
+    let mut passed = Vec::new();
+    let mut refused = 0;
+    while let Some(done) = racers.join_next().await {
+        let (status, digest) = done.expect("racer");
+        match status {
+            StatusCode::CREATED => passed.push(digest),
+            StatusCode::CONFLICT => refused += 1,
+            other => panic!("a racer got {other}:\n{}", fleet.gates[0].log()),
+        }
+    }
+    assert_eq!(passed.len(), 1, "{passed:?} all passed");
+    assert_eq!(refused, 8);
+    let sk = fleet.gates[2].host();
+    let now = tokio::task::spawn_blocking(move || {
+        sk.manifest_digest(&format!("{}:{}", CI.0, CI.1), "team/app:v7")
+    })
+    .await
+    .expect("skopeo thread");
+    assert_eq!(now.as_ref(), passed.first(), "v7 is not the winner's");
+}
+
+/// Five failures are free per (address, user) on one gate; going round three gates must not
+/// buy a guesser three times as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guesser_going_round_the_gates_is_locked_out_as_by_one() {
+    let tmp = temp_dir();
+    let fleet = fleet(tmp.path(), "");
+    let gates = &fleet.gates;
+    for i in 0..6 {
+        let status = login(&gates[i % 3], ("good", &format!("wrong-{i}"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "failure {i}");
+    }
+    // The sixth failure started a one-second lockout; grown to four seconds so the checks
+    // below come well within it, each round on another gate.
+    let mut round = 0;
+    util::lengthen_lockout(401, || {
+        round += 1;
+        let gate = &gates[round % 3];
+        async move { login(gate, ("good", "wrong-again")).await.as_u16() }
+    })
+    .await;
+    for gate in gates {
+        assert_eq!(
+            login(gate, ("good", "wrong-7")).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    // The right password, never verified from here, is refused alike on every gate.
+    assert_eq!(
+        login(&gates[2], ("good", "good-secret")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The user is locked out, not the address: another user logs in.
+    assert_eq!(login(&gates[1], CI).await, StatusCode::OK);
+    assert!(
+        fleet
+            .redis
+            .command(&["KEYS", "registry-gate:lockout:*"])
+            .contains("lockout"),
+        "the lockout is not kept in Redis"
+    );
+}
+
+/// Without Redis nobody can know whether another gate is writing the tag: the protected
+/// write is refused, fast and retryable, and taken again once Redis answers, without a
+/// restart. Pulls and logins do not need Redis at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_protected_writes_are_refused_and_pulls_go_on() {
+    let tmp = temp_dir();
+    let mut fleet = fleet(tmp.path(), PROTECT);
+    let image = pushed_image(tmp.path(), &fleet.gates[0]).await;
+    let gate = &fleet.gates[1];
+
+    fleet.redis.stop();
+    let started = std::time::Instant::now();
+    let (status, body) = put_manifest(gate, "v1", variant(&image, "outage")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("UNAVAILABLE"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the refusal waited {:?}",
+        started.elapsed()
+    );
+    // A pull needs no lock.
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    let pulled = client
+        .send(
+            request("GET", &gate.url("/v2/team/app/manifests/base"))
+                .header("Authorization", basic(CI))
+                .header("Accept", MANIFEST_MEDIA_TYPE)
+                .body(full(Vec::new()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(pulled.status(), StatusCode::OK);
+    // A pull, and a login from a fresh password check (counted locally meanwhile).
+    assert_eq!(login(&fleet.gates[2], CI).await, StatusCode::OK);
+    let ready = client
+        .send(
+            request("GET", &gate.url("/readyz"))
+                .body(full(Vec::new()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert!(text(ready).await.contains("degraded"));
+
+    fleet.redis.restart();
+    let (status, body) = put_manifest(gate, "v1", variant(&image, "after")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(gate.log().contains("Redis answers again"), "{}", gate.log());
+}
