@@ -163,6 +163,23 @@ pub enum GateError {
     /// The gate cannot serve the request from its own state; the detail is for the log.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The browser: no such repository, tag or page, or one the caller may not pull. The two
+    /// are one answer, so hidden names stay hidden.
+    #[error("no such repository, tag or page, or not visible to the caller")]
+    NotFound,
+    /// The browser: a write (a delete) without a logged-in session, which carries the CSRF
+    /// token a write needs.
+    #[error("a browser write without a session")]
+    NoSession,
+    /// The browser: a form without the session's CSRF token, or posted from another site.
+    #[error("a form without a valid CSRF token, or from another site")]
+    CrossSiteForm,
+    /// The browser: the registry behind the gate runs without deletes.
+    #[error("the registry does not allow deletes")]
+    DeletesDisabled,
+    /// The browser: the tag points at another manifest than the one the delete confirmed.
+    #[error("{repository}:{tag} moved after the delete was confirmed")]
+    TagMoved { repository: String, tag: String },
 }
 
 impl GateError {
@@ -178,7 +195,12 @@ impl GateError {
             | GateError::Protected { .. }
             | GateError::ManifestTooLarge(_)
             | GateError::ClientAborted
-            | GateError::Condemned { .. } => Side::Client,
+            | GateError::Condemned { .. }
+            | GateError::NotFound
+            | GateError::NoSession
+            | GateError::CrossSiteForm
+            | GateError::DeletesDisabled
+            | GateError::TagMoved { .. } => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_) => Side::Upstream,
@@ -197,6 +219,18 @@ impl GateError {
             GateError::UpstreamFailed(_) => metrics.upstream_error("failed"),
             GateError::Protected { refusal, .. } => metrics.protect_refusal(refusal.label()),
             _ => {}
+        }
+    }
+
+    /// Counts the error (`count`) and logs it at the level of its side: debug for a client's,
+    /// warn for the registry's, error for the gate's own. The one place an error ending a
+    /// request is logged, for the API and the browser alike.
+    pub fn report(&self, request_id: &str) {
+        self.count();
+        match self.side() {
+            Side::Client => tracing::debug!(request_id, error = %self, "request refused"),
+            Side::Upstream => tracing::warn!(request_id, error = %self, "upstream error"),
+            Side::Internal => tracing::error!(request_id, error = %self, "the gate failed"),
         }
     }
 
@@ -242,6 +276,12 @@ impl GateError {
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            GateError::NotFound => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            GateError::NoSession | GateError::CrossSiteForm => (StatusCode::FORBIDDEN, "DENIED"),
+            // What distribution itself answers a delete when deletes are off.
+            GateError::DeletesDisabled => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            // As for a protected tag: the registry's state, not the rules, stands in the way.
+            GateError::TagMoved { .. } => (StatusCode::CONFLICT, "DENIED"),
         }
     }
 
@@ -317,6 +357,19 @@ impl GateError {
             }
             GateError::UpstreamFailed(_) => "the registry behind the gate failed to answer".into(),
             GateError::Internal(_) => "the gate failed to answer; its log says why".into(),
+            GateError::NotFound => {
+                "there is no such repository, tag or page, or you may not see it".into()
+            }
+            GateError::NoSession => "log in to the registry browser first".into(),
+            GateError::CrossSiteForm => {
+                "this form has expired or did not come from the gate's own pages".into()
+            }
+            GateError::DeletesDisabled => {
+                "the registry behind the gate does not allow deletes".into()
+            }
+            GateError::TagMoved { repository, tag } => format!(
+                "{repository}:{tag} points at another manifest than the one confirmed; review it and confirm again"
+            ),
         };
         let mut response = registry_error(status, code, &message);
         let headers = response.headers_mut();
@@ -462,6 +515,18 @@ mod tests {
             (
                 GateError::Filtered(crate::filter::Refusal::Address),
                 403,
+                "DENIED",
+            ),
+            (GateError::NotFound, 404, "NAME_UNKNOWN"),
+            (GateError::NoSession, 403, "DENIED"),
+            (GateError::CrossSiteForm, 403, "DENIED"),
+            (GateError::DeletesDisabled, 405, "UNSUPPORTED"),
+            (
+                GateError::TagMoved {
+                    repository: "team/app".into(),
+                    tag: "v1".into(),
+                },
+                409,
                 "DENIED",
             ),
         ];
