@@ -752,12 +752,12 @@ mod tests {
             .collect();
         let c = parse(&uncommented).unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
         use crate::registry_path::Action;
-        use crate::rules::Identity;
+        use crate::rules::Subject;
         let rules = &c.rules;
         let build_network: std::net::IpAddr = "10.20.3.4".parse().expect("address");
         assert!(rules
             .decide(
-                &Identity::User("builder1"),
+                &Subject::User("builder1"),
                 build_network,
                 "team/app",
                 Action::Push
@@ -766,7 +766,7 @@ mod tests {
         // Elsewhere the `from` rule is skipped: the catch-all lets CI pull, not push.
         assert!(!rules
             .decide(
-                &Identity::User("builder1"),
+                &Subject::User("builder1"),
                 ANYWHERE,
                 "team/app",
                 Action::Push
@@ -774,7 +774,7 @@ mod tests {
             .is_allowed());
         assert!(rules
             .decide(
-                &Identity::User("builder1"),
+                &Subject::User("builder1"),
                 ANYWHERE,
                 "team/app",
                 Action::Pull
@@ -782,7 +782,7 @@ mod tests {
             .is_allowed());
         assert!(!rules
             .decide(
-                &Identity::User("builder1"),
+                &Subject::User("builder1"),
                 ANYWHERE,
                 "team/app",
                 Action::Delete
@@ -790,23 +790,23 @@ mod tests {
             .is_allowed());
         assert!(rules
             .decide(
-                &Identity::User("alice"),
+                &Subject::User("alice"),
                 ANYWHERE,
                 "team/app",
                 Action::Delete
             )
             .is_allowed());
         assert!(rules
-            .decide(&Identity::User("bob"), ANYWHERE, "bob/tool", Action::Push)
+            .decide(&Subject::User("bob"), ANYWHERE, "bob/tool", Action::Push)
             .is_allowed());
         assert!(!rules
-            .decide(&Identity::User("bob"), ANYWHERE, "team/app", Action::Push)
+            .decide(&Subject::User("bob"), ANYWHERE, "team/app", Action::Push)
             .is_allowed());
         assert!(rules
-            .decide(&Identity::User("bob"), ANYWHERE, "team/app", Action::Pull)
+            .decide(&Subject::User("bob"), ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
         assert!(!rules
-            .decide(&Identity::Anonymous, ANYWHERE, "team/app", Action::Pull)
+            .decide(&Subject::Anonymous, ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
     }
 
@@ -826,22 +826,22 @@ mod tests {
             .collect();
         let c = parse(&format!("[groups]\nadmins = [\"alice\"]\n{uncommented}"))
             .unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
-        use crate::rules::Identity;
+        use crate::rules::Subject;
         let protect = &c.protect;
         assert_eq!(
-            protect.guarding(&Identity::User("bob"), "team/app", "v1"),
+            protect.guarding(&Subject::User("bob"), "team/app", "v1"),
             Some(0)
         );
         assert_eq!(
-            protect.guarding(&Identity::User("release-bot"), "team/app", "v1"),
+            protect.guarding(&Subject::User("release-bot"), "team/app", "v1"),
             None
         );
         assert_eq!(
-            protect.guarding(&Identity::User("alice"), "a/b/c", "v2.0"),
+            protect.guarding(&Subject::User("alice"), "a/b/c", "v2.0"),
             None
         );
         assert_eq!(
-            protect.guarding(&Identity::User("bob"), "team/app", "latest"),
+            protect.guarding(&Subject::User("bob"), "team/app", "latest"),
             None
         );
     }

@@ -302,7 +302,7 @@ mod tests {
                     repository: "team/app".into(),
                     tag: "v1".into(),
                     protection: 0,
-                    refusal: crate::proxy::error::ProtectRefusal::Move,
+                    refusal: crate::rules::protect::Refusal::Move,
                 },
                 GateError::ManifestTooLarge(4 << 20),
                 GateError::Internal("test"),

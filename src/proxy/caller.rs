@@ -20,7 +20,7 @@ use crate::auth::access_tokens::AccessToken;
 use crate::auth::oidc::Oidc;
 use crate::auth::token::Claims;
 use crate::auth::token::TOKEN_PATH;
-use crate::auth::{Failure, Identity};
+use crate::auth::{Identity, LoginFailure};
 use crate::registry_path::{Action, Classified, Kind};
 use crate::rules::{Decision, Rules};
 
@@ -58,17 +58,17 @@ impl Caller {
             }
         }
         rules
-            .decide(&self.identity.as_rule(), client, repository, action)
+            .decide(&self.identity.as_subject(), client, repository, action)
             .is_allowed()
     }
 
     /// Who `[[protect]]` asks about: an access token answers for itself (`token:NAME`),
     /// owned or not. A credential scoped for a pipeline must not move release tags because
     /// the person who made it is exempt; an operator who wants that exempts the token.
-    pub fn protect_identity(&self) -> crate::rules::Identity<'_> {
+    pub fn protect_subject(&self) -> crate::rules::Subject<'_> {
         match &self.access_token {
-            Some(token) => crate::rules::Identity::User(&token.account),
-            None => self.identity.as_rule(),
+            Some(token) => crate::rules::Subject::User(&token.account),
+            None => self.identity.as_subject(),
         }
     }
 
@@ -117,7 +117,7 @@ pub(crate) async fn authenticate(
     match credentials(ctx, header).await {
         Ok(caller) => Ok(caller),
         Err(failure) => {
-            let reason = refused(failure, ctx.client_ip, "authentication failed")?;
+            let reason = login_failed(failure, ctx.client_ip, "authentication failed")?;
             Err(challenge(snapshot, request, class, false, reason))
         }
     }
@@ -129,7 +129,7 @@ pub(crate) async fn authenticate(
 pub(crate) async fn credentials(
     ctx: &RequestContext,
     header: Option<&HeaderValue>,
-) -> Result<Caller, Failure> {
+) -> Result<Caller, LoginFailure> {
     let Some(header) = header else {
         return Ok(Caller::with(match &ctx.conn.cert_user {
             Some(user) => Identity::User(user.to_string()),
@@ -139,7 +139,8 @@ pub(crate) async fn credentials(
     if ctx.snapshot.auth.is_none() {
         return Ok(Caller::with(Identity::Anonymous));
     }
-    let (user, password) = crate::auth::parse_basic(header.as_bytes()).ok_or(Failure::Malformed)?;
+    let (user, password) =
+        crate::auth::parse_basic(header.as_bytes()).ok_or(LoginFailure::Malformed)?;
     check_password(ctx, user, password).await
 }
 
@@ -151,7 +152,7 @@ pub(crate) async fn check_password(
     ctx: &RequestContext,
     user: String,
     password: Vec<u8>,
-) -> Result<Caller, Failure> {
+) -> Result<Caller, LoginFailure> {
     let snapshot = &ctx.snapshot;
     let Some(auth) = &snapshot.auth else {
         return Ok(Caller::with(Identity::Anonymous));
@@ -162,7 +163,7 @@ pub(crate) async fn check_password(
         .and_then(|tokens| tokens.find(&password))
     {
         let token = usable_access_token(ctx, &token.name)
-            .map_err(|reason| Failure::TokenRefused { reason })?;
+            .map_err(|reason| LoginFailure::BadToken { reason })?;
         crate::metrics::get().token_used(&token.name);
         return Ok(Caller {
             identity: Identity::User(token.principal()),
@@ -182,15 +183,15 @@ pub(crate) async fn check_password(
                     access_token: None,
                     oidc_subject: Some(verified.subject),
                 }),
-                Err(refusal) => {
+                Err(unverified) => {
                     tracing::info!(
                         peer = %ctx.client_ip,
-                        reason = refusal.reason,
-                        detail = %refusal.detail,
+                        reason = unverified.reason,
+                        detail = %unverified.detail,
                         "OIDC token refused"
                     );
-                    Err(Failure::TokenRefused {
-                        reason: refusal.reason,
+                    Err(LoginFailure::BadToken {
+                        reason: unverified.reason,
                     })
                 }
             };
@@ -271,12 +272,12 @@ fn usable_access_token(ctx: &RequestContext, name: &str) -> Result<Arc<AccessTok
 
 /// A failed login: a throttled client gets its 429 at once; any other failure is logged with
 /// its reason (never the credentials) and the reason handed back for the caller's answer.
-pub(crate) fn refused(
-    failure: Failure,
+pub(crate) fn login_failed(
+    failure: LoginFailure,
     client: IpAddr,
     what: &'static str,
 ) -> Result<&'static str, GateError> {
-    if let Failure::Throttled { retry_after } = failure {
+    if let LoginFailure::Throttled { retry_after } = failure {
         return Err(GateError::Throttled(retry_after));
     }
     tracing::info!(peer = %client, reason = failure.reason(), "{what}");
@@ -379,7 +380,7 @@ pub(crate) fn authorise(
         Some(token) if token.owner.is_none() => Decision::Allow { rule: None },
         _ => config
             .rules
-            .decide(&identity.as_rule(), client_ip, repository, class.action),
+            .decide(&identity.as_subject(), client_ip, repository, class.action),
     };
     if caller
         .token

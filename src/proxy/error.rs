@@ -9,8 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::filter;
 use crate::proxy::body::ResponseBody;
-use crate::registry_path::{Action, Rejection};
+use crate::registry_path::{self, Action};
+use crate::rules::protect;
 
 /// The registry API version header every `/v2/` response carries; docker checks it on the ping.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -56,39 +58,6 @@ impl Challenge {
     }
 }
 
-/// What a write to a protected tag would have done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProtectRefusal {
-    /// A manifest push would point the tag at another manifest.
-    Move,
-    /// A delete names the tag.
-    Delete,
-    /// A delete by digest would take the manifest the tag points to.
-    DeleteTagged,
-    /// A delete by digest would take one platform of the index a protected tag points to.
-    DeleteChild,
-    /// A blob delete in a repository with protected tags: it would break a protected image
-    /// without touching its tag.
-    DeleteBlob,
-    /// A manifest write with a query (`?tag=`) where protected tags are: a registry that
-    /// honours it would move a tag the gate never saw named.
-    Query,
-}
-
-impl ProtectRefusal {
-    /// The metrics label and the access log's reason.
-    pub fn label(self) -> &'static str {
-        match self {
-            ProtectRefusal::Move => "move",
-            ProtectRefusal::Delete => "delete",
-            ProtectRefusal::DeleteTagged => "delete_tagged",
-            ProtectRefusal::DeleteChild => "delete_child",
-            ProtectRefusal::DeleteBlob => "delete_blob",
-            ProtectRefusal::Query => "query",
-        }
-    }
-}
-
 /// Who is at fault: decides the log level (debug for clients, warn for the registry, error
 /// for the gate itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +76,10 @@ pub enum GateError {
     BadRequest(&'static str),
     /// `[filter]` turned the client away.
     #[error("refused by [filter]: {0:?}")]
-    Filtered(crate::filter::Refusal),
+    Filtered(filter::Refusal),
     /// The path or method is not one the gate can classify; never forwarded.
     #[error("{0}")]
-    Rejected(Rejection),
+    Unclassified(registry_path::Refusal),
     /// No (valid) credentials; the client is challenged.
     #[error("authentication required ({reason})")]
     Unauthorized {
@@ -137,7 +106,7 @@ pub enum GateError {
         repository: String,
         tag: String,
         protection: usize,
-        refusal: ProtectRefusal,
+        refusal: protect::Refusal,
     },
     /// A manifest push that `[[protect]]` must read whole is larger than the registry would
     /// take anyway.
@@ -187,7 +156,7 @@ impl GateError {
         match self {
             GateError::BadRequest(_)
             | GateError::Filtered(_)
-            | GateError::Rejected(_)
+            | GateError::Unclassified(_)
             | GateError::Unauthorized { .. }
             | GateError::Throttled(_)
             | GateError::Denied { .. }
@@ -239,24 +208,22 @@ impl GateError {
         match self {
             GateError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             // The recipe answers old clients 404; an address refused is plainly forbidden.
-            GateError::Filtered(crate::filter::Refusal::UserAgent) => {
+            GateError::Filtered(filter::Refusal::UserAgent) => {
                 (StatusCode::NOT_FOUND, "UNSUPPORTED")
             }
-            GateError::Filtered(crate::filter::Refusal::Address) => {
-                (StatusCode::FORBIDDEN, "DENIED")
-            }
-            GateError::Rejected(Rejection::MethodNotAllowed) => {
+            GateError::Filtered(filter::Refusal::Address) => (StatusCode::FORBIDDEN, "DENIED"),
+            GateError::Unclassified(registry_path::Refusal::MethodNotAllowed) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
             }
-            GateError::Rejected(Rejection::InvalidName) => {
+            GateError::Unclassified(registry_path::Refusal::InvalidName) => {
                 (StatusCode::BAD_REQUEST, "NAME_INVALID")
             }
-            GateError::Rejected(Rejection::NotNormalised(_)) => {
+            GateError::Unclassified(registry_path::Refusal::NotNormalised(_)) => {
                 (StatusCode::BAD_REQUEST, "UNSUPPORTED")
             }
-            GateError::Rejected(Rejection::NotRegistryApi | Rejection::Unclassified) => {
-                (StatusCode::NOT_FOUND, "UNSUPPORTED")
-            }
+            GateError::Unclassified(
+                registry_path::Refusal::NotRegistryApi | registry_path::Refusal::UnknownEndpoint,
+            ) => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             GateError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             GateError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             GateError::Denied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
@@ -295,13 +262,13 @@ impl GateError {
         let (status, code) = self.status_and_code();
         let message = match self {
             GateError::BadRequest(why) => format!("bad request: {why}"),
-            GateError::Filtered(crate::filter::Refusal::UserAgent) => {
+            GateError::Filtered(filter::Refusal::UserAgent) => {
                 "this client version is not supported; upgrade docker".into()
             }
-            GateError::Filtered(crate::filter::Refusal::Address) => {
+            GateError::Filtered(filter::Refusal::Address) => {
                 "access from your address is not allowed".into()
             }
-            GateError::Rejected(r) => r.to_string(),
+            GateError::Unclassified(r) => r.to_string(),
             GateError::Unauthorized { .. } => "authentication required".into(),
             GateError::Throttled(_) => {
                 "too many failed logins from your address; try again later".into()
@@ -322,22 +289,22 @@ impl GateError {
                 refusal,
                 ..
             } => match refusal {
-                ProtectRefusal::Move => format!(
+                protect::Refusal::Move => format!(
                     "{repository}:{tag} is a protected tag and already points to another manifest; push to a new tag instead"
                 ),
-                ProtectRefusal::Delete => {
+                protect::Refusal::Delete => {
                     format!("{repository}:{tag} is a protected tag and cannot be deleted")
                 }
-                ProtectRefusal::DeleteTagged => format!(
+                protect::Refusal::DeleteTagged => format!(
                     "this manifest is the protected tag {repository}:{tag} and cannot be deleted"
                 ),
-                ProtectRefusal::DeleteChild => format!(
+                protect::Refusal::DeleteChild => format!(
                     "this manifest is one platform of the protected tag {repository}:{tag} and cannot be deleted"
                 ),
-                ProtectRefusal::DeleteBlob => format!(
+                protect::Refusal::DeleteBlob => format!(
                     "{repository} holds protected tags: its blobs cannot be deleted one by one (the registry's garbage collection removes unused ones)"
                 ),
-                ProtectRefusal::Query => format!(
+                protect::Refusal::Query => format!(
                     "{repository} holds protected tags: manifest writes with query parameters are refused"
                 ),
             },
@@ -444,27 +411,27 @@ mod tests {
                 "UNAVAILABLE",
             ),
             (
-                GateError::Rejected(Rejection::NotNormalised("//")),
+                GateError::Unclassified(registry_path::Refusal::NotNormalised("//")),
                 400,
                 "UNSUPPORTED",
             ),
             (
-                GateError::Rejected(Rejection::MethodNotAllowed),
+                GateError::Unclassified(registry_path::Refusal::MethodNotAllowed),
                 405,
                 "UNSUPPORTED",
             ),
             (
-                GateError::Rejected(Rejection::InvalidName),
+                GateError::Unclassified(registry_path::Refusal::InvalidName),
                 400,
                 "NAME_INVALID",
             ),
             (
-                GateError::Rejected(Rejection::Unclassified),
+                GateError::Unclassified(registry_path::Refusal::UnknownEndpoint),
                 404,
                 "UNSUPPORTED",
             ),
             (
-                GateError::Rejected(Rejection::NotRegistryApi),
+                GateError::Unclassified(registry_path::Refusal::NotRegistryApi),
                 404,
                 "UNSUPPORTED",
             ),
@@ -496,7 +463,7 @@ mod tests {
                     repository: "team/app".into(),
                     tag: "v1".into(),
                     protection: 0,
-                    refusal: ProtectRefusal::Move,
+                    refusal: protect::Refusal::Move,
                 },
                 409,
                 "DENIED",
@@ -508,15 +475,11 @@ mod tests {
             ),
             (GateError::ClientAborted, 400, "BLOB_UPLOAD_INVALID"),
             (
-                GateError::Filtered(crate::filter::Refusal::UserAgent),
+                GateError::Filtered(filter::Refusal::UserAgent),
                 404,
                 "UNSUPPORTED",
             ),
-            (
-                GateError::Filtered(crate::filter::Refusal::Address),
-                403,
-                "DENIED",
-            ),
+            (GateError::Filtered(filter::Refusal::Address), 403, "DENIED"),
             (GateError::NotFound, 404, "NAME_UNKNOWN"),
             (GateError::NoSession, 403, "DENIED"),
             (GateError::CrossSiteForm, 403, "DENIED"),
@@ -595,11 +558,11 @@ mod tests {
     #[tokio::test]
     async fn a_protected_tag_refusal_is_a_409_denied_naming_the_tag() {
         for (refusal, words) in [
-            (ProtectRefusal::Move, "already points to another manifest"),
-            (ProtectRefusal::Delete, "cannot be deleted"),
-            (ProtectRefusal::DeleteTagged, "cannot be deleted"),
+            (protect::Refusal::Move, "already points to another manifest"),
+            (protect::Refusal::Delete, "cannot be deleted"),
+            (protect::Refusal::DeleteTagged, "cannot be deleted"),
             (
-                ProtectRefusal::DeleteChild,
+                protect::Refusal::DeleteChild,
                 "one platform of the protected tag",
             ),
         ] {

@@ -71,7 +71,7 @@ pub(crate) async fn api(
     // 2. Classify: endpoint, action, repository. Anything unclassifiable stops here.
     let uri = request.uri().clone();
     let class = registry_path::classify(request.method(), uri.path(), uri.query())
-        .map_err(GateError::Rejected)?;
+        .map_err(GateError::Unclassified)?;
     form::refuse_form_bodies(&request)?;
     let record = &mut ctx.record;
     record.action = Some(class.action.as_str());
@@ -101,7 +101,7 @@ pub(crate) async fn api(
     // protected tag.
     // The lock it may hand back is held until the registry has answered (step 5).
     let _write_lock =
-        protect::check(ctx, &request, &class, &caller.protect_identity(), &host).await?;
+        protect::check(ctx, &request, &class, &caller.protect_subject(), &host).await?;
 
     // 6. Forward. Over HTTP/2 an answer with a body first takes its stream's place in the
     // send budget, waiting while its connection's share or the whole is spent: a client that

@@ -39,7 +39,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::auth::token::unix_now;
-use crate::auth::{Failure, Identity};
+use crate::auth::{Identity, LoginFailure};
 use crate::config::UiConfig;
 use crate::events::EventAction;
 use crate::proxy::access_log::Verdict;
@@ -505,12 +505,12 @@ impl Browser {
                 Ok(redirect(chrome.base, Some(cookie)))
             }
             Err(failure) => {
-                let token_refused = matches!(failure, Failure::TokenRefused { .. });
-                let reason = caller::refused(failure, ctx.client_ip, "browser login failed")?;
+                let bad_token = matches!(failure, LoginFailure::BadToken { .. });
+                let reason = caller::login_failed(failure, ctx.client_ip, "browser login failed")?;
                 crate::metrics::get().auth_failure(reason);
                 Ok(login_failed(
                     chrome,
-                    if token_refused {
+                    if bad_token {
                         "That access token may no longer be used (expired, revoked or its owner removed)."
                     } else {
                         "Wrong user name or password."
@@ -795,7 +795,7 @@ impl Browser {
         // one must stop it, as it would a DELETE through the API.
         let _write_lock = match crate::proxy::protect::check_manifest_delete(
             ctx,
-            &self.caller.protect_identity(),
+            &self.caller.protect_subject(),
             name,
             &digest,
             host,
@@ -1213,7 +1213,7 @@ mod tests {
                     repository: "a".into(),
                     tag: "v1".into(),
                     protection: 0,
-                    refusal: crate::proxy::error::ProtectRefusal::DeleteTagged,
+                    refusal: crate::rules::protect::Refusal::DeleteTagged,
                 },
                 409,
                 "Protected tag",
