@@ -336,22 +336,62 @@ fn scope_for(class: &Classified<'_>) -> Option<String> {
     }
 }
 
-/// Applies read-only mode, the token's grants and the access rules to a classified request.
+/// What phase 4 decided: the verdict and the `[[rules]]` entry behind it, for the access
+/// line, and the error the client gets when the answer is no. A value, so that the access
+/// record is filled in one place (`proxy::api`), not by the phase.
+pub(crate) struct Authorisation {
+    pub verdict: Verdict,
+    pub rule: Option<usize>,
+    refusal: Option<GateError>,
+}
+
+impl Authorisation {
+    fn allow(rule: Option<usize>) -> Authorisation {
+        Authorisation {
+            verdict: Verdict::Allow,
+            rule,
+            refusal: None,
+        }
+    }
+
+    fn deny(rule: Option<usize>, refusal: GateError) -> Authorisation {
+        Authorisation {
+            verdict: Verdict::Deny,
+            rule,
+            refusal: Some(refusal),
+        }
+    }
+
+    /// No rule was asked (the ping, the catalog): the request goes on unless it must log in.
+    fn undecided(refusal: Option<GateError>) -> Authorisation {
+        Authorisation {
+            verdict: Verdict::Undecided,
+            rule: None,
+            refusal,
+        }
+    }
+
+    /// Whether the request goes on: `Ok`, or the refusal, handed over once.
+    pub fn result(&mut self) -> Result<(), GateError> {
+        self.refusal.take().map_or(Ok(()), Err)
+    }
+}
+
+/// Phase 4, authorise: read-only mode, the token's grants and the access rules applied to a
+/// classified request. Returns the decision, with the error the client gets when it is no.
 pub(crate) fn authorise(
-    ctx: &mut RequestContext,
+    ctx: &RequestContext,
     caller: &Caller,
     request: &Request<()>,
     class: &Classified<'_>,
-) -> Result<(), GateError> {
+) -> Authorisation {
     let snapshot = &ctx.snapshot;
-    let record = &mut ctx.record;
     let client_ip = ctx.client_ip;
     let config = &snapshot.config;
     let identity = &caller.identity;
     let auth_on = snapshot.auth.is_some();
     if config.server.read_only && class.action != Action::Pull {
-        record.decision = Verdict::Deny;
-        return Err(GateError::ReadOnly);
+        return Authorisation::deny(None, GateError::ReadOnly);
     }
     let Some(repository) = class.repository else {
         // The ping: anyone who authenticated (in token mode, any valid token, so that an
@@ -360,18 +400,22 @@ pub(crate) fn authorise(
         let authenticated = *identity != Identity::Anonymous
             || (class.kind == Kind::Ping && caller.token.is_some());
         if auth_on && !authenticated {
-            return Err(challenge(snapshot, request, class, false, "missing"));
+            return Authorisation::undecided(Some(challenge(
+                snapshot, request, class, false, "missing",
+            )));
         }
-        return Ok(());
+        return Authorisation::undecided(None);
     };
     if let Some(token) = &caller.access_token {
         if !token.allows(repository, class.action) {
-            record.decision = Verdict::Deny;
-            return Err(GateError::Denied {
-                user: format!("access token {:?}", token.name),
-                action: class.action,
-                repository: repository.to_string(),
-            });
+            return Authorisation::deny(
+                None,
+                GateError::Denied {
+                    user: format!("access token {:?}", token.name),
+                    action: class.action,
+                    repository: repository.to_string(),
+                },
+            );
         }
     }
     let decision = match &caller.access_token {
@@ -390,56 +434,46 @@ pub(crate) fn authorise(
         // The rules were applied when the token was issued; a rule that denies now (a
         // reload, or a `from` rule and a token carried to another address) still wins.
         if let Decision::Deny { rule: Some(rule) } = decision {
-            record.decision = Verdict::Deny;
-            record.rule = Some(rule);
-            return Err(GateError::Denied {
-                user: identity.name().to_string(),
-                action: class.action,
-                repository: repository.to_string(),
-            });
+            return Authorisation::deny(
+                Some(rule),
+                GateError::Denied {
+                    user: identity.name().to_string(),
+                    action: class.action,
+                    repository: repository.to_string(),
+                },
+            );
         }
-        record.decision = Verdict::Allow;
-        return Ok(());
+        return Authorisation::allow(None);
     }
     match decision {
-        Decision::Allow { rule } if caller.token.is_none() => {
-            record.decision = Verdict::Allow;
-            record.rule = rule;
-            Ok(())
-        }
+        Decision::Allow { rule } if caller.token.is_none() => Authorisation::allow(rule),
         Decision::Allow { rule } => {
             // Allowed, but this token was issued for less: docker asks for a wider one.
-            record.decision = Verdict::Deny;
-            record.rule = rule;
-            Err(challenge(
-                snapshot,
-                request,
-                class,
-                true,
-                "insufficient_scope",
-            ))
+            Authorisation::deny(
+                rule,
+                challenge(snapshot, request, class, true, "insufficient_scope"),
+            )
         }
-        Decision::Deny { rule } => {
-            record.decision = Verdict::Deny;
-            record.rule = rule;
+        Decision::Deny { rule } => Authorisation::deny(
+            rule,
             match identity {
                 // No credentials at all: say how to authenticate.
                 Identity::Anonymous if auth_on && caller.token.is_none() => {
-                    Err(challenge(snapshot, request, class, false, "missing"))
+                    challenge(snapshot, request, class, false, "missing")
                 }
                 // An anonymous token: a new token would be anonymous too, and a 401 only makes
                 // docker retry for a minute. Only logging in helps, so say that.
-                Identity::Anonymous => Err(GateError::Denied {
+                Identity::Anonymous => GateError::Denied {
                     user: "anonymous users (log in first)".into(),
                     action: class.action,
                     repository: repository.to_string(),
-                }),
-                Identity::User(user) => Err(GateError::Denied {
+                },
+                Identity::User(user) => GateError::Denied {
                     user: user.clone(),
                     action: class.action,
                     repository: repository.to_string(),
-                }),
-            }
-        }
+                },
+            },
+        ),
     }
 }

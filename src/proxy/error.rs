@@ -191,6 +191,19 @@ impl GateError {
         }
     }
 
+    /// Why a request the rules allowed was still refused, for the access line's `reason`
+    /// (`protect[0]:move`); `None` for any other error.
+    pub fn access_reason(&self) -> Option<String> {
+        match self {
+            GateError::Protected {
+                protection,
+                refusal,
+                ..
+            } => Some(format!("protect[{protection}]:{}", refusal.label())),
+            _ => None,
+        }
+    }
+
     /// Counts the error (`count`) and logs it at the level of its side: debug for a client's,
     /// warn for the registry's, error for the gate's own. The one place an error ending a
     /// request is logged, for the API and the browser alike.
@@ -586,6 +599,22 @@ mod tests {
         assert!(json["errors"][0]["message"]
             .as_str()
             .is_some_and(|m| m.contains("4 MiB")));
+    }
+
+    #[test]
+    fn only_a_protect_refusal_has_an_access_reason() {
+        let protected = GateError::Protected {
+            repository: "team/app".into(),
+            tag: "v1".into(),
+            protection: 2,
+            refusal: protect::Refusal::DeleteChild,
+        };
+        assert_eq!(
+            protected.access_reason().as_deref(),
+            Some("protect[2]:delete_child")
+        );
+        assert_eq!(GateError::ReadOnly.access_reason(), None);
+        assert_eq!(GateError::UpstreamTimeout.access_reason(), None);
     }
 
     #[tokio::test]

@@ -27,7 +27,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request};
 use sha2::{Digest, Sha256};
 
-use super::access_log::Verdict;
 use super::body::ReadError;
 use super::context::RequestContext;
 use super::error::GateError;
@@ -50,10 +49,10 @@ const MAX_INDEX_READS: usize = 64;
 /// end behind a registry that stalls.
 const LOCKED_CHECK_LIMIT: Duration = Duration::from_secs(60);
 
-/// Refuses a manifest write that would move or delete a protected tag; anything else passes,
+/// Phase 5, guard tags: refuses a manifest write that would move or delete a protected tag; anything else passes,
 /// and a manifest write where tags are protected passes holding the repository's write lock,
 /// to be kept until the registry has answered.
-pub(super) async fn check(
+pub(super) async fn guard_tags(
     ctx: &mut RequestContext,
     request: &Request<()>,
     class: &Classified<'_>,
@@ -140,18 +139,14 @@ async fn decide(
     let Some(binding) = protections.binding(who, repository) else {
         return Ok(());
     };
-    let refuse = |ctx: &mut RequestContext, refusal: Refusal| {
-        ctx.record.decision = Verdict::Deny;
-        ctx.record.reason = Some(format!("protect[{binding}]:{}", refusal.label()));
-        GateError::Protected {
-            repository: repository.to_string(),
-            tag: class.reference.unwrap_or("-").to_string(),
-            protection: binding,
-            refusal,
-        }
+    let refuse = |refusal: Refusal| GateError::Protected {
+        repository: repository.to_string(),
+        tag: class.reference.unwrap_or("-").to_string(),
+        protection: binding,
+        refusal,
     };
     if class.kind == Kind::Blob && method == Method::DELETE {
-        return Err(refuse(ctx, Refusal::DeleteBlob));
+        return Err(refuse(Refusal::DeleteBlob));
     }
     if class.kind != Kind::Manifest {
         return Ok(());
@@ -160,7 +155,7 @@ async fn decide(
         return Ok(());
     };
     if (method == Method::PUT || method == Method::DELETE) && request.uri().query().is_some() {
-        return Err(refuse(ctx, Refusal::Query));
+        return Err(refuse(Refusal::Query));
     }
     let registry = Registry::new(snapshot.upstream.clone(), host.clone()).with_authorization(
         // The registry may check credentials itself when the gate does not.
@@ -203,8 +198,6 @@ async fn decide(
         return Ok(());
     };
     let (tag, protection, refusal) = refusal;
-    ctx.record.decision = Verdict::Deny;
-    ctx.record.reason = Some(format!("protect[{protection}]:{}", refusal.label()));
     Err(GateError::Protected {
         repository: repository.to_string(),
         tag,

@@ -805,6 +805,7 @@ impl Browser {
             Ok(guard) => guard,
             Err(e) => {
                 ctx.record.decision = Verdict::Deny;
+                ctx.record.reason = e.access_reason();
                 return Err(e);
             }
         };
