@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::auth::htpasswd::{HtpasswdFile, LoadOptions};
 use crate::auth::token::{parse_scopes, Grant, TokenKey};
 use crate::registry_path::{classify, is_valid_repository_name, Action};
-use crate::rules::{Decision, Identity, RuleSpec, Rules};
+use crate::rules::{Decision, RuleSpec, Rules, Subject};
 use crate::server::proxy_protocol::{parse_v1, read_header};
 
 /// The htpasswd parser never panics, and whatever it accepts verifies a password without
@@ -199,8 +199,8 @@ pub fn classify_and_rules(data: &[u8]) -> bool {
     };
     let user = USERS[*u as usize % USERS.len()];
     let who = match user {
-        None => Identity::Anonymous,
-        Some(name) => Identity::User(name),
+        None => Subject::Anonymous,
+        Some(name) => Subject::User(name),
     };
     let reference: Vec<Option<Vec<Ref>>> =
         patterns.iter().map(|p| reference_tokens(p, user)).collect();

@@ -262,7 +262,7 @@ impl Metrics {
             .inc();
     }
 
-    /// A write refused by `[[protect]]`, by what it would have done (`ProtectRefusal::label`).
+    /// A write refused by `[[protect]]`, by what it would have done (`rules::protect::Refusal::label`).
     pub fn protect_refusal(&self, reason: &'static str) {
         self.protect_refusals
             .get_or_create(&ReasonLabels { reason })

@@ -4,7 +4,7 @@
 //! Owns: the normal-form check on the path, the endpoint table, the repository-name, tag and
 //! digest grammars, and reading the `from` of a cross-repository mount. Must not touch: headers,
 //! identities or rules; it never decides whether a request may pass, only what it is. Anything
-//! it cannot place is a `Rejection`, and the caller denies it.
+//! it cannot place is a `Refusal`, and the caller denies it.
 //!
 //! The path is checked as received, never repaired: a path that would need decoding or dot
 //! removal to read is refused, because the registry or a proxy in between might resolve it
@@ -80,7 +80,7 @@ pub struct Classified<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
+pub enum Refusal {
     #[error("the request path is not in normal form ({0}); send it exactly as the registry API spells it")]
     NotNormalised(&'static str),
     #[error("this method is not allowed on this registry endpoint")]
@@ -88,7 +88,7 @@ pub enum Rejection {
     #[error("not a registry API path; the API lives under /v2/")]
     NotRegistryApi,
     #[error("not a registry API endpoint the gate knows")]
-    Unclassified,
+    UnknownEndpoint,
     #[error("invalid repository name: use lowercase path components such as team-a/app")]
     InvalidName,
 }
@@ -98,16 +98,16 @@ pub fn classify<'a>(
     method: &Method,
     path: &'a str,
     query: Option<&str>,
-) -> Result<Classified<'a>, Rejection> {
+) -> Result<Classified<'a>, Refusal> {
     check_normalised(path)?;
-    let rest = path.strip_prefix("/v2").ok_or(Rejection::NotRegistryApi)?;
+    let rest = path.strip_prefix("/v2").ok_or(Refusal::NotRegistryApi)?;
     let (kind, repository, reference) = match rest {
         // `/v2` without the slash is served too (the registry redirects it), and the proxy floor
         // already counts it as API traffic, so it must not fall through unclassified-but-allowed.
         "" | "/" => (Kind::Ping, None, None),
         "/_catalog" => (Kind::Catalog, None, None),
         _ => {
-            let rest = rest.strip_prefix('/').ok_or(Rejection::NotRegistryApi)?;
+            let rest = rest.strip_prefix('/').ok_or(Refusal::NotRegistryApi)?;
             let route = route(rest)?;
             (route.kind, Some(route.name), route.reference)
         }
@@ -137,9 +137,9 @@ pub fn is_valid_repository_name(name: &str) -> bool {
 /// route search, so a crafted path cannot make classification expensive.
 const MAX_PATH_LEN: usize = 1024;
 
-fn check_normalised(path: &str) -> Result<(), Rejection> {
+fn check_normalised(path: &str) -> Result<(), Refusal> {
     if path.len() > MAX_PATH_LEN {
-        return Err(Rejection::Unclassified);
+        return Err(Refusal::UnknownEndpoint);
     }
     for b in path.bytes() {
         let why = match b {
@@ -153,19 +153,19 @@ fn check_normalised(path: &str) -> Result<(), Rejection> {
             0x80..=0xff => "non-ASCII byte",
             _ => continue,
         };
-        return Err(Rejection::NotNormalised(why));
+        return Err(Refusal::NotNormalised(why));
     }
     if !path.starts_with('/') {
-        return Err(Rejection::NotNormalised("path does not start with /"));
+        return Err(Refusal::NotNormalised("path does not start with /"));
     }
     if path.contains("//") {
-        return Err(Rejection::NotNormalised("empty segment //"));
+        return Err(Refusal::NotNormalised("empty segment //"));
     }
     // Splitting on `/` catches `/./`, `/../` and a trailing `/.` or `/..` alike.
     for segment in path.split('/') {
         match segment {
-            "." => return Err(Rejection::NotNormalised("dot segment /./")),
-            ".." => return Err(Rejection::NotNormalised("dot-dot segment /../")),
+            "." => return Err(Refusal::NotNormalised("dot segment /./")),
+            ".." => return Err(Refusal::NotNormalised("dot-dot segment /../")),
             _ => {}
         }
     }
@@ -186,7 +186,7 @@ const MARKERS: [&str; 4] = ["/manifests/", "/blobs/", "/tags/", "/referrers/"];
 /// Places `rest` (the path after `/v2/`) by trying every split at every marker, not only the
 /// last one: a name may itself contain `blobs` or `manifests` as a component, and the grammars
 /// decide which split is meant.
-fn route(rest: &str) -> Result<Route<'_>, Rejection> {
+fn route(rest: &str) -> Result<Route<'_>, Refusal> {
     let mut found: Vec<Route<'_>> = Vec::new();
     let mut bad_name = false;
     for (slash, _) in rest.match_indices('/') {
@@ -214,11 +214,11 @@ fn route(rest: &str) -> Result<Route<'_>, Rejection> {
 
 /// Exactly one reading wins. Two valid readings mean the gate and the registry could disagree
 /// on the repository, so the request is refused rather than guessed at.
-fn pick<'a>(found: &[Route<'a>], bad_name: bool) -> Result<Route<'a>, Rejection> {
+fn pick<'a>(found: &[Route<'a>], bad_name: bool) -> Result<Route<'a>, Refusal> {
     match found {
         [one] => Ok(*one),
-        [] if bad_name => Err(Rejection::InvalidName),
-        _ => Err(Rejection::Unclassified),
+        [] if bad_name => Err(Refusal::InvalidName),
+        _ => Err(Refusal::UnknownEndpoint),
     }
 }
 
@@ -237,7 +237,7 @@ fn endpoint<'a>(marker: &str, tail: &'a str) -> Option<(Kind, Option<&'a str>)> 
     }
 }
 
-fn action(kind: Kind, has_reference: bool, method: &Method) -> Result<Action, Rejection> {
+fn action(kind: Kind, has_reference: bool, method: &Method) -> Result<Action, Refusal> {
     let m = method;
     let action = match kind {
         Kind::Ping if m == Method::GET || m == Method::HEAD => Action::Pull,
@@ -262,7 +262,7 @@ fn action(kind: Kind, has_reference: bool, method: &Method) -> Result<Action, Re
         {
             Action::Push
         }
-        _ => return Err(Rejection::MethodNotAllowed),
+        _ => return Err(Refusal::MethodNotAllowed),
     };
     Ok(action)
 }
@@ -270,7 +270,7 @@ fn action(kind: Kind, has_reference: bool, method: &Method) -> Result<Action, Re
 /// The `from` of a mount, read the way the registry reads it (Go's `ParseQuery`: pairs split on
 /// `&`, keys and values percent-decoded, `+` as space). Anything the two could read differently
 /// (a `;`, a bad escape, `from` twice) is refused rather than resolved.
-fn mount_source(query: Option<&str>) -> Result<Option<String>, Rejection> {
+fn mount_source(query: Option<&str>) -> Result<Option<String>, Refusal> {
     let Some(query) = query else {
         return Ok(None);
     };
@@ -279,18 +279,18 @@ fn mount_source(query: Option<&str>) -> Result<Option<String>, Rejection> {
         // Go before 1.17 also split on `;`, so `mount=x;from=y` means different things to
         // different registries.
         if pair.contains(';') {
-            return Err(Rejection::Unclassified);
+            return Err(Refusal::UnknownEndpoint);
         }
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(key).ok_or(Rejection::Unclassified)? != "from" {
+        if percent_decode(key).ok_or(Refusal::UnknownEndpoint)? != "from" {
             continue;
         }
         if from.is_some() {
-            return Err(Rejection::Unclassified);
+            return Err(Refusal::UnknownEndpoint);
         }
-        let value = percent_decode(value).ok_or(Rejection::InvalidName)?;
+        let value = percent_decode(value).ok_or(Refusal::InvalidName)?;
         if !is_valid_repository_name(&value) {
-            return Err(Rejection::InvalidName);
+            return Err(Refusal::InvalidName);
         }
         from = Some(value);
     }
@@ -475,10 +475,10 @@ mod tests {
 
     #[test]
     fn rejections() {
-        use Rejection::*;
+        use Refusal::*;
         let nn = |why| NotNormalised(why);
         let long_name = format!("/v2/{}/manifests/x", "a".repeat(256));
-        let cases: &[(&str, &str, Rejection)] = &[
+        let cases: &[(&str, &str, Refusal)] = &[
             ("GET", "/v2//a/manifests/x", nn("empty segment //")),
             ("GET", "/v2/a/../b/manifests/x", nn("dot-dot segment /../")),
             ("GET", "/v2/./a/manifests/x", nn("dot segment /./")),
@@ -495,7 +495,11 @@ mod tests {
             ("GET", "/v2/a/manifests/x;y", nn("; parameter")),
             // The registry answers 500 to a reference that is neither tag nor digest; the
             // gate's 400 is documented in docs/security.md's table of the gate's own answers.
-            ("GET", "/v2/a/manifests/sha256:totallywrong", Unclassified),
+            (
+                "GET",
+                "/v2/a/manifests/sha256:totallywrong",
+                UnknownEndpoint,
+            ),
             ("GET", "/v2/a\\b/manifests/x", nn("backslash")),
             ("GET", "/v2/a\0/manifests/x", nn("NUL byte")),
             ("GET", "/v2/a\t/manifests/x", nn("control character")),
@@ -515,15 +519,15 @@ mod tests {
             ("GET", "/v2/a/blobs/uploads/", MethodNotAllowed),
             ("POST", "/v2/a/blobs/uploads/u1", MethodNotAllowed),
             ("DELETE", "/v2/a/tags/list", MethodNotAllowed),
-            ("GET", "/v2/_catalog/", Unclassified),
-            ("GET", "/v2/a", Unclassified),
-            ("GET", "/v2/a/manifests/", Unclassified),
-            ("GET", "/v2/a/manifests/-x", Unclassified),
-            ("GET", "/v2/a/manifests/x/y", Unclassified),
-            ("GET", "/v2/a/blobs/latest", Unclassified),
-            ("GET", "/v2/a/blobs/sha256:abc", Unclassified),
-            ("GET", "/v2/a/tags/list/", Unclassified),
-            ("GET", "/v2/a/referrers/latest", Unclassified),
+            ("GET", "/v2/_catalog/", UnknownEndpoint),
+            ("GET", "/v2/a", UnknownEndpoint),
+            ("GET", "/v2/a/manifests/", UnknownEndpoint),
+            ("GET", "/v2/a/manifests/-x", UnknownEndpoint),
+            ("GET", "/v2/a/manifests/x/y", UnknownEndpoint),
+            ("GET", "/v2/a/blobs/latest", UnknownEndpoint),
+            ("GET", "/v2/a/blobs/sha256:abc", UnknownEndpoint),
+            ("GET", "/v2/a/tags/list/", UnknownEndpoint),
+            ("GET", "/v2/a/referrers/latest", UnknownEndpoint),
             ("GET", "/v2/A/manifests/x", InvalidName),
             ("GET", "/v2/a-/manifests/x", InvalidName),
             ("GET", "/v2/a..b/manifests/x", InvalidName),
@@ -551,10 +555,10 @@ mod tests {
             ..a
         };
         assert_eq!(pick(&[a], false), Ok(a));
-        assert_eq!(pick(&[a, b], false), Err(Rejection::Unclassified));
-        assert_eq!(pick(&[a, b], true), Err(Rejection::Unclassified));
-        assert_eq!(pick(&[], true), Err(Rejection::InvalidName));
-        assert_eq!(pick(&[], false), Err(Rejection::Unclassified));
+        assert_eq!(pick(&[a, b], false), Err(Refusal::UnknownEndpoint));
+        assert_eq!(pick(&[a, b], true), Err(Refusal::UnknownEndpoint));
+        assert_eq!(pick(&[], true), Err(Refusal::InvalidName));
+        assert_eq!(pick(&[], false), Err(Refusal::UnknownEndpoint));
     }
 
     #[test]
@@ -578,14 +582,14 @@ mod tests {
         );
         assert_eq!(post("digest=sha256:00"), Ok(None));
         assert_eq!(post(""), Ok(None));
-        assert_eq!(post("from=A"), Err(Rejection::InvalidName));
-        assert_eq!(post("from=a%2F..%2Fb"), Err(Rejection::InvalidName));
-        assert_eq!(post("from=a+b"), Err(Rejection::InvalidName));
-        assert_eq!(post("from=a%zz"), Err(Rejection::InvalidName));
-        assert_eq!(post("from="), Err(Rejection::InvalidName));
-        assert_eq!(post("from=a&from=b"), Err(Rejection::Unclassified));
-        assert_eq!(post("mount=x;from=b"), Err(Rejection::Unclassified));
-        assert_eq!(post("fr%zzom=b"), Err(Rejection::Unclassified));
+        assert_eq!(post("from=A"), Err(Refusal::InvalidName));
+        assert_eq!(post("from=a%2F..%2Fb"), Err(Refusal::InvalidName));
+        assert_eq!(post("from=a+b"), Err(Refusal::InvalidName));
+        assert_eq!(post("from=a%zz"), Err(Refusal::InvalidName));
+        assert_eq!(post("from="), Err(Refusal::InvalidName));
+        assert_eq!(post("from=a&from=b"), Err(Refusal::UnknownEndpoint));
+        assert_eq!(post("mount=x;from=b"), Err(Refusal::UnknownEndpoint));
+        assert_eq!(post("fr%zzom=b"), Err(Refusal::UnknownEndpoint));
         // Only the upload-start endpoint mounts; elsewhere the query is not read.
         let put = classify(&Method::PUT, "/v2/a/blobs/uploads/u1", Some("from=A")).unwrap();
         assert_eq!(put.mount_from, None);

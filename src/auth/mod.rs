@@ -38,11 +38,11 @@ pub enum Identity {
 }
 
 impl Identity {
-    /// The view the rules take of an identity.
-    pub fn as_rule(&self) -> crate::rules::Identity<'_> {
+    /// The view the rules take of an identity (`rules::Subject`).
+    pub fn as_subject(&self) -> crate::rules::Subject<'_> {
         match self {
-            Identity::Anonymous => crate::rules::Identity::Anonymous,
-            Identity::User(u) => crate::rules::Identity::User(u),
+            Identity::Anonymous => crate::rules::Subject::Anonymous,
+            Identity::User(u) => crate::rules::Subject::User(u),
         }
     }
 
@@ -54,9 +54,12 @@ impl Identity {
     }
 }
 
-/// Why credentials were not accepted; the access log and (later) metrics use the reason.
+/// Why credentials proved no one: a failed login, not a refusal. What the request gets for
+/// it (a 401 with a challenge, a 429, the browser's login form again) is decided by whoever
+/// asked (`caller::login_failed`); a refusal is a `GateError`. The access log and the
+/// metrics use the reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub enum LoginFailure {
     /// The Authorization header is not a well-formed Basic credential.
     Malformed,
     /// No such user, or the wrong password: deliberately not told apart.
@@ -68,16 +71,16 @@ pub enum Failure {
     /// `token_owner_unknown`, `token_unknown`) or an OIDC ID token that did not verify
     /// (`oidc_expired`, `oidc_bad_signature`, …). Not counted against the address: neither
     /// can be guessed, and a CI runner sending a stale token must not lock out its host.
-    TokenRefused { reason: &'static str },
+    BadToken { reason: &'static str },
 }
 
-impl Failure {
+impl LoginFailure {
     pub fn reason(&self) -> &'static str {
         match self {
-            Failure::Malformed => "malformed",
-            Failure::BadCredentials => "bad_credentials",
-            Failure::Throttled { .. } => "throttled",
-            Failure::TokenRefused { reason } => reason,
+            LoginFailure::Malformed => "malformed",
+            LoginFailure::BadCredentials => "bad_credentials",
+            LoginFailure::Throttled { .. } => "throttled",
+            LoginFailure::BadToken { reason } => reason,
         }
     }
 }
@@ -87,12 +90,12 @@ const CACHE_CAPACITY: usize = 4096;
 
 /// An attempt inside a lockout: counted as one more failure, so guessing on extends it, and
 /// answered with the extended wait.
-async fn locked_out(throttle: &Throttle, peer: IpAddr, user: &str) -> Failure {
+async fn locked_out(throttle: &Throttle, peer: IpAddr, user: &str) -> LoginFailure {
     let retry_after = throttle
         .record_failure_everywhere(peer, user)
         .await
         .map_or(Duration::from_secs(1), |l| l.retry_after);
-    Failure::Throttled { retry_after }
+    LoginFailure::Throttled { retry_after }
 }
 
 /// The users of one snapshot. Rebuilt (and so its cache emptied) whenever a file changes.
@@ -115,7 +118,7 @@ pub struct Authenticator {
 }
 
 /// One hash verification's verdict, shared by every client that waits for it.
-type Verification = Arc<OnceCell<Result<(), Failure>>>;
+type Verification = Arc<OnceCell<Result<(), LoginFailure>>>;
 
 impl Authenticator {
     /// Loads every file; returns every unusable line of every file on failure.
@@ -205,7 +208,7 @@ impl Authenticator {
         password: Vec<u8>,
         peer: IpAddr,
         throttle: &Throttle,
-    ) -> Result<Identity, Failure> {
+    ) -> Result<Identity, LoginFailure> {
         let key = self.cache_key_for(peer, &user, &password);
         let verified_at = self.cached(&key);
         match (verified_at, throttle.lockout(peer, &user)) {
@@ -216,7 +219,7 @@ impl Authenticator {
         }
 
         let Some(verification) = self.join_verification(key) else {
-            return Err(Failure::BadCredentials);
+            return Err(LoginFailure::BadCredentials);
         };
         let verdict = *verification
             .get_or_init(|| self.verify(&user, password, peer, throttle))
@@ -252,7 +255,7 @@ impl Authenticator {
         password: Vec<u8>,
         peer: IpAddr,
         throttle: &Throttle,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), LoginFailure> {
         let hash = match self.users.get(user) {
             Some(h) => h.clone(),
             // An unknown user costs one verification against a real user's hash (same format,
@@ -264,7 +267,7 @@ impl Authenticator {
         // Wait for a hashing slot, then look at the lockout again: requests that queued up
         // in parallel before the first failures were recorded must not all be verified.
         let Ok(_slot) = self.verify_slots.clone().acquire_owned().await else {
-            return Err(Failure::BadCredentials);
+            return Err(LoginFailure::BadCredentials);
         };
         if throttle.lockout_everywhere(peer, user).await.is_some() {
             return Err(locked_out(throttle, peer, user).await);
@@ -282,7 +285,7 @@ impl Authenticator {
             Ok(())
         } else {
             throttle.record_failure_everywhere(peer, user).await;
-            Err(Failure::BadCredentials)
+            Err(LoginFailure::BadCredentials)
         }
     }
 
@@ -441,11 +444,11 @@ mod tests {
             header: Option<&[u8]>,
             peer: IpAddr,
             throttle: &Throttle,
-        ) -> Result<Identity, Failure> {
+        ) -> Result<Identity, LoginFailure> {
             let Some(header) = header else {
                 return Ok(Identity::Anonymous);
             };
-            let (user, password) = parse_basic(header).ok_or(Failure::Malformed)?;
+            let (user, password) = parse_basic(header).ok_or(LoginFailure::Malformed)?;
             self.check_password(user, password, peer, throttle).await
         }
     }
@@ -472,7 +475,7 @@ mod tests {
             let r = auth
                 .authenticate(Some(&header(user, password)), ip, &throttle)
                 .await;
-            assert_eq!(r, Err(Failure::BadCredentials), "{user}:{password}");
+            assert_eq!(r, Err(LoginFailure::BadCredentials), "{user}:{password}");
         }
         // Five failures for "sha" in all: the sixth locks it out.
         for _ in 0..5 {
@@ -484,7 +487,7 @@ mod tests {
             .authenticate(Some(&header("sha", "anything")), ip, &throttle)
             .await;
         assert!(
-            matches!(blocked, Err(Failure::Throttled { .. })),
+            matches!(blocked, Err(LoginFailure::Throttled { .. })),
             "{blocked:?}"
         );
         // Verified from this address before the lockout: still served, from the cache.
@@ -498,7 +501,7 @@ mod tests {
             .await;
         assert_eq!(other, Ok(Identity::User("sha2".into())));
         let malformed = auth.authenticate(Some(b"Basic !!"), ip, &throttle).await;
-        assert_eq!(malformed, Err(Failure::Malformed));
+        assert_eq!(malformed, Err(LoginFailure::Malformed));
     }
 
     #[tokio::test]
@@ -520,7 +523,7 @@ mod tests {
         let mut last_wait = Duration::ZERO;
         for i in 0..12 {
             let answer = login("wrong", attacker).await;
-            if let Err(Failure::Throttled { retry_after }) = answer {
+            if let Err(LoginFailure::Throttled { retry_after }) = answer {
                 assert!(
                     retry_after > last_wait,
                     "guess {i} did not extend the lockout"
@@ -531,7 +534,7 @@ mod tests {
         assert!(last_wait > Duration::from_secs(8), "{last_wait:?}");
         // The right guess from the locked-out address gets exactly what a wrong one gets.
         match login("s3cret", attacker).await {
-            Err(Failure::Throttled { retry_after }) => assert!(retry_after > last_wait),
+            Err(LoginFailure::Throttled { retry_after }) => assert!(retry_after > last_wait),
             other => panic!("the right password inside the lockout: {other:?}"),
         }
         // The owner's address is not locked out, and its cached credential still works.

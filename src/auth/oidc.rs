@@ -66,16 +66,17 @@ pub enum OidcError {
     },
 }
 
-/// Why a token was refused: `reason` is a fixed label for metrics and the failure, `detail`
-/// a sentence for the log.
+/// Why an ID token did not verify: a failed verification, not a refusal (the login fails
+/// with `LoginFailure::BadToken`, and what the request gets is decided above). `reason` is
+/// a fixed label for metrics and the failure, `detail` a sentence for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub struct Unverified {
     pub reason: &'static str,
     pub detail: String,
 }
 
-fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
-    Refusal {
+fn unverified(reason: &'static str, detail: impl Into<String>) -> Unverified {
+    Unverified {
         reason,
         detail: detail.into(),
     }
@@ -222,7 +223,7 @@ impl Oidc {
 
     /// Verifies `token` completely and maps it to its identity; a token remembered by
     /// `VerifiedTokens` (see there for when) is taken on its hash.
-    pub async fn verify(&self, token: &str) -> Result<OidcIdentity, Refusal> {
+    pub async fn verify(&self, token: &str) -> Result<OidcIdentity, Unverified> {
         let digest = token_digest(token);
         let now = Instant::now();
         let key_sets = |issuer: usize| self.issuers.get(issuer)?.fresh_keys(now);
@@ -237,30 +238,30 @@ impl Oidc {
     }
 
     /// Signature, issuer and claims: what `VerifiedTokens` needs to remember the token.
-    async fn verify_fully(&self, token: &str) -> Result<Remembered, Refusal> {
+    async fn verify_fully(&self, token: &str) -> Result<Remembered, Unverified> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(refuse("oidc_malformed", "not a JWT"));
+            return Err(unverified("oidc_malformed", "not a JWT"));
         };
         let header: Header = decode_json(header_b64)
-            .ok_or_else(|| refuse("oidc_malformed", "the header is not base64url JSON"))?;
+            .ok_or_else(|| unverified("oidc_malformed", "the header is not base64url JSON"))?;
         let claims: serde_json::Map<String, Value> = decode_json(payload_b64)
-            .ok_or_else(|| refuse("oidc_malformed", "the payload is not base64url JSON"))?;
+            .ok_or_else(|| unverified("oidc_malformed", "the payload is not base64url JSON"))?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature_b64)
-            .map_err(|_| refuse("oidc_malformed", "the signature is not base64url"))?;
+            .map_err(|_| unverified("oidc_malformed", "the signature is not base64url"))?;
         // Only the two algorithms CI issuers use; `none`, HMAC (which a public key would
         // turn into a forgery) and everything else are refused before any key is looked at.
         if header.alg != "RS256" && header.alg != "ES256" {
-            return Err(refuse(
+            return Err(unverified(
                 "oidc_bad_algorithm",
                 format!("algorithm {:?} is not accepted (RS256, ES256)", header.alg),
             ));
         }
         if header.crit.is_some() {
-            return Err(refuse(
+            return Err(unverified(
                 "oidc_malformed",
                 "the header has critical extensions the gate does not understand",
             ));
@@ -272,7 +273,7 @@ impl Oidc {
             .enumerate()
             .find(|(_, i)| i.config.issuer == iss.trim_end_matches('/'))
         else {
-            return Err(refuse(
+            return Err(unverified(
                 "oidc_unknown_issuer",
                 format!("issuer {iss:?} is not configured in [[auth.oidc]]"),
             ));
@@ -331,7 +332,7 @@ fn token_digest(token: &str) -> [u8; 32] {
 impl Issuer {
     /// The key a token names, fetching the key set when it is not known (yet).
     /// The key, and when the set it comes from was fetched.
-    async fn key_for(&self, kid: Option<&str>, alg: &str) -> Result<(Jwk, Instant), Refusal> {
+    async fn key_for(&self, kid: Option<&str>, alg: &str) -> Result<(Jwk, Instant), Unverified> {
         // A known, fresh key is served without waiting for anything: a fetch caused by
         // another token (a rotation, or made-up key ids) never delays these logins.
         if let Some(key) = self.fresh_key(kid, alg) {
@@ -362,7 +363,7 @@ impl Issuer {
             .fetched
             .is_some_and(|at| at.elapsed() >= KEYS_HARD_MAX_AGE)
         {
-            return Err(refuse(
+            return Err(unverified(
                 "oidc_keys_stale",
                 format!(
                     "the keys of {} could not be refreshed for {KEYS_HARD_MAX_AGE:?}",
@@ -373,7 +374,7 @@ impl Issuer {
         // A key is found only in a set that was fetched, so both are there or neither.
         match (find_key(&keys.set, kid, alg), keys.fetched) {
             (Some(key), Some(fetched)) => Ok((key.clone(), fetched)),
-            _ => Err(refuse(
+            _ => Err(unverified(
                 "oidc_unknown_key",
                 format!(
                     "no {alg} key {:?} in the key set of {}",
@@ -510,9 +511,14 @@ fn find_key<'a>(set: &'a [Jwk], kid: Option<&str>, alg: &str) -> Option<&'a Jwk>
     }
 }
 
-fn verify_signature(key: &Jwk, alg: &str, signed: &[u8], signature: &[u8]) -> Result<(), Refusal> {
-    let bad_key = || refuse("oidc_unknown_key", "the issuer's key is not usable");
-    let b64 = |v: &Option<String>| -> Result<Vec<u8>, Refusal> {
+fn verify_signature(
+    key: &Jwk,
+    alg: &str,
+    signed: &[u8],
+    signature: &[u8],
+) -> Result<(), Unverified> {
+    let bad_key = || unverified("oidc_unknown_key", "the issuer's key is not usable");
+    let b64 = |v: &Option<String>| -> Result<Vec<u8>, Unverified> {
         URL_SAFE_NO_PAD
             .decode(v.as_deref().ok_or_else(bad_key)?)
             .map_err(|_| bad_key())
@@ -544,9 +550,9 @@ fn verify_signature(key: &Jwk, alg: &str, signed: &[u8], signature: &[u8]) -> Re
             // JOSE's ES256 signature is r||s, the "fixed" encoding.
             UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point).verify(signed, signature)
         }
-        _ => return Err(refuse("oidc_bad_algorithm", "unsupported algorithm")),
+        _ => return Err(unverified("oidc_bad_algorithm", "unsupported algorithm")),
     };
-    verified.map_err(|_| refuse("oidc_bad_signature", "the signature does not verify"))
+    verified.map_err(|_| unverified("oidc_bad_signature", "the signature does not verify"))
 }
 
 /// Audience, lifetime and the required claims of a token whose signature is good; then the
@@ -555,36 +561,36 @@ fn check_claims(
     config: &OidcConfig,
     claims: &serde_json::Map<String, Value>,
     now: u64,
-) -> Result<OidcIdentity, Refusal> {
+) -> Result<OidcIdentity, Unverified> {
     let audience_ok = match claims.get("aud") {
         Some(Value::String(a)) => *a == config.audience,
         Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&config.audience)),
         _ => false,
     };
     if !audience_ok {
-        return Err(refuse(
+        return Err(unverified(
             "oidc_wrong_audience",
             format!("the token is not for audience {:?}", config.audience),
         ));
     }
     let number = |name: &str| claims.get(name).and_then(Value::as_u64);
     let Some(exp) = number("exp") else {
-        return Err(refuse("oidc_malformed", "the token has no exp claim"));
+        return Err(unverified("oidc_malformed", "the token has no exp claim"));
     };
     if now >= exp.saturating_add(LEEWAY_SECS) {
-        return Err(refuse(
+        return Err(unverified(
             "oidc_expired",
             format!("the token expired at {exp}"),
         ));
     }
     if number("nbf").is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
-        return Err(refuse(
+        return Err(unverified(
             "oidc_not_yet_valid",
             "the token is not valid yet (nbf)",
         ));
     }
     if number("iat").is_some_and(|iat| iat > now + LEEWAY_SECS) {
-        return Err(refuse(
+        return Err(unverified(
             "oidc_not_yet_valid",
             "the token was issued in the future (iat)",
         ));
@@ -601,13 +607,13 @@ fn check_claims(
         match text(name) {
             Some(value) if allowed.contains(&value) => {}
             Some(value) => {
-                return Err(refuse(
+                return Err(unverified(
                     "oidc_claim_mismatch",
                     format!("claim {name} is {value:?}, not one of {allowed:?}"),
                 ))
             }
             None => {
-                return Err(refuse(
+                return Err(unverified(
                     "oidc_claim_missing",
                     format!("the token has no claim {name}"),
                 ))
@@ -615,13 +621,13 @@ fn check_claims(
         }
     }
     let user = config.user.render(text).map_err(|name| {
-        refuse(
+        unverified(
             "oidc_claim_missing",
             format!("the user template needs claim {name}, which the token lacks"),
         )
     })?;
     if user.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(refuse(
+        return Err(unverified(
             "oidc_claim_mismatch",
             "the user name made from the claims contains spaces or control characters",
         ));

@@ -746,10 +746,37 @@ mod tests {
     }
 
     #[test]
+    fn the_example_cluster_table_is_valid_when_uncommented() {
+        let text = include_str!("../../proxy.toml.example");
+        let start = text.find("# [cluster]").expect("cluster example");
+        let uncommented: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with("password_env") && !l.contains(": ca ="))
+            .filter_map(|l| match l.split_once("Example: ") {
+                Some((_, example)) if !example.starts_with("ca ") => Some(example),
+                Some(_) => None,
+                None => (l.starts_with('[') || l.contains(" = ")).then_some(l),
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
+        let cluster = c.cluster.expect("[cluster]");
+        assert_eq!(
+            cluster.url, "redis://redis.internal:6379/0",
+            "{uncommented}"
+        );
+        assert!(matches!(cluster.password, Some(ClusterPassword::File(_))));
+        assert_eq!(cluster.timeout, DEFAULT_CLUSTER_TIMEOUT);
+        assert_eq!(cluster.lock_ttl, DEFAULT_CLUSTER_LOCK_TTL);
+    }
+
+    #[test]
     fn the_example_events_table_is_valid_when_uncommented() {
         let text = include_str!("../../proxy.toml.example");
         let start = text.find("# [[events]]").expect("events example");
-        let uncommented: String = text[start..]
+        let end = text[start..].find("\n\n").map_or(text.len(), |e| start + e);
+        let uncommented: String = text[start..end]
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
             .filter_map(|l| match l.split_once("Example: ") {
@@ -788,12 +815,12 @@ mod tests {
             .collect();
         let c = parse(&uncommented).unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
         use crate::registry_path::Action;
-        use crate::rules::Identity;
+        use crate::rules::Subject;
         let rules = &c.rules;
         let build_network: std::net::IpAddr = "10.20.3.4".parse().expect("address");
         assert!(rules
             .decide(
-                &Identity::User("builder1"),
+                &Subject::User("builder1"),
                 build_network,
                 "team/app",
                 Action::Push
@@ -802,7 +829,7 @@ mod tests {
         // Elsewhere the `from` rule is skipped: the catch-all lets CI pull, not push.
         assert!(!rules
             .decide(
-                &Identity::User("builder1"),
+                &Subject::User("builder1"),
                 ANYWHERE,
                 "team/app",
                 Action::Push
@@ -810,7 +837,7 @@ mod tests {
             .is_allowed());
         assert!(rules
             .decide(
-                &Identity::User("builder1"),
+                &Subject::User("builder1"),
                 ANYWHERE,
                 "team/app",
                 Action::Pull
@@ -818,7 +845,7 @@ mod tests {
             .is_allowed());
         assert!(!rules
             .decide(
-                &Identity::User("builder1"),
+                &Subject::User("builder1"),
                 ANYWHERE,
                 "team/app",
                 Action::Delete
@@ -826,23 +853,23 @@ mod tests {
             .is_allowed());
         assert!(rules
             .decide(
-                &Identity::User("alice"),
+                &Subject::User("alice"),
                 ANYWHERE,
                 "team/app",
                 Action::Delete
             )
             .is_allowed());
         assert!(rules
-            .decide(&Identity::User("bob"), ANYWHERE, "bob/tool", Action::Push)
+            .decide(&Subject::User("bob"), ANYWHERE, "bob/tool", Action::Push)
             .is_allowed());
         assert!(!rules
-            .decide(&Identity::User("bob"), ANYWHERE, "team/app", Action::Push)
+            .decide(&Subject::User("bob"), ANYWHERE, "team/app", Action::Push)
             .is_allowed());
         assert!(rules
-            .decide(&Identity::User("bob"), ANYWHERE, "team/app", Action::Pull)
+            .decide(&Subject::User("bob"), ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
         assert!(!rules
-            .decide(&Identity::Anonymous, ANYWHERE, "team/app", Action::Pull)
+            .decide(&Subject::Anonymous, ANYWHERE, "team/app", Action::Pull)
             .is_allowed());
     }
 
@@ -862,22 +889,22 @@ mod tests {
             .collect();
         let c = parse(&format!("[groups]\nadmins = [\"alice\"]\n{uncommented}"))
             .unwrap_or_else(|e| panic!("{uncommented}\n{e:?}"));
-        use crate::rules::Identity;
+        use crate::rules::Subject;
         let protect = &c.protect;
         assert_eq!(
-            protect.guarding(&Identity::User("bob"), "team/app", "v1"),
+            protect.guarding(&Subject::User("bob"), "team/app", "v1"),
             Some(0)
         );
         assert_eq!(
-            protect.guarding(&Identity::User("release-bot"), "team/app", "v1"),
+            protect.guarding(&Subject::User("release-bot"), "team/app", "v1"),
             None
         );
         assert_eq!(
-            protect.guarding(&Identity::User("alice"), "a/b/c", "v2.0"),
+            protect.guarding(&Subject::User("alice"), "a/b/c", "v2.0"),
             None
         );
         assert_eq!(
-            protect.guarding(&Identity::User("bob"), "team/app", "latest"),
+            protect.guarding(&Subject::User("bob"), "team/app", "latest"),
             None
         );
     }

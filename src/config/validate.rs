@@ -1412,21 +1412,21 @@ mod tests {
              [[protect]]\nrepositories = [\"team/*\"]\ntags = [\"v*\"]\nusers = [\"@admins\"]\n",
         )
         .expect("valid");
-        use crate::rules::Identity;
+        use crate::rules::Subject;
         assert_eq!(
             c.protect
-                .guarding(&Identity::User("alice"), "team/app", "v1"),
+                .guarding(&Subject::User("alice"), "team/app", "v1"),
             None
         );
         assert_eq!(
-            c.protect.guarding(&Identity::User("bob"), "team/app", "v1"),
+            c.protect.guarding(&Subject::User("bob"), "team/app", "v1"),
             Some(0)
         );
         // With [auth] and no [[rules]], the default stays: every user may do everything.
         assert!(c
             .rules
             .decide(
-                &Identity::User("bob"),
+                &Subject::User("bob"),
                 std::net::IpAddr::from([192, 0, 2, 1]),
                 "team/app",
                 crate::registry_path::Action::Delete
@@ -1442,7 +1442,7 @@ mod tests {
             parse("[[protect]]\nrepositories = [\"*\"]\ntags = [\"v*\"]\n")
                 .expect("users are optional")
                 .protect
-                .guarding(&Identity::User("anyone"), "a", "v1")
+                .guarding(&Subject::User("anyone"), "a", "v1")
                 .is_some()
         );
     }

@@ -24,7 +24,7 @@ use crate::conn::ConnInfo;
 use crate::proxy::access_log::AccessRecord;
 use crate::proxy::body::{ClientBody, ResponseBody, Settled};
 use crate::proxy::context::RequestContext;
-use crate::proxy::error::{GateError, Side, API_VERSION, API_VERSION_HEADER};
+use crate::proxy::error::{GateError, API_VERSION, API_VERSION_HEADER};
 use crate::proxy::state::Shared;
 use crate::proxy::write_locks::WriteLocks;
 use crate::proxy::{self, form, token_endpoint};
@@ -101,19 +101,7 @@ pub async fn handle(
     let mut response = match route(&mut ctx, &features, request).await {
         Ok(response) => response,
         Err(e) => {
-            e.count();
-            let request_id = &ctx.record.request_id;
-            match e.side() {
-                Side::Client => {
-                    tracing::debug!(request_id = %request_id, error = %e, "request refused")
-                }
-                Side::Upstream => {
-                    tracing::warn!(request_id = %request_id, error = %e, "upstream error")
-                }
-                Side::Internal => {
-                    tracing::error!(request_id = %request_id, error = %e, "the gate failed")
-                }
-            }
+            e.report(&ctx.record.request_id);
             e.to_response()
         }
     };
@@ -223,7 +211,7 @@ async fn route(
     // The registry browser: the gate's own pages, so a browser path never reaches the
     // classifier or the registry.
     if ui::serves(&snapshot.config.ui, request.uri().path()) {
-        return ui::answer(ctx, features.browser.clone(), request, host).await;
+        return Ok(ui::answer(ctx, features.browser.clone(), request, host).await);
     }
 
     proxy::api(ctx, request, host).await
@@ -327,7 +315,7 @@ mod tests {
                     repository: "team/app".into(),
                     tag: "v1".into(),
                     protection: 0,
-                    refusal: crate::proxy::error::ProtectRefusal::Move,
+                    refusal: crate::rules::protect::Refusal::Move,
                 },
                 GateError::ManifestTooLarge(4 << 20),
                 GateError::Internal("test"),

@@ -1,6 +1,7 @@
 //! The access record of one request: who asked for what, what was decided and by which
-//! rule, bytes both ways, and whether the exchange completed. Filled in by the phases and
-//! written (log line and request metrics) when it is dropped, which is when the response body
+//! rule, bytes both ways, and whether the exchange completed. Filled in one place from what
+//! decided the answer (for the registry API, `proxy::api` from the values its phases return;
+//! the front, the token endpoint and the browser for their own answers) and written (log line and request metrics) when it is dropped, which is when the response body
 //! has been sent or abandoned, so a download's line carries its real size and duration.
 
 use std::net::SocketAddr;

@@ -20,7 +20,7 @@ use crate::auth::access_tokens::AccessToken;
 use crate::auth::oidc::Oidc;
 use crate::auth::token::Claims;
 use crate::auth::token::TOKEN_PATH;
-use crate::auth::{Failure, Identity};
+use crate::auth::{Identity, LoginFailure};
 use crate::registry_path::{Action, Classified, Kind};
 use crate::rules::{Decision, Rules};
 
@@ -58,17 +58,17 @@ impl Caller {
             }
         }
         rules
-            .decide(&self.identity.as_rule(), client, repository, action)
+            .decide(&self.identity.as_subject(), client, repository, action)
             .is_allowed()
     }
 
     /// Who `[[protect]]` asks about: an access token answers for itself (`token:NAME`),
     /// owned or not. A credential scoped for a pipeline must not move release tags because
     /// the person who made it is exempt; an operator who wants that exempts the token.
-    pub fn protect_identity(&self) -> crate::rules::Identity<'_> {
+    pub fn protect_subject(&self) -> crate::rules::Subject<'_> {
         match &self.access_token {
-            Some(token) => crate::rules::Identity::User(&token.account),
-            None => self.identity.as_rule(),
+            Some(token) => crate::rules::Subject::User(&token.account),
+            None => self.identity.as_subject(),
         }
     }
 
@@ -117,7 +117,7 @@ pub(crate) async fn authenticate(
     match credentials(ctx, header).await {
         Ok(caller) => Ok(caller),
         Err(failure) => {
-            let reason = refused(failure, ctx.client_ip, "authentication failed")?;
+            let reason = login_failed(failure, ctx.client_ip, "authentication failed")?;
             Err(challenge(snapshot, request, class, false, reason))
         }
     }
@@ -129,7 +129,7 @@ pub(crate) async fn authenticate(
 pub(crate) async fn credentials(
     ctx: &RequestContext,
     header: Option<&HeaderValue>,
-) -> Result<Caller, Failure> {
+) -> Result<Caller, LoginFailure> {
     let Some(header) = header else {
         return Ok(Caller::with(match &ctx.conn.cert_user {
             Some(user) => Identity::User(user.to_string()),
@@ -139,7 +139,8 @@ pub(crate) async fn credentials(
     if ctx.snapshot.auth.is_none() {
         return Ok(Caller::with(Identity::Anonymous));
     }
-    let (user, password) = crate::auth::parse_basic(header.as_bytes()).ok_or(Failure::Malformed)?;
+    let (user, password) =
+        crate::auth::parse_basic(header.as_bytes()).ok_or(LoginFailure::Malformed)?;
     check_password(ctx, user, password).await
 }
 
@@ -151,7 +152,7 @@ pub(crate) async fn check_password(
     ctx: &RequestContext,
     user: String,
     password: Vec<u8>,
-) -> Result<Caller, Failure> {
+) -> Result<Caller, LoginFailure> {
     let snapshot = &ctx.snapshot;
     let Some(auth) = &snapshot.auth else {
         return Ok(Caller::with(Identity::Anonymous));
@@ -162,7 +163,7 @@ pub(crate) async fn check_password(
         .and_then(|tokens| tokens.find(&password))
     {
         let token = usable_access_token(ctx, &token.name)
-            .map_err(|reason| Failure::TokenRefused { reason })?;
+            .map_err(|reason| LoginFailure::BadToken { reason })?;
         crate::metrics::get().token_used(&token.name);
         return Ok(Caller {
             identity: Identity::User(token.principal()),
@@ -182,15 +183,15 @@ pub(crate) async fn check_password(
                     access_token: None,
                     oidc_subject: Some(verified.subject),
                 }),
-                Err(refusal) => {
+                Err(unverified) => {
                     tracing::info!(
                         peer = %ctx.client_ip,
-                        reason = refusal.reason,
-                        detail = %refusal.detail,
+                        reason = unverified.reason,
+                        detail = %unverified.detail,
                         "OIDC token refused"
                     );
-                    Err(Failure::TokenRefused {
-                        reason: refusal.reason,
+                    Err(LoginFailure::BadToken {
+                        reason: unverified.reason,
                     })
                 }
             };
@@ -271,12 +272,12 @@ fn usable_access_token(ctx: &RequestContext, name: &str) -> Result<Arc<AccessTok
 
 /// A failed login: a throttled client gets its 429 at once; any other failure is logged with
 /// its reason (never the credentials) and the reason handed back for the caller's answer.
-pub(crate) fn refused(
-    failure: Failure,
+pub(crate) fn login_failed(
+    failure: LoginFailure,
     client: IpAddr,
     what: &'static str,
 ) -> Result<&'static str, GateError> {
-    if let Failure::Throttled { retry_after } = failure {
+    if let LoginFailure::Throttled { retry_after } = failure {
         return Err(GateError::Throttled(retry_after));
     }
     tracing::info!(peer = %client, reason = failure.reason(), "{what}");
@@ -335,22 +336,62 @@ fn scope_for(class: &Classified<'_>) -> Option<String> {
     }
 }
 
-/// Applies read-only mode, the token's grants and the access rules to a classified request.
+/// What phase 4 decided: the verdict and the `[[rules]]` entry behind it, for the access
+/// line, and the error the client gets when the answer is no. A value, so that the access
+/// record is filled in one place (`proxy::api`), not by the phase.
+pub(crate) struct Authorisation {
+    pub verdict: Verdict,
+    pub rule: Option<usize>,
+    refusal: Option<GateError>,
+}
+
+impl Authorisation {
+    fn allow(rule: Option<usize>) -> Authorisation {
+        Authorisation {
+            verdict: Verdict::Allow,
+            rule,
+            refusal: None,
+        }
+    }
+
+    fn deny(rule: Option<usize>, refusal: GateError) -> Authorisation {
+        Authorisation {
+            verdict: Verdict::Deny,
+            rule,
+            refusal: Some(refusal),
+        }
+    }
+
+    /// No rule was asked (the ping, the catalog): the request goes on unless it must log in.
+    fn undecided(refusal: Option<GateError>) -> Authorisation {
+        Authorisation {
+            verdict: Verdict::Undecided,
+            rule: None,
+            refusal,
+        }
+    }
+
+    /// Whether the request goes on: `Ok`, or the refusal, handed over once.
+    pub fn result(&mut self) -> Result<(), GateError> {
+        self.refusal.take().map_or(Ok(()), Err)
+    }
+}
+
+/// Phase 4, authorise: read-only mode, the token's grants and the access rules applied to a
+/// classified request. Returns the decision, with the error the client gets when it is no.
 pub(crate) fn authorise(
-    ctx: &mut RequestContext,
+    ctx: &RequestContext,
     caller: &Caller,
     request: &Request<()>,
     class: &Classified<'_>,
-) -> Result<(), GateError> {
+) -> Authorisation {
     let snapshot = &ctx.snapshot;
-    let record = &mut ctx.record;
     let client_ip = ctx.client_ip;
     let config = &snapshot.config;
     let identity = &caller.identity;
     let auth_on = snapshot.auth.is_some();
     if config.server.read_only && class.action != Action::Pull {
-        record.decision = Verdict::Deny;
-        return Err(GateError::ReadOnly);
+        return Authorisation::deny(None, GateError::ReadOnly);
     }
     let Some(repository) = class.repository else {
         // The ping: anyone who authenticated (in token mode, any valid token, so that an
@@ -359,18 +400,22 @@ pub(crate) fn authorise(
         let authenticated = *identity != Identity::Anonymous
             || (class.kind == Kind::Ping && caller.token.is_some());
         if auth_on && !authenticated {
-            return Err(challenge(snapshot, request, class, false, "missing"));
+            return Authorisation::undecided(Some(challenge(
+                snapshot, request, class, false, "missing",
+            )));
         }
-        return Ok(());
+        return Authorisation::undecided(None);
     };
     if let Some(token) = &caller.access_token {
         if !token.allows(repository, class.action) {
-            record.decision = Verdict::Deny;
-            return Err(GateError::Denied {
-                user: format!("access token {:?}", token.name),
-                action: class.action,
-                repository: repository.to_string(),
-            });
+            return Authorisation::deny(
+                None,
+                GateError::Denied {
+                    user: format!("access token {:?}", token.name),
+                    action: class.action,
+                    repository: repository.to_string(),
+                },
+            );
         }
     }
     let decision = match &caller.access_token {
@@ -379,7 +424,7 @@ pub(crate) fn authorise(
         Some(token) if token.owner.is_none() => Decision::Allow { rule: None },
         _ => config
             .rules
-            .decide(&identity.as_rule(), client_ip, repository, class.action),
+            .decide(&identity.as_subject(), client_ip, repository, class.action),
     };
     if caller
         .token
@@ -389,56 +434,46 @@ pub(crate) fn authorise(
         // The rules were applied when the token was issued; a rule that denies now (a
         // reload, or a `from` rule and a token carried to another address) still wins.
         if let Decision::Deny { rule: Some(rule) } = decision {
-            record.decision = Verdict::Deny;
-            record.rule = Some(rule);
-            return Err(GateError::Denied {
-                user: identity.name().to_string(),
-                action: class.action,
-                repository: repository.to_string(),
-            });
+            return Authorisation::deny(
+                Some(rule),
+                GateError::Denied {
+                    user: identity.name().to_string(),
+                    action: class.action,
+                    repository: repository.to_string(),
+                },
+            );
         }
-        record.decision = Verdict::Allow;
-        return Ok(());
+        return Authorisation::allow(None);
     }
     match decision {
-        Decision::Allow { rule } if caller.token.is_none() => {
-            record.decision = Verdict::Allow;
-            record.rule = rule;
-            Ok(())
-        }
+        Decision::Allow { rule } if caller.token.is_none() => Authorisation::allow(rule),
         Decision::Allow { rule } => {
             // Allowed, but this token was issued for less: docker asks for a wider one.
-            record.decision = Verdict::Deny;
-            record.rule = rule;
-            Err(challenge(
-                snapshot,
-                request,
-                class,
-                true,
-                "insufficient_scope",
-            ))
+            Authorisation::deny(
+                rule,
+                challenge(snapshot, request, class, true, "insufficient_scope"),
+            )
         }
-        Decision::Deny { rule } => {
-            record.decision = Verdict::Deny;
-            record.rule = rule;
+        Decision::Deny { rule } => Authorisation::deny(
+            rule,
             match identity {
                 // No credentials at all: say how to authenticate.
                 Identity::Anonymous if auth_on && caller.token.is_none() => {
-                    Err(challenge(snapshot, request, class, false, "missing"))
+                    challenge(snapshot, request, class, false, "missing")
                 }
                 // An anonymous token: a new token would be anonymous too, and a 401 only makes
                 // docker retry for a minute. Only logging in helps, so say that.
-                Identity::Anonymous => Err(GateError::Denied {
+                Identity::Anonymous => GateError::Denied {
                     user: "anonymous users (log in first)".into(),
                     action: class.action,
                     repository: repository.to_string(),
-                }),
-                Identity::User(user) => Err(GateError::Denied {
+                },
+                Identity::User(user) => GateError::Denied {
                     user: user.clone(),
                     action: class.action,
                     repository: repository.to_string(),
-                }),
-            }
-        }
+                },
+            },
+        ),
     }
 }

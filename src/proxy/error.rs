@@ -9,8 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::filter;
 use crate::proxy::body::ResponseBody;
-use crate::registry_path::{Action, Rejection};
+use crate::registry_path::{self, Action};
+use crate::rules::protect;
 
 /// The registry API version header every `/v2/` response carries; docker checks it on the ping.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -56,39 +58,6 @@ impl Challenge {
     }
 }
 
-/// What a write to a protected tag would have done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProtectRefusal {
-    /// A manifest push would point the tag at another manifest.
-    Move,
-    /// A delete names the tag.
-    Delete,
-    /// A delete by digest would take the manifest the tag points to.
-    DeleteTagged,
-    /// A delete by digest would take one platform of the index a protected tag points to.
-    DeleteChild,
-    /// A blob delete in a repository with protected tags: it would break a protected image
-    /// without touching its tag.
-    DeleteBlob,
-    /// A manifest write with a query (`?tag=`) where protected tags are: a registry that
-    /// honours it would move a tag the gate never saw named.
-    Query,
-}
-
-impl ProtectRefusal {
-    /// The metrics label and the access log's reason.
-    pub fn label(self) -> &'static str {
-        match self {
-            ProtectRefusal::Move => "move",
-            ProtectRefusal::Delete => "delete",
-            ProtectRefusal::DeleteTagged => "delete_tagged",
-            ProtectRefusal::DeleteChild => "delete_child",
-            ProtectRefusal::DeleteBlob => "delete_blob",
-            ProtectRefusal::Query => "query",
-        }
-    }
-}
-
 /// Who is at fault: decides the log level (debug for clients, warn for the registry, error
 /// for the gate itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +76,10 @@ pub enum GateError {
     BadRequest(&'static str),
     /// `[filter]` turned the client away.
     #[error("refused by [filter]: {0:?}")]
-    Filtered(crate::filter::Refusal),
+    Filtered(filter::Refusal),
     /// The path or method is not one the gate can classify; never forwarded.
     #[error("{0}")]
-    Rejected(Rejection),
+    Unclassified(registry_path::Refusal),
     /// No (valid) credentials; the client is challenged.
     #[error("authentication required ({reason})")]
     Unauthorized {
@@ -137,7 +106,7 @@ pub enum GateError {
         repository: String,
         tag: String,
         protection: usize,
-        refusal: ProtectRefusal,
+        refusal: protect::Refusal,
     },
     /// A manifest push that `[[protect]]` must read whole is larger than the registry would
     /// take anyway.
@@ -168,6 +137,23 @@ pub enum GateError {
     /// The gate cannot serve the request from its own state; the detail is for the log.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The browser: no such repository, tag or page, or one the caller may not pull. The two
+    /// are one answer, so hidden names stay hidden.
+    #[error("no such repository, tag or page, or not visible to the caller")]
+    NotFound,
+    /// The browser: a write (a delete) without a logged-in session, which carries the CSRF
+    /// token a write needs.
+    #[error("a browser write without a session")]
+    NoSession,
+    /// The browser: a form without the session's CSRF token, or posted from another site.
+    #[error("a form without a valid CSRF token, or from another site")]
+    CrossSiteForm,
+    /// The browser: the registry behind the gate runs without deletes.
+    #[error("the registry does not allow deletes")]
+    DeletesDisabled,
+    /// The browser: the tag points at another manifest than the one the delete confirmed.
+    #[error("{repository}:{tag} moved after the delete was confirmed")]
+    TagMoved { repository: String, tag: String },
 }
 
 impl GateError {
@@ -175,7 +161,7 @@ impl GateError {
         match self {
             GateError::BadRequest(_)
             | GateError::Filtered(_)
-            | GateError::Rejected(_)
+            | GateError::Unclassified(_)
             | GateError::Unauthorized { .. }
             | GateError::Throttled(_)
             | GateError::Denied { .. }
@@ -183,7 +169,12 @@ impl GateError {
             | GateError::Protected { .. }
             | GateError::ManifestTooLarge(_)
             | GateError::ClientAborted
-            | GateError::Condemned { .. } => Side::Client,
+            | GateError::Condemned { .. }
+            | GateError::NotFound
+            | GateError::NoSession
+            | GateError::CrossSiteForm
+            | GateError::DeletesDisabled
+            | GateError::TagMoved { .. } => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_)
@@ -206,29 +197,52 @@ impl GateError {
         }
     }
 
+    /// Why a request the rules allowed was still refused, for the access line's `reason`
+    /// (`protect[0]:move`); `None` for any other error.
+    pub fn access_reason(&self) -> Option<String> {
+        match self {
+            GateError::Protected {
+                protection,
+                refusal,
+                ..
+            } => Some(format!("protect[{protection}]:{}", refusal.label())),
+            _ => None,
+        }
+    }
+
+    /// Counts the error (`count`) and logs it at the level of its side: debug for a client's,
+    /// warn for the registry's, error for the gate's own. The one place an error ending a
+    /// request is logged, for the API and the browser alike.
+    pub fn report(&self, request_id: &str) {
+        self.count();
+        match self.side() {
+            Side::Client => tracing::debug!(request_id, error = %self, "request refused"),
+            Side::Upstream => tracing::warn!(request_id, error = %self, "upstream error"),
+            Side::Internal => tracing::error!(request_id, error = %self, "the gate failed"),
+        }
+    }
+
     /// Status and registry error code (from the distribution spec's code table).
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             GateError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             // The recipe answers old clients 404; an address refused is plainly forbidden.
-            GateError::Filtered(crate::filter::Refusal::UserAgent) => {
+            GateError::Filtered(filter::Refusal::UserAgent) => {
                 (StatusCode::NOT_FOUND, "UNSUPPORTED")
             }
-            GateError::Filtered(crate::filter::Refusal::Address) => {
-                (StatusCode::FORBIDDEN, "DENIED")
-            }
-            GateError::Rejected(Rejection::MethodNotAllowed) => {
+            GateError::Filtered(filter::Refusal::Address) => (StatusCode::FORBIDDEN, "DENIED"),
+            GateError::Unclassified(registry_path::Refusal::MethodNotAllowed) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
             }
-            GateError::Rejected(Rejection::InvalidName) => {
+            GateError::Unclassified(registry_path::Refusal::InvalidName) => {
                 (StatusCode::BAD_REQUEST, "NAME_INVALID")
             }
-            GateError::Rejected(Rejection::NotNormalised(_)) => {
+            GateError::Unclassified(registry_path::Refusal::NotNormalised(_)) => {
                 (StatusCode::BAD_REQUEST, "UNSUPPORTED")
             }
-            GateError::Rejected(Rejection::NotRegistryApi | Rejection::Unclassified) => {
-                (StatusCode::NOT_FOUND, "UNSUPPORTED")
-            }
+            GateError::Unclassified(
+                registry_path::Refusal::NotRegistryApi | registry_path::Refusal::UnknownEndpoint,
+            ) => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             GateError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             GateError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             GateError::Denied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
@@ -251,6 +265,12 @@ impl GateError {
             // lock can be had again.
             GateError::LockUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             GateError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            GateError::NotFound => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            GateError::NoSession | GateError::CrossSiteForm => (StatusCode::FORBIDDEN, "DENIED"),
+            // What distribution itself answers a delete when deletes are off.
+            GateError::DeletesDisabled => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            // As for a protected tag: the registry's state, not the rules, stands in the way.
+            GateError::TagMoved { .. } => (StatusCode::CONFLICT, "DENIED"),
         }
     }
 
@@ -264,13 +284,13 @@ impl GateError {
         let (status, code) = self.status_and_code();
         let message = match self {
             GateError::BadRequest(why) => format!("bad request: {why}"),
-            GateError::Filtered(crate::filter::Refusal::UserAgent) => {
+            GateError::Filtered(filter::Refusal::UserAgent) => {
                 "this client version is not supported; upgrade docker".into()
             }
-            GateError::Filtered(crate::filter::Refusal::Address) => {
+            GateError::Filtered(filter::Refusal::Address) => {
                 "access from your address is not allowed".into()
             }
-            GateError::Rejected(r) => r.to_string(),
+            GateError::Unclassified(r) => r.to_string(),
             GateError::Unauthorized { .. } => "authentication required".into(),
             GateError::Throttled(_) => {
                 "too many failed logins from your address; try again later".into()
@@ -291,22 +311,22 @@ impl GateError {
                 refusal,
                 ..
             } => match refusal {
-                ProtectRefusal::Move => format!(
+                protect::Refusal::Move => format!(
                     "{repository}:{tag} is a protected tag and already points to another manifest; push to a new tag instead"
                 ),
-                ProtectRefusal::Delete => {
+                protect::Refusal::Delete => {
                     format!("{repository}:{tag} is a protected tag and cannot be deleted")
                 }
-                ProtectRefusal::DeleteTagged => format!(
+                protect::Refusal::DeleteTagged => format!(
                     "this manifest is the protected tag {repository}:{tag} and cannot be deleted"
                 ),
-                ProtectRefusal::DeleteChild => format!(
+                protect::Refusal::DeleteChild => format!(
                     "this manifest is one platform of the protected tag {repository}:{tag} and cannot be deleted"
                 ),
-                ProtectRefusal::DeleteBlob => format!(
+                protect::Refusal::DeleteBlob => format!(
                     "{repository} holds protected tags: its blobs cannot be deleted one by one (the registry's garbage collection removes unused ones)"
                 ),
-                ProtectRefusal::Query => format!(
+                protect::Refusal::Query => format!(
                     "{repository} holds protected tags: manifest writes with query parameters are refused"
                 ),
             },
@@ -329,6 +349,19 @@ impl GateError {
                 "this repository holds protected tags and the gates cannot agree on who writes it right now; nothing was written, retry shortly".into()
             }
             GateError::Internal(_) => "the gate failed to answer; its log says why".into(),
+            GateError::NotFound => {
+                "there is no such repository, tag or page, or you may not see it".into()
+            }
+            GateError::NoSession => "log in to the registry browser first".into(),
+            GateError::CrossSiteForm => {
+                "this form has expired or did not come from the gate's own pages".into()
+            }
+            GateError::DeletesDisabled => {
+                "the registry behind the gate does not allow deletes".into()
+            }
+            GateError::TagMoved { repository, tag } => format!(
+                "{repository}:{tag} points at another manifest than the one confirmed; review it and confirm again"
+            ),
         };
         let mut response = registry_error(status, code, &message);
         let headers = response.headers_mut();
@@ -403,27 +436,27 @@ mod tests {
                 "UNAVAILABLE",
             ),
             (
-                GateError::Rejected(Rejection::NotNormalised("//")),
+                GateError::Unclassified(registry_path::Refusal::NotNormalised("//")),
                 400,
                 "UNSUPPORTED",
             ),
             (
-                GateError::Rejected(Rejection::MethodNotAllowed),
+                GateError::Unclassified(registry_path::Refusal::MethodNotAllowed),
                 405,
                 "UNSUPPORTED",
             ),
             (
-                GateError::Rejected(Rejection::InvalidName),
+                GateError::Unclassified(registry_path::Refusal::InvalidName),
                 400,
                 "NAME_INVALID",
             ),
             (
-                GateError::Rejected(Rejection::Unclassified),
+                GateError::Unclassified(registry_path::Refusal::UnknownEndpoint),
                 404,
                 "UNSUPPORTED",
             ),
             (
-                GateError::Rejected(Rejection::NotRegistryApi),
+                GateError::Unclassified(registry_path::Refusal::NotRegistryApi),
                 404,
                 "UNSUPPORTED",
             ),
@@ -455,7 +488,7 @@ mod tests {
                     repository: "team/app".into(),
                     tag: "v1".into(),
                     protection: 0,
-                    refusal: ProtectRefusal::Move,
+                    refusal: protect::Refusal::Move,
                 },
                 409,
                 "DENIED",
@@ -467,13 +500,21 @@ mod tests {
             ),
             (GateError::ClientAborted, 400, "BLOB_UPLOAD_INVALID"),
             (
-                GateError::Filtered(crate::filter::Refusal::UserAgent),
+                GateError::Filtered(filter::Refusal::UserAgent),
                 404,
                 "UNSUPPORTED",
             ),
+            (GateError::Filtered(filter::Refusal::Address), 403, "DENIED"),
+            (GateError::NotFound, 404, "NAME_UNKNOWN"),
+            (GateError::NoSession, 403, "DENIED"),
+            (GateError::CrossSiteForm, 403, "DENIED"),
+            (GateError::DeletesDisabled, 405, "UNSUPPORTED"),
             (
-                GateError::Filtered(crate::filter::Refusal::Address),
-                403,
+                GateError::TagMoved {
+                    repository: "team/app".into(),
+                    tag: "v1".into(),
+                },
+                409,
                 "DENIED",
             ),
             (
@@ -547,11 +588,11 @@ mod tests {
     #[tokio::test]
     async fn a_protected_tag_refusal_is_a_409_denied_naming_the_tag() {
         for (refusal, words) in [
-            (ProtectRefusal::Move, "already points to another manifest"),
-            (ProtectRefusal::Delete, "cannot be deleted"),
-            (ProtectRefusal::DeleteTagged, "cannot be deleted"),
+            (protect::Refusal::Move, "already points to another manifest"),
+            (protect::Refusal::Delete, "cannot be deleted"),
+            (protect::Refusal::DeleteTagged, "cannot be deleted"),
             (
-                ProtectRefusal::DeleteChild,
+                protect::Refusal::DeleteChild,
                 "one platform of the protected tag",
             ),
         ] {
@@ -575,6 +616,22 @@ mod tests {
         assert!(json["errors"][0]["message"]
             .as_str()
             .is_some_and(|m| m.contains("4 MiB")));
+    }
+
+    #[test]
+    fn only_a_protect_refusal_has_an_access_reason() {
+        let protected = GateError::Protected {
+            repository: "team/app".into(),
+            tag: "v1".into(),
+            protection: 2,
+            refusal: protect::Refusal::DeleteChild,
+        };
+        assert_eq!(
+            protected.access_reason().as_deref(),
+            Some("protect[2]:delete_child")
+        );
+        assert_eq!(GateError::ReadOnly.access_reason(), None);
+        assert_eq!(GateError::UpstreamTimeout.access_reason(), None);
     }
 
     #[tokio::test]

@@ -6,8 +6,11 @@
 //! answer back. The access log line is written when the response body is done. The same
 //! numbers are used in `docs/architecture.md`.
 //!
-//! Each phase is a plain function that may answer early with a `GateError`; there are no
-//! hooks. Classification comes before authentication so that an unclassifiable request is
+//! Each phase is a plain function that returns what it decided (the `Classified` request,
+//! the `Caller`, the `Authorisation`, the write lock, the `Forwarded` answer) or answers
+//! early with a `GateError`; there are no hooks. The access record is filled once, in `api`,
+//! from those values and the error that ended the phases (`Returned::fill`); no phase
+//! writes it. Classification comes before authentication so that an unclassifiable request is
 //! refused without spending a password check on it, and nothing reaches the upstream client
 //! that the rules have not seen. The rooms beside this file:
 //!
@@ -22,7 +25,7 @@
 //!   access record.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `media_types`: the manifest media types read in registry answers.
-//! - `protect`: phase 5, `[[protect]]`, refusing writes that would move or delete a
+//! - `protect`: phase 5, guard tags (`[[protect]]`), refusing writes that would move or delete a
 //!   protected tag.
 //! - `token_endpoint`: the `/token` endpoint of token mode (routed to by the front).
 //! - `access_log`: the access record, written when the response is done.
@@ -49,75 +52,165 @@ pub mod token_endpoint;
 pub mod upstream;
 pub(crate) mod write_locks;
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use std::sync::Arc;
 
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::conn::send_budget::Reservation;
 use crate::events::{Actor, Event, EventAction};
 use crate::registry_path::{self, Action, Classified, Kind};
-use body::ResponseBody;
+use access_log::{AccessRecord, Verdict};
+use body::{BulkSlot, ResponseBody};
+use caller::{Authorisation, Caller};
 use context::RequestContext;
 use error::GateError;
+use exchange::Exchange;
 use headers::ClientInfo;
 
-/// The registry API's phases, in order, for a request the front has admitted and routed
-/// here (`host` is its public host); each may answer early with an error.
+/// The registry API's phases for a request the front has admitted and routed here (`host` is
+/// its public host), and the access record filled, once, from what they returned.
 pub(crate) async fn api(
     ctx: &mut RequestContext,
     request: Request<()>,
     host: HeaderValue,
 ) -> Result<Response<ResponseBody>, GateError> {
-    let snapshot = ctx.snapshot.clone();
-    let client_ip = ctx.client_ip;
-    // 2. Classify: endpoint, action, repository. Anything unclassifiable stops here.
     let uri = request.uri().clone();
-    let class = registry_path::classify(request.method(), uri.path(), uri.query())
-        .map_err(GateError::Rejected)?;
+    let mut returned = Returned::default();
+    let answer = phases(ctx, request, &uri, &host, &mut returned).await;
+    returned.fill(&mut ctx.record, answer.as_ref().err());
+    answer
+}
+
+/// Phases 2 to 7 in order, each a function that returns what it decided and may answer
+/// early with an error. What the access line needs of their values is kept in `returned`.
+async fn phases<'u>(
+    ctx: &mut RequestContext,
+    request: Request<()>,
+    uri: &'u Uri,
+    host: &HeaderValue,
+    returned: &mut Returned<'u>,
+) -> Result<Response<ResponseBody>, GateError> {
+    // 2. Classify: endpoint, action, repository. Anything unclassifiable stops here; so does
+    // a form body, which the registry would read and the classifier never sees.
+    let class = &*returned.class.insert(classify(request.method(), uri)?);
     form::refuse_form_bodies(&request)?;
-    let record = &mut ctx.record;
-    record.action = Some(class.action.as_str());
-    record.repository = class.repository.map(str::to_string);
-    record.reference = class.reference.map(str::to_string);
-
     // 3. Authenticate: who asks.
-    let caller = caller::authenticate(ctx, &request, &class).await?;
-    ctx.record.user = caller.identity.name().to_string();
-    ctx.record.token = caller.token_name().map(str::to_string);
+    let caller = &*returned
+        .caller
+        .insert(caller::authenticate(ctx, &request, class).await?);
+    // 4. Authorise: may they, and where the request goes.
+    let authorisation = returned
+        .authorisation
+        .insert(caller::authorise(ctx, caller, &request, class));
+    authorisation.result()?;
+    let target = target(ctx, caller, class, uri);
+    // 5. Guard tags: a manifest write the rules allowed may still not move or delete a
+    // protected tag. The lock it may hand back is held until the registry has answered.
+    let _write_lock =
+        protect::guard_tags(ctx, &request, class, &caller.protect_subject(), host).await?;
+    // 6. Forward, and hand a change the registry accepted to the activity ring and events.
+    let forwarded = forward(ctx, request, class, caller, &target, host).await?;
+    // 7. Respond.
+    respond(ctx, forwarded, class, caller, host).await
+}
 
-    // 4. Authorise: may they.
-    let mut path_and_query = uri
-        .path_and_query()
-        .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    caller::authorise(ctx, &caller, &request, &class)?;
-    if let Some(from) = &class.mount_from {
-        if !caller.may(&snapshot.config.rules, client_ip, from, Action::Pull) {
-            // Docker Hub's behaviour: a mount the user may not read from silently becomes a
-            // plain upload, so the layer is sent instead of borrowed.
-            path_and_query = catalog::without_mount(uri.path(), uri.query());
+/// What the phases returned that the access line tells: the classified request (phase 2),
+/// the caller (3), the authorisation (4); a `[[protect]]` refusal (5) is the error itself.
+#[derive(Default)]
+struct Returned<'u> {
+    class: Option<Classified<'u>>,
+    caller: Option<Caller>,
+    authorisation: Option<Authorisation>,
+}
+
+impl Returned<'_> {
+    /// The one place the API's access record is filled: from the phases' values, and from
+    /// the error that ended them, if one did.
+    fn fill(&self, record: &mut AccessRecord, error: Option<&GateError>) {
+        if let Some(class) = &self.class {
+            record.action = Some(class.action.as_str());
+            record.repository = class.repository.map(str::to_string);
+            record.reference = class.reference.map(str::to_string);
+        }
+        if let Some(caller) = &self.caller {
+            record.user = caller.identity.name().to_string();
+            record.token = caller.token_name().map(str::to_string);
+        }
+        if let Some(authorisation) = &self.authorisation {
+            record.decision = authorisation.verdict;
+            record.rule = authorisation.rule;
+        }
+        if let Some(reason) = error.and_then(GateError::access_reason) {
+            // Allowed by the rules, refused by `[[protect]]`.
+            record.decision = Verdict::Deny;
+            record.reason = Some(reason);
         }
     }
+}
 
-    // 5. Guard tags: a manifest write the rules allowed may still not move or delete a
-    // protected tag.
-    // The lock it may hand back is held until the registry has answered (step 5).
-    let _write_lock =
-        protect::check(ctx, &request, &class, &caller.protect_identity(), &host).await?;
+/// Phase 2, classify: method, path and query to endpoint, action, repository and reference.
+fn classify<'u>(method: &Method, uri: &'u Uri) -> Result<Classified<'u>, GateError> {
+    registry_path::classify(method, uri.path(), uri.query()).map_err(GateError::Unclassified)
+}
 
-    // 6. Forward. Over HTTP/2 an answer with a body first takes its stream's place in the
-    // send budget, waiting while its connection's share or the whole is spent: a client that
-    // opens hundreds of streams and stops reading holds that, not the gate's memory.
+/// The path and query the registry is asked for (phase 4): the client's, except that a
+/// cross-repository mount from a repository the caller may not pull becomes a plain upload
+/// (Docker Hub's behaviour), so the layer is sent instead of borrowed.
+fn target(ctx: &RequestContext, caller: &Caller, class: &Classified<'_>, uri: &Uri) -> String {
+    if let Some(from) = &class.mount_from {
+        if !caller.may(
+            &ctx.snapshot.config.rules,
+            ctx.client_ip,
+            from,
+            Action::Pull,
+        ) {
+            return catalog::without_mount(uri.path(), uri.query());
+        }
+    }
+    uri.path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into())
+}
+
+/// What phase 6 hands to phase 7: the registry's answer, and what its body keeps while it
+/// streams back (the exchange's progress, a bulk slot, a place in the HTTP/2 send budget).
+struct Forwarded {
+    response: Response<Incoming>,
+    exchange: Arc<Exchange>,
+    bulk: Option<BulkSlot>,
+    reservation: Option<Reservation>,
+}
+
+/// Phase 6, forward: the request to the registry with rewritten headers and the client's
+/// body streamed; then, as soon as the registry's answer says it accepted a push or delete,
+/// the change is remembered and told to the event receivers: whatever happens to the rest
+/// of this response, the change is made.
+async fn forward(
+    ctx: &mut RequestContext,
+    request: Request<()>,
+    class: &Classified<'_>,
+    caller: &Caller,
+    target: &str,
+    host: &HeaderValue,
+) -> Result<Forwarded, GateError> {
+    let snapshot = ctx.snapshot.clone();
+    // Over HTTP/2 an answer with a body first takes its stream's place in the send budget,
+    // waiting while its connection's share or the whole is spent: a client that opens
+    // hundreds of streams and stops reading holds that, not the gate's memory.
     let reservation = if request.version() == Version::HTTP_2 && request.method() == Method::GET {
         Some(ctx.shared.send_budget().reserve(&ctx.conn.send_share).await)
     } else {
         None
     };
     let (mut parts, ()) = request.into_parts();
-    parts.uri = snapshot.upstream.uri_for(&path_and_query)?;
+    parts.uri = snapshot.upstream.uri_for(target)?;
     // The registry speaks HTTP/1.1 whatever the client used.
     parts.version = Version::HTTP_11;
     headers::rewrite_request(
         &mut parts.headers,
-        &host,
+        host,
         &ClientInfo {
             peer: ctx.conn.peer,
             local_port: ctx.conn.local.port(),
@@ -143,17 +236,36 @@ pub(crate) async fn api(
         .upstream
         .send(upstream_request, &exchange, bulk.as_ref())
         .await?;
-
-    // 6b. Remember and tell the event receivers, as soon as the registry's answer says it
-    // accepted a push or delete: whatever happens to the rest of this response, the change
-    // is made. The browser's activity page keeps it whether or not receivers exist.
-    if let Some(event) = accepted_change(ctx, &caller, &method, &class, &response) {
+    // The browser's activity page keeps it whether or not receivers exist.
+    if let Some(event) = accepted_change(ctx, caller, &method, class, &response) {
         note_change(ctx, event);
     }
+    Ok(Forwarded {
+        response,
+        exchange,
+        bulk,
+        reservation,
+    })
+}
 
-    // 7. Respond.
+/// Phase 7, respond: the registry's answer with `Location` moved to the public origin,
+/// streamed back; a catalog listing cut to the repositories the caller may pull.
+async fn respond(
+    ctx: &RequestContext,
+    forwarded: Forwarded,
+    class: &Classified<'_>,
+    caller: &Caller,
+    host: &HeaderValue,
+) -> Result<Response<ResponseBody>, GateError> {
+    let snapshot = &ctx.snapshot;
+    let Forwarded {
+        response,
+        exchange,
+        bulk,
+        reservation,
+    } = forwarded;
     let (mut parts, body) = response.into_parts();
-    headers::rewrite_response(&mut parts.headers, snapshot.upstream.origin(), &host);
+    headers::rewrite_response(&mut parts.headers, snapshot.upstream.origin(), host);
     if class.kind == Kind::Catalog
         && snapshot.config.auth.filter_catalog
         && parts.status.is_success()
@@ -161,7 +273,7 @@ pub(crate) async fn api(
         let rules = &snapshot.config.rules;
         let registry = registry::Registry::new(snapshot.upstream.clone(), host.clone());
         let filtered = catalog::filter(body, &mut parts.headers, &registry, |repo| {
-            caller.may(rules, client_ip, repo, Action::Pull)
+            caller.may(rules, ctx.client_ip, repo, Action::Pull)
         })
         .await?;
         return Ok(Response::from_parts(parts, filtered.holding(reservation)));
@@ -175,7 +287,7 @@ pub(crate) async fn api(
 /// Blob uploads are not events: an image is pushed when its manifest is.
 fn accepted_change<B>(
     ctx: &RequestContext,
-    caller: &caller::Caller,
+    caller: &Caller,
     method: &Method,
     class: &Classified,
     response: &Response<B>,
@@ -214,7 +326,7 @@ pub(crate) fn note_change(ctx: &RequestContext, event: Event) {
 /// The event of a change the registry accepted, from the API or the registry browser.
 pub(crate) fn change_event(
     ctx: &RequestContext,
-    caller: &caller::Caller,
+    caller: &Caller,
     action: EventAction,
     repository: &str,
     tag: Option<&str>,

@@ -27,16 +27,16 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request};
 use sha2::{Digest, Sha256};
 
-use super::access_log::Verdict;
 use super::body::ReadError;
 use super::context::RequestContext;
-use super::error::{GateError, ProtectRefusal};
+use super::error::GateError;
 use super::media_types::{IMAGE_TYPES, INDEX_TYPES};
 use super::registry::manifest::Descriptor;
 use super::registry::{Registry, MAX_BODY_BYTES};
 use super::write_locks::WriteGuard;
 use crate::registry_path::{Classified, Kind};
-use crate::rules::Identity;
+use crate::rules::protect::Refusal;
+use crate::rules::Subject;
 
 /// Levels of indexes within indexes followed below a protected tag (OCI allows nesting;
 /// nothing deeper than two is seen in practice). Deeper, the delete is refused.
@@ -49,14 +49,14 @@ const MAX_INDEX_READS: usize = 64;
 /// end behind a registry that stalls.
 const LOCKED_CHECK_LIMIT: Duration = Duration::from_secs(60);
 
-/// Refuses a manifest write that would move or delete a protected tag; anything else passes,
+/// Phase 5, guard tags: refuses a manifest write that would move or delete a protected tag; anything else passes,
 /// and a manifest write where tags are protected passes holding the repository's write lock,
 /// to be kept until the registry has answered.
-pub(super) async fn check(
+pub(super) async fn guard_tags(
     ctx: &mut RequestContext,
     request: &Request<()>,
     class: &Classified<'_>,
-    who: &Identity<'_>,
+    who: &Subject<'_>,
     host: &HeaderValue,
 ) -> Result<Option<WriteGuard>, GateError> {
     let method = request.method();
@@ -151,7 +151,7 @@ async fn decide(
     ctx: &mut RequestContext,
     request: &Request<()>,
     class: &Classified<'_>,
-    who: &Identity<'_>,
+    who: &Subject<'_>,
     host: &HeaderValue,
 ) -> Result<(), GateError> {
     let snapshot = ctx.snapshot.clone();
@@ -163,18 +163,14 @@ async fn decide(
     let Some(binding) = protections.binding(who, repository) else {
         return Ok(());
     };
-    let refuse = |ctx: &mut RequestContext, refusal: ProtectRefusal| {
-        ctx.record.decision = Verdict::Deny;
-        ctx.record.reason = Some(format!("protect[{binding}]:{}", refusal.label()));
-        GateError::Protected {
-            repository: repository.to_string(),
-            tag: class.reference.unwrap_or("-").to_string(),
-            protection: binding,
-            refusal,
-        }
+    let refuse = |refusal: Refusal| GateError::Protected {
+        repository: repository.to_string(),
+        tag: class.reference.unwrap_or("-").to_string(),
+        protection: binding,
+        refusal,
     };
     if class.kind == Kind::Blob && method == Method::DELETE {
-        return Err(refuse(ctx, ProtectRefusal::DeleteBlob));
+        return Err(refuse(Refusal::DeleteBlob));
     }
     if class.kind != Kind::Manifest {
         return Ok(());
@@ -183,7 +179,7 @@ async fn decide(
         return Ok(());
     };
     if (method == Method::PUT || method == Method::DELETE) && request.uri().query().is_some() {
-        return Err(refuse(ctx, ProtectRefusal::Query));
+        return Err(refuse(Refusal::Query));
     }
     let registry = Registry::new(snapshot.upstream.clone(), host.clone()).with_authorization(
         // The registry may check credentials itself when the gate does not.
@@ -211,12 +207,12 @@ async fn decide(
         if current.eq_ignore_ascii_case(&pushed) {
             return Ok(());
         }
-        (reference.to_string(), protection, ProtectRefusal::Move)
+        (reference.to_string(), protection, Refusal::Move)
     } else if method == Method::DELETE && !by_digest {
         let Some(protection) = protections.guarding(who, repository, reference) else {
             return Ok(());
         };
-        (reference.to_string(), protection, ProtectRefusal::Delete)
+        (reference.to_string(), protection, Refusal::Delete)
     } else if method == Method::DELETE {
         match protected_tag_of(&registry, protections, who, repository, reference).await? {
             Some(found) => found,
@@ -226,8 +222,6 @@ async fn decide(
         return Ok(());
     };
     let (tag, protection, refusal) = refusal;
-    ctx.record.decision = Verdict::Deny;
-    ctx.record.reason = Some(format!("protect[{protection}]:{}", refusal.label()));
     Err(GateError::Protected {
         repository: repository.to_string(),
         tag,
@@ -243,10 +237,10 @@ async fn decide(
 async fn protected_tag_of(
     registry: &Registry,
     protections: &crate::rules::Protections,
-    who: &Identity<'_>,
+    who: &Subject<'_>,
     repository: &str,
     digest: &str,
-) -> Result<Option<(String, usize, ProtectRefusal)>, GateError> {
+) -> Result<Option<(String, usize, Refusal)>, GateError> {
     if !protections.binds(who, repository) {
         return Ok(None);
     }
@@ -261,7 +255,7 @@ async fn protected_tag_of(
         };
         let current = head_digest(head.digest, repository, &tag)?;
         if current.eq_ignore_ascii_case(digest) {
-            return Ok(Some((tag, protection, ProtectRefusal::DeleteTagged)));
+            return Ok(Some((tag, protection, Refusal::DeleteTagged)));
         }
         // Anything but a single image (no type at all included) is read as a possible
         // index: the check fails closed. The children are read by digest: they are the
@@ -271,7 +265,7 @@ async fn protected_tag_of(
             && searched.insert(current.clone())
             && lists(registry, repository, &current, digest).await?
         {
-            return Ok(Some((tag, protection, ProtectRefusal::DeleteChild)));
+            return Ok(Some((tag, protection, Refusal::DeleteChild)));
         }
     }
     Ok(None)
@@ -282,7 +276,7 @@ async fn protected_tag_of(
 /// repository's write lock where tags are protected. Fails closed.
 pub(crate) async fn check_manifest_delete(
     ctx: &RequestContext,
-    who: &Identity<'_>,
+    who: &Subject<'_>,
     repository: &str,
     digest: &str,
     host: &HeaderValue,

@@ -16,7 +16,7 @@ use super::error::{Challenge, GateError};
 use super::form::{self, FormError};
 use super::state::Snapshot;
 use crate::auth::token::{parse_scopes, Grant, Scope};
-use crate::auth::{Failure, Identity};
+use crate::auth::{Identity, LoginFailure};
 use crate::registry_path::{is_valid_repository_name, Action};
 
 /// An OAuth2 form is a few short fields; anything larger is not a login.
@@ -76,15 +76,15 @@ pub async fn answer(
                 .flat_map(|s| parse_scopes(s))
                 .collect();
             let caller = if user.is_empty() {
-                Err(Failure::Malformed)
+                Err(LoginFailure::Malformed)
             } else {
                 caller::check_password(ctx, user, password.into_bytes()).await
             };
             (caller, scopes, true)
         }
         _ => {
-            return Err(GateError::Rejected(
-                crate::registry_path::Rejection::MethodNotAllowed,
+            return Err(GateError::Unclassified(
+                crate::registry_path::Refusal::MethodNotAllowed,
             ))
         }
     };
@@ -92,7 +92,7 @@ pub async fn answer(
     let caller = match caller {
         Ok(caller) => caller,
         Err(failure) => {
-            let reason = caller::refused(failure, peer, "token request with bad credentials")?;
+            let reason = caller::login_failed(failure, peer, "token request with bad credentials")?;
             if oauth {
                 return Ok(oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant"));
             }

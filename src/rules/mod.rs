@@ -41,13 +41,18 @@ use ipnet::IpNet;
 
 use crate::registry_path::Action;
 
-mod protect;
+pub mod protect;
 
 pub use protect::{ProtectSpec, Protections};
 
-/// Who is asking. The rules do not care how the identity was proven.
+/// Who is asking, as the rules see it: a borrowed view of `auth::Identity` (and, for
+/// `[[protect]]`, of an access token's account), not a second identity. Borrowed because the
+/// rules are asked per repository of a catalog listing and per request, and a view costs no
+/// copy of the name; a type of its own because the rules cannot name `auth`'s, which sits
+/// above them (`auth` uses `config`, which uses the rules). The rules do not care how the
+/// identity was proven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Identity<'a> {
+pub enum Subject<'a> {
     Anonymous,
     User(&'a str),
 }
@@ -144,11 +149,11 @@ enum UserMatcher {
 }
 
 impl UserMatcher {
-    fn matches(&self, who: &Identity) -> bool {
+    fn matches(&self, who: &Subject) -> bool {
         match (self, who) {
-            (UserMatcher::AnyAuthenticated, Identity::User(_)) => true,
-            (UserMatcher::Anonymous, Identity::Anonymous) => true,
-            (UserMatcher::Name(name), Identity::User(user)) => name == user,
+            (UserMatcher::AnyAuthenticated, Subject::User(_)) => true,
+            (UserMatcher::Anonymous, Subject::Anonymous) => true,
+            (UserMatcher::Name(name), Subject::User(user)) => name == user,
             _ => false,
         }
     }
@@ -214,14 +219,14 @@ impl Rules {
     /// The decision for `who`, asking from `client`, to take `action` on `repository`.
     pub fn decide(
         &self,
-        who: &Identity,
+        who: &Subject,
         client: IpAddr,
         repository: &str,
         action: Action,
     ) -> Decision {
         let user = match who {
-            Identity::User(name) => Some(*name),
-            Identity::Anonymous => None,
+            Subject::User(name) => Some(*name),
+            Subject::Anonymous => None,
         };
         let first = self.rules.iter().position(|rule| {
             rule.users.iter().any(|u| u.matches(who))
@@ -635,7 +640,7 @@ mod tests {
             &[push_from_build, spec(&["*"], &["**"], &["pull"])],
         )
         .expect("valid");
-        let ci = Identity::User("builder1");
+        let ci = Subject::User("builder1");
         for (client, push) in [
             ("10.20.0.1", true),
             ("10.21.0.1", false),
@@ -747,12 +752,12 @@ mod tests {
             ],
         )
         .unwrap();
-        let alice = Identity::User("alice");
-        let builder = Identity::User("builder2");
-        let anon = Identity::Anonymous;
+        let alice = Subject::User("alice");
+        let builder = Subject::User("builder2");
+        let anon = Subject::Anonymous;
         let allow = |i| Decision::Allow { rule: Some(i) };
         let deny = |i| Decision::Deny { rule: Some(i) };
-        let cases: &[(Identity, &str, Action, Decision)] = &[
+        let cases: &[(Subject, &str, Action, Decision)] = &[
             (alice, "team-a/app", Push, allow(1)),
             (alice, "team-a/deep/app", Push, allow(1)),
             (alice, "team-a/secret", Pull, allow(0)),
@@ -767,12 +772,12 @@ mod tests {
             (anon, "team-a/app", Pull, Decision::Deny { rule: None }),
             (alice, "public/x", Pull, allow(4)),
             (
-                Identity::User("Alice"),
+                Subject::User("Alice"),
                 "team-a/app",
                 Pull,
                 Decision::Deny { rule: None },
             ),
-            (Identity::User("anonymous"), "public/x", Pull, allow(4)),
+            (Subject::User("anonymous"), "public/x", Pull, allow(4)),
         ];
         for (who, repo, action, want) in cases {
             assert_eq!(
@@ -790,7 +795,7 @@ mod tests {
     }
 
     /// Every action `who` may take on `repository`, from anywhere.
-    fn actions_for(rules: &Rules, who: &Identity, repository: &str) -> Vec<Action> {
+    fn actions_for(rules: &Rules, who: &Subject, repository: &str) -> Vec<Action> {
         Action::ALL
             .into_iter()
             .filter(|&a| rules.decide(who, ANYWHERE, repository, a).is_allowed())
@@ -801,23 +806,23 @@ mod tests {
     fn defaults() {
         let none = Rules::compile(&groups(), &[]).unwrap();
         assert_eq!(
-            none.decide(&Identity::User("alice"), ANYWHERE, "a", Pull),
+            none.decide(&Subject::User("alice"), ANYWHERE, "a", Pull),
             Decision::Deny { rule: None }
         );
         let open = Rules::allow_all_authenticated();
         assert_eq!(
-            open.decide(&Identity::User("alice"), ANYWHERE, "a", Delete),
+            open.decide(&Subject::User("alice"), ANYWHERE, "a", Delete),
             Decision::Allow { rule: None }
         );
         assert_eq!(
-            open.decide(&Identity::Anonymous, ANYWHERE, "a", Pull),
+            open.decide(&Subject::Anonymous, ANYWHERE, "a", Pull),
             Decision::Deny { rule: None }
         );
         assert_eq!(
-            actions_for(&open, &Identity::User("x"), "a"),
+            actions_for(&open, &Subject::User("x"), "a"),
             Action::ALL.to_vec()
         );
-        let everyone = actions_for(&Rules::allow_everyone(), &Identity::Anonymous, "a");
+        let everyone = actions_for(&Rules::allow_everyone(), &Subject::Anonymous, "a");
         assert_eq!(everyone, Action::ALL.to_vec());
     }
 

@@ -2,8 +2,8 @@
 //! deleted, and who still may.
 //!
 //! Owns: compiling `[[protect]]` (already deserialized) with the rules' own user lists and
-//! repository globs, the tag globs, and the one question "does a protection guard this tag
-//! against this caller". Must not touch: requests, the registry, digests. Whether a write
+//! repository globs, the tag globs, the one question "does a protection guard this tag
+//! against this caller", and the words for why a write is refused (`Refusal`). Must not touch: requests, the registry, digests. Whether a write
 //! would really move a tag is found out by the proxy (`proxy/protect.rs`), which asks here
 //! only who and what is protected.
 //!
@@ -22,9 +22,42 @@
 use std::collections::BTreeMap;
 
 use super::{
-    advance_literal, compile_repositories, compile_users, Identity, Pattern, RulesError,
-    UserMatcher,
+    advance_literal, compile_repositories, compile_users, Pattern, RulesError, Subject, UserMatcher,
 };
+
+/// Why `[[protect]]` refuses a write: what it would have done to a protected tag. The
+/// request phase (`proxy/protect.rs`) decides which; it is a `GateError::Protected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A manifest push would point the tag at another manifest.
+    Move,
+    /// A delete names the tag.
+    Delete,
+    /// A delete by digest would take the manifest the tag points to.
+    DeleteTagged,
+    /// A delete by digest would take one platform of the index a protected tag points to.
+    DeleteChild,
+    /// A blob delete in a repository with protected tags: it would break a protected image
+    /// without touching its tag.
+    DeleteBlob,
+    /// A manifest write with a query (`?tag=`) where protected tags are: a registry that
+    /// honours it would move a tag the gate never saw named.
+    Query,
+}
+
+impl Refusal {
+    /// The metrics label and the access log's reason.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Move => "move",
+            Refusal::Delete => "delete",
+            Refusal::DeleteTagged => "delete_tagged",
+            Refusal::DeleteChild => "delete_child",
+            Refusal::DeleteBlob => "delete_blob",
+            Refusal::Query => "query",
+        }
+    }
+}
 
 /// distribution's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
 const MAX_TAG_LEN: usize = 128;
@@ -84,7 +117,7 @@ impl Protections {
 
     /// The index of the first protection that covers `tag` of `repository` and does not
     /// exempt `who`; `None` when `who` may move and delete that tag.
-    pub fn guarding(&self, who: &Identity, repository: &str, tag: &str) -> Option<usize> {
+    pub fn guarding(&self, who: &Subject, repository: &str, tag: &str) -> Option<usize> {
         self.0.iter().position(|p| {
             p.covers_repository(repository)
                 && p.tags.iter().any(|t| t.matches(tag))
@@ -99,12 +132,12 @@ impl Protections {
 
     /// Whether any protection of `repository` binds `who`. When none does, no tag there is
     /// protected against them and a delete by digest needs no look at the tags.
-    pub fn binds(&self, who: &Identity, repository: &str) -> bool {
+    pub fn binds(&self, who: &Subject, repository: &str) -> bool {
         self.binding(who, repository).is_some()
     }
 
     /// The index of the first protection of `repository` that binds `who`.
-    pub fn binding(&self, who: &Identity, repository: &str) -> Option<usize> {
+    pub fn binding(&self, who: &Subject, repository: &str) -> Option<usize> {
         self.0
             .iter()
             .position(|p| p.covers_repository(repository) && !p.exempts(who))
@@ -119,7 +152,7 @@ impl Protection {
             .any(|p| p.matches(repository, None))
     }
 
-    fn exempts(&self, who: &Identity) -> bool {
+    fn exempts(&self, who: &Subject) -> bool {
         self.users.iter().any(|u| u.matches(who))
     }
 }
@@ -346,11 +379,11 @@ mod tests {
             ],
         )
         .expect("valid");
-        let bot = Identity::User("release-bot");
-        let alice = Identity::User("alice");
-        let bob = Identity::User("bob");
-        let anon = Identity::Anonymous;
-        let cases: &[(Identity, &str, &str, Option<usize>)] = &[
+        let bot = Subject::User("release-bot");
+        let alice = Subject::User("alice");
+        let bob = Subject::User("bob");
+        let anon = Subject::Anonymous;
+        let cases: &[(Subject, &str, &str, Option<usize>)] = &[
             (bob, "team/app", "v1", Some(0)),
             (anon, "team/app", "v1", Some(0)),
             (bot, "team/app", "v1", None),

@@ -3,8 +3,8 @@
 //! `Shared::activity`), served by the gate itself on the registry's own origin, so there is no second
 //! container, no CORS and no token dance.
 //!
-//! It is one of the gate's own endpoints: `proxy()` hands every request under the path here
-//! before classification, so no browser path ever reaches the registry. What the browser
+//! It is one of the gate's own endpoints: the front (`front::route`) hands every request
+//! under the path here before classification, so no browser path ever reaches the registry. What the browser
 //! reads from the registry it asks for itself, through the same pooled client, with paths
 //! built from validated names only.
 //!
@@ -13,6 +13,10 @@
 //! into a caller by `caller::from_session`, and every repository is shown, opened or deleted
 //! only as `Caller::may` allows, exactly as the API would. A repository the caller may not
 //! pull gets the same 404 as one that does not exist.
+//!
+//! What the browser refuses, or what fails under it, is a `GateError` like the API's,
+//! reported by `GateError::report` and rendered by `render`, the browser's one rendering of
+//! an error: a page, or the registry's JSON envelope for a script that asks for JSON.
 //!
 //! The rooms: `session` (the signed cookie and CSRF tokens), `dates` (images' creation
 //! dates, remembered; the registry is read through `proxy::registry`), `pages` (server-rendered HTML), `html` (escaping by construction), and the
@@ -35,14 +39,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::auth::token::unix_now;
-use crate::auth::{Failure, Identity};
+use crate::auth::{Identity, LoginFailure};
 use crate::config::UiConfig;
 use crate::events::EventAction;
 use crate::proxy::access_log::Verdict;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::caller::{self, Caller};
 use crate::proxy::context::RequestContext;
-use crate::proxy::error::{GateError, Side};
+use crate::proxy::error::GateError;
 use crate::proxy::form::{query_values, read_small_form, FormError};
 use crate::proxy::registry::manifest::{Descriptor, Manifest, ManifestKind};
 use crate::proxy::registry::{Deleted, Registry};
@@ -181,19 +185,22 @@ impl Kept {
     }
 }
 
+/// The browser's answer to one request under its path. What is refused or fails is a
+/// `GateError`, reported (`GateError::report`) and rendered for the browser (`render`) here,
+/// so the front gets an answer, never an error.
 pub(crate) async fn answer(
     ctx: &mut RequestContext,
     kept: Arc<Kept>,
     request: Request<()>,
     host: HeaderValue,
-) -> Result<Response<ResponseBody>, GateError> {
+) -> Response<ResponseBody> {
     let snapshot = ctx.snapshot.clone();
     let base = snapshot.config.ui.path.clone();
     let path = request.uri().path().to_string();
     ctx.record.action = Some("ui");
     let Some(rest) = path.strip_prefix(base.as_str()) else {
         // `/ui` without its slash: relative links need the directory form.
-        return Ok(redirect(&base, None));
+        return redirect(&base, None);
     };
     let route = Route::parse(request.method(), rest);
     if let Route::Asset(content_type, text) = route {
@@ -202,11 +209,24 @@ pub(crate) async fn answer(
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        return Ok(response);
+        return response;
     }
 
+    let json = wants_json(request.headers());
     let key = SessionKey::new(&kept.secret(&snapshot));
-    let (caller, session) = who(ctx, &kept, &request, &key).await?;
+    let (caller, session) = match who(ctx, &kept, &request, &key).await {
+        Ok(found) => found,
+        Err(e) => {
+            e.report(&ctx.record.request_id);
+            let nobody = Chrome {
+                base: &base,
+                user: None,
+                csrf: None,
+                can_log_in: snapshot.auth.is_some(),
+            };
+            return render(&e, json, &nobody);
+        }
+    };
     ctx.record.user = caller.identity.name().to_string();
     ctx.record.token = caller.token_name().map(str::to_string);
     let csrf = session.as_ref().map(|s| key.csrf_token(s));
@@ -251,9 +271,12 @@ pub(crate) async fn answer(
                 .delete(ctx, &chrome, &request, &host, name, tag)
                 .await
         }
-        Route::NotFound | Route::Asset(..) => Err(Refusal::NotFound),
+        Route::NotFound | Route::Asset(..) => Err(GateError::NotFound),
     };
-    Ok(result.unwrap_or_else(|refusal| refusal.page(&chrome, &ctx.record.request_id)))
+    result.unwrap_or_else(|e| {
+        e.report(&ctx.record.request_id);
+        render(&e, json, &chrome)
+    })
 }
 
 /// The caller of a browser request and their session: a valid session cookie, not logged
@@ -284,79 +307,59 @@ async fn who(
     Ok((caller, None))
 }
 
-/// Why a page is not what was asked for; each becomes an HTML page in `Refusal::page`.
-#[derive(Debug)]
-enum Refusal {
-    /// No such repository, tag or page, or one the caller may not pull: told apart from
-    /// nothing, so hidden names stay hidden.
-    NotFound,
-    /// The caller may not do this; the text says what to do instead.
-    Forbidden(&'static str),
-    /// A form without a valid CSRF token, or from another site.
-    Csrf,
-    /// The registry runs without deletes.
-    DeleteDisabled,
-    /// `[server] read_only`.
-    ReadOnly,
-    /// The tag moved between confirmation and delete.
-    Moved,
-    BadForm(&'static str),
-    /// The registry or the gate failed; logged by its side.
-    Gate(GateError),
+/// The one rendering of a `GateError` for the browser: the status of `GateError::status`,
+/// and a page a person reads, or, for a request that asks for JSON and not HTML (a script),
+/// the registry's JSON envelope of `GateError::to_response`. Either way with the browser's
+/// protective headers, never cached.
+fn render(error: &GateError, wants_json: bool, chrome: &Chrome) -> Response<ResponseBody> {
+    if wants_json {
+        let mut response = error.to_response();
+        secure(&mut response, "no-store");
+        return response;
+    }
+    let (title, text): (&str, &str) = match error {
+        GateError::NotFound => ("Not found", "There is no such page, repository or tag, or you may not see it."),
+        GateError::NoSession => ("Not allowed", "Log in to delete."),
+        GateError::Denied { action: Action::Delete, .. } => ("Not allowed", "Your access rules do not allow deleting in this repository."),
+        GateError::Denied { .. } => ("Not allowed", "Your access rules do not allow this in this repository."),
+        GateError::CrossSiteForm => ("Form refused", "This form has expired or did not come from this page. Go back, reload the page and try again."),
+        GateError::DeletesDisabled => ("Deleting is disabled", "The registry behind the gate does not allow deletes: its configuration needs storage.delete.enabled: true."),
+        GateError::ReadOnly => ("Read-only", "The gate is in read-only mode ([server] read_only): deletes are disabled."),
+        GateError::TagMoved { .. } => ("The tag has moved", "The tag points at another manifest than the one you confirmed. Go back, review it and confirm again."),
+        GateError::BadRequest(why) => ("Bad request", why),
+        GateError::Throttled(_) => ("Too many failed logins", "Too many failed logins from your address; try again later."),
+        GateError::Protected { .. } => ("Protected tag", "This manifest is a tag protected by [[protect]]: it cannot be deleted."),
+        _ => ("The registry failed", "The registry behind the gate did not answer properly; the gate's log says why."),
+    };
+    let mut response = page(error.status(), chrome, title, pages::message(title, text));
+    if let GateError::Throttled(wait) = error {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+    }
+    response
 }
 
-impl From<GateError> for Refusal {
-    fn from(e: GateError) -> Refusal {
-        Refusal::Gate(e)
-    }
-}
-
-impl Refusal {
-    fn status(&self) -> StatusCode {
-        match self {
-            Refusal::NotFound => StatusCode::NOT_FOUND,
-            Refusal::Forbidden(_) | Refusal::Csrf => StatusCode::FORBIDDEN,
-            Refusal::DeleteDisabled | Refusal::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::Moved => StatusCode::CONFLICT,
-            Refusal::BadForm(_) => StatusCode::BAD_REQUEST,
-            Refusal::Gate(e) => e.status(),
+/// Whether a browser request asks for JSON rather than a page: its `Accept` names a JSON
+/// type and not HTML (a script's `fetch`). A browser's navigation, or no `Accept` at all (curl),
+/// gets the page.
+fn wants_json(headers: &http::HeaderMap) -> bool {
+    let (mut json, mut html) = (false, false);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let media = item
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            json |= media == "application/json" || media.ends_with("+json");
+            html |= media == "text/html";
         }
     }
-
-    /// The one mapping from a refusal to the page the browser gets.
-    fn page(self, chrome: &Chrome, request_id: &str) -> Response<ResponseBody> {
-        let status = self.status();
-        let (title, text): (&str, &str) = match &self {
-            Refusal::NotFound => ("Not found", "There is no such page, repository or tag, or you may not see it."),
-            Refusal::Forbidden(why) => ("Not allowed", why),
-            Refusal::Csrf => ("Form refused", "This form has expired or did not come from this page. Go back, reload the page and try again."),
-            Refusal::DeleteDisabled => ("Deleting is disabled", "The registry behind the gate does not allow deletes: its configuration needs storage.delete.enabled: true."),
-            Refusal::ReadOnly => ("Read-only", "The gate is in read-only mode ([server] read_only): deletes are disabled."),
-            Refusal::Moved => ("The tag has moved", "The tag points at another manifest than the one you confirmed. Go back, review it and confirm again."),
-            Refusal::BadForm(why) => ("Bad request", why),
-            Refusal::Gate(GateError::Throttled(_)) => ("Too many failed logins", "Too many failed logins from your address; try again later."),
-            Refusal::Gate(GateError::Protected { .. }) => ("Protected tag", "This manifest is a tag protected by [[protect]]: it cannot be deleted."),
-            Refusal::Gate(_) => ("The registry failed", "The registry behind the gate did not answer properly; the gate's log says why."),
-        };
-        if let Refusal::Gate(e) = &self {
-            e.count();
-            match e.side() {
-                Side::Client => tracing::debug!(request_id, error = %e, "browser request refused"),
-                Side::Upstream => {
-                    tracing::warn!(request_id, error = %e, "upstream error in the browser")
-                }
-                Side::Internal => tracing::error!(request_id, error = %e, "the gate failed"),
-            }
-        }
-        let mut response = page(status, chrome, title, pages::message(title, text));
-        if let Refusal::Gate(GateError::Throttled(wait)) = &self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(wait.as_secs().max(1)),
-            );
-        }
-        response
-    }
+    json && !html
 }
 
 /// One request's view of the registry: who asks and how to read it.
@@ -398,7 +401,7 @@ impl Browser {
         ctx: &RequestContext,
         chrome: &Chrome<'_>,
         request: &Request<()>,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, GateError> {
         let query = query_values(request.uri().query(), "q")
             .into_iter()
             .next()
@@ -450,9 +453,9 @@ impl Browser {
         chrome: &Chrome<'_>,
         request: &Request<()>,
         host: &HeaderValue,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, GateError> {
         if !same_origin(request, host) {
-            return Err(Refusal::Csrf);
+            return Err(GateError::CrossSiteForm);
         }
         if ctx.snapshot.auth.is_none() {
             return Ok(redirect(chrome.base, None));
@@ -478,7 +481,7 @@ impl Browser {
             }
             Ok(caller) => {
                 let Identity::User(name) = &caller.identity else {
-                    return Err(GateError::Internal("a password check without users").into());
+                    return Err(GateError::Internal("a password check without users"));
                 };
                 let stamp = match caller.token_name() {
                     Some(_) => None,
@@ -502,12 +505,12 @@ impl Browser {
                 Ok(redirect(chrome.base, Some(cookie)))
             }
             Err(failure) => {
-                let token_refused = matches!(failure, Failure::TokenRefused { .. });
-                let reason = caller::refused(failure, ctx.client_ip, "browser login failed")?;
+                let bad_token = matches!(failure, LoginFailure::BadToken { .. });
+                let reason = caller::login_failed(failure, ctx.client_ip, "browser login failed")?;
                 crate::metrics::get().auth_failure(reason);
                 Ok(login_failed(
                     chrome,
-                    if token_refused {
+                    if bad_token {
                         "That access token may no longer be used (expired, revoked or its owner removed)."
                     } else {
                         "Wrong user name or password."
@@ -523,7 +526,7 @@ impl Browser {
         chrome: &Chrome<'_>,
         request: &Request<()>,
         host: &HeaderValue,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, GateError> {
         if let Some(session) = &self.session {
             self.checked_form(ctx, request, host, session).await?;
             // Clearing the cookie only asks the browser to forget it; a copy would still
@@ -543,11 +546,11 @@ impl Browser {
         chrome: &Chrome<'_>,
         request: &Request<()>,
         name: &str,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, GateError> {
         if !self.may(ctx, name, Action::Pull) {
-            return Err(Refusal::NotFound);
+            return Err(GateError::NotFound);
         }
-        let mut listing = self.registry.tags(name).await?.ok_or(Refusal::NotFound)?;
+        let mut listing = self.registry.tags(name).await?.ok_or(GateError::NotFound)?;
         // distribution lists tags in its storage's order, which pages cannot be built on.
         listing.names.sort_unstable();
         let asked = request.uri().query();
@@ -655,15 +658,15 @@ impl Browser {
         name: &str,
         reference: &str,
         by_tag: bool,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, GateError> {
         if !self.may(ctx, name, Action::Pull) {
-            return Err(Refusal::NotFound);
+            return Err(GateError::NotFound);
         }
         let manifest = self
             .registry
             .manifest(name, reference)
             .await?
-            .ok_or(Refusal::NotFound)?;
+            .ok_or(GateError::NotFound)?;
         let config = match &manifest.kind {
             ManifestKind::Image { config, .. } => {
                 self.registry.config(name, &config.digest).await?
@@ -724,13 +727,13 @@ impl Browser {
         chrome: &Chrome<'_>,
         name: &str,
         tag: &str,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, GateError> {
         self.check_delete(ctx, name)?;
         let manifest = self
             .registry
             .manifest(name, tag)
             .await?
-            .ok_or(Refusal::NotFound)?;
+            .ok_or(GateError::NotFound)?;
         let title = format!("Delete {name}:{tag}");
         Ok(page(
             StatusCode::OK,
@@ -748,10 +751,10 @@ impl Browser {
         request: &Request<()>,
         host: &HeaderValue,
         session: &Session,
-    ) -> Result<String, Refusal> {
+    ) -> Result<String, GateError> {
         let form = read_form(ctx, request).await?;
         if !same_origin(request, host) || !self.key.csrf_ok(session, &field(&form, CSRF_FIELD)) {
-            return Err(Refusal::Csrf);
+            return Err(GateError::CrossSiteForm);
         }
         Ok(form)
     }
@@ -764,15 +767,15 @@ impl Browser {
         host: &HeaderValue,
         name: &str,
         tag: &str,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, GateError> {
         let Some(session) = &self.session else {
-            return Err(Refusal::Forbidden("Log in to delete."));
+            return Err(GateError::NoSession);
         };
         let form = self.checked_form(ctx, request, host, session).await?;
         self.check_delete(ctx, name)?;
         let digest = field(&form, "digest");
         if !is_digest(&digest) {
-            return Err(Refusal::BadForm("The form names no manifest digest."));
+            return Err(GateError::BadRequest("The form names no manifest digest."));
         }
         ctx.record.action = Some("delete");
         ctx.record.repository = Some(name.to_string());
@@ -781,15 +784,18 @@ impl Browser {
             .registry
             .manifest(name, tag)
             .await?
-            .ok_or(Refusal::NotFound)?;
+            .ok_or(GateError::NotFound)?;
         if current.digest != digest {
-            return Err(Refusal::Moved);
+            return Err(GateError::TagMoved {
+                repository: name.to_string(),
+                tag: tag.to_string(),
+            });
         }
         // The registry deletes by digest, taking every tag that points there: a protected
         // one must stop it, as it would a DELETE through the API.
         let _write_lock = match crate::proxy::protect::check_manifest_delete(
             ctx,
-            &self.caller.protect_identity(),
+            &self.caller.protect_subject(),
             name,
             &digest,
             host,
@@ -799,7 +805,8 @@ impl Browser {
             Ok(guard) => guard,
             Err(e) => {
                 ctx.record.decision = Verdict::Deny;
-                return Err(Refusal::Gate(e));
+                ctx.record.reason = e.access_reason();
+                return Err(e);
             }
         };
         ctx.record.decision = Verdict::Allow;
@@ -823,26 +830,28 @@ impl Browser {
                     None,
                 ))
             }
-            Deleted::Disabled => Err(Refusal::DeleteDisabled),
-            Deleted::NotFound => Err(Refusal::NotFound),
+            Deleted::Disabled => Err(GateError::DeletesDisabled),
+            Deleted::NotFound => Err(GateError::NotFound),
         }
     }
 
     /// Who may delete in `name`: a caller who may see it, has a session, and may delete.
-    fn check_delete(&self, ctx: &RequestContext, name: &str) -> Result<(), Refusal> {
+    fn check_delete(&self, ctx: &RequestContext, name: &str) -> Result<(), GateError> {
         if !self.may(ctx, name, Action::Pull) {
-            return Err(Refusal::NotFound);
+            return Err(GateError::NotFound);
         }
         if self.session.is_none() {
-            return Err(Refusal::Forbidden("Log in to delete."));
+            return Err(GateError::NoSession);
         }
         if ctx.snapshot.config.server.read_only {
-            return Err(Refusal::ReadOnly);
+            return Err(GateError::ReadOnly);
         }
         if !self.may(ctx, name, Action::Delete) {
-            return Err(Refusal::Forbidden(
-                "Your access rules do not allow deleting in this repository.",
-            ));
+            return Err(GateError::Denied {
+                user: self.caller.identity.name().to_string(),
+                action: Action::Delete,
+                repository: name.to_string(),
+            });
         }
         Ok(())
     }
@@ -900,7 +909,7 @@ fn same_origin(request: &Request<()>, host: &HeaderValue) -> bool {
 }
 
 /// The urlencoded form of a POST, whole, bounded in size and time.
-async fn read_form(ctx: &mut RequestContext, request: &Request<()>) -> Result<String, Refusal> {
+async fn read_form(ctx: &mut RequestContext, request: &Request<()>) -> Result<String, GateError> {
     let urlencoded = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -910,14 +919,14 @@ async fn read_form(ctx: &mut RequestContext, request: &Request<()>) -> Result<St
                 .starts_with(b"application/x-www-form-urlencoded")
         });
     if !urlencoded {
-        return Err(Refusal::BadForm(
+        return Err(GateError::BadRequest(
             "Send the form as application/x-www-form-urlencoded.",
         ));
     }
     read_small_form(ctx.body.take(), MAX_FORM_BYTES)
         .await
         .map_err(|e| {
-            Refusal::BadForm(match e {
+            GateError::BadRequest(match e {
                 FormError::Late => "The form was not sent in time.",
                 FormError::TooLargeOrBroken => "The form is too large or broken.",
                 FormError::NotUtf8 => "The form is not UTF-8.",
@@ -1128,24 +1137,127 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn refusals_map_to_their_status() {
-        for (refusal, status) in [
-            (Refusal::NotFound, 404),
-            (Refusal::Forbidden("x"), 403),
-            (Refusal::Csrf, 403),
-            (Refusal::DeleteDisabled, 405),
-            (Refusal::ReadOnly, 405),
-            (Refusal::Moved, 409),
-            (Refusal::BadForm("x"), 400),
-            (Refusal::Gate(GateError::UpstreamTimeout), 504),
-            (
-                Refusal::Gate(GateError::Throttled(Duration::from_secs(3))),
-                429,
-            ),
-        ] {
-            assert_eq!(refusal.status().as_u16(), status, "{refusal:?}");
+    fn chrome() -> Chrome<'static> {
+        Chrome {
+            base: "/ui/",
+            user: None,
+            csrf: None,
+            can_log_in: true,
         }
+    }
+
+    async fn text(response: Response<ResponseBody>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Each error the browser meets: its status (the same as the API's), the page's title,
+    /// and the registry code of its JSON form.
+    #[tokio::test]
+    async fn each_error_renders_as_a_page_or_as_json() {
+        let cases = [
+            (GateError::NotFound, 404, "Not found", "NAME_UNKNOWN"),
+            (GateError::NoSession, 403, "Not allowed", "DENIED"),
+            (
+                GateError::Denied {
+                    user: "u".into(),
+                    action: Action::Delete,
+                    repository: "a".into(),
+                },
+                403,
+                "do not allow deleting",
+                "DENIED",
+            ),
+            (GateError::CrossSiteForm, 403, "Form refused", "DENIED"),
+            (
+                GateError::DeletesDisabled,
+                405,
+                "Deleting is disabled",
+                "UNSUPPORTED",
+            ),
+            (GateError::ReadOnly, 405, "Read-only", "UNSUPPORTED"),
+            (
+                GateError::TagMoved {
+                    repository: "a".into(),
+                    tag: "v1".into(),
+                },
+                409,
+                "The tag has moved",
+                "DENIED",
+            ),
+            (
+                GateError::BadRequest("The form is not UTF-8."),
+                400,
+                "The form is not UTF-8.",
+                "UNSUPPORTED",
+            ),
+            (
+                GateError::UpstreamTimeout,
+                504,
+                "The registry failed",
+                "UNAVAILABLE",
+            ),
+            (
+                GateError::Throttled(Duration::from_secs(3)),
+                429,
+                "Too many failed logins",
+                "TOOMANYREQUESTS",
+            ),
+            (
+                GateError::Protected {
+                    repository: "a".into(),
+                    tag: "v1".into(),
+                    protection: 0,
+                    refusal: crate::rules::protect::Refusal::DeleteTagged,
+                },
+                409,
+                "Protected tag",
+                "DENIED",
+            ),
+        ];
+        let count = cases.len();
+        for (error, status, words, code) in cases {
+            let html = render(&error, false, &chrome());
+            assert_eq!(html.status().as_u16(), status, "{error:?}");
+            assert!(html.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .is_ok_and(|t| t.starts_with("text/html")));
+            let body = text(html).await;
+            assert!(body.contains(words), "{error:?}: {body}");
+            let json = render(&error, true, &chrome());
+            assert_eq!(json.status().as_u16(), status, "{error:?}");
+            assert_eq!(json.headers()[header::CACHE_CONTROL], "no-store");
+            let value: serde_json::Value = serde_json::from_str(&text(json).await).expect("json");
+            assert_eq!(value["errors"][0]["code"], code, "{error:?}");
+        }
+        assert_eq!(count, 11);
+    }
+
+    #[test]
+    fn json_only_for_a_request_that_asks_for_it_and_not_for_html() {
+        let accept = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(header::ACCEPT, HeaderValue::from_str(v).expect("value"));
+            }
+            wants_json(&headers)
+        };
+        assert!(!accept(&[]));
+        assert!(!accept(&["*/*"]));
+        assert!(!accept(&[
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        ]));
+        assert!(!accept(&["application/json, text/html"]));
+        assert!(accept(&["application/json"]));
+        assert!(accept(&["Application/JSON; charset=utf-8"]));
+        assert!(accept(&["application/json, text/plain, */*"]));
+        assert!(accept(&["text/plain", "application/problem+json"]));
     }
 
     #[test]
@@ -1156,11 +1268,12 @@ mod tests {
             csrf: None,
             can_log_in: true,
         };
-        let throttled = Refusal::Gate(GateError::Throttled(Duration::from_secs(3)));
+        let throttled = GateError::Throttled(Duration::from_secs(3));
         for response in [
             page(StatusCode::OK, &chrome, "t", Html::new()),
             redirect("/ui/", None),
-            throttled.page(&chrome, "id"),
+            render(&throttled, false, &chrome),
+            render(&throttled, true, &chrome),
         ] {
             let h = response.headers();
             assert_eq!(h[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
