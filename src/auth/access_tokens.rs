@@ -168,6 +168,7 @@ pub struct AccessTokens {
     tokens: Vec<Arc<AccessToken>>,
     by_hash: HashMap<[u8; 32], usize>,
     by_name: HashMap<String, usize>,
+    text: Option<String>,
 }
 
 impl std::fmt::Debug for AccessTokens {
@@ -194,26 +195,30 @@ impl AccessTokens {
                 }])
             }
         };
-        let raw: RawFile = toml::from_str(&text).map_err(|e| {
+        AccessTokens::parse(path, &text)
+    }
+
+    /// The tokens of a file's text; `path` names where it came from in messages (the file,
+    /// or the fleet's Redis key).
+    pub fn parse(path: &Path, text: &str) -> Result<AccessTokens, Vec<AccessTokenError>> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
             vec![AccessTokenError::Syntax {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             }]
         })?;
-        AccessTokens::from_raw(path, raw)
+        let mut tokens = AccessTokens::from_raw(path, raw)?;
+        tokens.text = Some(text.to_string());
+        Ok(tokens)
+    }
+
+    /// The text these tokens were read from; `None` for the empty set of a missing file.
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_deref()
     }
 
     fn empty(path: &Path) -> Result<AccessTokens, AccessTokenError> {
-        let mut key = [0u8; 32];
-        getrandom::getrandom(&mut key).map_err(|e| AccessTokenError::Random(e.to_string()))?;
-        AccessTokens::from_raw(
-            path,
-            RawFile {
-                key: STANDARD.encode(key),
-                tokens: Vec::new(),
-            },
-        )
-        .map_err(|mut e| e.remove(0))
+        AccessTokens::from_raw(path, fresh_raw()?).map_err(|mut e| e.remove(0))
     }
 
     fn from_raw(path: &Path, raw: RawFile) -> Result<AccessTokens, Vec<AccessTokenError>> {
@@ -302,6 +307,7 @@ impl AccessTokens {
             tokens,
             by_hash,
             by_name,
+            text: None,
         })
     }
 
@@ -353,11 +359,93 @@ pub struct NewToken {
     pub expires_in: Option<Duration>,
 }
 
-/// Adds a token to the file (created if missing) and returns its secret, which exists
-/// nowhere else afterwards. A name is never used twice, not even after a revocation:
-/// browser sessions and bearer tokens name the access token they came from, and must never
-/// come back to life under a new token of the same name.
+/// A change `registry-gate token` makes, to the file or to the fleet's copy alike.
+pub enum Edit {
+    Create(NewToken),
+    Revoke(String),
+}
+
+/// What an edit did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Edited {
+    /// The new token's secret, which exists nowhere else afterwards.
+    Created(String),
+    /// Whether a usable token of that name was there to revoke.
+    Revoked(bool),
+}
+
+/// Applies `edit` to the tokens in `text` (`None`: none yet, a fresh key is made) and returns
+/// the new text, checked to load as the gate loads it, or `None` when nothing changed.
+///
+/// A name is never used twice, not even after a revocation: browser sessions and bearer
+/// tokens name the access token they came from, and must never come back to life under a
+/// new token of the same name. A revoked token stays, so that a refused use can name it.
+pub fn apply(
+    path: &Path,
+    text: Option<&str>,
+    edit: &Edit,
+) -> Result<(Option<String>, Edited), AccessTokenError> {
+    let mut raw = match text {
+        Some(text) => toml::from_str(text).map_err(|e| AccessTokenError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?,
+        None => fresh_raw()?,
+    };
+    let edited = match edit {
+        Edit::Create(new) => Edited::Created(add(path, &mut raw, new)?),
+        Edit::Revoke(name) => {
+            let Some(token) = raw
+                .tokens
+                .iter_mut()
+                .find(|t| &t.name == name && t.revoked.is_none())
+            else {
+                return Ok((None, Edited::Revoked(false)));
+            };
+            token.revoked = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+            Edited::Revoked(true)
+        }
+    };
+    Ok((Some(render(path, &raw)?), edited))
+}
+
+/// Adds a token to the file (created if missing) and returns its secret (see `apply`).
 pub fn create(path: &Path, new: NewToken) -> Result<String, AccessTokenError> {
+    match edit_file(path, &Edit::Create(new))? {
+        Edited::Created(secret) => Ok(secret),
+        Edited::Revoked(_) => Err(AccessTokenError::Usage("no token was created".into())),
+    }
+}
+
+/// Marks a token revoked in the file. Returns `false` when there is no such token, or it
+/// was revoked already.
+pub fn revoke(path: &Path, name: &str) -> Result<bool, AccessTokenError> {
+    match edit_file(path, &Edit::Revoke(name.to_string()))? {
+        Edited::Revoked(done) => Ok(done),
+        Edited::Created(_) => Ok(false),
+    }
+}
+
+/// `apply` to the file at `path`, written back whole when something changed.
+pub fn edit_file(path: &Path, edit: &Edit) -> Result<Edited, AccessTokenError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(AccessTokenError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let (new_text, edited) = apply(path, text.as_deref(), edit)?;
+    if let Some(new_text) = new_text {
+        write_text(path, &new_text)?;
+    }
+    Ok(edited)
+}
+
+fn add(path: &Path, raw: &mut RawFile, new: &NewToken) -> Result<String, AccessTokenError> {
     check_name(&new.name).map_err(|m| AccessTokenError::Usage(format!("--name: {m}")))?;
     Scope::compile("token", &new.repositories, &new.actions).map_err(|errors| {
         AccessTokenError::Usage(
@@ -370,7 +458,6 @@ pub fn create(path: &Path, new: NewToken) -> Result<String, AccessTokenError> {
                 .replace("token.actions", "--actions"),
         )
     })?;
-    let mut raw = read_raw(path)?;
     if let Some(existing) = raw.tokens.iter().find(|t| t.name == new.name) {
         let state = if existing.revoked.is_some() {
             "a revoked token"
@@ -398,78 +485,46 @@ pub fn create(path: &Path, new: NewToken) -> Result<String, AccessTokenError> {
     mac.update(secret.as_bytes());
     let now = SystemTime::now();
     raw.tokens.push(RawToken {
-        name: new.name,
+        name: new.name.clone(),
         hash: hex::encode(mac.finalize().into_bytes()),
-        repositories: new.repositories,
-        actions: new.actions,
-        owner: new.owner,
+        repositories: new.repositories.clone(),
+        actions: new.actions.clone(),
+        owner: new.owner.clone(),
         created: humantime::format_rfc3339_seconds(now).to_string(),
         expires: new
             .expires_in
             .map(|d| humantime::format_rfc3339_seconds(now + d).to_string()),
         revoked: None,
     });
-    write_raw(path, &raw)?;
     Ok(secret)
 }
 
-/// Marks a token revoked; it stays in the file so that a refused use can name it.
-/// Returns `false` when there is no such token, or it was revoked already.
-pub fn revoke(path: &Path, name: &str) -> Result<bool, AccessTokenError> {
-    let mut raw = read_raw(path)?;
-    let Some(token) = raw
-        .tokens
-        .iter_mut()
-        .find(|t| t.name == name && t.revoked.is_none())
-    else {
-        return Ok(false);
-    };
-    token.revoked = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
-    write_raw(path, &raw)?;
-    Ok(true)
-}
-
-/// The file as stored, or a new one with a fresh key; checked the way the gate loads it, so
-/// an edit never writes a file the gate would refuse.
-fn read_raw(path: &Path) -> Result<RawFile, AccessTokenError> {
-    let raw = match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| AccessTokenError::Syntax {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            getrandom::getrandom(&mut key).map_err(|e| AccessTokenError::Random(e.to_string()))?;
-            RawFile {
-                key: STANDARD.encode(key),
-                tokens: Vec::new(),
-            }
-        }
-        Err(source) => {
-            return Err(AccessTokenError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    Ok(raw)
+/// A new, empty set with a fresh key.
+fn fresh_raw() -> Result<RawFile, AccessTokenError> {
+    let mut key = [0u8; 32];
+    getrandom::getrandom(&mut key).map_err(|e| AccessTokenError::Random(e.to_string()))?;
+    Ok(RawFile {
+        key: STANDARD.encode(key),
+        tokens: Vec::new(),
+    })
 }
 
 const FILE_HEADER: &str = "# registry-gate access tokens: written by `registry-gate token`.\n\
 # Holds hashes only; the secrets were shown once when created.\n";
 
-fn write_raw(path: &Path, raw: &RawFile) -> Result<(), AccessTokenError> {
+/// The text of `raw`, checked the way the gate loads it: never hand the gate tokens it
+/// refuses.
+fn render(path: &Path, raw: &RawFile) -> Result<String, AccessTokenError> {
     let text = toml::to_string(raw).map_err(|e| AccessTokenError::Syntax {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
     let text = format!("{FILE_HEADER}{text}");
-    // What is written must load: never leave the gate a file it refuses.
-    let parsed: RawFile = toml::from_str(&text).map_err(|e| AccessTokenError::Syntax {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    AccessTokens::from_raw(path, parsed).map_err(|mut e| e.remove(0))?;
+    AccessTokens::parse(path, &text).map_err(|mut e| e.remove(0))?;
+    Ok(text)
+}
+
+fn write_text(path: &Path, text: &str) -> Result<(), AccessTokenError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| AccessTokenError::Write {
             path: path.to_path_buf(),
@@ -503,6 +558,19 @@ impl LastUsed {
             }
             self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// The uses recorded since the last call, if any; for the fleet's shared record.
+    pub fn take_recent(&self) -> Option<BTreeMap<String, SystemTime>> {
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.seen.lock().ok().map(|seen| seen.clone())
+    }
+
+    /// Marks the uses as not yet kept, after `take_recent`'s could not be written.
+    pub fn keep_pending(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Writes the uses recorded since the last save, merged with the file's, if any.

@@ -10,6 +10,7 @@ pub mod client_cert;
 pub mod htpasswd;
 pub mod manage;
 pub mod oidc;
+pub mod shared_tokens;
 mod throttle;
 pub mod token;
 

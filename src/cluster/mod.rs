@@ -77,7 +77,8 @@ pub enum Status {
 impl Cluster {
     /// Sets up the connection without making it: the gate starts while Redis is still
     /// coming up (a fleet's start order is not ours to choose), and every call connects or
-    /// reconnects as needed. Fails only on a missing password or CA file.
+    /// reconnects as needed. Fails only on a missing password or CA file. Must be called
+    /// inside a tokio runtime, whose tasks keep the connection.
     pub fn open(config: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
         let url = config.url.clone();
         let redis_error = |source| ClusterError::Redis {

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::auth::access_tokens::{AccessTokenError, AccessTokens, LastUsed};
 use crate::auth::htpasswd::{HtpasswdError, LoadOptions};
 use crate::auth::oidc::{Oidc, OidcError};
+use crate::auth::shared_tokens;
 use crate::auth::token::{TokenError, TokenKey};
 use crate::auth::{self, Authenticator, Throttle};
 use crate::cluster::{Cluster, ClusterError};
@@ -72,6 +73,9 @@ pub struct Shared {
     activity: Activity,
     /// `[cluster]`'s Redis, connected at start (a change needs a restart).
     cluster: Option<Arc<Cluster>>,
+    /// With `[cluster]`: the access tokens last read from Redis, which every snapshot uses
+    /// in place of the file's (`shared_token_sync`).
+    fleet_tokens: arc_swap::ArcSwapOption<AccessTokens>,
     /// `[server] h2_buffer_budget`, shared by every HTTP/2 connection; sized at start, since
     /// the answers holding it outlive any reload.
     send_budget: SendBudget,
@@ -310,6 +314,7 @@ impl Shared {
             config_path: prepared.config.source.clone(),
             throttle: cluster.clone().map_or_else(Throttle::new, Throttle::shared),
             cluster,
+            fleet_tokens: arc_swap::ArcSwapOption::empty(),
             verify_slots,
             reloading: tokio::sync::Mutex::new(()),
             ticketer: std::sync::Mutex::new(next.ticketer),
@@ -324,6 +329,25 @@ impl Shared {
     /// The semaphore every browser page's registry reads share.
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
+    }
+
+    /// Serves `tokens`, read from the fleet's Redis, from now on: the running snapshot is
+    /// swapped for one that differs in its access tokens only.
+    fn use_fleet_tokens(&self, tokens: Arc<AccessTokens>) {
+        self.fleet_tokens.store(Some(tokens.clone()));
+        let old = self.snapshot();
+        if old.access_tokens.is_none() {
+            return;
+        }
+        self.snapshot.store(Arc::new(Snapshot {
+            config: old.config.clone(),
+            upstream: old.upstream.clone(),
+            auth: old.auth.clone(),
+            tokens: old.tokens.clone(),
+            access_tokens: Some(tokens),
+            oidc: old.oidc.clone(),
+            events: old.events.clone(),
+        }));
     }
 
     /// The fleet's shared Redis, with `[cluster]`.
@@ -444,7 +468,11 @@ impl Shared {
         self.certs.replace(prepared.tls.key);
         self.certs.replace_extra(&prepared.tls.extra);
         self.tls.store(next.server_tls);
-        self.snapshot.store(Arc::new(next.snapshot));
+        let mut snapshot = next.snapshot;
+        if let Some(tokens) = self.fleet_tokens.load_full() {
+            snapshot.access_tokens = snapshot.access_tokens.is_some().then_some(tokens);
+        }
+        self.snapshot.store(Arc::new(snapshot));
         self.ensure_acme();
         Ok(())
     }
@@ -531,6 +559,16 @@ pub async fn token_upkeep(shared: Arc<Shared>) {
                     );
                 }
             }
+            if let Some(cluster) = shared.cluster() {
+                if let Some(uses) = shared.last_used.take_recent() {
+                    if let Err(e) = shared_tokens::save_last_used(cluster, &uses).await {
+                        shared.last_used.keep_pending();
+                        tracing::debug!(error = %e, "could not share when access tokens were last used");
+                    }
+                }
+                tokio::time::sleep(TOKEN_UPKEEP_INTERVAL).await;
+                continue;
+            }
             let last_used = shared.last_used.clone();
             let path = tokens.path().to_path_buf();
             let saved = tokio::task::spawn_blocking(move || last_used.save(&path)).await;
@@ -541,6 +579,67 @@ pub async fn token_upkeep(shared: Arc<Shared>) {
             }
         }
         tokio::time::sleep(TOKEN_UPKEEP_INTERVAL).await;
+    }
+}
+
+/// How often a gate of a fleet looks whether the access tokens in Redis changed: a revoke
+/// reaches every gate within this (and `[cluster] timeout`).
+const FLEET_TOKENS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// With `[cluster]`: keeps the access tokens in step with the fleet's Redis. The first gate
+/// of a new fleet puts the token file's tokens there; after that Redis is the truth, and
+/// `registry-gate token` edits it. Where Redis lost its data, the gate writes back the
+/// last tokens it saw (with their version), so a restart of a Redis without persistence
+/// neither empties the tokens nor brings a revoked one back. While Redis is away, the last
+/// tokens read stay in use.
+pub async fn shared_token_sync(shared: Arc<Shared>) {
+    let Some(cluster) = shared.cluster().cloned() else {
+        return;
+    };
+    let mut known: Option<(u64, Arc<AccessTokens>)> = None;
+    loop {
+        if shared.snapshot().access_tokens.is_some() {
+            match shared_tokens::version(&cluster).await {
+                Ok(Some(version)) if known.as_ref().map(|k| k.0) != Some(version) => {
+                    match shared_tokens::load(&cluster).await {
+                        Ok(Some((version, tokens))) => {
+                            let tokens = Arc::new(tokens);
+                            shared.use_fleet_tokens(tokens.clone());
+                            known = Some((version, tokens));
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "cluster: access tokens not updated"),
+                    }
+                }
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => {
+                    let (version, text) = match &known {
+                        Some((version, tokens)) => (*version, tokens.text().map(str::to_string)),
+                        None => (
+                            1,
+                            shared
+                                .snapshot()
+                                .access_tokens
+                                .as_ref()
+                                .and_then(|t| t.text().map(str::to_string)),
+                        ),
+                    };
+                    if let Some(text) = text {
+                        match shared_tokens::restore(&cluster, version, &text).await {
+                            Ok(true) => tracing::info!(
+                                version,
+                                "cluster: access tokens written to Redis, which held none"
+                            ),
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::debug!(error = %e, "cluster: access tokens not restored")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(FLEET_TOKENS_INTERVAL).await;
     }
 }
 

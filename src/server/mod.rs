@@ -154,6 +154,7 @@ pub async fn run(
     spawn_signal_handlers(shared.clone(), signals, stop_tx);
     tokio::spawn(crate::proxy::state::watch_files(shared.clone()));
     tokio::spawn(crate::proxy::state::token_upkeep(shared.clone()));
+    tokio::spawn(crate::proxy::state::shared_token_sync(shared.clone()));
     shared.ensure_acme();
     if let Some(http) = http_listener {
         announce("http", &http)?;

@@ -2,7 +2,9 @@
 //! through a real `redis-server` (`[cluster]`). Racing pushes to a new protected tag through
 //! the three pass exactly once; a guesser going round the three is locked out after as many
 //! failures as one gate allows; and with Redis stopped, a protected write is refused (503),
-//! never passed unchecked, while pulls go on, until Redis is back.
+//! never passed unchecked, while pulls go on, until Redis is back. An access token made
+//! with one gate's configuration works on all three, and its revoke reaches all three
+//! within a second.
 
 use crate::util;
 
@@ -11,11 +13,12 @@ use std::time::Duration;
 use base64::Engine;
 use http::StatusCode;
 use util::client::{full, request, text, HttpsClient, Proto};
+use util::gate::gate_command;
 use util::gate::{Gate, GateConfig};
 use util::image::{oci_image, OciImage, MANIFEST_MEDIA_TYPE};
 use util::redis::Redis;
 use util::registry::Registry;
-use util::{describe, sha256_digest, temp_dir};
+use util::{describe, run, sha256_digest, temp_dir};
 
 const CI: (&str, &str) = ("ci", "ci-secret");
 
@@ -53,6 +56,20 @@ fn fleet(tmp: &std::path::Path, extra: &str) -> Fleet {
         gates,
         redis,
         _registry: registry,
+    }
+}
+
+impl Fleet {
+    /// Everything Redis holds, as text, to look for what must never be there.
+    fn redis_dump(&self) -> std::path::PathBuf {
+        let keys = self.redis.command(&["KEYS", "*"]);
+        let mut all = keys.clone();
+        for key in keys.lines().filter(|l| l.starts_with("registry-gate")) {
+            all.push_str(&self.redis.command(&["HGETALL", key]));
+        }
+        let path = self.redis.dir().join("dump.txt");
+        std::fs::write(&path, all).expect("write the dump");
+        path
     }
 }
 
@@ -256,4 +273,91 @@ async fn without_redis_protected_writes_are_refused_and_pulls_go_on() {
     let (status, body) = put_manifest(gate, "v1", variant(&image, "after")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!(gate.log().contains("Redis answers again"), "{}", gate.log());
+}
+
+/// `registry-gate token ARGS --config <gate's config>`, which must succeed.
+fn token(gate: &Gate, args: &[&str]) -> std::process::Output {
+    let out = run(gate_command()
+        .arg("token")
+        .args(args)
+        .arg("--config")
+        .arg(&gate.config_path));
+    assert!(out.status.success(), "token {args:?}: {}", describe(&out));
+    out
+}
+
+/// Tokens live in Redis: made with one gate's configuration (as `kubectl exec` into any
+/// replica would), used on every gate, revoked through another, refused everywhere within a
+/// second, and its last use visible from any gate's configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_made_on_one_gate_works_on_all_and_its_revoke_reaches_all_within_a_second() {
+    let tmp = temp_dir();
+    let fleet = fleet(tmp.path(), "");
+    let gates = &fleet.gates;
+    let made = token(
+        &gates[0],
+        &[
+            "create",
+            "--name",
+            "deploy",
+            "--repositories",
+            "team/*",
+            "--actions",
+            "pull",
+        ],
+    );
+    let secret = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    assert!(secret.starts_with("rgt_"), "{}", describe(&made));
+    let usable_everywhere = util::wait_until_async(Duration::from_secs(5), || async {
+        for gate in gates {
+            if login(gate, ("deploy", &secret)).await != StatusCode::OK {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        usable_everywhere,
+        "the new token is not accepted by every gate"
+    );
+    assert!(
+        !std::fs::read_to_string(fleet.redis_dump())
+            .unwrap_or_default()
+            .contains(&secret),
+        "a secret in Redis"
+    );
+
+    token(&gates[2], &["revoke", "deploy"]);
+    let revoked_at = std::time::Instant::now();
+    let refused_everywhere = util::wait_until_async(Duration::from_secs(5), || async {
+        for gate in gates {
+            if login(gate, ("deploy", &secret)).await != StatusCode::UNAUTHORIZED {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let took = revoked_at.elapsed();
+    assert!(
+        refused_everywhere,
+        "the revoked token still works somewhere"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "the revoke took {took:?} to reach every gate"
+    );
+
+    // Last uses are shared in batches (every 10 s); any gate's configuration lists them.
+    let listed = util::wait_until_async(Duration::from_secs(15), || async {
+        let out = token(&gates[1], &["list"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // CREATED and LAST USED are both times.
+        text.lines().any(|l| {
+            l.starts_with("deploy") && l.contains("revoked") && l.matches("Z ").count() == 2
+        })
+    })
+    .await;
+    assert!(listed, "{}", describe(&token(&gates[1], &["list"])));
 }

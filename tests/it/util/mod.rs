@@ -151,6 +151,24 @@ pub fn read_some(stream: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Re
     }
 }
 
+/// `wait_until` for a check that must await: polls every 50 ms.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, mut ready: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// For the tests that drive blocking CLIs: a runtime for the HTTP checks among them.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -36,6 +36,11 @@ impl Redis {
         format!("redis://{}/0", self.addr)
     }
 
+    /// Where its log (and what a test writes beside it) is.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Kills the server (its data, held in memory only, is gone with it).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
