@@ -39,10 +39,13 @@ pub struct Features {
 }
 
 impl Features {
-    /// With `cluster`, what the fleet must agree on is kept in its Redis.
+    /// With `cluster`, what the fleet must agree on is kept in its Redis. Call inside the
+    /// runtime: the browser starts reading the fleet's session key.
     pub fn new(cluster: Option<Arc<Cluster>>) -> Result<Features, getrandom::Error> {
+        let browser = Arc::new(Kept::new(cluster.clone())?);
+        browser.share_key();
         Ok(Features {
-            browser: Arc::new(Kept::new()?),
+            browser,
             write_locks: Arc::new(WriteLocks::new(cluster)),
         })
     }

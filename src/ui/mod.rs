@@ -26,6 +26,7 @@ mod dates;
 mod html;
 mod pages;
 mod session;
+mod shared_sessions;
 
 use dates::CreationDates;
 use session::EndedSessions;
@@ -40,6 +41,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::token::unix_now;
 use crate::auth::{Identity, LoginFailure};
+use crate::cluster::Cluster;
 use crate::config::UiConfig;
 use crate::events::EventAction;
 use crate::proxy::access_log::Verdict;
@@ -155,6 +157,10 @@ pub struct Kept {
     dates: Arc<CreationDates>,
     /// Sessions a logout ended (a reload keeps sessions, so it keeps these too).
     ended: EndedSessions,
+    /// With `[cluster]`: where the fleet's session key and ended sessions are kept.
+    fleet: Option<Arc<Cluster>>,
+    /// The fleet's session key, once read from Redis; until then this gate's own.
+    fleet_secret: std::sync::OnceLock<[u8; 32]>,
 }
 
 /// Registry reads the registry browser makes at once, over all its pages: a page reads up to
@@ -163,7 +169,8 @@ pub struct Kept {
 const BROWSER_READS: usize = 16;
 
 impl Kept {
-    pub fn new() -> Result<Kept, getrandom::Error> {
+    /// With `cluster`, sessions are the fleet's: call `share_key` once the runtime runs.
+    pub fn new(cluster: Option<Arc<Cluster>>) -> Result<Kept, getrandom::Error> {
         let mut secret = [0u8; 32];
         getrandom::getrandom(&mut secret)?;
         Ok(Kept {
@@ -171,16 +178,70 @@ impl Kept {
             reads: Arc::new(Semaphore::new(BROWSER_READS)),
             dates: Arc::default(),
             ended: EndedSessions::default(),
+            fleet: cluster,
+            fleet_secret: std::sync::OnceLock::new(),
         })
+    }
+
+    /// With `[cluster]`: reads (or makes) the fleet's session key, retrying every second
+    /// until Redis answers, so sessions made on one gate open on every other.
+    pub fn share_key(self: &Arc<Self>) {
+        let Some(cluster) = self.fleet.clone() else {
+            return;
+        };
+        let kept = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match shared_sessions::signing_key(&cluster).await {
+                    Ok(Some(key)) => {
+                        let _ = kept.fleet_secret.set(key);
+                        return;
+                    }
+                    Ok(None) | Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether a logout ended `session`, here or (with `[cluster]`) on any gate.
+    async fn is_ended(&self, session: &Session) -> bool {
+        if self.ended.is_ended(session) {
+            return true;
+        }
+        let Some(cluster) = &self.fleet else {
+            return false;
+        };
+        match shared_sessions::is_ended(cluster, session).await {
+            Ok(ended) => ended,
+            Err(e) => {
+                crate::metrics::get().cluster_fallback("sessions");
+                tracing::debug!(error = %e, "browser session checked against this gate's logouts only");
+                false
+            }
+        }
+    }
+
+    /// Ends `session` here and, with `[cluster]`, on every gate.
+    async fn end(&self, session: &Session) {
+        self.ended.end(session, unix_now());
+        if let Some(cluster) = &self.fleet {
+            if let Err(e) = shared_sessions::end(cluster, session).await {
+                crate::metrics::get().cluster_fallback("sessions");
+                tracing::warn!(error = %e, user = %session.user, "browser logout ended the session on this gate only");
+            }
+        }
     }
 
     /// The secret session cookies are signed with: derived from the token key when one is
     /// loaded (replicas sharing it share sessions, and sessions survive a restart), else this
     /// process's random one.
     fn secret(&self, snapshot: &Snapshot) -> [u8; 32] {
-        match &snapshot.tokens {
-            Some(key) => key.derive("ui-session"),
-            None => self.secret,
+        match (&snapshot.tokens, self.fleet_secret.get()) {
+            (Some(key), _) => key.derive("ui-session"),
+            (None, Some(fleet)) => *fleet,
+            (None, None) => self.secret,
         }
     }
 }
@@ -287,10 +348,12 @@ async fn who(
     request: &Request<()>,
     key: &SessionKey,
 ) -> Result<(Caller, Option<Session>), GateError> {
-    if let Some(session) = session::cookie_value(request.headers())
-        .and_then(|v| key.open(v, unix_now()))
-        .filter(|s| !kept.ended.is_ended(s))
-    {
+    let opened = session::cookie_value(request.headers()).and_then(|v| key.open(v, unix_now()));
+    let session = match opened {
+        Some(session) if !kept.is_ended(&session).await => Some(session),
+        _ => None,
+    };
+    if let Some(session) = session {
         if let Some(caller) = caller::from_session(
             ctx,
             &session.user,
@@ -531,7 +594,7 @@ impl Browser {
             self.checked_form(ctx, request, host, session).await?;
             // Clearing the cookie only asks the browser to forget it; a copy would still
             // work until it expires.
-            self.kept.ended.end(session, unix_now());
+            self.kept.end(session).await;
             tracing::info!(user = %session.user, peer = %ctx.client_ip, "browser logout");
         }
         Ok(redirect(

@@ -51,7 +51,15 @@ fn fleet(tmp: &std::path::Path, extra: &str) -> Fleet {
                     .extra_toml(&format!("{extra}{cluster}")),
             )
         })
-        .collect();
+        .collect::<Vec<Gate>>();
+    // A fleet shares one htpasswd file (a Secret); the harness wrote one per gate, with
+    // their own salts, so B and C take A's (sessions carry a stamp of the password hash).
+    let shared = std::fs::read(tmp.join("a/gate/htpasswd")).expect("read A's htpasswd");
+    for (gate, name) in gates[1..].iter().zip(["b", "c"]) {
+        let before = gate.reloads();
+        std::fs::write(tmp.join(name).join("gate/htpasswd"), &shared).expect("share htpasswd");
+        gate.wait_for_reload(before);
+    }
     Fleet {
         gates,
         redis,
@@ -360,4 +368,89 @@ async fn a_token_made_on_one_gate_works_on_all_and_its_revoke_reaches_all_within
     })
     .await;
     assert!(listed, "{}", describe(&token(&gates[1], &["list"])));
+}
+
+/// A form POST to `path` on `gate`, from its own origin, with `cookie` if given.
+async fn post_form(
+    gate: &Gate,
+    path: &str,
+    cookie: Option<&str>,
+    form: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    let mut builder = request("POST", &gate.url(path))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Origin", format!("https://{}", gate.authority()));
+    if let Some(cookie) = cookie {
+        builder = builder.header("Cookie", cookie);
+    }
+    let response = client
+        .send(
+            builder
+                .body(full(form.as_bytes().to_vec()))
+                .expect("request"),
+        )
+        .await;
+    let (status, headers) = (response.status(), response.headers().clone());
+    (status, headers, text(response).await)
+}
+
+async fn browse(gate: &Gate, cookie: &str) -> (StatusCode, String) {
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    let response = client
+        .send(
+            request("GET", &gate.url("/ui/"))
+                .header("Cookie", cookie)
+                .body(full(Vec::new()))
+                .expect("request"),
+        )
+        .await;
+    let status = response.status();
+    (status, text(response).await)
+}
+
+/// Basic mode has no shared token key: without the fleet's session key a session would open
+/// only on the gate that made it, and a logout would end it only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_opens_on_every_gate_and_a_logout_on_one_ends_it_on_all() {
+    let tmp = temp_dir();
+    let fleet = fleet(tmp.path(), "");
+    let [a, b, c] = [&fleet.gates[0], &fleet.gates[1], &fleet.gates[2]];
+    // The gates read the fleet's session key just after they start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (mut cookie, mut shared) = (String::new(), false);
+    while !shared && std::time::Instant::now() < deadline {
+        let (status, headers, body) =
+            post_form(a, "/ui/login", None, "user=good&password=good-secret").await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        cookie = headers["set-cookie"]
+            .to_str()
+            .expect("ASCII")
+            .split(';')
+            .next()
+            .expect("name=value")
+            .to_string();
+        shared = browse(b, &cookie).await.0 == StatusCode::OK;
+        if !shared {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(shared, "a session made on gate A does not open on gate B");
+    let (status, page) = browse(c, &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).expect("a CSRF field") + marker.len();
+    let csrf = page[start..].split('"').next().expect("value").to_string();
+
+    let (status, _, body) =
+        post_form(a, "/ui/logout", Some(&cookie), &format!("csrf={csrf}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    for gate in [b, c] {
+        let (status, body) = browse(gate, &cookie).await;
+        assert_eq!(
+            status,
+            StatusCode::SEE_OTHER,
+            "the logged-out session still opens: {body}"
+        );
+    }
 }
