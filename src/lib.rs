@@ -15,6 +15,9 @@ pub mod front;
 pub mod proxy;
 pub mod ui;
 
+pub mod state;
+pub mod upstream;
+
 pub mod auth;
 pub mod cluster;
 pub mod config;

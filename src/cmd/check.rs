@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{report, EXIT_BAD_CONFIG, EXIT_OK};
 use crate::config::{self, Config, TlsSource};
-use crate::proxy::state;
+use crate::state;
 use crate::{auth, events, tls};
 
 /// Like `nginx -t`: everything `run` would load, loaded, without listening or writing.

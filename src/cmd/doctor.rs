@@ -11,10 +11,10 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request};
 
 use crate::config::{AuthMode, Config, TlsSource};
-use crate::proxy::body::RequestBody;
-use crate::proxy::exchange::Exchange;
-use crate::proxy::upstream::Upstream;
 use crate::tls::acme::CertFacts;
+use crate::upstream::exchange::Exchange;
+use crate::upstream::RequestBody;
+use crate::upstream::Upstream;
 
 /// A certificate that expires sooner than this is worth a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86400);
@@ -97,7 +97,7 @@ fn check_users(config: &Config, report: &mut Report) {
         return;
     }
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
-    match crate::proxy::state::load_users(config, slots) {
+    match crate::state::load_users(config, slots) {
         Ok(Some(auth)) => report.ok(&format!("htpasswd: {} usable users", auth.user_count())),
         Ok(None) => {}
         Err(errors) => {
@@ -111,7 +111,7 @@ fn check_users(config: &Config, report: &mut Report) {
 /// The access token file loads; tokens about to expire are named, since an expiring robot
 /// token silently breaks the CI that uses it.
 fn check_access_tokens(config: &Config, report: &mut Report) {
-    let tokens = match crate::proxy::state::load_access_tokens(config) {
+    let tokens = match crate::state::load_access_tokens(config) {
         Ok(Some(tokens)) if !tokens.tokens().is_empty() => tokens,
         Ok(_) => return,
         Err(errors) => {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{report, EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK};
-use crate::proxy::state;
+use crate::state;
 use crate::{log, server, tls};
 
 pub(super) fn run(config_path: Option<&Path>) -> i32 {

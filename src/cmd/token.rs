@@ -213,17 +213,15 @@ pub(super) fn run(config_path: Option<&Path>, file: Option<PathBuf>, action: Tok
 /// An owner must be a user of the configured htpasswd files, or the token could never be
 /// used: the gate refuses tokens whose owner is gone.
 fn known_user(config: &Config, user: &str) -> Result<(), String> {
-    let users = crate::proxy::state::load_users(
-        config,
-        std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
-    )
-    .map_err(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
+    let users =
+        crate::state::load_users(config, std::sync::Arc::new(tokio::sync::Semaphore::new(1)))
+            .map_err(|errors| {
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
     match users {
         Some(users) if users.has_user(user) => Ok(()),
         _ => Err(format!(

@@ -29,7 +29,7 @@ const UNIT: u64 = 1024;
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What one answer reserves: the stream's send buffer, plus what the registry client holds
-/// of it (`proxy::upstream::REGISTRY_BYTES_IN_HAND`: the chunk hyper's pipe holds and the
+/// of it (`upstream::REGISTRY_BYTES_IN_HAND`: the chunk hyper's pipe holds and the
 /// registry read buffer it was cut from).
 pub fn per_stream(h2_stream_buffer: usize, registry_in_hand: u64) -> u64 {
     h2_stream_buffer as u64 + registry_in_hand

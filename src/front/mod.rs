@@ -25,9 +25,9 @@ use crate::proxy::access_log::AccessRecord;
 use crate::proxy::body::{ClientBody, ResponseBody, Settled};
 use crate::proxy::context::RequestContext;
 use crate::proxy::error::{GateError, API_VERSION, API_VERSION_HEADER};
-use crate::proxy::state::Shared;
 use crate::proxy::write_locks::WriteLocks;
 use crate::proxy::{self, form, token_endpoint};
+use crate::state::Shared;
 use crate::ui::{self, Kept};
 
 /// What the request path's features keep across requests and reloads, each its own: the

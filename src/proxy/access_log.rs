@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use super::exchange::Exchange;
 use crate::conn::InFlight;
+use crate::upstream::exchange::Exchange;
 
 /// Everything the access log says about one request; written on drop.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,95 +22,8 @@ use tokio::time::Sleep;
 
 use crate::conn::send_budget::Reservation;
 use crate::proxy::access_log::AccessRecord;
-use crate::proxy::exchange::Exchange;
-use tokio::sync::OwnedSemaphorePermit;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-pin_project! {
-    /// The client's request body on its way to the registry: streamed, or read whole
-    /// already (a manifest `[[protect]]` had to see), or no body, for the gate's own probes.
-    pub struct RequestBody {
-        #[pin]
-        inner: Either<Incoming, Either<Full<Bytes>, Empty<Bytes>>>,
-        exchange: Arc<Exchange>,
-    }
-}
-
-impl RequestBody {
-    pub fn new(inner: Incoming, exchange: Arc<Exchange>) -> Self {
-        if inner.is_end_stream() {
-            exchange.client_body_ended.store(true, Ordering::Relaxed);
-        }
-        RequestBody {
-            inner: Either::Left(inner),
-            exchange,
-        }
-    }
-
-    pub fn empty() -> Self {
-        RequestBody {
-            inner: Either::Right(Either::Right(Empty::new())),
-            exchange: Exchange::new(),
-        }
-    }
-
-    /// Bytes already read from the client. They were counted as they arrived, so this body
-    /// reports to an exchange of its own rather than count them twice.
-    fn full(bytes: Bytes) -> Self {
-        RequestBody {
-            inner: Either::Right(Either::Left(Full::new(bytes))),
-            exchange: Exchange::new(),
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    this.exchange
-                        .bytes_in
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                this.exchange.touch();
-                // hyper stops polling a body that says it has ended, so the final `None`
-                // may never come.
-                if this.inner.is_end_stream() {
-                    this.exchange
-                        .client_body_ended
-                        .store(true, Ordering::Relaxed);
-                }
-            }
-            Some(Err(_)) => this
-                .exchange
-                .client_body_failed
-                .store(true, Ordering::Relaxed),
-            None => this
-                .exchange
-                .client_body_ended
-                .store(true, Ordering::Relaxed),
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+use crate::upstream::exchange::Exchange;
+use crate::upstream::{BoxError, BulkSlot, RequestBody};
 
 /// The most of an unread request body the gate reads and discards to keep the connection
 /// open after answering without it: a manifest or a token form fits many times over, a layer
@@ -420,17 +333,5 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-/// One of the registry client's large-buffer downloads (`upstream::BULK_SLOTS`), held by the
-/// response body until it is done; given back when dropped.
-#[derive(Debug)]
-pub struct BulkSlot {
-    _permit: OwnedSemaphorePermit,
-}
-
-impl BulkSlot {
-    pub(super) fn new(permit: OwnedSemaphorePermit) -> BulkSlot {
-        BulkSlot { _permit: permit }
     }
 }

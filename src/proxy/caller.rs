@@ -15,7 +15,6 @@ use super::access_log::Verdict;
 use super::context::RequestContext;
 use super::error::{Challenge, GateError};
 use super::form;
-use super::state::Snapshot;
 use crate::auth::access_tokens::AccessToken;
 use crate::auth::oidc::Oidc;
 use crate::auth::token::Claims;
@@ -23,6 +22,7 @@ use crate::auth::token::TOKEN_PATH;
 use crate::auth::{Identity, LoginFailure};
 use crate::registry_path::{Action, Classified, Kind};
 use crate::rules::{Decision, Rules};
+use crate::state::Snapshot;
 
 /// Who is asking, and with what: the identity, in token mode the bearer token's claims, and
 /// the access token the caller logged in with.

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use super::access_log::AccessRecord;
 use super::body::ClientBody;
-use super::state::{Shared, Snapshot};
 use super::write_locks::WriteLocks;
 use crate::conn::ConnInfo;
+use crate::state::{Shared, Snapshot};
 
 /// One request's context: built when its head arrives, dropped when its answer has left.
 pub struct RequestContext {

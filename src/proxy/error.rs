@@ -13,6 +13,7 @@ use crate::filter;
 use crate::proxy::body::ResponseBody;
 use crate::registry_path::{self, Action};
 use crate::rules::protect;
+use crate::upstream::UpstreamError;
 
 /// The registry API version header every `/v2/` response carries; docker checks it on the ping.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -154,6 +155,19 @@ pub enum GateError {
     /// The browser: the tag points at another manifest than the one the delete confirmed.
     #[error("{repository}:{tag} moved after the delete was confirmed")]
     TagMoved { repository: String, tag: String },
+}
+
+/// The registry gave no answer: what the client hears of it, and on whose side it was.
+impl From<UpstreamError> for GateError {
+    fn from(e: UpstreamError) -> GateError {
+        match e {
+            UpstreamError::BadTarget => GateError::BadRequest("request target is not a valid URI"),
+            UpstreamError::ClientAborted => GateError::ClientAborted,
+            UpstreamError::Timeout => GateError::UpstreamTimeout,
+            UpstreamError::Unreachable(detail) => GateError::UpstreamUnreachable(detail),
+            UpstreamError::Failed(detail) => GateError::UpstreamFailed(detail),
+        }
+    }
 }
 
 impl GateError {
@@ -616,6 +630,26 @@ mod tests {
         assert!(json["errors"][0]["message"]
             .as_str()
             .is_some_and(|m| m.contains("4 MiB")));
+    }
+
+    #[tokio::test]
+    async fn each_upstream_error_keeps_its_answer() {
+        let cases = [
+            (UpstreamError::BadTarget, 400, Side::Client),
+            (UpstreamError::ClientAborted, 400, Side::Client),
+            (UpstreamError::Timeout, 504, Side::Upstream),
+            (
+                UpstreamError::Unreachable("refused".into()),
+                502,
+                Side::Upstream,
+            ),
+            (UpstreamError::Failed("reset".into()), 502, Side::Upstream),
+        ];
+        for (e, status, side) in cases {
+            let e = GateError::from(e);
+            assert_eq!(e.side(), side, "{e:?}");
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+        }
     }
 
     #[test]

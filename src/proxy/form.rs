@@ -9,9 +9,9 @@ use http::header::{self, HeaderValue};
 use http::{Request, Version};
 use http_body_util::{BodyExt, Limited};
 
-use super::body::RequestBody;
 use super::error::GateError;
 use crate::registry_path::percent_decode;
+use crate::upstream::RequestBody;
 
 /// A form the gate itself answers (a login, a delete, an OAuth2 token request) arrives in one
 /// packet; a client dribbling one is holding a stream open.

@@ -19,37 +19,32 @@
 //! - `caller`: phases 3 and 4, who asks and what they may do.
 //! - `registry`: the one client of the registry's API for the gate's own reads.
 //! - `headers`: forwarded headers and hop-by-hop removal, both ways.
-//! - `upstream`: the pooled client to the registry.
 //! - `body`: the client's body until forwarded, and the streaming response body.
-//! - `exchange`: one exchange's progress, shared by its bodies, the registry client and the
-//!   access record.
 //! - `catalog`: per-caller rewrites of the catalog listing and of cross-repository mounts.
 //! - `media_types`: the manifest media types read in registry answers.
 //! - `protect`: phase 5, guard tags (`[[protect]]`), refusing writes that would move or delete a
 //!   protected tag.
 //! - `token_endpoint`: the `/token` endpoint of token mode (routed to by the front).
 //! - `access_log`: the access record, written when the response is done.
-//! - `activity`: the last accepted pushes and deletes, kept in memory for the browser.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
-//! - `state`: the snapshot requests are served from, and its reload.
 //! - `write_locks`: `[[protect]]`'s per-repository locks, kept in `front::Features`.
+//!
+//! Below this floor: the snapshot requests are served from and its reload (`crate::state`,
+//! with the activity ring), and the pooled client to the registry with one exchange's
+//! progress (`crate::upstream`).
 
 pub mod access_log;
-pub mod activity;
 pub mod body;
 pub(crate) mod caller;
 pub mod catalog;
 pub mod context;
 pub mod error;
-pub mod exchange;
 pub(crate) mod form;
 pub mod headers;
 mod media_types;
 pub(crate) mod protect;
 pub mod registry;
-pub mod state;
 pub mod token_endpoint;
-pub mod upstream;
 pub(crate) mod write_locks;
 
 use std::sync::Arc;
@@ -61,12 +56,13 @@ use hyper::body::Incoming;
 use crate::conn::send_budget::Reservation;
 use crate::events::{Actor, Event, EventAction};
 use crate::registry_path::{self, Action, Classified, Kind};
+use crate::upstream::exchange::Exchange;
+use crate::upstream::BulkSlot;
 use access_log::{AccessRecord, Verdict};
-use body::{BulkSlot, ResponseBody};
+use body::ResponseBody;
 use caller::{Authorisation, Caller};
 use context::RequestContext;
 use error::GateError;
-use exchange::Exchange;
 use headers::ClientInfo;
 
 /// The registry API's phases for a request the front has admitted and routed here (`host` is

@@ -14,10 +14,10 @@ use super::caller::{self, Caller};
 use super::context::RequestContext;
 use super::error::{Challenge, GateError};
 use super::form::{self, FormError};
-use super::state::Snapshot;
 use crate::auth::token::{parse_scopes, Grant, Scope};
 use crate::auth::{Identity, LoginFailure};
 use crate::registry_path::{is_valid_repository_name, Action};
+use crate::state::Snapshot;
 
 /// An OAuth2 form is a few short fields; anything larger is not a login.
 const MAX_FORM_BYTES: usize = 64 * 1024;

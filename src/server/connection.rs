@@ -25,7 +25,7 @@ use super::read_ahead::ReadAhead;
 use crate::conn::send_budget::{self, ConnShare};
 use crate::conn::{ConnActivity, ConnInfo};
 use crate::front;
-use crate::proxy::state::Shared;
+use crate::state::Shared;
 
 /// Serves one connection until it ends. `drain` turns true when the gate shuts down; holding
 /// it is what tells the shutdown that this connection is still open.
@@ -99,7 +99,7 @@ pub(super) async fn serve_connection(
             server.h2_connection_buffer,
             send_budget::per_stream(
                 server.h2_stream_buffer,
-                crate::proxy::upstream::REGISTRY_BYTES_IN_HAND,
+                crate::upstream::REGISTRY_BYTES_IN_HAND,
             ),
         ),
     };

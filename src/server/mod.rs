@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::proxy::state::Shared;
+use crate::state::Shared;
 use connection::serve_connection;
 use plain_http::{metrics_answer, plain_http_answer, serve_plain};
 
@@ -152,9 +152,9 @@ pub async fn run(
     let https_addr = announce("https", &listener)?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_handlers(shared.clone(), signals, stop_tx);
-    tokio::spawn(crate::proxy::state::watch_files(shared.clone()));
-    tokio::spawn(crate::proxy::state::token_upkeep(shared.clone()));
-    tokio::spawn(crate::proxy::state::shared_token_sync(shared.clone()));
+    tokio::spawn(crate::state::watch_files(shared.clone()));
+    tokio::spawn(crate::state::token_upkeep(shared.clone()));
+    tokio::spawn(crate::state::shared_token_sync(shared.clone()));
     shared.ensure_acme();
     if let Some(http) = http_listener {
         announce("http", &http)?;

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::linger::Linger;
-use crate::proxy::state::Shared;
+use crate::state::Shared;
 use crate::tls::acme::Challenges;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";

@@ -19,8 +19,8 @@ use serde::Deserialize;
 
 use crate::proxy::error::GateError;
 use crate::proxy::media_types::ACCEPT_MANIFESTS;
-use crate::proxy::upstream::Upstream;
 use crate::registry_path::{is_digest, is_tag, is_valid_repository_name, percent_decode};
+use crate::upstream::Upstream;
 use manifest::{parse_config, parse_manifest, ImageConfig, Manifest};
 
 /// The most the gate reads of one manifest or config: distribution's own limit on a
@@ -323,7 +323,7 @@ impl Registry {
         if manifests {
             headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT_MANIFESTS));
         }
-        self.upstream.lookup(method, path, headers).await
+        Ok(self.upstream.lookup(method, path, headers).await?)
     }
 
     /// A registry body, whole, refused beyond `limit` bytes or after the read timeout.

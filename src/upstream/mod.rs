@@ -1,9 +1,15 @@
 //! The road to the registry: a pooled HTTP/1.1 keep-alive client over TCP or a unix socket,
 //! timeouts, and the bulk slots that give a few layer downloads large read buffers. The
-//! header rewriting on the way there and back is `headers`'.
+//! header rewriting on the way there and back is `proxy::headers`'.
 //!
 //! Bodies pass through as streams; nothing here looks at them. This module does not decide
 //! whether a request may be forwarded: by the time a request gets here it has been allowed.
+//! It sits below the proxy, on the state floor, because the snapshot (`crate::state`) holds
+//! the pool; it knows no `GateError`, and says what failed in its own `UpstreamError`.
+//!
+//! The rooms: `request_body` (the body of a request on its way to the registry) and
+//! `exchange` (one exchange's progress, shared by its bodies, this client and the access
+//! record).
 
 use std::future::Future;
 use std::io;
@@ -23,10 +29,35 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Semaphore;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::config::{UpstreamConfig, UpstreamTarget};
-use crate::proxy::body::{BulkSlot, RequestBody};
-use crate::proxy::error::GateError;
-use crate::proxy::exchange::Exchange;
+use exchange::Exchange;
+
+pub mod exchange;
+mod request_body;
+
+pub use request_body::{BoxError, RequestBody};
+
+/// Why the registry gave no answer; the proxy's `UpstreamError` says how the client hears of it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The path and query do not make a URI (the proxy floor refuses such targets first).
+    #[error("request target is not a valid URI")]
+    BadTarget,
+    /// The client's body broke off, and the registry's request with it: the client's doing.
+    #[error("the client broke off its request body")]
+    ClientAborted,
+    /// Nothing moved in either direction for the read timeout, or the connect timed out.
+    #[error("the registry behind the gate did not answer in time")]
+    Timeout,
+    /// No connection to the registry could be made.
+    #[error("the registry behind the gate is unreachable: {0}")]
+    Unreachable(String),
+    /// The exchange with the registry broke after it started.
+    #[error("the registry behind the gate failed: {0}")]
+    Failed(String),
+}
 
 /// Idle upstream connections are closed after this long; the registry's own idle timeout is
 /// longer, so the gate closes first and never reuses a connection the registry just dropped.
@@ -107,10 +138,10 @@ impl Upstream {
     }
 
     /// Builds the URI the registry is asked for: same path and query, upstream authority.
-    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, GateError> {
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         format!("{}{}", self.base, path_and_query)
             .parse()
-            .map_err(|_| GateError::BadRequest("request target is not a valid URI"))
+            .map_err(|_| UpstreamError::BadTarget)
     }
 
     /// A bulk slot if one is free: the request it goes with is read with large buffers
@@ -128,7 +159,7 @@ impl Upstream {
         request: Request<RequestBody>,
         exchange: &Exchange,
         bulk: Option<&BulkSlot>,
-    ) -> Result<Response<Incoming>, GateError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let client = if bulk.is_some() {
             &self.bulk
         } else {
@@ -139,12 +170,12 @@ impl Upstream {
                 // The registry's request fails when the client's body does; that is the
                 // client's doing, not a registry fault to answer 502 for and warn about.
                 if exchange.client_body_failed() {
-                    GateError::ClientAborted
+                    UpstreamError::ClientAborted
                 } else {
                     classify_client_error(e)
                 }
             }),
-            () = exchange.idle_for(self.read_timeout) => Err(GateError::UpstreamTimeout),
+            () = exchange.idle_for(self.read_timeout) => Err(UpstreamError::Timeout),
         }
     }
 }
@@ -165,7 +196,7 @@ impl Upstream {
         &self,
         path_and_query: &str,
         host: &HeaderValue,
-    ) -> Result<Response<Incoming>, GateError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, host.clone());
         self.lookup(Method::GET, path_and_query, headers).await
@@ -178,14 +209,14 @@ impl Upstream {
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
-    ) -> Result<Response<Incoming>, GateError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut request = Request::new(RequestBody::empty());
         *request.method_mut() = method;
         *request.uri_mut() = self.uri_for(path_and_query)?;
         *request.headers_mut() = headers;
         tokio::time::timeout(self.read_timeout, self.client.request(request))
             .await
-            .map_err(|_| GateError::UpstreamTimeout)?
+            .map_err(|_| UpstreamError::Timeout)?
             .map_err(classify_client_error)
     }
 }
@@ -194,16 +225,16 @@ impl Upstream {
 /// seconds and must not pile up.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn classify_client_error(e: hyper_util::client::legacy::Error) -> GateError {
+fn classify_client_error(e: hyper_util::client::legacy::Error) -> UpstreamError {
     let detail = crate::error_chain::describe(&e);
     if e.is_connect() {
         if detail.contains("timed out") {
-            GateError::UpstreamTimeout
+            UpstreamError::Timeout
         } else {
-            GateError::UpstreamUnreachable(detail)
+            UpstreamError::Unreachable(detail)
         }
     } else {
-        GateError::UpstreamFailed(detail)
+        UpstreamError::Failed(detail)
     }
 }
 
@@ -321,6 +352,19 @@ impl AsyncWrite for UpstreamStream {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// One of the registry client's large-buffer downloads (`BULK_SLOTS`), held by the
+/// response body until it is done; given back when dropped.
+#[derive(Debug)]
+pub struct BulkSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BulkSlot {
+    fn new(permit: OwnedSemaphorePermit) -> BulkSlot {
+        BulkSlot { _permit: permit }
     }
 }
 

@@ -1,7 +1,10 @@
 //! The gate's shared state: an immutable snapshot (configuration, users, token key, upstream
 //! client, event receivers) that requests are served from, swapped whole on reload, and the
 //! certificate store the TLS resolver reads. The server floor holds it and triggers reloads;
-//! the proxy reads one snapshot per request.
+//! the proxy and the browser read one snapshot per request. It lives on a floor below them
+//! (with `upstream`, the pool the snapshot holds) so that `cmd/`, `server/`, the front, the
+//! proxy and the browser all use it and none of them owns it. `activity` is the ring of
+//! recent accepted pushes and deletes it keeps across reloads.
 //!
 //! A reload builds and validates everything aside; only when all of it is good does it swap.
 //! On failure the running snapshot stays and the errors are returned for the log.
@@ -25,9 +28,11 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::{AuthMode, Config, ConfigError, EventSecret, TlsSource};
 use crate::conn::send_budget::SendBudget;
 use crate::events::{self, Events, EventsError};
-use crate::proxy::activity::Activity;
-use crate::proxy::upstream::Upstream;
 use crate::tls::{self, CertStore, TlsError};
+use crate::upstream::Upstream;
+use activity::Activity;
+
+pub mod activity;
 
 /// Everything one request needs, consistent for its whole life.
 pub struct Snapshot {

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 /// Progress of one request/response exchange, shared by both body directions.
 #[derive(Debug)]
 pub struct Exchange {
-    pub(super) started: Instant,
-    pub(super) bytes_in: AtomicU64,
-    pub(super) bytes_out: AtomicU64,
-    pub(super) last_activity_ms: AtomicU64,
-    pub(super) completed: AtomicBool,
-    pub(super) client_body_failed: AtomicBool,
-    pub(super) client_body_ended: AtomicBool,
+    pub(crate) started: Instant,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) last_activity_ms: AtomicU64,
+    pub(crate) completed: AtomicBool,
+    pub(crate) client_body_failed: AtomicBool,
+    pub(crate) client_body_ended: AtomicBool,
 }
 
 impl Exchange {
@@ -63,7 +63,7 @@ impl Exchange {
         self.client_body_ended.load(Ordering::Relaxed)
     }
 
-    pub(super) fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_activity_ms.fetch_max(ms, Ordering::Relaxed);
     }
