@@ -93,7 +93,7 @@ pub async fn handle(
     let mut ctx = RequestContext {
         cors_origin: cors_origin.clone(),
         snapshot,
-        shared,
+        kit: shared.kit().clone(),
         write_locks: features.write_locks.clone(),
         conn,
         client_ip,
@@ -193,7 +193,7 @@ async fn route(
                 // Still ready without the fleet's Redis: pulls and most pushes go on, and
                 // every gate of the fleet shares the same Redis, so taking them all out of
                 // the balancer would turn a degraded fleet into a dead one.
-                match ctx.shared.cluster() {
+                match ctx.kit.cluster() {
                     Some(cluster) if cluster.ping().await.is_err() => {
                         plain(StatusCode::OK, CLUSTER_DEGRADED)
                     }

@@ -197,7 +197,7 @@ pub(crate) async fn check_password(
             };
         }
     }
-    auth.check_password(user, password, ctx.client_ip, ctx.shared.throttle())
+    auth.check_password(user, password, ctx.client_ip, ctx.kit.throttle())
         .await
         .map(Caller::with)
 }
@@ -266,7 +266,7 @@ fn usable_access_token(ctx: &RequestContext, name: &str) -> Result<Arc<AccessTok
             return Err("token_owner_unknown");
         }
     }
-    ctx.shared.last_used().record(&token.name, now);
+    ctx.kit.last_used().record(&token.name, now);
     Ok(token.clone())
 }
 

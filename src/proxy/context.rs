@@ -9,13 +9,14 @@ use super::access_log::AccessRecord;
 use super::body::ClientBody;
 use super::write_locks::WriteLocks;
 use crate::conn::ConnInfo;
-use crate::state::{Shared, Snapshot};
+use crate::state::{Kit, Snapshot};
 
 /// One request's context: built when its head arrives, dropped when its answer has left.
 pub struct RequestContext {
     /// Taken once per request, so a reload in the middle never mixes two configurations.
     pub snapshot: Arc<Snapshot>,
-    pub shared: Arc<Shared>,
+    /// What the request uses of the running gate beyond its snapshot.
+    pub kit: Arc<Kit>,
     /// `[[protect]]`'s locks, taken by API writes and the browser's deletes alike.
     pub write_locks: Arc<WriteLocks>,
     pub conn: ConnInfo,

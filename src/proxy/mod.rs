@@ -196,7 +196,7 @@ async fn forward(
     // waiting while its connection's share or the whole is spent: a client that opens
     // hundreds of streams and stops reading holds that, not the gate's memory.
     let reservation = if request.version() == Version::HTTP_2 && request.method() == Method::GET {
-        Some(ctx.shared.send_budget().reserve(&ctx.conn.send_share).await)
+        Some(ctx.kit.send_budget().reserve(&ctx.conn.send_share).await)
     } else {
         None
     };
@@ -316,7 +316,7 @@ pub(crate) fn note_change(ctx: &RequestContext, event: Event) {
     if !events.is_empty() {
         events.publish(event.clone());
     }
-    ctx.shared.activity().record(event);
+    ctx.kit.activity().record(event);
 }
 
 /// The event of a change the registry accepted, from the API or the registry browser.

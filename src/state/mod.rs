@@ -58,8 +58,8 @@ pub struct Shared {
     tls: ArcSwap<rustls::ServerConfig>,
     provider: Arc<CryptoProvider>,
     config_path: Option<PathBuf>,
-    /// Outlives reloads: a reload must not wipe an attacker's lockout.
-    throttle: Throttle,
+    /// What requests use of the running gate beyond their snapshot.
+    kit: Arc<Kit>,
     verify_slots: Arc<Semaphore>,
     reloading: tokio::sync::Mutex<()>,
     /// Session tickets survive reloads, except where client certificates are in use: a
@@ -71,19 +71,52 @@ pub struct Shared {
     acme_running: Arc<AtomicBool>,
     /// The watched files as they were when the start read them; the watcher's baseline.
     watched_at_start: FileStamps,
-    /// When each access token was last used; outlives reloads, saved by `token_upkeep`.
-    last_used: Arc<LastUsed>,
-    /// The last accepted pushes and deletes, for the browser's activity page; outlives
-    /// reloads (a reload changes no history), ends with the process.
-    activity: Activity,
-    /// `[cluster]`'s Redis, connected at start (a change needs a restart).
-    cluster: Option<Arc<Cluster>>,
     /// With `[cluster]`: the access tokens last read from Redis, which every snapshot uses
     /// in place of the file's (`shared_token_sync`).
     fleet_tokens: arc_swap::ArcSwapOption<AccessTokens>,
+}
+
+/// What a request uses of the running gate beyond its snapshot, all of it outliving reloads:
+/// a request's context holds this, not the whole `Shared`.
+pub struct Kit {
+    /// A reload must not wipe an attacker's lockout.
+    throttle: Throttle,
+    /// When each access token was last used; saved by `token_upkeep`.
+    last_used: Arc<LastUsed>,
+    /// The last accepted pushes and deletes, for the browser's activity page (a reload
+    /// changes no history); ends with the process.
+    activity: Activity,
+    /// `[cluster]`'s Redis, connected at start (a change needs a restart).
+    cluster: Option<Arc<Cluster>>,
     /// `[server] h2_buffer_budget`, shared by every HTTP/2 connection; sized at start, since
     /// the answers holding it outlive any reload.
     send_budget: SendBudget,
+}
+
+impl Kit {
+    /// The failed-login counts and lockouts.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
+    /// The fleet's shared Redis, with `[cluster]`.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// The recent pushes and deletes the gate saw accepted.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// `[server] h2_buffer_budget`'s shared reservations.
+    pub fn send_budget(&self) -> &SendBudget {
+        &self.send_budget
+    }
+
+    pub fn last_used(&self) -> &LastUsed {
+        &self.last_used
+    }
 }
 
 /// Password verifications running at once. bcrypt pins a core for its whole run; more
@@ -317,23 +350,25 @@ impl Shared {
             tls: ArcSwap::new(next.server_tls),
             provider,
             config_path: prepared.config.source.clone(),
-            throttle: cluster.clone().map_or_else(Throttle::new, Throttle::shared),
-            cluster,
+            kit: Arc::new(Kit {
+                throttle: cluster.clone().map_or_else(Throttle::new, Throttle::shared),
+                cluster,
+                last_used: Arc::new(LastUsed::default()),
+                activity: Activity::default(),
+                send_budget: SendBudget::new(prepared.config.server.h2_buffer_budget),
+            }),
             fleet_tokens: arc_swap::ArcSwapOption::empty(),
             verify_slots,
             reloading: tokio::sync::Mutex::new(()),
             ticketer: std::sync::Mutex::new(next.ticketer),
             acme_running: Arc::new(AtomicBool::new(false)),
             watched_at_start: prepared.watched.clone(),
-            last_used: Arc::new(LastUsed::default()),
-            activity: Activity::default(),
-            send_budget: SendBudget::new(prepared.config.server.h2_buffer_budget),
         })
     }
 
-    /// The semaphore every browser page's registry reads share.
-    pub fn throttle(&self) -> &Throttle {
-        &self.throttle
+    /// What requests use of the running gate beyond their snapshot.
+    pub fn kit(&self) -> &Arc<Kit> {
+        &self.kit
     }
 
     /// Serves `tokens`, read from the fleet's Redis, from now on: the running snapshot is
@@ -357,21 +392,7 @@ impl Shared {
 
     /// The fleet's shared Redis, with `[cluster]`.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref()
-    }
-
-    /// The recent pushes and deletes the gate saw accepted.
-    pub fn activity(&self) -> &Activity {
-        &self.activity
-    }
-
-    /// `[server] h2_buffer_budget`'s shared reservations.
-    pub fn send_budget(&self) -> &SendBudget {
-        &self.send_budget
-    }
-
-    pub fn last_used(&self) -> &LastUsed {
-        &self.last_used
+        self.kit.cluster()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -565,16 +586,16 @@ pub async fn token_upkeep(shared: Arc<Shared>) {
                 }
             }
             if let Some(cluster) = shared.cluster() {
-                if let Some(uses) = shared.last_used.take_recent() {
+                if let Some(uses) = shared.kit.last_used.take_recent() {
                     if let Err(e) = shared_tokens::save_last_used(cluster, &uses).await {
-                        shared.last_used.keep_pending();
+                        shared.kit.last_used.keep_pending();
                         tracing::debug!(error = %e, "could not share when access tokens were last used");
                     }
                 }
                 tokio::time::sleep(TOKEN_UPKEEP_INTERVAL).await;
                 continue;
             }
-            let last_used = shared.last_used.clone();
+            let last_used = shared.kit.last_used.clone();
             let path = tokens.path().to_path_buf();
             let saved = tokio::task::spawn_blocking(move || last_used.save(&path)).await;
             if let Ok(Err(e)) = saved {

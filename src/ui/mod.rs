@@ -1,6 +1,6 @@
 //! The registry browser (`[ui]`, at `/ui/` by default): repositories, tags, manifests,
 //! deletes and the recent pushes and deletes the gate saw (`activity`, from
-//! `Shared::activity`), served by the gate itself on the registry's own origin, so there is no second
+//! `Kit::activity`), served by the gate itself on the registry's own origin, so there is no second
 //! container, no CORS and no token dance.
 //!
 //! It is one of the gate's own endpoints: the front (`front::route`) hands every request
@@ -488,11 +488,11 @@ impl Browser {
     }
 
     /// The gate's own view of recent pushes and deletes, newest first, only in repositories
-    /// the caller may pull. From memory (`Shared::activity`): what happened since the gate
+    /// the caller may pull. From memory (`Kit::activity`): what happened since the gate
     /// started.
     fn activity(&self, ctx: &RequestContext, chrome: &Chrome<'_>) -> Response<ResponseBody> {
         let rows: Vec<ActivityRow> = ctx
-            .shared
+            .kit
             .activity()
             .newest_first()
             .into_iter()
