@@ -352,9 +352,11 @@ impl Shared {
             config_path: prepared.config.source.clone(),
             kit: Arc::new(Kit {
                 throttle: cluster.clone().map_or_else(Throttle::new, Throttle::shared),
+                activity: cluster
+                    .clone()
+                    .map_or_else(Activity::default, Activity::shared),
                 cluster,
                 last_used: Arc::new(LastUsed::default()),
-                activity: Activity::default(),
                 send_budget: SendBudget::new(prepared.config.server.h2_buffer_budget),
             }),
             fleet_tokens: arc_swap::ArcSwapOption::empty(),

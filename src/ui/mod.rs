@@ -314,7 +314,7 @@ pub(crate) async fn answer(
     };
     let result = match route {
         Route::Index => browser.index(ctx, &chrome, &request).await,
-        Route::Activity => Ok(browser.activity(ctx, &chrome)),
+        Route::Activity => Ok(browser.activity(ctx, &chrome).await),
         Route::LoginForm => Ok(page(
             StatusCode::OK,
             &chrome,
@@ -489,12 +489,13 @@ impl Browser {
 
     /// The gate's own view of recent pushes and deletes, newest first, only in repositories
     /// the caller may pull. From memory (`Kit::activity`): what happened since the gate
-    /// started.
-    fn activity(&self, ctx: &RequestContext, chrome: &Chrome<'_>) -> Response<ResponseBody> {
+    /// started, or with `[cluster]` the fleet's feed.
+    async fn activity(&self, ctx: &RequestContext, chrome: &Chrome<'_>) -> Response<ResponseBody> {
         let rows: Vec<ActivityRow> = ctx
             .kit
             .activity()
-            .newest_first()
+            .fleet_newest_first()
+            .await
             .into_iter()
             .filter(|e| self.may(ctx, &e.repository, Action::Pull))
             .map(|event| ActivityRow {

@@ -396,10 +396,14 @@ async fn post_form(
 }
 
 async fn browse(gate: &Gate, cookie: &str) -> (StatusCode, String) {
+    browse_at(gate, "/ui/", cookie).await
+}
+
+async fn browse_at(gate: &Gate, path: &str, cookie: &str) -> (StatusCode, String) {
     let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
     let response = client
         .send(
-            request("GET", &gate.url("/ui/"))
+            request("GET", &gate.url(path))
                 .header("Cookie", cookie)
                 .body(full(Vec::new()))
                 .expect("request"),
@@ -412,7 +416,7 @@ async fn browse(gate: &Gate, cookie: &str) -> (StatusCode, String) {
 /// Basic mode has no shared token key: without the fleet's session key a session would open
 /// only on the gate that made it, and a logout would end it only there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_session_opens_on_every_gate_and_a_logout_on_one_ends_it_on_all() {
+async fn a_browser_session_and_the_activity_feed_are_the_fleets_and_a_logout_ends_it_on_all() {
     let tmp = temp_dir();
     let fleet = fleet(tmp.path(), "");
     let [a, b, c] = [&fleet.gates[0], &fleet.gates[1], &fleet.gates[2]];
@@ -441,6 +445,16 @@ async fn a_browser_session_opens_on_every_gate_and_a_logout_on_one_ends_it_on_al
     let marker = "name=\"csrf\" value=\"";
     let start = page.find(marker).expect("a CSRF field") + marker.len();
     let csrf = page[start..].split('"').next().expect("value").to_string();
+
+    // One activity feed: a push through A is on C's activity page.
+    pushed_image(tmp.path(), a).await;
+    // The feed is appended just off the push's path: allow it a moment.
+    let on_c = util::wait_until_async(Duration::from_secs(5), || async {
+        let (status, activity) = browse_at(c, "/ui/activity", &cookie).await;
+        status == StatusCode::OK && activity.contains("team/app") && activity.contains("base")
+    })
+    .await;
+    assert!(on_c, "A's push is not on C's activity page");
 
     let (status, _, body) =
         post_form(a, "/ui/logout", Some(&cookie), &format!("csrf={csrf}")).await;
