@@ -181,7 +181,7 @@ impl Metrics {
         let cluster_fallbacks = Family::<FeatureLabels, Counter>::default();
         registry.register(
             "cluster_fallbacks",
-            "Times a feature acted without the [cluster] Redis, by feature: protect (a write refused with 503), lockout (this gate's counts only), sessions (this gate's logouts only), activity (this gate's ring only)",
+            "Times a feature acted without the [cluster] Redis, by feature: protect (a write refused with 503), lockout (this gate's counts only), sessions (this gate's logouts only), activity (this gate's ring only), events (held in this gate's buffer)",
             cluster_fallbacks.clone(),
         );
         Metrics {

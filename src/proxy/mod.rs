@@ -234,7 +234,7 @@ async fn forward(
         .await?;
     // The browser's activity page keeps it whether or not receivers exist.
     if let Some(event) = accepted_change(ctx, caller, &method, class, &response) {
-        note_change(ctx, event);
+        note_change(ctx, event).await;
     }
     Ok(Forwarded {
         response,
@@ -311,10 +311,13 @@ fn accepted_change<B>(
 
 /// A change the registry accepted, from the API or the registry browser: remembered for the
 /// activity page, and sent to the event receivers if there are any.
-pub(crate) fn note_change(ctx: &RequestContext, event: Event) {
+///
+/// With `[cluster]` the event is in the fleet's journal before this returns, so before the
+/// client gets its answer (`events::journal`).
+pub(crate) async fn note_change(ctx: &RequestContext, event: Event) {
     let events = &ctx.snapshot.events;
     if !events.is_empty() {
-        events.publish(event.clone());
+        events.record(event.clone()).await;
     }
     ctx.kit.activity().record(event);
 }

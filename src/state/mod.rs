@@ -296,6 +296,7 @@ fn build(
     certs: &Arc<CertStore>,
     provider: &Arc<CryptoProvider>,
     previous: Option<(&Snapshot, Ticketer)>,
+    cluster: Option<&Arc<Cluster>>,
 ) -> Result<Next, Vec<PrepareError>> {
     let config = &prepared.config;
     let upstream = match &previous {
@@ -322,7 +323,7 @@ fn build(
             tokens: credentials.token_key,
             access_tokens: credentials.access_tokens,
             oidc: credentials.oidc,
-            events: Arc::new(Events::start(&prepared.events)),
+            events: Arc::new(Events::start_in(&prepared.events, cluster.cloned())),
         },
         server_tls,
         ticketer,
@@ -339,11 +340,18 @@ impl Shared {
         let credentials = load_credentials(&prepared.config, verify_slots.clone(), None)?;
         let certs = Arc::new(CertStore::new(prepared.tls.key.clone()));
         certs.replace_extra(&prepared.tls.extra);
-        let next = build(prepared, credentials, &certs, &provider, None)?;
         let cluster = match &prepared.config.cluster {
             Some(config) => Some(Cluster::open(config).map_err(|e| vec![e.into()])?),
             None => None,
         };
+        let next = build(
+            prepared,
+            credentials,
+            &certs,
+            &provider,
+            None,
+            cluster.as_ref(),
+        )?;
         Ok(Shared {
             snapshot: ArcSwap::from_pointee(next.snapshot),
             certs,
@@ -489,6 +497,7 @@ impl Shared {
             &self.certs,
             &self.provider,
             Some((&old, self.current_ticketer())),
+            self.cluster(),
         )?;
         if let Ok(mut current) = self.ticketer.lock() {
             *current = next.ticketer;

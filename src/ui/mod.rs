@@ -888,7 +888,8 @@ impl Browser {
                         Some(tag),
                         Some(digest.clone()),
                     ),
-                );
+                )
+                .await;
                 Ok(redirect(
                     &format!("{}repo/{name}?deleted={tag}", chrome.base),
                     None,

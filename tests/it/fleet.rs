@@ -468,3 +468,71 @@ async fn a_browser_session_and_the_activity_feed_are_the_fleets_and_a_logout_end
         );
     }
 }
+
+/// Events are a journal in a fleet: the push's event is in Redis before skopeo hears back,
+/// so killing the gate that holds it (and the one that took the push) with SIGKILL loses
+/// nothing: a surviving gate claims it and delivers it, once, with the same event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_event_survives_the_kill_of_the_gate_delivering_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let tmp = temp_dir();
+    let down = Arc::new(AtomicBool::new(true));
+    let receiver_down = down.clone();
+    let receiver = util::recorder::Recorder::start(move |_| {
+        if receiver_down.load(Ordering::SeqCst) {
+            util::recorder::Reply::status(503)
+        } else {
+            util::recorder::Reply::ok_json()
+        }
+    });
+    let events = format!(
+        "\n[[events]]\nurl = \"{}/hooks\"\ntimeout = \"1s\"\n",
+        receiver.url()
+    );
+    let mut fleet = fleet(tmp.path(), &events);
+    pushed_image(tmp.path(), &fleet.gates[0]).await;
+
+    // One gate's consumer took the event and is retrying against the failing receiver.
+    let holder = util::wait_until_async(Duration::from_secs(10), || async {
+        fleet
+            .gates
+            .iter()
+            .any(|g| g.log().contains("event delivery failed; retrying"))
+    })
+    .await;
+    assert!(holder, "no gate tried to deliver the push event");
+    let holder = fleet
+        .gates
+        .iter()
+        .position(|g| g.log().contains("event delivery failed; retrying"))
+        .expect("the holder");
+    for index in [holder, 0] {
+        if fleet.gates[index].try_exit().is_none() {
+            fleet.gates[index].signal("KILL");
+            fleet.gates[index].wait_exit(Duration::from_secs(5));
+        }
+    }
+    let attempts_before = receiver.requests().len();
+    down.store(false, Ordering::SeqCst);
+
+    // A survivor claims it once it has been idle past the receiver's timeout + 5 s.
+    let delivered = util::wait_until_async(Duration::from_secs(20), || async {
+        receiver.requests().len() > attempts_before
+    })
+    .await;
+    assert!(delivered, "the event died with its gate");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = receiver.requests();
+    let ids: std::collections::BTreeSet<String> = attempts
+        .iter()
+        .filter_map(|r| r.header("x-registry-gate-event-id").map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 1, "one event, one id on every attempt: {ids:?}");
+    assert_eq!(
+        attempts.len() - attempts_before,
+        1,
+        "delivered more than once after the kill"
+    );
+    let _ = &mut fleet;
+}

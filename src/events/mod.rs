@@ -15,6 +15,11 @@
 //! what is left of `[server] shutdown_grace`, for every queued event to be delivered or
 //! given up on ([`settle`]); what is still queued then is lost, and the log says how many:
 //! this is a notification, not a journal.
+//!
+//! With `[cluster]` it is a journal (`journal`): the event is in Redis before the client
+//! gets its answer, and any gate of the fleet delivers it.
+
+mod journal;
 
 use std::io;
 use std::net::IpAddr;
@@ -37,6 +42,7 @@ use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+use crate::cluster::Cluster;
 pub use crate::config::EventAction;
 use crate::config::{EventReceiver, EventSecret};
 
@@ -286,6 +292,10 @@ fn tls_config(index: usize, config: &EventReceiver) -> Result<ClientConfig, Even
 #[derive(Default)]
 pub struct Events {
     queues: Vec<Queue>,
+    /// With `[cluster]`: events go through the fleet's Redis instead of `queues`.
+    journal: Option<journal::Journal>,
+    /// The journal's receivers, in order.
+    targets: Vec<Arc<Target>>,
 }
 
 struct Queue {
@@ -325,6 +335,34 @@ impl Events {
         Events::start_with_capacity(loaded, QUEUE_CAPACITY)
     }
 
+    /// With `cluster`, the fleet's journal; without, `start`. Inside the tokio runtime.
+    pub fn start_in(loaded: &Loaded, cluster: Option<Arc<Cluster>>) -> Events {
+        match cluster {
+            Some(cluster) if !loaded.receivers.is_empty() => Events {
+                queues: Vec::new(),
+                journal: Some(journal::Journal::start(cluster, &loaded.receivers)),
+                targets: loaded.receivers.clone(),
+            },
+            _ => Events::start(loaded),
+        }
+    }
+
+    /// Hands `event` to every receiver that wants it: with `[cluster]` appended to the
+    /// fleet's journal (waiting for Redis, within `[cluster] timeout`), else queued here
+    /// without waiting.
+    pub async fn record(&self, event: Event) {
+        let Some(journal) = &self.journal else {
+            self.publish(event);
+            return;
+        };
+        let envelope = Arc::new(envelope(&event));
+        for (index, target) in self.targets.iter().enumerate() {
+            if wants(&target.config, &event) {
+                journal.append(index, envelope.clone()).await;
+            }
+        }
+    }
+
     fn start_with_capacity(loaded: &Loaded, capacity: usize) -> Events {
         let queues = loaded
             .receivers
@@ -339,11 +377,15 @@ impl Events {
                 }
             })
             .collect();
-        Events { queues }
+        Events {
+            queues,
+            journal: None,
+            targets: Vec::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queues.is_empty()
+        self.queues.is_empty() && self.targets.is_empty()
     }
 
     /// Queues `event` for every receiver that wants it, without waiting; returns how many
