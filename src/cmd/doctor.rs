@@ -2,6 +2,10 @@
 //! an operator can act on. Read-only except for one test upload to the registry, which it
 //! cancels.
 //!
+//! With `[cluster]` it also checks the shared Redis: the password readable, a `PING` within
+//! `[cluster] timeout`, a probe key written, read and deleted under the key prefix, and the
+//! server's version.
+//!
 //! Each check prints one line, `ok`, `warn` or `FAIL`, with the fix for anything not ok. The
 //! exit code is 0 without failures, 1 with any (2 when the configuration does not load).
 
@@ -10,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
 
-use crate::config::{AuthMode, Config, TlsSource};
+use crate::cluster::{Cluster, ClusterError};
+use crate::config::{AuthMode, ClusterConfig, ClusterPassword, Config, TlsSource};
 use crate::tls::acme::CertFacts;
 use crate::upstream::exchange::Exchange;
 use crate::upstream::RequestBody;
@@ -78,6 +83,9 @@ pub fn run(config_path: Option<&std::path::Path>) -> i32 {
     runtime.block_on(async {
         check_upstream(&config, &public, &mut report).await;
         check_gate(&config, &mut report).await;
+        if let Some(cluster) = &config.cluster {
+            check_cluster(cluster, &mut report).await;
+        }
     });
     println!(
         "\n{} failure(s), {} warning(s)",
@@ -431,6 +439,195 @@ async fn check_gate(config: &Config, report: &mut Report) {
     }
 }
 
+/// The lowest major version of Redis (or Valkey) the fleet's scripts and commands are
+/// written for.
+const MIN_REDIS_MAJOR: u32 = 7;
+
+/// `[cluster]`: the password readable, Redis answering within `[cluster] timeout`, a key
+/// written, read and deleted under the prefix (a read-only replica or a refused login is named
+/// with its fix), and a version the gate is written for.
+async fn check_cluster(config: &ClusterConfig, report: &mut Report) {
+    let url = &config.url;
+    let cluster = match Cluster::open(config) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            let fix = match &e {
+                ClusterError::PasswordFile { .. } => {
+                    ": the file must exist and be readable by the gate's user (the mounted Secret, its mode)"
+                }
+                ClusterError::PasswordEnv { .. } => {
+                    ": set it in the gate's environment (and in doctor's), or use password_file"
+                }
+                ClusterError::Ca { .. } => ": the PEM bundle must exist and be readable",
+                _ => ": check [cluster] redis (redis://host:port/db or rediss://…)",
+            };
+            report.fail(&format!("cluster: {e}{fix}"));
+            return;
+        }
+    };
+    match &config.password {
+        Some(ClusterPassword::File(path)) => report.ok(&format!(
+            "cluster: the Redis password is readable from {}",
+            path.display()
+        )),
+        Some(ClusterPassword::Env(name)) => {
+            report.ok(&format!("cluster: the Redis password is set in ${name}"))
+        }
+        None => {}
+    }
+    match cluster.ping().await {
+        Ok(round_trip) if round_trip * 2 > config.timeout => report.warn(&format!(
+            "cluster: Redis at {url} answers PING in {} ms, more than half of [cluster] timeout ({} ms): requests that need Redis will fall back often; move Redis closer or raise the timeout",
+            round_trip.as_millis(),
+            config.timeout.as_millis()
+        )),
+        Ok(round_trip) => report.ok(&format!(
+            "cluster: Redis at {url} answers PING in {:.1} ms ([cluster] timeout {} ms)",
+            round_trip.as_secs_f64() * 1000.0,
+            config.timeout.as_millis()
+        )),
+        Err(e) => {
+            report.fail(&format!("cluster: {e}{}", redis_fix(&e, config)));
+            return;
+        }
+    }
+    check_cluster_writes(&cluster, config, report).await;
+    check_cluster_version(&cluster, report).await;
+}
+
+/// A probe key under the prefix, written, read back and deleted: what every shared feature
+/// needs. Expires on its own should the delete not arrive.
+async fn check_cluster_writes(cluster: &Cluster, config: &ClusterConfig, report: &mut Report) {
+    let nonce = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let key = cluster.key(&["doctor", &format!("{}-{nonce}", std::process::id())]);
+    let value = format!("doctor {nonce}");
+    let result = async {
+        cluster
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .arg("PX")
+                    .arg(60_000),
+            )
+            .await?;
+        let read: Option<String> = cluster.query(redis::cmd("GET").arg(&key)).await?;
+        let deleted: u64 = cluster.query(redis::cmd("DEL").arg(&key)).await?;
+        Ok::<_, ClusterError>((read, deleted))
+    }
+    .await;
+    match result {
+        Ok((Some(read), 1)) if read == value => report.ok(&format!(
+            "cluster: a probe key under \"{}:\" was written, read back and deleted",
+            config.key_prefix
+        )),
+        Ok((read, deleted)) => report.fail(&format!(
+            "cluster: the probe key {key} read back as {read:?} and {deleted} key(s) were deleted: is something else (a proxy, a cluster without this slot, another fleet with the same key_prefix) in the way?"
+        )),
+        Err(e) => report.fail(&format!(
+            "cluster: writing a probe key under \"{}:\": {e}{}",
+            config.key_prefix,
+            redis_fix(&e, config)
+        )),
+    }
+}
+
+/// `INFO server`: Redis or Valkey, and a version the gate is written for.
+async fn check_cluster_version(cluster: &Cluster, report: &mut Report) {
+    let info: String = match cluster.query(redis::cmd("INFO").arg("server")).await {
+        Ok(info) => info,
+        Err(e) => {
+            report.warn(&format!(
+                "cluster: cannot read the server's version (INFO server: {e}); make sure it is Redis {MIN_REDIS_MAJOR} or Valkey {MIN_REDIS_MAJOR} or newer"
+            ));
+            return;
+        }
+    };
+    let (name, version) = server_version(&info);
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    match major {
+        Some(major) if major >= MIN_REDIS_MAJOR => {
+            report.ok(&format!("cluster: the server is {name} {version}"))
+        }
+        Some(_) => report.warn(&format!(
+            "cluster: the server is {name} {version}; the fleet's state is written for {name} {MIN_REDIS_MAJOR} or newer: upgrade it"
+        )),
+        None => report.warn(&format!(
+            "cluster: INFO server names no version; make sure it is Redis {MIN_REDIS_MAJOR} or Valkey {MIN_REDIS_MAJOR} or newer"
+        )),
+    }
+}
+
+/// The server's name and version from `INFO server`: Valkey reports `valkey_version` (and a
+/// `redis_version` kept for clients, which says less).
+fn server_version(info: &str) -> (&'static str, String) {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    };
+    if let Some(version) = field("valkey_version") {
+        return ("Valkey", version);
+    }
+    let name = if field("server_name").is_some_and(|n| n.eq_ignore_ascii_case("valkey")) {
+        "Valkey"
+    } else {
+        "Redis"
+    };
+    (name, field("redis_version").unwrap_or_default())
+}
+
+/// What to do about a Redis error, said after it.
+fn redis_fix(error: &ClusterError, config: &ClusterConfig) -> String {
+    let (code, text, auth_failed) = match error {
+        ClusterError::Timeout { .. } => {
+            return format!(
+                ": is Redis running and reachable from this host (host and port in [cluster] redis, firewall, NetworkPolicy)? On a slow link raise [cluster] timeout ({} ms)",
+                config.timeout.as_millis()
+            )
+        }
+        ClusterError::Redis { source, .. } => (
+            source.code().unwrap_or("").to_ascii_uppercase(),
+            source.to_string(),
+            source.kind() == redis::ErrorKind::AuthenticationFailed,
+        ),
+        _ => return String::new(),
+    };
+    let has = |word: &str| code == word || text.contains(word);
+    if has("READONLY") {
+        return " (READONLY: this is a read-only replica): point [cluster] redis at the primary, or at a name that follows failover to it".into();
+    }
+    if has("WRONGPASS") || auth_failed {
+        return " (WRONGPASS: Redis refused the password): put the server's password (requirepass, or the ACL user's) in [cluster] password_file or password_env, and name the ACL user in the URL (redis://user@host/0) if it is not \"default\"".into();
+    }
+    if has("NOAUTH") || text.contains("Authentication required") {
+        return match config.password {
+            None => " (NOAUTH: Redis wants a password): set [cluster] password_file (or password_env) to the server's password".into(),
+            Some(_) => " (NOAUTH: Redis wants a password the gate did not send): check the password file or variable is not empty".into(),
+        };
+    }
+    if has("NOPERM") {
+        return format!(
+            " (NOPERM: the ACL user may not do this): allow it the keys ~{}:* and the commands the gate uses (+@read +@write +@scripting +@stream +ping +info)",
+            config.key_prefix
+        );
+    }
+    if source_is_refused(error) {
+        return ": nothing listens there: is Redis running, and are host and port in [cluster] redis right?".into();
+    }
+    String::new()
+}
+
+fn source_is_refused(error: &ClusterError) -> bool {
+    matches!(error, ClusterError::Redis { source, .. }
+        if source.is_connection_refusal() || source.to_string().contains("Connection refused"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +656,16 @@ mod tests {
             Some("/v2/a/blobs/uploads/u".into())
         );
         assert_eq!(upload_path("/v2/x", "http://o"), Some("/v2/x".into()));
+    }
+
+    #[test]
+    fn the_server_is_named_by_its_info() {
+        let redis = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
+        assert_eq!(server_version(redis), ("Redis", "7.0.15".to_string()));
+        let valkey =
+            "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n";
+        assert_eq!(server_version(valkey), ("Valkey", "8.0.1".to_string()));
+        let old = "redis_version:6.2.14\r\n";
+        assert_eq!(server_version(old), ("Redis", "6.2.14".to_string()));
     }
 }

@@ -1,8 +1,10 @@
 //! The gates' configuration shipped in `deploy/kubernetes/20-gate-config.yaml`, run as the
 //! pods run it: the ConfigMap's `proxy.toml` in a copy of the pod's file layout (certificate
-//! where cert-manager's Secret is mounted, htpasswd and token key where the auth Secret is),
-//! two replicas sharing them, in front of the real registry. Only the listen address and the
-//! upstream differ, set the way an operator would: through the environment.
+//! where cert-manager's Secret is mounted, htpasswd and token key where the auth Secret is,
+//! the Redis password where its Secret is), two replicas sharing them, in front of the real
+//! registry and sharing a real `redis-server` that wants that password. Only the listen
+//! address, the upstream and the Redis address differ, set the way an operator would: through
+//! the environment.
 //! (`scripts/check-kubernetes` validates the manifests themselves.)
 
 use crate::util;
@@ -17,6 +19,7 @@ use base64::Engine;
 use util::client::{empty, request, text, HttpsClient, Proto};
 use util::gate::{gate_command, reported_listener, write_htpasswd};
 use util::image::{oci_image, read_oci_layout, RegistryHost};
+use util::redis::Redis;
 use util::registry::Registry;
 use util::{
     accepts_tcp, describe, read_text, run, temp_dir, wait_until, write_file, KillOnDrop, TempDir,
@@ -46,11 +49,14 @@ fn shipped_proxy_toml() -> String {
     toml
 }
 
-/// `/etc/registry-gate/{config,tls,auth}` as the Deployment mounts them, under `root`;
+/// The password of the Redis Secret (`registry-gate-redis`).
+const REDIS_PASSWORD: &str = "fleet-redis-secret";
+
+/// `/etc/registry-gate/{config,tls,auth,redis}` as the Deployment mounts them, under `root`;
 /// returns the config file and the CA that signed the certificate.
 fn pod_layout(root: &Path) -> (PathBuf, PathBuf) {
     let etc = root.join("etc/registry-gate");
-    for dir in ["config", "tls", "auth"] {
+    for dir in ["config", "tls", "auth", "redis"] {
         std::fs::create_dir_all(etc.join(dir)).expect("mkdir pod layout");
     }
     let config = etc.join("config/proxy.toml");
@@ -82,18 +88,29 @@ fn pod_layout(root: &Path) -> (PathBuf, PathBuf) {
         &etc.join("auth/token.key"),
         base64::engine::general_purpose::STANDARD.encode([0x5au8; 32]) + "\n",
     );
+    // The Secret's one key, as `kubectl create secret --from-literal` stores it.
+    write_file(&etc.join("redis/password"), REDIS_PASSWORD);
     (config, generated.join("ca.pem"))
 }
 
-/// One replica: the shipped config, with listen and upstream from the environment. It
-/// binds port 0 and is found by the address it reports in its (JSON) log.
-fn replica(config: &Path, upstream: &str, log: &Path) -> (KillOnDrop, SocketAddr) {
+/// A real Redis that wants the Secret's password, as 15-redis.yaml runs it.
+fn redis_with_password(tmp: &Path) -> Redis {
+    let redis = Redis::start(tmp);
+    let answer = redis.command(&["CONFIG", "SET", "requirepass", REDIS_PASSWORD]);
+    assert!(answer.starts_with("+OK"), "requirepass: {answer}");
+    redis
+}
+
+/// One replica: the shipped config, with listen, upstream and Redis from the environment.
+/// It binds port 0 and is found by the address it reports in its (JSON) log.
+fn replica(config: &Path, upstream: &str, redis: &str, log: &Path) -> (KillOnDrop, SocketAddr) {
     let out = File::create(log).expect("create gate log");
     let child = gate_command()
         .args(["run", "--config"])
         .arg(config)
         .env("REGISTRY_GATE_SERVER__LISTEN", "127.0.0.1:0")
         .env("REGISTRY_GATE_UPSTREAM__URL", upstream)
+        .env("REGISTRY_GATE_CLUSTER__REDIS", redis)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone log handle"))
         .stderr(out)
@@ -115,6 +132,7 @@ fn replica(config: &Path, upstream: &str, log: &Path) -> (KillOnDrop, SocketAddr
 /// The real registry and two replicas of the shipped configuration in front of it.
 struct Replicas {
     registry: Registry,
+    redis: Redis,
     config: PathBuf,
     /// The CA that signed the replicas' certificate, as `ca.crt` in a skopeo cert dir.
     trust: PathBuf,
@@ -130,14 +148,26 @@ impl Replicas {
     fn start() -> Replicas {
         let tmp = temp_dir();
         let registry = Registry::start(tmp.path());
+        let redis = redis_with_password(tmp.path());
         let (config, ca) = pod_layout(tmp.path());
-        let (child_a, a) = replica(&config, &registry.url, &tmp.path().join("a.log"));
-        let (child_b, b) = replica(&config, &registry.url, &tmp.path().join("b.log"));
+        let (child_a, a) = replica(
+            &config,
+            &registry.url,
+            &redis.url(),
+            &tmp.path().join("a.log"),
+        );
+        let (child_b, b) = replica(
+            &config,
+            &registry.url,
+            &redis.url(),
+            &tmp.path().join("b.log"),
+        );
         let trust = tmp.path().join("trust");
         std::fs::create_dir_all(&trust).expect("mkdir trust");
         std::fs::copy(&ca, trust.join("ca.crt")).expect("copy CA");
         Replicas {
             registry,
+            redis,
             config,
             trust,
             ca,
@@ -250,7 +280,8 @@ async fn a_token_from_one_replica_is_good_on_the_other() {
     assert!(text(tags).await.contains("v1"));
 }
 
-/// Both replicas are ready the way the readiness probe asks.
+/// Both replicas are ready the way the readiness probe asks, and `doctor` in a pod finds
+/// the fleet's Redis usable with the password from its Secret.
 #[test]
 fn both_replicas_pass_the_readiness_probe() {
     let r = Replicas::start();
@@ -259,7 +290,26 @@ fn both_replicas_pass_the_readiness_probe() {
             .args(["healthcheck", "--ready", "--config"])
             .arg(&r.config)
             .env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
-            .env("REGISTRY_GATE_UPSTREAM__URL", &r.registry.url));
+            .env("REGISTRY_GATE_UPSTREAM__URL", &r.registry.url)
+            .env("REGISTRY_GATE_CLUSTER__REDIS", r.redis.url()));
         assert!(out.status.success(), "{addr} not ready: {}", describe(&out));
     }
+    let doctor = run(Command::new(env!("CARGO_BIN_EXE_registry-gate"))
+        .args(["doctor", "--config"])
+        .arg(&r.config)
+        .env("REGISTRY_GATE_SERVER__LISTEN", r.a.to_string())
+        .env("REGISTRY_GATE_UPSTREAM__URL", &r.registry.url)
+        .env("REGISTRY_GATE_CLUSTER__REDIS", r.redis.url()));
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    for line in [
+        "ok    cluster: the Redis password is readable from",
+        "ok    cluster: a probe key under \"registry-gate:\" was written, read back and deleted",
+    ] {
+        assert!(
+            report.contains(line),
+            "missing {line:?}:\n{report}\n{}",
+            r.logs()
+        );
+    }
+    assert!(!report.contains("FAIL  cluster"), "{report}\n{}", r.logs());
 }

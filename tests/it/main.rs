@@ -19,6 +19,7 @@ mod events;
 mod faults;
 mod filter;
 mod fleet;
+mod fleet_ops;
 mod harness;
 mod head;
 mod identity;
