@@ -37,7 +37,7 @@ METRICS = [
     ("s6_h2_rps", "S6 HTTP/2 manifest GET req/s (h2load)", True),
 ]
 
-COLUMNS = ["direct", "nginx", "nginx-tuned", "nginx-noauth", "gate", "gate-b"]
+COLUMNS = ["direct", "nginx", "nginx-tuned", "nginx-noauth", "gate", "gate-b", "gate-cluster"]
 
 
 def load(path):
@@ -107,6 +107,8 @@ def main():
         head.append("gate/direct")
     if "gate-b" in present and "gate" in present:
         head.append("gate-b/gate")
+    if "gate-cluster" in present and "gate" in present:
+        head.append("gate-cluster/gate")
     p("| " + " | ".join(head) + " |")
     p("|---|" + "---:|" * (len(head) - 1))
     for metric, label, _ in METRICS:
@@ -119,6 +121,8 @@ def main():
             row.append(fmt(ratio(data, metric, "gate", "direct")))
         if "gate-b/gate" in head:
             row.append(fmt(ratio(data, metric, "gate-b", "gate")))
+        if "gate-cluster/gate" in head:
+            row.append(fmt(ratio(data, metric, "gate-cluster", "gate")))
         p("| " + " | ".join(row) + " |")
     p("")
 

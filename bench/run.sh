@@ -11,6 +11,8 @@
 #   nginx-noauth nginx-tuned without auth_basic, in S3 only: what the TLS proxy hop costs
 #                with no authentication at all, the floor for S3's "gate/direct" ratio
 #   gate         target/release/registry-gate ([auth] mode = "basic")
+#   gate-cluster the same gate with [cluster] on a redis-server started here: what the
+#                fleet's shared state costs one gate (a warm pull makes no Redis call)
 # All proxies use the same certificate (ECDSA P-256) and the same htpasswd file.
 #
 # Scenarios:
@@ -30,7 +32,8 @@
 #   --reps N         repetitions (default 3); the report gives median (min-max)
 #   --write          also write the report to bench/results-run.md and every repetition's
 #                    raw value to bench/results-run.tsv (metric, target, repetition, value)
-#   --targets LIST   comma-separated subset of direct,nginx,nginx-tuned,nginx-noauth,gate
+#   --targets LIST   comma-separated subset of direct,nginx,nginx-tuned,nginx-noauth,gate,
+#                    gate-cluster (not in the default set)
 #   --scenarios LIST comma-separated subset of S1,S2,S3,S4,S5,S6
 #   --compare-gate PATH  add a target "gate-b" running another registry-gate binary (A/B tests)
 #   --hold           set everything up, print each target's URL, the blob paths and the client
@@ -83,7 +86,7 @@ done
 IFS=, read -r -a TARGETS <<<"$TARGETS_ARG"
 IFS=, read -r -a SCENARIOS <<<"$SCENARIOS_ARG"
 for t in "${TARGETS[@]}"; do
-    case "$t" in direct|nginx|nginx-tuned|nginx-noauth|gate) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
+    case "$t" in direct|nginx|nginx-tuned|nginx-noauth|gate|gate-cluster) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
 done
 [ -z "$COMPARE_GATE" ] || TARGETS+=(gate-b)
 want() { case ",$SCENARIOS_ARG," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -403,7 +406,7 @@ start_nginx() {
 }
 
 start_gate() {
-    local name="$1" bin="$2" port
+    local name="$1" bin="$2" extra="${3:-}" port
     port="$(free_port)"
     mkdir -p "$TMP/$name"
     cat >"$TMP/$name/gate.toml" <<EOF
@@ -428,6 +431,7 @@ level = "warn"
 [auth]
 mode = "basic"
 htpasswd = ["$TMP/htpasswd"]
+$extra
 EOF
     "$bin" run --config "$TMP/$name/gate.toml" >"$TMP/$name.log" 2>&1 </dev/null &
     PID[$name]=$!
@@ -446,6 +450,15 @@ start_target() {
         nginx-noauth) start_nginx nginx-noauth "$NGINX_TUNED" off ;;
         gate) start_gate gate "$GATE_BIN" ;;
         gate-b) start_gate gate-b "$COMPARE_GATE" ;;
+        gate-cluster)
+            local redis_port
+            redis_port="$(free_port)"
+            redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+                >"$TMP/redis.log" 2>&1 </dev/null &
+            PID[redis]=$!
+            sleep 0.5
+            start_gate gate-cluster "$GATE_BIN" "[cluster]
+redis = \"redis://127.0.0.1:$redis_port/0\"" ;;
     esac
 }
 for t in "${TARGETS[@]}"; do start_target "$t"; done

@@ -235,13 +235,54 @@ async fn a_guesser_going_round_the_gates_is_locked_out_as_by_one() {
 
 /// Without Redis nobody can know whether another gate is writing the tag: the protected
 /// write is refused, fast and retryable, and taken again once Redis answers, without a
-/// restart. Pulls and logins do not need Redis at all.
+/// restart. Pulls, logins and tokens do not need Redis at all; and a Redis that comes back
+/// empty gets the tokens (and the revoke) back from the gates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_redis_protected_writes_are_refused_and_pulls_go_on() {
+async fn without_redis_protected_writes_are_refused_pulls_go_on_and_nothing_is_lost() {
     let tmp = temp_dir();
     let mut fleet = fleet(tmp.path(), PROTECT);
     let image = pushed_image(tmp.path(), &fleet.gates[0]).await;
     let gate = &fleet.gates[1];
+    // A token made and one revoked before the outage, kept only in Redis.
+    let made = token(
+        &fleet.gates[0],
+        &[
+            "create",
+            "--name",
+            "kept",
+            "--repositories",
+            "team/*",
+            "--actions",
+            "pull",
+        ],
+    );
+    let kept = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let made = token(
+        &fleet.gates[0],
+        &[
+            "create",
+            "--name",
+            "dead",
+            "--repositories",
+            "team/*",
+            "--actions",
+            "pull",
+        ],
+    );
+    let dead = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    token(&fleet.gates[0], &["revoke", "dead"]);
+    let seen = util::wait_until_async(Duration::from_secs(5), || async {
+        for gate in &fleet.gates {
+            if login(gate, ("kept", &kept)).await != StatusCode::OK
+                || login(gate, ("dead", &dead)).await != StatusCode::UNAUTHORIZED
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(seen, "the gates did not take the tokens from Redis");
 
     fleet.redis.stop();
     let started = std::time::Instant::now();
@@ -277,10 +318,45 @@ async fn without_redis_protected_writes_are_refused_and_pulls_go_on() {
     assert_eq!(ready.status(), StatusCode::OK);
     assert!(text(ready).await.contains("degraded"));
 
+    // Tokens keep working through the outage, from what each gate read last.
+    assert_eq!(login(gate, ("kept", &kept)).await, StatusCode::OK);
+
+    // Redis comes back empty (no persistence): the gates write back the tokens they saw,
+    // with the revoke, and take protected writes again, all without a restart.
     fleet.redis.restart();
     let (status, body) = put_manifest(gate, "v1", variant(&image, "after")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!(gate.log().contains("Redis answers again"), "{}", gate.log());
+    let restored = util::wait_until_async(Duration::from_secs(5), || async {
+        fleet
+            .redis
+            .command(&["HGET", "registry-gate:access-tokens", "text"])
+            .contains("kept")
+    })
+    .await;
+    assert!(
+        restored,
+        "the tokens were not written back to the empty Redis"
+    );
+    let listed = String::from_utf8_lossy(&token(&fleet.gates[2], &["list"]).stdout).to_string();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("kept") && l.contains("active"))
+            && listed
+                .lines()
+                .any(|l| l.starts_with("dead") && l.contains("revoked")),
+        "{listed}"
+    );
+    for (i, gate) in fleet.gates.iter().enumerate() {
+        assert_eq!(
+            login(gate, ("kept", &kept)).await,
+            StatusCode::OK,
+            "gate {i}:\n{}",
+            gate.log()
+        );
+        assert_eq!(login(gate, ("dead", &dead)).await, StatusCode::UNAUTHORIZED);
+    }
 }
 
 /// `registry-gate token ARGS --config <gate's config>`, which must succeed.
