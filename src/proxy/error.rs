@@ -130,6 +130,10 @@ pub enum GateError {
     /// The exchange with the registry broke after it started.
     #[error("the registry behind the gate failed: {0}")]
     UpstreamFailed(String),
+    /// A manifest DELETE by tag that the registry refused (distribution 2.8 deletes by digest
+    /// only and answers `DIGEST_INVALID`, which tells a client nothing it can act on).
+    #[error("{repository}:{tag}: the registry deletes manifests by digest only")]
+    DeleteByTag { repository: String, tag: String },
     /// A `[[protect]]` write needs the fleet's write lock and the shared Redis cannot give
     /// it (unreachable, too slow, or another gate holds it too long): refused, never passed
     /// unchecked. The detail is for the log.
@@ -188,7 +192,8 @@ impl GateError {
             | GateError::NoSession
             | GateError::CrossSiteForm
             | GateError::DeletesDisabled
-            | GateError::TagMoved { .. } => Side::Client,
+            | GateError::TagMoved { .. }
+            | GateError::DeleteByTag { .. } => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_)
@@ -275,6 +280,7 @@ impl GateError {
             GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+            GateError::DeleteByTag { .. } => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             // 503 with Retry-After: nothing was written, and the same push succeeds once the
             // lock can be had again.
             GateError::LockUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
@@ -359,6 +365,9 @@ impl GateError {
                 "the registry behind the gate did not answer in time".into()
             }
             GateError::UpstreamFailed(_) => "the registry behind the gate failed to answer".into(),
+            GateError::DeleteByTag { repository, tag } => format!(
+                "this registry deletes manifests by digest only: read the digest of {repository}:{tag} (HEAD /v2/{repository}/manifests/{tag}, header Docker-Content-Digest) and DELETE /v2/{repository}/manifests/<digest>, which removes every tag pointing to it; to remove only this tag, push another manifest to it or use the browser"
+            ),
             GateError::LockUnavailable(_) => {
                 "this repository holds protected tags and the gates cannot agree on who writes it right now; nothing was written, retry shortly".into()
             }
@@ -535,6 +544,14 @@ mod tests {
                 GateError::LockUnavailable("redis down".into()),
                 503,
                 "UNAVAILABLE",
+            ),
+            (
+                GateError::DeleteByTag {
+                    repository: "team/app".into(),
+                    tag: "v1".into(),
+                },
+                400,
+                "UNSUPPORTED",
             ),
         ];
         for (e, status, code) in cases {

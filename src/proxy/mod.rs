@@ -261,6 +261,21 @@ async fn respond(
         reservation,
     } = forwarded;
     let (mut parts, body) = response.into_parts();
+    if parts.status == StatusCode::BAD_REQUEST
+        && class.kind == Kind::Manifest
+        && class.action == Action::Delete
+    {
+        // A tag, not a digest (tags cannot hold ':'): 2.8's `DIGEST_INVALID` becomes an
+        // answer that says what to do. A registry that deletes tags never gets here.
+        if let (Some(repository), Some(tag)) = (class.repository, class.reference) {
+            if !tag.contains(':') {
+                return Err(GateError::DeleteByTag {
+                    repository: repository.to_string(),
+                    tag: tag.to_string(),
+                });
+            }
+        }
+    }
     headers::rewrite_response(&mut parts.headers, snapshot.upstream.origin(), host);
     if class.kind == Kind::Catalog
         && snapshot.config.auth.filter_catalog

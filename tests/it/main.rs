@@ -24,6 +24,7 @@ mod harness;
 mod head;
 mod identity;
 mod lifecycle;
+mod oci;
 mod oidc;
 mod operations;
 mod promise;
