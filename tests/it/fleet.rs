@@ -612,3 +612,54 @@ async fn a_push_event_survives_the_kill_of_the_gate_delivering_it() {
     );
     let _ = &mut fleet;
 }
+
+/// The hot path stays off Redis: pulls with a warm credential cache run no script and no
+/// command beyond the gates' own background polls (the tokens' version, `HGET`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pulls_make_no_redis_call() {
+    let tmp = temp_dir();
+    let fleet = fleet(tmp.path(), "");
+    let gate = &fleet.gates[0];
+    pushed_image(tmp.path(), gate).await;
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    let pull = || async {
+        client
+            .send(
+                request("GET", &gate.url("/v2/team/app/manifests/base"))
+                    .header("Authorization", basic(CI))
+                    .header("Accept", MANIFEST_MEDIA_TYPE)
+                    .body(full(Vec::new()))
+                    .expect("request"),
+            )
+            .await
+            .status()
+    };
+    // The first pull verifies the password (the cold path, which may ask Redis).
+    assert_eq!(pull().await, StatusCode::OK);
+    let calls = |stats: &str| -> u64 {
+        stats
+            .lines()
+            .filter(|l| !l.starts_with("cmdstat_hget:") && l.starts_with("cmdstat_"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let before = calls(&fleet.redis.command(&["INFO", "commandstats"]));
+    for _ in 0..200 {
+        assert_eq!(pull().await, StatusCode::OK);
+    }
+    let after = calls(&fleet.redis.command(&["INFO", "commandstats"]));
+    // INFO itself is one call.
+    assert_eq!(
+        after - before,
+        1,
+        "200 warm pulls made Redis calls:\n{}",
+        fleet.redis.command(&["INFO", "commandstats"])
+    );
+}
