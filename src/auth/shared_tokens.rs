@@ -70,17 +70,21 @@ pub async fn version(cluster: &Cluster) -> Result<Option<u64>, ClusterError> {
         .await
 }
 
-/// The tokens and their version, `None` when Redis holds none.
-pub async fn load(cluster: &Cluster) -> Result<Option<(u64, AccessTokens)>, SharedTokensError> {
-    let (version, text): (Option<u64>, Option<String>) = cluster
+/// The stored version and text, each `None` when Redis holds no tokens.
+async fn stored(cluster: &Cluster) -> Result<(Option<u64>, Option<String>), ClusterError> {
+    cluster
         .query(
             redis::cmd("HMGET")
                 .arg(key(cluster))
                 .arg("version")
                 .arg("text"),
         )
-        .await?;
-    let (Some(version), Some(text)) = (version, text) else {
+        .await
+}
+
+/// The tokens and their version, `None` when Redis holds none.
+pub async fn load(cluster: &Cluster) -> Result<Option<(u64, AccessTokens)>, SharedTokensError> {
+    let (Some(version), Some(text)) = stored(cluster).await? else {
         return Ok(None);
     };
     let tokens = AccessTokens::parse(&label(cluster), &text).map_err(|errors| {
@@ -100,14 +104,7 @@ pub async fn edit(cluster: &Cluster, edit: &Edit) -> Result<Edited, SharedTokens
     let label = label(cluster);
     let script = redis::Script::new(COMPARE_AND_SET);
     for _ in 0..10 {
-        let (version, text): (Option<u64>, Option<String>) = cluster
-            .query(
-                redis::cmd("HMGET")
-                    .arg(key(cluster))
-                    .arg("version")
-                    .arg("text"),
-            )
-            .await?;
+        let (version, text) = stored(cluster).await?;
         let (new_text, edited) = access_tokens::apply(&label, text.as_deref(), edit)?;
         let Some(new_text) = new_text else {
             return Ok(edited);

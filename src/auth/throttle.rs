@@ -200,25 +200,28 @@ impl Throttle {
     /// one Redis holds (then kept here too). Without `[cluster]`, `lockout`.
     pub async fn lockout_everywhere(&self, ip: IpAddr, user: &str) -> Option<Lockout> {
         let local = self.lockout(ip, user);
-        let Some(cluster) = &self.fleet else {
-            return local;
-        };
-        match fleet_call(cluster, PEEK, ip, user).await {
-            Ok(remote) => merge(local, self.learn(ip, user, remote)),
-            Err(e) => {
-                fleet_unreachable(&e);
-                local
-            }
-        }
+        self.with_fleet(PEEK, ip, user, local).await
     }
 
     /// `record_failure`, counted in the fleet's Redis too.
     pub async fn record_failure_everywhere(&self, ip: IpAddr, user: &str) -> Option<Lockout> {
         let local = self.record_failure(ip, user);
+        self.with_fleet(FAIL, ip, user, local).await
+    }
+
+    /// `local` merged with what the fleet's `script` answers; `local` alone without
+    /// `[cluster]` or an answer from Redis.
+    async fn with_fleet(
+        &self,
+        script: &str,
+        ip: IpAddr,
+        user: &str,
+        local: Option<Lockout>,
+    ) -> Option<Lockout> {
         let Some(cluster) = &self.fleet else {
             return local;
         };
-        match fleet_call(cluster, FAIL, ip, user).await {
+        match fleet_call(cluster, script, ip, user).await {
             Ok(remote) => merge(local, self.learn(ip, user, remote)),
             Err(e) => {
                 fleet_unreachable(&e);

@@ -52,13 +52,6 @@ impl Store {
     }
 
     fn load(&self) -> Result<(AccessTokens, BTreeMap<String, SystemTime>), String> {
-        let joined = |errors: Vec<access_tokens::AccessTokenError>| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
         match self {
             Store::File(path) => Ok((
                 AccessTokens::load(path).map_err(joined)?,
@@ -86,6 +79,15 @@ impl Store {
     }
 }
 
+/// Every problem of a token file, one a line.
+fn joined(errors: Vec<access_tokens::AccessTokenError>) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A fleet's first edit starts from the token file, if there is one, so that the tokens
 /// made before `[cluster]` keep working.
 async fn seed(cluster: &Cluster, file: &Path) -> Result<(), String> {
@@ -97,13 +99,7 @@ async fn seed(cluster: &Cluster, file: &Path) -> Result<(), String> {
         return Ok(());
     }
     if let Ok(text) = std::fs::read_to_string(file) {
-        AccessTokens::parse(file, &text).map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        AccessTokens::parse(file, &text).map_err(joined)?;
         shared_tokens::restore(cluster, 1, &text)
             .await
             .map_err(|e| e.to_string())?;
