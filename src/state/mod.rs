@@ -35,6 +35,7 @@ use activity::Activity;
 pub mod activity;
 
 /// Everything one request needs, consistent for its whole life.
+#[derive(Clone)]
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub upstream: Upstream,
@@ -390,13 +391,8 @@ impl Shared {
             return;
         }
         self.snapshot.store(Arc::new(Snapshot {
-            config: old.config.clone(),
-            upstream: old.upstream.clone(),
-            auth: old.auth.clone(),
-            tokens: old.tokens.clone(),
             access_tokens: Some(tokens),
-            oidc: old.oidc.clone(),
-            events: old.events.clone(),
+            ..Snapshot::clone(&old)
         }));
     }
 

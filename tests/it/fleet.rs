@@ -15,10 +15,10 @@ use http::StatusCode;
 use util::client::{full, request, text, HttpsClient, Proto};
 use util::gate::gate_command;
 use util::gate::{Gate, GateConfig};
-use util::image::{oci_image, OciImage, MANIFEST_MEDIA_TYPE};
+use util::image::{oci_image, put_manifests_at_once, OciImage, MANIFEST_MEDIA_TYPE};
 use util::redis::Redis;
 use util::registry::Registry;
-use util::{describe, run, sha256_digest, temp_dir};
+use util::{describe, run, temp_dir};
 
 const CI: (&str, &str) = ("ci", "ci-secret");
 
@@ -147,33 +147,20 @@ async fn of_racing_pushes_through_three_gates_to_a_new_protected_tag_exactly_one
     let fleet = fleet(tmp.path(), PROTECT);
     let image = pushed_image(tmp.path(), &fleet.gates[0]).await;
 
-    let mut racers = tokio::task::JoinSet::new();
-    for i in 0..9 {
-        let body = variant(&image, &format!("racer-{i}"));
-        let digest = sha256_digest(&body);
-        let gate = &fleet.gates[i % 3];
-        let (ca, url) = (
-            gate.pki.ca_pem.clone(),
-            gate.url("/v2/team/app/manifests/v7"),
-        );
-        racers.spawn(async move {
-            let client = HttpsClient::new(&ca, Proto::Http2);
-            let response = client
-                .send(
-                    request("PUT", &url)
-                        .header("Authorization", basic(CI))
-                        .header("Content-Type", MANIFEST_MEDIA_TYPE)
-                        .body(full(body))
-                        .expect("request"),
-                )
-                .await;
-            (response.status(), digest)
-        });
-    }
+    let puts = (0..9)
+        .map(|i| {
+            let gate = &fleet.gates[i % 3];
+            (
+                HttpsClient::new(&gate.pki.ca_pem, Proto::Http2),
+                gate.url("/v2/team/app/manifests/v7"),
+                variant(&image, &format!("racer-{i}")),
+            )
+        })
+        .collect();
+    let finished = put_manifests_at_once(puts, &basic(CI)).await;
     let mut passed = Vec::new();
     let mut refused = 0;
-    while let Some(done) = racers.join_next().await {
-        let (status, digest) = done.expect("racer");
+    for (status, digest) in finished {
         match status {
             StatusCode::CREATED => passed.push(digest),
             StatusCode::CONFLICT => refused += 1,

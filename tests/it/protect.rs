@@ -13,7 +13,8 @@ use util::client::{full, request, text, HttpsClient, Proto};
 use util::docker::Dockerd;
 use util::gate::{Gate, GateConfig};
 use util::image::{
-    oci_image, oci_index, read_oci_layout, OciImage, RegistryHost, MANIFEST_MEDIA_TYPE,
+    oci_image, oci_index, put_manifests_at_once, read_oci_layout, OciImage, RegistryHost,
+    MANIFEST_MEDIA_TYPE,
 };
 use util::recorder::{Recorder, Reply};
 use util::registry::Registry;
@@ -320,30 +321,18 @@ async fn of_racing_pushes_to_a_new_protected_tag_exactly_one_passes() {
     )
     .expect("manifest JSON");
     let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http2);
-    let mut racers = tokio::task::JoinSet::new();
-    for i in 0..8 {
-        let mut variant = manifest.clone();
-        variant["annotations"] = serde_json::json!({ "racer": i.to_string() });
-        let body = serde_json::to_vec(&variant).expect("serialise");
-        let digest = sha256_digest(&body);
-        let (client, url) = (client.clone(), gate.url("/v2/team/app/manifests/v7"));
-        racers.spawn(async move {
-            let response = client
-                .send(
-                    request("PUT", &url)
-                        .header("Authorization", basic(CI))
-                        .header("Content-Type", MANIFEST_MEDIA_TYPE)
-                        .body(full(body))
-                        .expect("request"),
-                )
-                .await;
-            (response.status(), digest)
-        });
-    }
+    let puts = (0..8)
+        .map(|i| {
+            let mut variant = manifest.clone();
+            variant["annotations"] = serde_json::json!({ "racer": i.to_string() });
+            let body = serde_json::to_vec(&variant).expect("serialise");
+            (client.clone(), gate.url("/v2/team/app/manifests/v7"), body)
+        })
+        .collect();
+    let finished = put_manifests_at_once(puts, &basic(CI)).await;
     let mut passed = Vec::new();
     let mut refused = 0;
-    while let Some(done) = racers.join_next().await {
-        let (status, digest) = done.expect("racer");
+    for (status, digest) in finished {
         match status {
             StatusCode::CREATED => passed.push(digest),
             StatusCode::CONFLICT => refused += 1,

@@ -375,3 +375,34 @@ pub fn skopeo_ok(args: &[&str]) -> Output {
     );
     out
 }
+
+/// Each `(client, manifest URL, body)` PUT as an OCI manifest at the same moment, with
+/// `authorization`; the status and the body's digest of each, in the order they finish.
+/// For races: the registry has no compare-and-swap, so only the gate can order them.
+pub async fn put_manifests_at_once(
+    puts: Vec<(super::client::HttpsClient, String, Vec<u8>)>,
+    authorization: &str,
+) -> Vec<(http::StatusCode, String)> {
+    let mut racers = tokio::task::JoinSet::new();
+    for (client, url, body) in puts {
+        let digest = sha256_digest(&body);
+        let authorization = authorization.to_string();
+        racers.spawn(async move {
+            let response = client
+                .send(
+                    super::client::request("PUT", &url)
+                        .header("Authorization", authorization)
+                        .header("Content-Type", MANIFEST_MEDIA_TYPE)
+                        .body(super::client::full(body))
+                        .expect("request"),
+                )
+                .await;
+            (response.status(), digest)
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(racer) = racers.join_next().await {
+        done.push(racer.expect("racer"));
+    }
+    done
+}
