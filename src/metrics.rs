@@ -18,8 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::tls::CertStore;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: &'static str,
@@ -306,17 +304,15 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition format, with the certificate expiry read now.
-    pub fn render(&self, certs: &CertStore) -> String {
-        if let Some(key) = certs.current() {
-            if let Ok(facts) = crate::tls::acme::CertFacts::of(&key) {
-                let now = SystemTime::now();
-                let seconds = match facts.not_after.duration_since(now) {
-                    Ok(left) => left.as_secs_f64(),
-                    Err(past) => -past.duration().as_secs_f64(),
-                };
-                self.certificate_expiry.set(seconds);
-            }
+    /// The text exposition format, with the served certificate's expiry (`not_after`) as
+    /// the caller read it now.
+    pub fn render(&self, not_after: Option<SystemTime>) -> String {
+        if let Some(not_after) = not_after {
+            let seconds = match not_after.duration_since(SystemTime::now()) {
+                Ok(left) => left.as_secs_f64(),
+                Err(past) => -past.duration().as_secs_f64(),
+            };
+            self.certificate_expiry.set(seconds);
         }
         let mut text = String::new();
         // Writing to a String cannot fail.
@@ -340,13 +336,17 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The metrics listener's answer: `GET /metrics`, nothing else.
-pub fn answer<B>(request: &Request<B>, certs: &CertStore) -> Response<Full<Bytes>> {
+/// The metrics listener's answer: `GET /metrics`, nothing else. `not_after` reads the
+/// served certificate's expiry, only when the metrics are asked for.
+pub fn answer<B>(
+    request: &Request<B>,
+    not_after: impl FnOnce() -> Option<SystemTime>,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            get().render(certs),
+            get().render(not_after()),
         ),
         _ => (
             StatusCode::NOT_FOUND,

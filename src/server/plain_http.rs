@@ -111,7 +111,12 @@ pub(super) fn metrics_answer(
     shared: &Shared,
     request: &hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
-    crate::metrics::answer(request, shared.certs())
+    crate::metrics::answer(request, || {
+        let key = shared.certs().current()?;
+        crate::tls::acme::CertFacts::of(&key)
+            .ok()
+            .map(|facts| facts.not_after)
+    })
 }
 
 /// One of the gate's own small plain-HTTP/1.1 listeners (port 80, metrics): nothing on it

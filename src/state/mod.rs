@@ -438,6 +438,9 @@ impl Shared {
                 TlsSource::Acme(acme) => Some(acme.clone()),
                 _ => None,
             }),
+            fleet: self
+                .cluster()
+                .map(|cluster| Arc::new(tls::acme::fleet::Fleet::new(cluster.clone()))),
         };
         let running = self.acme_running.clone();
         tokio::spawn(async move {

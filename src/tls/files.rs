@@ -34,6 +34,30 @@ pub fn load_certified_key(
     Ok(Arc::new(certified))
 }
 
+/// A chain and its key from one PEM text (a certificate an ACME order gave another gate of
+/// the fleet); the error says what is wrong, the caller says where the text came from.
+pub fn certified_key_from_pem(
+    pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_message)?;
+    if chain.is_empty() {
+        return Err("no CERTIFICATE block found".into());
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(pem).map_err(pem_message)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| format!("unusable private key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified
+        .keys_match()
+        .map_err(|_| "the private key does not belong to the certificate".to_string())?;
+    Ok(Arc::new(certified))
+}
+
 /// The CA certificates of a PEM bundle, as trust roots: the client CA of `[tls]`, a
 /// webhook receiver's `ca`, an OIDC issuer's `ca`. The error says what is wrong with the
 /// file; the caller names the setting.

@@ -1,6 +1,8 @@
 //! Certificates from a real ACME server (pebble): ordered over tls-alpn-01 and http-01,
 //! cached and reused across restarts, renewed and swapped during a transfer, and the failures
 //! an operator meets (CA unreachable, order refused, corrupt cache) logged without a crash.
+//! With `[cluster]`, three gates order one certificate, and the CA's challenge is answered
+//! by a gate that did not order it.
 
 use crate::util;
 
@@ -18,6 +20,7 @@ use util::gate::{Gate, GateConfig};
 use util::image::{oci_image, skopeo_ok};
 use util::pebble::{PebbleOptions, PebbleSetup};
 use util::recorder::{Recorder, Reply};
+use util::redis::Redis;
 use util::registry::Registry;
 use util::{free_port, pseudo_random_digest, temp_dir, wait_until, write_file};
 
@@ -343,4 +346,74 @@ async fn a_refused_order_is_logged_and_retried_without_serving_anything() {
         "the gate exited:\n{}",
         gate.log()
     );
+}
+
+/// Three gates sharing a Redis: A orders (it is alone when it takes the fleet's ACME lock),
+/// pebble validates tls-alpn-01 on C, which never ordered and answers from what A put in
+/// Redis, and all three serve the one certificate pebble issued.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_orders_one_certificate_and_a_gate_that_did_not_order_answers_the_challenge() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let redis = Redis::start(tmp.path());
+    let setup = PebbleSetup::new(&tmp.path().join("pebble"));
+    let listens: Vec<SocketAddr> = (0..4)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let pebble = setup.start(listens[2].port(), free_port(), PebbleOptions::default());
+    let cluster = format!("\n[cluster]\nredis = \"{}\"\n", redis.url());
+    let start = |i: usize, name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir gate dir");
+        Gate::start(
+            &dir,
+            GateConfig::new(&registry.url)
+                .listen_on(listens[i])
+                .extra_toml(&format!("{}{cluster}", acme_toml(&setup, ""))),
+        )
+    };
+
+    let a = start(0, "a");
+    assert!(
+        wait_until(Duration::from_secs(10), || a
+            .log()
+            .contains("ordering a certificate for the fleet")),
+        "A did not order:\n{}",
+        a.log()
+    );
+    let b = start(1, "b");
+    let c = start(2, "c");
+    let root = tmp.path().join("pebble-root.pem");
+    pebble.write_issuing_root(&root);
+    let serial = wait_for_certificate(&a, &root, Duration::from_secs(30)).await;
+    for gate in [&b, &c] {
+        assert_eq!(
+            wait_for_certificate(gate, &root, Duration::from_secs(10)).await,
+            serial
+        );
+    }
+    assert_eq!(pebble.orders(), 1, "pebble:\n{}", pebble.log());
+    assert_eq!(pebble.issued_serials(), vec![serial.clone()]);
+    for gate in [&b, &c] {
+        let log = gate.log();
+        assert!(!log.contains("ordering a certificate"), "{log}");
+        assert!(
+            log.contains("serving the certificate another gate of the fleet ordered"),
+            "{log}"
+        );
+    }
+    // The account and the certificate are the fleet's; the challenge answers are gone.
+    let keys = redis.command(&["KEYS", "registry-gate:acme:*"]);
+    assert!(keys.contains(":certificate"), "{keys}");
+    assert!(keys.contains(":acme:account:"), "{keys}");
+    assert!(!keys.contains(":challenges"), "{keys}");
+
+    // A gate that joins later serves the fleet's certificate at once, ordering nothing.
+    let d = start(3, "d");
+    assert_eq!(
+        wait_for_certificate(&d, &root, Duration::from_secs(10)).await,
+        serial
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pebble.orders(), 1, "a joining gate ordered");
 }

@@ -10,6 +10,16 @@
 //!
 //! Challenge answers live in `Challenges`, which the TLS resolver (tls-alpn-01) and the
 //! plain-HTTP listener (http-01) read; nothing else here touches a connection.
+//!
+//! With `[cluster]`, the gates of a fleet share one certificate (`fleet`): each round a gate
+//! first takes a newer certificate another gate stored in Redis (or stores its own, when
+//! Redis has an older one), and only a gate holding the fleet's ACME lock orders. Its
+//! challenge answers go to Redis before the CA is told to validate, and every gate reads
+//! them from there, so the CA may reach any of them. While Redis is away nothing is
+//! ordered: the cached certificate stays in use, and renewal starts with a third of its
+//! lifetime left, so an outage shorter than that costs nothing.
+
+pub mod fleet;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +35,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
+use self::fleet::{Fleet, HTTP_01, TLS_ALPN_01};
 use super::{CertStore, TlsError};
+use crate::cluster::ClusterError;
 use crate::config::{AcmeChallenge, AcmeConfig};
 
 /// The ALPN protocol of tls-alpn-01 (RFC 8737): a validation connection offers only this.
@@ -38,6 +50,16 @@ const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
 const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// How long the CA may take to validate the challenges and to issue.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+/// With `[cluster]`: the longest wait before a gate looks whether another gate stored a
+/// newer certificate (one ordered early, for a changed configuration or on the CA's advice).
+const FLEET_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// With `[cluster]`: how often every gate reads the challenge answers of an order under way.
+const FLEET_CHALLENGE_POLL: Duration = Duration::from_secs(1);
+/// With `[cluster]`: how long the ordering gate waits between publishing an answer and
+/// asking the CA to validate, so that every gate has read it (three polls).
+const FLEET_CHALLENGE_SPREAD: Duration = Duration::from_secs(3);
+/// With `[cluster]`: how soon a gate that found another one ordering looks again.
+const FLEET_FOLLOW: Duration = Duration::from_secs(2);
 
 /// The errors of the ACME client carry the whole chain of their cause as text
 /// (`error_chain::describe`): instant-acme's transport errors say only "client error
@@ -69,6 +91,8 @@ pub enum AcmeError {
     Certificate(String),
     #[error(transparent)]
     Write(#[from] TlsError),
+    #[error("no gate of the fleet can order while the shared Redis is unreachable: {0}")]
+    Fleet(#[from] ClusterError),
 }
 
 impl From<instant_acme::Error> for AcmeError {
@@ -117,6 +141,16 @@ impl Challenges {
         }
     }
 
+    /// Serves exactly these answers from now on (what the fleet's Redis holds).
+    fn replace(&self, tls_alpn: HashMap<String, Arc<CertifiedKey>>, http: HashMap<String, String>) {
+        if let Ok(mut map) = self.tls_alpn.lock() {
+            *map = tls_alpn;
+        }
+        if let Ok(mut map) = self.http.lock() {
+            *map = http;
+        }
+    }
+
     fn clear(&self) {
         if let Ok(mut map) = self.tls_alpn.lock() {
             map.clear();
@@ -127,10 +161,9 @@ impl Challenges {
     }
 }
 
-/// Where the certificate for this configuration is cached: one file holding the chain and
-/// the key, so that it is replaced in one atomic rename. Named after the names and the CA, so
-/// a staging certificate is never served once the directory says production.
-pub fn certificate_path(config: &AcmeConfig) -> PathBuf {
+/// The name of the certificate for this configuration, after its names and its CA, so a
+/// staging certificate is never served once the directory says production.
+fn certificate_id(config: &AcmeConfig) -> String {
     let mut hash = Sha256::new();
     hash.update(config.directory.as_bytes());
     for d in &config.domains {
@@ -138,18 +171,37 @@ pub fn certificate_path(config: &AcmeConfig) -> PathBuf {
         hash.update(d.as_bytes());
     }
     let first = config.domains.first().map(String::as_str).unwrap_or("none");
-    config.cache_dir.join(format!(
-        "{first}-{}.pem",
-        hex::encode(&hash.finalize()[..8])
-    ))
+    format!("{first}-{}", hex::encode(&hash.finalize()[..8]))
+}
+
+/// Where the certificate for this configuration is cached: one file holding the chain and
+/// the key, so that it is replaced in one atomic rename.
+pub fn certificate_path(config: &AcmeConfig) -> PathBuf {
+    config
+        .cache_dir
+        .join(format!("{}.pem", certificate_id(config)))
+}
+
+/// The name of the configured CA's account.
+fn directory_id(config: &AcmeConfig) -> String {
+    hex::encode(&Sha256::digest(config.directory.as_bytes())[..8])
 }
 
 /// The account credentials for the configured CA.
 fn account_path(config: &AcmeConfig) -> PathBuf {
-    let digest = Sha256::digest(config.directory.as_bytes());
     config
         .cache_dir
-        .join(format!("account-{}.json", hex::encode(&digest[..8])))
+        .join(format!("account-{}.json", directory_id(config)))
+}
+
+/// The facts of `key` when it covers every configured name.
+fn covering(config: &AcmeConfig, key: &CertifiedKey) -> Option<CertFacts> {
+    let facts = CertFacts::of(key).ok()?;
+    config
+        .domains
+        .iter()
+        .all(|d| facts.names.contains(d))
+        .then_some(facts)
 }
 
 /// The cached certificate, if there is one that covers every configured name.
@@ -250,11 +302,21 @@ pub struct Manager {
     pub provider: Arc<CryptoProvider>,
     /// The current `[tls.acme]`, or `None` once a reload removed it (the task then ends).
     pub current: Box<dyn Fn() -> Option<AcmeConfig> + Send + Sync>,
+    /// With `[cluster]`: the fleet's store, through which one gate orders for all.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 impl Manager {
     /// Keeps a valid certificate in the store for as long as ACME is configured.
     pub async fn run(self) {
+        let manager = Arc::new(self);
+        if let Some(fleet) = &manager.fleet {
+            tokio::spawn(manager.clone().follow_challenges(fleet.clone()));
+        }
+        manager.schedule().await;
+    }
+
+    async fn schedule(&self) {
         let mut retry: Option<Duration> = None;
         loop {
             let Some(config) = (self.current)() else {
@@ -269,12 +331,19 @@ impl Manager {
                 }
             };
             if !wait.is_zero() {
-                tokio::time::sleep(wait.min(MAX_CHECK_INTERVAL)).await;
+                let check = match self.fleet {
+                    Some(_) => FLEET_CHECK_INTERVAL,
+                    None => MAX_CHECK_INTERVAL,
+                };
+                tokio::time::sleep(wait.min(check)).await;
                 continue;
             }
-            tracing::info!(domains = ?config.domains, directory = %config.directory, "ordering a certificate");
-            match self.order(&config).await {
-                Ok(facts) => {
+            match self.order_once(&config).await {
+                Ok(None) => {
+                    retry = None;
+                    tokio::time::sleep(FLEET_FOLLOW).await;
+                }
+                Ok(Some(facts)) => {
                     retry = None;
                     tracing::info!(
                         domains = ?config.domains,
@@ -304,13 +373,120 @@ impl Manager {
         }
     }
 
+    /// Orders a certificate and serves it; in a fleet only while holding the fleet's ACME
+    /// lock, and `None` when another gate holds it (or stored a certificate meanwhile).
+    async fn order_once(&self, config: &AcmeConfig) -> Result<Option<CertFacts>, AcmeError> {
+        let Some(fleet) = &self.fleet else {
+            tracing::info!(domains = ?config.domains, directory = %config.directory, "ordering a certificate");
+            return self.order(config).await.map(Some);
+        };
+        let id = certificate_id(config);
+        let Some(_lead) = fleet.lead(&id).await? else {
+            tracing::info!(domains = ?config.domains, "another gate of the fleet is ordering the certificate; waiting for it");
+            return Ok(None);
+        };
+        // The gate that held the lock until now may have stored its certificate just before.
+        if !self.next_order_in(config).await?.is_zero() {
+            return Ok(None);
+        }
+        tracing::info!(domains = ?config.domains, directory = %config.directory, "ordering a certificate for the fleet");
+        let facts = self.order(config).await?;
+        // Failing here costs nothing lasting: the next round stores the newer local one.
+        if let Err(e) = self.share_local(fleet, config).await {
+            tracing::warn!(error = %e, "the new certificate is not in Redis yet; the other gates get it on the next try");
+        }
+        Ok(Some(facts))
+    }
+
+    /// Stores the cached certificate in the fleet's Redis.
+    async fn share_local(&self, fleet: &Fleet, config: &AcmeConfig) -> Result<(), AcmeError> {
+        let path = certificate_path(config);
+        let pem = std::fs::read_to_string(&path).map_err(|e| AcmeError::Cache {
+            path: path.clone(),
+            message: format!("cannot read the cached certificate: {e}"),
+        })?;
+        fleet
+            .store_certificate(&certificate_id(config), &pem)
+            .await?;
+        Ok(())
+    }
+
+    /// With `[cluster]`: the newer of the cached certificate and the one in Redis. A newer
+    /// one from Redis replaces the cache; a newer cached one is stored in Redis (a gate that
+    /// ordered while Redis was briefly away, or the first gate of a fleet that began as one).
+    async fn in_step_with_fleet(
+        &self,
+        fleet: &Fleet,
+        config: &AcmeConfig,
+        local: Option<Arc<CertifiedKey>>,
+    ) -> Option<Arc<CertifiedKey>> {
+        let id = certificate_id(config);
+        let stored = match fleet.certificate(&id).await {
+            Ok(stored) => stored,
+            // The outage is logged by the cluster module; the cache serves meanwhile.
+            Err(_) => return local,
+        };
+        let remote = stored.as_deref().and_then(|pem| {
+            match super::files::certified_key_from_pem(pem.as_bytes(), &self.provider) {
+                Ok(key) => covering(config, &key).map(|facts| (key, facts)),
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %id, "the fleet's certificate in Redis is unusable; it will be replaced");
+                    None
+                }
+            }
+        });
+        let local_end = local
+            .as_ref()
+            .and_then(|k| covering(config, k))
+            .map(|f| f.not_after);
+        let remote_end = remote.as_ref().map(|(_, facts)| facts.not_after);
+        let newer_remote =
+            remote.filter(|(_, facts)| local_end.is_none_or(|end| facts.not_after > end));
+        if let Some((key, facts)) = newer_remote {
+            if let Some(pem) = &stored {
+                if let Err(e) = write_private(&certificate_path(config), pem.as_bytes()) {
+                    tracing::warn!(error = %e, "the fleet's certificate is served but not cached on disk");
+                }
+            }
+            tracing::info!(
+                domains = ?config.domains,
+                not_after = %humantime::format_rfc3339_seconds(facts.not_after),
+                replaces_cached = local.is_some(),
+                "serving the certificate another gate of the fleet ordered"
+            );
+            return Some(key);
+        }
+        // Here Redis holds no usable certificate, or one no newer than the cached one.
+        if local_end.is_some() && remote_end != local_end {
+            match self.share_local(fleet, config).await {
+                Ok(()) => {
+                    tracing::info!(domains = ?config.domains, "the cached certificate is now the fleet's (Redis held none or an older one)")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot store the cached certificate in Redis")
+                }
+            }
+        }
+        local
+    }
+
     /// How long until the next order is due: zero when there is no cached certificate for
     /// these names, else until its renewal time (the CA's ARI window when it offers one).
     async fn next_order_in(&self, config: &AcmeConfig) -> Result<Duration, AcmeError> {
         let (config_c, provider) = (config.clone(), self.provider.clone());
         let cached = tokio::task::spawn_blocking(move || cached(&config_c, &provider))
             .await
-            .map_err(|e| AcmeError::Certificate(format!("cache read task failed: {e}")))??;
+            .map_err(|e| AcmeError::Certificate(format!("cache read task failed: {e}")))?;
+        let cached = match (&self.fleet, cached) {
+            (None, cached) => cached?,
+            (Some(fleet), cached) => {
+                let local = cached.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot use the cached ACME certificate");
+                    None
+                });
+                self.in_step_with_fleet(fleet, config, local).await
+            }
+        };
         let Some(key) = cached else {
             return Ok(Duration::ZERO);
         };
@@ -330,7 +506,7 @@ impl Manager {
     /// The start of the CA's suggested renewal window (RFC 9773), if it offers one.
     async fn ari_window(&self, config: &AcmeConfig, facts: &CertFacts) -> Option<SystemTime> {
         let id = facts.ari_id.as_ref()?;
-        let account = self.account(config).await.ok()?;
+        let account = self.account(config, false).await.ok()?;
         match account.renewal_info(id).await {
             Ok((info, _)) => {
                 let start = info.suggested_window.start.unix_timestamp().max(0) as u64;
@@ -358,7 +534,9 @@ impl Manager {
     }
 
     /// The account for this CA: created on first use, then reused from the cache.
-    async fn account(&self, config: &AcmeConfig) -> Result<Account, AcmeError> {
+    /// In a fleet the account is kept in Redis, and only the gate that orders (`register`)
+    /// registers one or stores its cached one there, so the fleet has one account per CA.
+    async fn account(&self, config: &AcmeConfig, register: bool) -> Result<Account, AcmeError> {
         let path = account_path(config);
         let directory_error = |e: instant_acme::Error| AcmeError::Directory {
             directory: config.directory.clone(),
@@ -371,13 +549,41 @@ impl Manager {
             }),
             None => Account::builder().map_err(directory_error),
         };
+        let directory = directory_id(config);
+        if let Some(fleet) = &self.fleet {
+            let stored = match fleet.account(&directory).await {
+                Ok(stored) => stored,
+                Err(e) if register => return Err(e.into()),
+                Err(_) => None,
+            };
+            if let Some(text) = stored {
+                match serde_json::from_str::<AccountCredentials>(&text) {
+                    Ok(credentials) => {
+                        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                            write_private(&path, text.as_bytes())?;
+                        }
+                        return builder()?
+                            .from_credentials(credentials)
+                            .await
+                            .map_err(directory_error);
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "the fleet's ACME account in Redis is unreadable; using or registering another"
+                    ),
+                }
+            }
+        }
         if let Ok(text) = std::fs::read_to_string(&path) {
             match serde_json::from_str::<AccountCredentials>(&text) {
                 Ok(credentials) => {
+                    if let (Some(fleet), true) = (&self.fleet, register) {
+                        fleet.store_account(&directory, &text).await?;
+                    }
                     return builder()?
                         .from_credentials(credentials)
                         .await
-                        .map_err(directory_error)
+                        .map_err(directory_error);
                 }
                 Err(e) => tracing::warn!(
                     path = %path.display(),
@@ -385,6 +591,11 @@ impl Manager {
                     "the cached ACME account is unreadable; registering a new one"
                 ),
             }
+        }
+        if !register {
+            return Err(AcmeError::Protocol(
+                "no ACME account yet; the gate that orders registers one".into(),
+            ));
         }
         let contact: Vec<&str> = config.contact.iter().map(String::as_str).collect();
         let (account, credentials) = builder()?
@@ -405,18 +616,25 @@ impl Manager {
             .map_err(|e| AcmeError::Certificate(format!("cannot store the account: {e}")))?;
         write_private(&path, &json)?;
         tracing::info!(path = %path.display(), "ACME account registered");
+        if let Some(fleet) = &self.fleet {
+            let text = String::from_utf8_lossy(&json);
+            if let Err(e) = fleet.store_account(&directory, &text).await {
+                tracing::warn!(error = %e, "the new ACME account is not in Redis; the next order may register another");
+            }
+        }
         Ok(account)
     }
 
     /// One order, start to finish; on success the certificate is cached and served.
     async fn order(&self, config: &AcmeConfig) -> Result<CertFacts, AcmeError> {
-        let account = self.account(config).await?;
+        let account = self.account(config, true).await?;
         let identifiers: Vec<Identifier> = config
             .domains
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
         let domains = config.domains.join(", ");
+        let id = certificate_id(config);
         let order_error = |e: instant_acme::Error| AcmeError::Order {
             domains: domains.clone(),
             cause: crate::error_chain::describe(&e),
@@ -462,19 +680,31 @@ impl Manager {
                             challenge: kind_name,
                         })?;
                 let key_authorization = challenge.key_authorization();
+                // In a fleet the answer goes to Redis first: the CA may reach any gate.
                 match config.challenge {
                     AcmeChallenge::TlsAlpn01 => {
-                        let cert = tls_alpn_certificate(
-                            &domain,
-                            key_authorization.digest().as_ref(),
-                            &self.provider,
-                        )?;
+                        let digest = key_authorization.digest();
+                        if let Some(fleet) = &self.fleet {
+                            fleet
+                                .publish(&id, TLS_ALPN_01, &domain, &hex::encode(digest.as_ref()))
+                                .await?;
+                        }
+                        let cert = tls_alpn_certificate(&domain, digest.as_ref(), &self.provider)?;
                         self.certs.challenges().publish_tls_alpn(&domain, cert);
                     }
-                    AcmeChallenge::Http01 => self
-                        .certs
-                        .challenges()
-                        .publish_http(&challenge.token, key_authorization.as_str()),
+                    AcmeChallenge::Http01 => {
+                        if let Some(fleet) = &self.fleet {
+                            fleet
+                                .publish(&id, HTTP_01, &challenge.token, key_authorization.as_str())
+                                .await?;
+                        }
+                        self.certs
+                            .challenges()
+                            .publish_http(&challenge.token, key_authorization.as_str());
+                    }
+                }
+                if self.fleet.is_some() {
+                    tokio::time::sleep(FLEET_CHALLENGE_SPREAD).await;
                 }
                 challenge.set_ready().await?;
             }
@@ -498,6 +728,10 @@ impl Manager {
         }
         .await;
         self.certs.challenges().clear();
+        if let Some(fleet) = &self.fleet {
+            // What is left expires on its own.
+            let _ = fleet.withdraw(&id).await;
+        }
         result?;
 
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -521,6 +755,53 @@ impl Manager {
         let facts = CertFacts::of(&certified).map_err(AcmeError::Certificate)?;
         self.certs.replace(Some(certified));
         Ok(facts)
+    }
+}
+
+impl Manager {
+    /// With `[cluster]`: serves the challenge answers the fleet's Redis holds, whichever gate
+    /// published them, until `[tls.acme]` is removed. While Redis is away the last answers
+    /// read stay.
+    async fn follow_challenges(self: Arc<Self>, fleet: Arc<Fleet>) {
+        // tls-alpn-01 certificates made so far, by domain and digest: one key per answer,
+        // not one per poll.
+        let mut made: HashMap<(String, String), Arc<CertifiedKey>> = HashMap::new();
+        while let Some(config) = (self.current)() {
+            if let Ok(answers) = fleet.challenges(&certificate_id(&config)).await {
+                let (mut tls_alpn, mut http) = (HashMap::new(), HashMap::new());
+                let mut kept = HashMap::new();
+                for ((kind, name), value) in answers {
+                    match kind.as_str() {
+                        HTTP_01 => {
+                            http.insert(name, value);
+                        }
+                        TLS_ALPN_01 => {
+                            let name = name.to_ascii_lowercase();
+                            let made_key = (name.clone(), value.clone());
+                            let cert = match made.remove(&made_key) {
+                                Some(cert) => cert,
+                                None => match hex::decode(&value)
+                                    .map_err(|e| AcmeError::Certificate(e.to_string()))
+                                    .and_then(|d| tls_alpn_certificate(&name, &d, &self.provider))
+                                {
+                                    Ok(cert) => cert,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, domain = %name, "cannot answer the fleet's tls-alpn-01 challenge");
+                                        continue;
+                                    }
+                                },
+                            };
+                            tls_alpn.insert(name, cert.clone());
+                            kept.insert(made_key, cert);
+                        }
+                        _ => {}
+                    }
+                }
+                made = kept;
+                self.certs.challenges().replace(tls_alpn, http);
+            }
+            tokio::time::sleep(FLEET_CHALLENGE_POLL).await;
+        }
     }
 }
 
@@ -635,11 +916,12 @@ mod tests {
             certs: Arc::new(CertStore::new(None)),
             provider,
             current: Box::new(|| None),
+            fleet: None,
         };
         let mut acme = config(&["localhost"], &format!("https://127.0.0.1:{port}/dir"));
         acme.directory_ca = Some(root);
         acme.cache_dir = dir.path().join("cache");
-        let error = match manager.account(&acme).await {
+        let error = match manager.account(&acme, true).await {
             Ok(_) => panic!("an account from a directory with a CA as its certificate"),
             Err(e) => e,
         };
