@@ -232,7 +232,9 @@ fn endpoint<'a>(marker: &str, tail: &'a str) -> Option<(Kind, Option<&'a str>)> 
             None => is_digest(tail).then_some((Kind::Blob, Some(tail))),
         },
         "/tags/" => (tail == "list").then_some((Kind::Tags, None)),
-        "/referrers/" => is_digest(tail).then_some((Kind::Referrers, Some(tail))),
+        // Anything digest-like: the gate answers the referrers API itself and says 400 to
+        // a malformed digest, as the spec asks, rather than 404.
+        "/referrers/" => is_digest_like(tail).then_some((Kind::Referrers, Some(tail))),
         _ => None,
     }
 }
@@ -388,6 +390,14 @@ pub fn is_digest(s: &str) -> bool {
     algorithm_ok && hex.len() >= MIN_DIGEST_HEX && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// What could be meant as a digest: 1 to 255 of the characters digests are made of.
+fn is_digest_like(s: &str) -> bool {
+    (1..=255).contains(&s.len())
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'+' | b'=' | b'-')
+        })
+}
+
 /// The registry's route for upload ids: `[a-zA-Z0-9-_.=]+`.
 fn is_upload_id(s: &str) -> bool {
     !s.is_empty()
@@ -444,6 +454,7 @@ mod tests {
                 "Tags pull a.b/c__d/e---f -",
             ),
             ("GET", "/v2/x/referrers/{D}", "Referrers pull x {D}"),
+            ("GET", "/v2/x/referrers/latest", "Referrers pull x latest"),
             // Names may contain the marker words; the grammars pick the one valid split.
             ("GET", "/v2/blobs/blobs/{D}", "Blob pull blobs {D}"),
             (
@@ -527,7 +538,8 @@ mod tests {
             ("GET", "/v2/a/blobs/latest", UnknownEndpoint),
             ("GET", "/v2/a/blobs/sha256:abc", UnknownEndpoint),
             ("GET", "/v2/a/tags/list/", UnknownEndpoint),
-            ("GET", "/v2/a/referrers/latest", UnknownEndpoint),
+            ("GET", "/v2/a/referrers/x/y", UnknownEndpoint),
+            ("GET", "/v2/a/referrers/x!y", UnknownEndpoint),
             ("GET", "/v2/A/manifests/x", InvalidName),
             ("GET", "/v2/a-/manifests/x", InvalidName),
             ("GET", "/v2/a..b/manifests/x", InvalidName),

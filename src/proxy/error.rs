@@ -134,6 +134,9 @@ pub enum GateError {
     /// only and answers `DIGEST_INVALID`, which tells a client nothing it can act on).
     #[error("{repository}:{tag}: the registry deletes manifests by digest only")]
     DeleteByTag { repository: String, tag: String },
+    /// A digest in the path that is not `<algorithm>:<hex>` (the referrers API's 400).
+    #[error("not a digest: {0}")]
+    DigestInvalid(String),
     /// A `[[protect]]` write needs the fleet's write lock and the shared Redis cannot give
     /// it (unreachable, too slow, or another gate holds it too long): refused, never passed
     /// unchecked. The detail is for the log.
@@ -193,7 +196,8 @@ impl GateError {
             | GateError::CrossSiteForm
             | GateError::DeletesDisabled
             | GateError::TagMoved { .. }
-            | GateError::DeleteByTag { .. } => Side::Client,
+            | GateError::DeleteByTag { .. }
+            | GateError::DigestInvalid(_) => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_)
@@ -281,6 +285,7 @@ impl GateError {
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::DeleteByTag { .. } => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            GateError::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
             // 503 with Retry-After: nothing was written, and the same push succeeds once the
             // lock can be had again.
             GateError::LockUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
@@ -368,6 +373,9 @@ impl GateError {
             GateError::DeleteByTag { repository, tag } => format!(
                 "this registry deletes manifests by digest only: read the digest of {repository}:{tag} (HEAD /v2/{repository}/manifests/{tag}, header Docker-Content-Digest) and DELETE /v2/{repository}/manifests/<digest>, which removes every tag pointing to it; to remove only this tag, push another manifest to it or use the browser"
             ),
+            GateError::DigestInvalid(_) => {
+                "the digest in the path is not <algorithm>:<hex>, e.g. sha256: and 64 hex digits".into()
+            }
             GateError::LockUnavailable(_) => {
                 "this repository holds protected tags and the gates cannot agree on who writes it right now; nothing was written, retry shortly".into()
             }
@@ -553,6 +561,7 @@ mod tests {
                 400,
                 "UNSUPPORTED",
             ),
+            (GateError::DigestInvalid("x".into()), 400, "DIGEST_INVALID"),
         ];
         for (e, status, code) in cases {
             let (s, json, version) = parts(e).await;

@@ -24,6 +24,8 @@
 //! - `media_types`: the manifest media types read in registry answers.
 //! - `protect`: phase 5, guard tags (`[[protect]]`), refusing writes that would move or delete a
 //!   protected tag.
+//! - `referrers`: the OCI 1.1 referrers API, answered by the gate, and the index it keeps
+//!   of each manifest's referrers (phases 6 and 7 for a manifest with a `subject`).
 //! - `token_endpoint`: the `/token` endpoint of token mode (routed to by the front).
 //! - `access_log`: the access record, written when the response is done.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
@@ -43,6 +45,7 @@ pub(crate) mod form;
 pub mod headers;
 mod media_types;
 pub(crate) mod protect;
+mod referrers;
 pub mod registry;
 pub mod token_endpoint;
 pub(crate) mod write_locks;
@@ -104,12 +107,43 @@ async fn phases<'u>(
     let target = target(ctx, caller, class, uri);
     // 5. Guard tags: a manifest write the rules allowed may still not move or delete a
     // protected tag. The lock it may hand back is held until the registry has answered.
-    let _write_lock =
+    let write_lock =
         protect::guard_tags(ctx, &request, class, &caller.protect_subject(), host).await?;
+    // The referrers API, which registry 2.8 lacks, is the gate's own answer.
+    if class.kind == Kind::Referrers {
+        return referrers::answer(ctx, &request, class, host).await;
+    }
+    // A manifest with a `subject`, pushed or deleted, changes its subject's referrers.
+    let referrer = referrers::change_of(ctx, &request, class, host).await?;
+    let request_head = referrer.as_ref().map(|_| clone_head(&request));
     // 6. Forward, and hand a change the registry accepted to the activity ring and events.
-    let forwarded = forward(ctx, request, class, caller, &target, host).await?;
+    let mut forwarded = forward(ctx, request, class, caller, &target, host).await?;
+    // The referrer's entry is written (under the write lock, which `[[protect]]` may hold
+    // already) before the client hears that its push was accepted.
+    if let (Some(change), Some(head)) = (referrer, request_head) {
+        referrers::apply(
+            ctx,
+            &head,
+            change,
+            &mut forwarded.response,
+            write_lock,
+            host,
+        )
+        .await;
+    } else {
+        drop(write_lock);
+    }
     // 7. Respond.
     respond(ctx, forwarded, class, caller, host).await
+}
+
+/// The method, URI and headers of a request, for a step after the request itself went on.
+fn clone_head(request: &Request<()>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.headers_mut() = request.headers().clone();
+    head
 }
 
 /// What the phases returned that the access line tells: the classified request (phase 2),

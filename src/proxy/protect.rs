@@ -136,7 +136,7 @@ fn still_held(guard: WriteGuard, repository: &str) -> Result<WriteGuard, GateErr
 }
 
 /// The manifest being pushed, whole; kept for forwarding.
-async fn read_manifest(ctx: &mut RequestContext) -> Result<bytes::Bytes, GateError> {
+pub(super) async fn read_manifest(ctx: &mut RequestContext) -> Result<bytes::Bytes, GateError> {
     let idle = ctx.snapshot.upstream.read_timeout();
     match ctx.body.read_whole(MAX_BODY_BYTES, idle).await {
         Ok(bytes) => Ok(bytes),

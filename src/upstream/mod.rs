@@ -210,7 +210,31 @@ impl Upstream {
         path_and_query: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut request = Request::new(RequestBody::empty());
+        self.own(method, path_and_query, headers, RequestBody::empty())
+            .await
+    }
+
+    /// A request of the gate's own making with a small body it made (a referrers index),
+    /// bounded by the read timeout like `lookup`.
+    pub async fn write(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.own(method, path_and_query, headers, RequestBody::full(body))
+            .await
+    }
+
+    async fn own(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: RequestBody,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = self.uri_for(path_and_query)?;
         *request.headers_mut() = headers;

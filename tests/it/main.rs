@@ -31,6 +31,7 @@ mod promise;
 mod properties;
 mod protect;
 mod quickstart;
+mod referrers;
 mod secure_docker;
 mod tls_hardening;
 mod tokens;

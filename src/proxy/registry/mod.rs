@@ -194,6 +194,47 @@ impl Registry {
         parse_manifest(&body, content_type, headers.get("docker-content-digest")).map(Some)
     }
 
+    /// The manifest a tag or digest names as the registry stores it: its media type and
+    /// bytes; `None` when there is none.
+    pub async fn manifest_bytes(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<(String, Bytes)>, GateError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let (status, headers, body) = self.read(Method::GET, &path, true).await?;
+        match status {
+            StatusCode::OK => Ok(Some((media_type(&headers), body))),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(answered(&Method::GET, &path, status)),
+        }
+    }
+
+    /// Stores `body` (of `media_type`) as the manifest `reference` of `repository`.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        media_type: &'static str,
+        body: Bytes,
+    ) -> Result<(), GateError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let mut headers = self.headers();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+        let response = self
+            .upstream
+            .write(Method::PUT, &path, headers, body)
+            .await?;
+        let status = response.status();
+        let (_, answer) = response.into_parts();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = self.capped(answer, 4096).await.unwrap_or_default();
+        tracing::warn!(status = %status, body = %String::from_utf8_lossy(&text), path, "the registry refused a manifest the gate wrote");
+        Err(answered(&Method::PUT, &path, status))
+    }
+
     /// The image config blob `digest` of `repository`, or `None` if it cannot be read.
     pub async fn config(
         &self,
@@ -315,15 +356,21 @@ impl Registry {
         path: &str,
         manifests: bool,
     ) -> Result<Response<Incoming>, GateError> {
+        let mut headers = self.headers();
+        if manifests {
+            headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT_MANIFESTS));
+        }
+        Ok(self.upstream.lookup(method, path, headers).await?)
+    }
+
+    /// `Host` and, where the registry checks them, the client's credentials.
+    fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, self.host.clone());
         if let Some(authorization) = &self.authorization {
             headers.insert(header::AUTHORIZATION, authorization.clone());
         }
-        if manifests {
-            headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT_MANIFESTS));
-        }
-        Ok(self.upstream.lookup(method, path, headers).await?)
+        headers
     }
 
     /// A registry body, whole, refused beyond `limit` bytes or after the read timeout.

@@ -1,0 +1,302 @@
+//! The OCI 1.1 referrers API in front of registry 2.8, which has none, against the real
+//! registry: an image pushed with skopeo, artifacts that refer to it attached at the same
+//! moment, listed with and without the `artifactType` filter, one deleted, and a referrer an
+//! older client indexed itself (directly in the registry) kept alongside.
+
+use crate::util;
+
+use std::process::Command;
+
+use base64::Engine;
+use http::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use util::client::{full, request, text, HttpsClient, Proto};
+use util::gate::{Gate, GateConfig};
+use util::image::oci_image;
+use util::registry::Registry;
+use util::{describe, run, temp_dir};
+
+const CI: (&str, &str) = ("ci", "ci-secret");
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+const SBOM: &str = "application/spdx+json";
+const SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+fn basic((user, password): (&str, &str)) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", util::hex(&Sha256::digest(bytes)))
+}
+
+/// An artifact manifest of `artifact_type` referring to `subject`, with the empty config and
+/// one empty layer, as oras writes an artifact without files.
+fn artifact(artifact_type: &str, subject: &str, mark: &str) -> Vec<u8> {
+    let empty = json!({ "mediaType": EMPTY, "digest": digest_of(b"{}"), "size": 2 });
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": empty,
+        "layers": [empty],
+        "subject": { "mediaType": OCI_MANIFEST, "digest": subject, "size": 1 },
+        "annotations": { "mark": mark },
+    }))
+    .expect("serialise")
+}
+
+struct Api {
+    gate: Gate,
+    client: HttpsClient,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let mut builder = request(method, &self.gate.url(path))
+            .header("Authorization", basic(CI))
+            .header("Accept", format!("{OCI_INDEX}, {OCI_MANIFEST}"));
+        if let Some(content_type) = content_type {
+            builder = builder.header("Content-Type", content_type);
+        }
+        let response = self
+            .client
+            .send(builder.body(full(body)).expect("request"))
+            .await;
+        let (status, headers) = (response.status(), response.headers().clone());
+        (status, headers, text(response).await)
+    }
+
+    /// The referrers of `subject`, as (status, index, `OCI-Filters-Applied`).
+    async fn referrers(&self, subject: &str, query: &str) -> (StatusCode, Value, Option<String>) {
+        let (status, headers, body) = self
+            .call(
+                "GET",
+                &format!("/v2/team/app/referrers/{subject}{query}"),
+                None,
+                Vec::new(),
+            )
+            .await;
+        if status == StatusCode::OK {
+            assert_eq!(
+                headers.get("content-type").and_then(|v| v.to_str().ok()),
+                Some(OCI_INDEX)
+            );
+        }
+        let filters = headers
+            .get("oci-filters-applied")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (status, json, filters)
+    }
+}
+
+fn listed(index: &Value) -> Vec<String> {
+    let mut digests: Vec<String> = index["manifests"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|d| d["digest"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    digests.sort();
+    digests
+}
+
+/// `curl` straight to the registry, as a client did before the gate was put in front.
+fn put_directly(registry: &Registry, path: &str, content_type: &str, body: &[u8]) {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), body).expect("write body");
+    let out = run(Command::new("curl")
+        .args(["-sSf", "-X", "PUT", "-H"])
+        .arg(format!("Content-Type: {content_type}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.path().display()))
+        .arg(format!("{}{path}", registry.url)));
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_are_listed_filtered_attached_at_once_and_deleted() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url).basic_auth(&[CI]));
+    let image = oci_image(&tmp.path().join("image"), 1, 1024);
+    let (sk, source) = (gate.host(), image.reference());
+    let pushed = tokio::task::spawn_blocking(move || {
+        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
+    })
+    .await
+    .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let api = Api {
+        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
+        gate,
+    };
+    let subject = image.manifest_digest.clone();
+
+    // Nothing refers to it yet: an empty index, never 404; a malformed digest is 400.
+    let (status, index, filters) = api.referrers(&subject, "").await;
+    assert_eq!(status, StatusCode::OK, "{index}");
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(index["mediaType"], OCI_INDEX);
+    assert_eq!(listed(&index), Vec::<String>::new());
+    assert_eq!(filters, None);
+    let (status, _, body) = api
+        .call("GET", "/v2/team/app/referrers/latest", None, Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("DIGEST_INVALID"), "{body}");
+
+    // The empty blob the artifacts use as config and layer.
+    let (status, headers, body) = api
+        .call("POST", "/v2/team/app/blobs/uploads/", None, Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let location = header_text(&headers, "location").expect("an upload location");
+    let path = &location[location.find("/v2/").expect("a /v2/ location")..];
+    let (status, _, body) = api
+        .call(
+            "PUT",
+            &format!("{path}&digest={}", digest_of(b"{}")),
+            Some("application/octet-stream"),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // An older client attached one itself, straight to the registry, fallback tag and all.
+    let old = artifact("application/vnd.example.old", &subject, "old");
+    let old_digest = digest_of(&old);
+    put_directly(
+        &registry,
+        &format!("/v2/team/app/manifests/{old_digest}"),
+        OCI_MANIFEST,
+        &old,
+    );
+    let fallback = format!("sha256-{}", subject.trim_start_matches("sha256:"));
+    let old_index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": old_digest,
+            "size": old.len(),
+            "artifactType": "application/vnd.example.old",
+        }],
+    }))
+    .expect("serialise");
+    put_directly(
+        &registry,
+        &format!("/v2/team/app/manifests/{fallback}"),
+        OCI_INDEX,
+        &old_index,
+    );
+    let (_, index, _) = api.referrers(&subject, "").await;
+    assert_eq!(listed(&index), vec![old_digest.clone()], "{index}");
+
+    // Two attaches at the same moment: both answered OCI-Subject, both listed.
+    let sbom = artifact(SBOM, &subject, "sbom");
+    let signature = artifact(SIGNATURE, &subject, "sig");
+    let (sbom_digest, signature_digest) = (digest_of(&sbom), digest_of(&signature));
+    let sbom_path = format!("/v2/team/app/manifests/{sbom_digest}");
+    let signature_path = format!("/v2/team/app/manifests/{signature_digest}");
+    let (a, b) = tokio::join!(
+        api.call("PUT", &sbom_path, Some(OCI_MANIFEST), sbom.clone()),
+        api.call(
+            "PUT",
+            &signature_path,
+            Some(OCI_MANIFEST),
+            signature.clone()
+        ),
+    );
+    for (status, headers, body) in [a, b] {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(
+            header_text(&headers, "oci-subject"),
+            Some(subject.as_str()),
+            "{headers:?}"
+        );
+    }
+    let mut all = vec![
+        old_digest.clone(),
+        sbom_digest.clone(),
+        signature_digest.clone(),
+    ];
+    all.sort();
+    let (_, index, filters) = api.referrers(&subject, "").await;
+    assert_eq!(listed(&index), all, "{index}");
+    assert_eq!(filters, None);
+    let entry = index["manifests"]
+        .as_array()
+        .and_then(|m| m.iter().find(|d| d["digest"] == sbom_digest))
+        .cloned()
+        .expect("the SBOM's entry");
+    assert_eq!(entry["artifactType"], SBOM);
+    assert_eq!(entry["mediaType"], OCI_MANIFEST);
+    assert_eq!(entry["size"], sbom.len());
+    assert_eq!(entry["annotations"]["mark"], "sbom");
+
+    // The filter, and the header saying it was applied.
+    let (_, index, filters) = api
+        .referrers(&subject, "?artifactType=application%2Fspdx%2Bjson")
+        .await;
+    assert_eq!(listed(&index), vec![sbom_digest.clone()], "{index}");
+    assert_eq!(filters.as_deref(), Some("artifactType"));
+
+    // The fallback tag holds what a client following the fallback schema would have written.
+    let (status, headers, body) = api
+        .call(
+            "GET",
+            &format!("/v2/team/app/manifests/{fallback}"),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(header_text(&headers, "content-type"), Some(OCI_INDEX));
+    let stored: Value = serde_json::from_str(&body).expect("an index");
+    assert_eq!(listed(&stored), all);
+
+    // A delete removes its entry.
+    let (status, _, body) = api.call("DELETE", &signature_path, None, Vec::new()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (_, index, _) = api.referrers(&subject, "").await;
+    let mut left = vec![old_digest, sbom_digest];
+    left.sort();
+    assert_eq!(listed(&index), left, "{index}");
+
+    // A push without a subject is not answered OCI-Subject.
+    let plain = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": EMPTY, "digest": digest_of(b"{}"), "size": 2 },
+        "layers": [],
+    }))
+    .expect("serialise");
+    let (status, headers, body) = api
+        .call(
+            "PUT",
+            "/v2/team/app/manifests/plain",
+            Some(OCI_MANIFEST),
+            plain,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(header_text(&headers, "oci-subject"), None);
+}
+
+fn header_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
