@@ -76,6 +76,17 @@ else
         python3 -m pip install --quiet --break-system-packages "$KUBERNETES_VALIDATE"
 fi
 
+# oras (the Python SDK, oras-py): a real OCI 1.1 client for the referrers tests; Debian has
+# no package of it. Pinned, as the API it is driven through (tests/it/oras_attach.py) moves.
+ORAS=oras==0.2.43
+if python3 -c 'import oras.client' 2>/dev/null; then
+    echo "install-test-deps: oras is installed"
+else
+    echo "install-test-deps: installing $ORAS"
+    python3 -m pip install --quiet "$ORAS" ||
+        python3 -m pip install --quiet --break-system-packages "$ORAS"
+fi
+
 # cargo-fuzz for scripts/fuzz: about a minute to build, once per machine, so only when the
 # fuzzing run is asked for (FUZZ_SECONDS, see scripts/test).
 if [ "${FUZZ_SECONDS:-0}" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then

@@ -1,7 +1,8 @@
 //! The OCI 1.1 referrers API in front of registry 2.8, which has none, against the real
 //! registry: an image pushed with skopeo, artifacts that refer to it attached at the same
 //! moment, listed with and without the `artifactType` filter, one deleted, and a referrer an
-//! older client indexed itself (directly in the registry) kept alongside.
+//! older client indexed itself (directly in the registry) kept alongside; and oras-py (a
+//! real OCI 1.1 client, `oras_attach.py`) attaching two files to an image skopeo pushed.
 
 use crate::util;
 
@@ -299,4 +300,106 @@ async fn referrers_are_listed_filtered_attached_at_once_and_deleted() {
 
 fn header_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// oras (oras-py) attaches an SBOM and a signature-like file to an image skopeo pushed, one
+/// at the same moment as the other; both are listed through the API, the filter keeps one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oras_attaches_to_a_skopeo_image_and_both_are_listed() {
+    util::require_tool("python3", "python3");
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url).basic_auth(&[CI]));
+    let image = oci_image(&tmp.path().join("image"), 1, 1024);
+    let (sk, source) = (gate.host(), image.reference());
+    let pushed = tokio::task::spawn_blocking(move || {
+        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
+    })
+    .await
+    .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let manifest = std::fs::read(
+        image
+            .dir
+            .join("blobs/sha256")
+            .join(image.manifest_digest.trim_start_matches("sha256:")),
+    )
+    .expect("the image's manifest");
+
+    let attach = |tag: &str, file: &str, content: &str, config_type: &str| {
+        let path = tmp.path().join(file);
+        std::fs::write(&path, content).expect("write the attached file");
+        let mut command = Command::new("python3");
+        command
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/it/oras_attach.py"
+            ))
+            .args([&gate.authority(), CI.0, CI.1, "team/app", tag])
+            .arg(&image.manifest_digest)
+            .arg(manifest.len().to_string())
+            .arg(&path)
+            .arg(config_type)
+            .env("REQUESTS_CA_BUNDLE", &gate.pki.ca_pem)
+            .current_dir(tmp.path());
+        command
+    };
+    let mut sbom = attach(
+        "sbom",
+        "sbom.spdx.json",
+        "{\"spdxVersion\":\"SPDX-2.3\"}",
+        SBOM,
+    );
+    let mut signature = attach("sig", "signature.sig", "signed", SIGNATURE);
+    let (sbom, signature) = std::thread::scope(|s| {
+        let a = s.spawn(|| run(&mut sbom));
+        let b = s.spawn(|| run(&mut signature));
+        (
+            a.join().expect("oras thread"),
+            b.join().expect("oras thread"),
+        )
+    });
+    for out in [&sbom, &signature] {
+        assert!(out.status.success(), "{}", describe(out));
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            printed.trim(),
+            format!("201 {}", image.manifest_digest),
+            "{}",
+            describe(out)
+        );
+    }
+
+    let api = Api {
+        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
+        gate,
+    };
+    let (status, index, _) = api.referrers(&image.manifest_digest, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let types: Vec<&str> = index["manifests"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|d| d["artifactType"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(types.len(), 2, "{index}");
+    assert!(
+        types.contains(&SBOM) && types.contains(&SIGNATURE),
+        "{index}"
+    );
+    let (_, index, filters) = api
+        .referrers(
+            &image.manifest_digest,
+            "?artifactType=application/vnd.dev.cosign.artifact.sig.v1%2Bjson",
+        )
+        .await;
+    assert_eq!(filters.as_deref(), Some("artifactType"));
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(1),
+        "{index}"
+    );
+    assert_eq!(index["manifests"][0]["artifactType"], SIGNATURE);
 }
