@@ -45,7 +45,7 @@ pub(crate) mod form;
 pub mod headers;
 mod media_types;
 pub(crate) mod protect;
-mod referrers;
+pub(crate) mod referrers;
 pub mod registry;
 pub mod token_endpoint;
 pub(crate) mod write_locks;

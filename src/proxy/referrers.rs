@@ -90,6 +90,53 @@ pub fn fallback_tag(digest: &str) -> Option<String> {
     Some(format!("{}-{}", cut(algorithm, 32), cut(hex, 64)))
 }
 
+/// Whether `tag` is a fallback tag of the referrers tag schema for a SHA-256 subject, which
+/// the browser shows under its image rather than as a tag.
+pub fn is_fallback_tag(tag: &str) -> bool {
+    tag.strip_prefix("sha256-").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// One manifest that refers to another, as its subject's index lists it.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: String,
+    pub artifact_type: String,
+    pub size: Option<u64>,
+}
+
+/// What refers to `digest` in `repository` (for the browser), read from its fallback tag.
+pub async fn referrers_of(
+    registry: &Registry,
+    repository: &str,
+    digest: &str,
+) -> Result<Vec<Referrer>, GateError> {
+    let Some(tag) = fallback_tag(digest) else {
+        return Ok(Vec::new());
+    };
+    let stored = registry.manifest_bytes(repository, &tag).await?;
+    Ok(stored
+        .map(|(_, bytes)| listed(&bytes))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            Some(Referrer {
+                digest: m.get("digest")?.as_str()?.to_string(),
+                artifact_type: m
+                    .get("artifactType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                size: m.get("size").and_then(Value::as_u64),
+            })
+        })
+        .collect())
+}
+
 /// The registry as the gate asks it for this request; with `[auth] mode = "none"` the
 /// registry may check the client's own credentials.
 fn registry(ctx: &RequestContext, request: &Request<()>, host: &HeaderValue) -> Registry {
@@ -376,6 +423,14 @@ mod tests {
     const S: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn fallback_tags_are_told_from_other_tags() {
+        assert!(is_fallback_tag(&fallback_tag(S).expect("tag")));
+        assert!(!is_fallback_tag("sha256-abc"));
+        assert!(!is_fallback_tag(&format!("sha256-{}", "A".repeat(64))));
+        assert!(!is_fallback_tag("v1"));
+    }
 
     #[test]
     fn the_fallback_tag_is_algorithm_dash_hex_cut_as_the_spec_says() {

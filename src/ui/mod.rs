@@ -617,6 +617,12 @@ impl Browser {
         let mut listing = self.registry.tags(name).await?.ok_or(GateError::NotFound)?;
         // distribution lists tags in its storage's order, which pages cannot be built on.
         listing.names.sort_unstable();
+        // Referrers indexes (`sha256-<hex>`) belong to their images: shown on their pages.
+        let before = listing.names.len();
+        listing
+            .names
+            .retain(|tag| !crate::proxy::referrers::is_fallback_tag(tag));
+        let referrer_tags = before - listing.names.len();
         let asked = request.uri().query();
         let deleted = query_values(asked, "deleted")
             .into_iter()
@@ -659,6 +665,7 @@ impl Browser {
             pages,
             first: first + 1,
             matching: matching.len(),
+            referrer_tags,
         };
         Ok(page(
             StatusCode::OK,
@@ -741,6 +748,11 @@ impl Browser {
             ManifestKind::Index { manifests } => self.children(name, manifests).await,
             _ => Vec::new(),
         };
+        // Its signatures and attestations; a page without them beats no page.
+        let referrers =
+            crate::proxy::referrers::referrers_of(&self.registry, name, &manifest.digest)
+                .await
+                .unwrap_or_default();
         let view = ManifestView {
             name,
             host: &self.host,
@@ -748,6 +760,7 @@ impl Browser {
             manifest: &manifest,
             config: config.as_ref(),
             children,
+            referrers,
             can_delete: by_tag && self.may_delete(ctx, name),
         };
         let title = format!("{name}:{reference}");

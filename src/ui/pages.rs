@@ -164,6 +164,8 @@ pub struct RepositoryView<'a> {
     /// The position of this page's first tag among the `matching` ones, from 1.
     pub first: usize,
     pub matching: usize,
+    /// Referrers indexes (`sha256-<hex>` tags) left out: each image's page lists its own.
+    pub referrer_tags: usize,
 }
 
 pub fn repository(chrome: &Chrome, view: &RepositoryView) -> Html {
@@ -267,6 +269,11 @@ pub fn repository(chrome: &Chrome, view: &RepositoryView) -> Html {
     if !view.complete {
         h.raw("<p class=\"notice\">The registry holds more tags than the browser reads; the list is cut.</p>");
     }
+    if view.referrer_tags > 0 {
+        h.raw("<p class=\"muted\" id=\"referrer-tags\">")
+            .num(view.referrer_tags as u64)
+            .raw(" referrers tag(s) (<code>sha256-…</code>) not listed: each image's page shows its signatures and attestations.</p>");
+    }
     h
 }
 
@@ -297,6 +304,8 @@ pub struct ManifestView<'a> {
     pub manifest: &'a Manifest,
     pub config: Option<&'a ImageConfig>,
     pub children: Vec<ChildRow>,
+    /// Signatures, SBOMs and other artifacts whose subject this manifest is.
+    pub referrers: Vec<crate::proxy::referrers::Referrer>,
     pub can_delete: bool,
 }
 
@@ -410,6 +419,28 @@ pub fn manifest(chrome: &Chrome, view: &ManifestView) -> Html {
         ManifestKind::Other => {
             h.raw("<p class=\"muted\">Not an image or an index; nothing more to show.</p>");
         }
+    }
+    if !view.referrers.is_empty() {
+        h.raw("<h2>Signatures and attestations</h2><table class=\"referrers\" id=\"referrers\"><thead><tr><th>Artifact type</th><th>Digest</th><th>Size</th></tr></thead><tbody>");
+        for r in &view.referrers {
+            h.raw("<tr><td>")
+                .text(&r.artifact_type)
+                .raw("</td><td><a href=\"")
+                .text(chrome.base)
+                .raw("repo/")
+                .text(view.name)
+                .raw("/-/manifest/")
+                .text(&r.digest)
+                .raw("\"><code>")
+                .text(short_digest(&r.digest))
+                .raw("</code></a></td><td>");
+            match r.size {
+                Some(size) => h.text(&human_size(size)),
+                None => h.raw("—"),
+            };
+            h.raw("</td></tr>");
+        }
+        h.raw("</tbody></table>");
     }
     if let (true, Some(tag)) = (view.can_delete, view.tag) {
         h.raw("<p><a class=\"delete button\" id=\"delete\" href=\"")
@@ -662,6 +693,11 @@ mod tests {
                     manifest: &m,
                     config: Some(&hostile_config),
                     children: vec![],
+                    referrers: vec![crate::proxy::referrers::Referrer {
+                        digest: format!("sha256:{}", "a".repeat(64)),
+                        artifact_type: HOSTILE.to_string(),
+                        size: Some(1),
+                    }],
                     can_delete: true,
                 },
             ),

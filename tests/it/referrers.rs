@@ -77,6 +77,36 @@ impl Api {
         (status, headers, text(response).await)
     }
 
+    async fn call_form(&self, path: &str, form: &str) -> (StatusCode, http::HeaderMap, String) {
+        let response = self
+            .client
+            .send(
+                request("POST", &self.gate.url(path))
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .header("Origin", format!("https://{}", self.gate.authority()))
+                    .body(full(form.as_bytes().to_vec()))
+                    .expect("request"),
+            )
+            .await;
+        let (status, headers) = (response.status(), response.headers().clone());
+        (status, headers, text(response).await)
+    }
+
+    /// A browser page, with the session `cookie`.
+    async fn browse(&self, path: &str, cookie: &str) -> String {
+        let response = self
+            .client
+            .send(
+                request("GET", &self.gate.url(path))
+                    .header("Cookie", cookie)
+                    .body(full(Vec::new()))
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        text(response).await
+    }
+
     /// The referrers of `subject`, as (status, index, `OCI-Filters-Applied`).
     async fn referrers(&self, subject: &str, query: &str) -> (StatusCode, Value, Option<String>) {
         let (status, headers, body) = self
@@ -296,6 +326,23 @@ async fn referrers_are_listed_filtered_attached_at_once_and_deleted() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(header_text(&headers, "oci-subject"), None);
+
+    // The browser lists the image's referrers on its page, not the fallback tag as a tag.
+    let (status, headers, body) = api
+        .call_form("/ui/login", &format!("user={}&password={}", CI.0, CI.1))
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let cookie = header_text(&headers, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let repository = api.browse("/ui/repo/team/app", &cookie).await;
+    assert!(repository.contains("data-tag=\"v1\""), "{repository}");
+    assert!(!repository.contains("data-tag=\"sha256-"), "{repository}");
+    assert!(repository.contains("id=\"referrer-tags\""), "{repository}");
+    let image_page = api.browse("/ui/repo/team/app/-/tag/v1", &cookie).await;
+    assert!(image_page.contains("id=\"referrers\""), "{image_page}");
+    assert!(image_page.contains(SBOM), "{image_page}");
 }
 
 fn header_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
