@@ -18,6 +18,8 @@ use crate::upstream::UpstreamError;
 /// The registry API version header every `/v2/` response carries; docker checks it on the ping.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const API_VERSION: &str = "registry/2.0";
+/// The upload's id on every answer about a blob upload.
+pub const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
 
 /// How a 401 tells the client to authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +164,26 @@ pub enum GateError {
     /// The browser: the tag points at another manifest than the one the delete confirmed.
     #[error("{repository}:{tag} moved after the delete was confirmed")]
     TagMoved { repository: String, tag: String },
+    /// A chunk of a blob upload (`PATCH` with `Content-Range`) that does not start where the
+    /// upload stands, or whose `Content-Range` cannot be read. Refused before its body is
+    /// forwarded (2.8 would append it wherever the upload stands, and the blob would be
+    /// wrong), with where the upload stands as the registry said it (`Range`, and the
+    /// `Location` and `Docker-Upload-UUID` to go on with).
+    #[error("an upload chunk with Content-Range {:?} does not start at the upload's end (Range {:?})", .0.content_range, .0.range)]
+    ChunkOutOfOrder(Box<ChunkOutOfOrder>),
+}
+
+/// A chunk refused as out of order, and where its upload stands (boxed: the rest of
+/// `GateError` is small, and every phase returns it).
+#[derive(Debug)]
+pub struct ChunkOutOfOrder {
+    /// The chunk's `Content-Range`, as sent.
+    pub content_range: HeaderValue,
+    /// The registry's `Range` for the upload: `0-<last byte>`.
+    pub range: HeaderValue,
+    /// The registry's `Location` to go on with, at the gate's origin.
+    pub location: Option<HeaderValue>,
+    pub upload_uuid: Option<HeaderValue>,
 }
 
 /// The registry gave no answer: what the client hears of it, and on whose side it was.
@@ -197,7 +219,8 @@ impl GateError {
             | GateError::DeletesDisabled
             | GateError::TagMoved { .. }
             | GateError::DeleteByTag { .. }
-            | GateError::DigestInvalid(_) => Side::Client,
+            | GateError::DigestInvalid(_)
+            | GateError::ChunkOutOfOrder(_) => Side::Client,
             GateError::UpstreamUnreachable(_)
             | GateError::UpstreamTimeout
             | GateError::UpstreamFailed(_)
@@ -296,6 +319,8 @@ impl GateError {
             GateError::DeletesDisabled => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             // As for a protected tag: the registry's state, not the rules, stands in the way.
             GateError::TagMoved { .. } => (StatusCode::CONFLICT, "DENIED"),
+            // The spec's answer to a chunk out of order, with distribution's own code for it.
+            GateError::ChunkOutOfOrder(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
         }
     }
 
@@ -393,6 +418,11 @@ impl GateError {
             GateError::TagMoved { repository, tag } => format!(
                 "{repository}:{tag} points at another manifest than the one confirmed; review it and confirm again"
             ),
+            GateError::ChunkOutOfOrder(chunk) => format!(
+                "this chunk (Content-Range: {}) does not start where the upload stands (Range: {}); nothing was written: send the chunk that starts after the end of Range to the Location of this answer",
+                String::from_utf8_lossy(chunk.content_range.as_bytes()),
+                String::from_utf8_lossy(chunk.range.as_bytes())
+            ),
         };
         let mut response = registry_error(status, code, &message);
         let headers = response.headers_mut();
@@ -410,6 +440,15 @@ impl GateError {
             }
             GateError::Condemned { .. } | GateError::LockUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GateError::ChunkOutOfOrder(chunk) => {
+                headers.insert(header::RANGE, chunk.range.clone());
+                if let Some(location) = &chunk.location {
+                    headers.insert(header::LOCATION, location.clone());
+                }
+                if let Some(uuid) = &chunk.upload_uuid {
+                    headers.insert(UPLOAD_UUID_HEADER, uuid.clone());
+                }
             }
             _ => {}
         }
@@ -562,6 +601,16 @@ mod tests {
                 "UNSUPPORTED",
             ),
             (GateError::DigestInvalid("x".into()), 400, "DIGEST_INVALID"),
+            (
+                GateError::ChunkOutOfOrder(Box::new(ChunkOutOfOrder {
+                    content_range: HeaderValue::from_static("5-9"),
+                    range: HeaderValue::from_static("0-9"),
+                    location: None,
+                    upload_uuid: None,
+                })),
+                416,
+                "RANGE_INVALID",
+            ),
         ];
         for (e, status, code) in cases {
             let (s, json, version) = parts(e).await;
@@ -615,6 +664,33 @@ mod tests {
         let (status, json, _) = parts(e).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(json["errors"][0]["code"], "TOOMANYREQUESTS");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_out_of_order_tells_where_the_upload_stands() {
+        let e = GateError::ChunkOutOfOrder(Box::new(ChunkOutOfOrder {
+            content_range: HeaderValue::from_static("20-29"),
+            range: HeaderValue::from_static("0-9"),
+            location: Some(HeaderValue::from_static(
+                "https://reg.example/v2/a/blobs/uploads/u?_state=s2",
+            )),
+            upload_uuid: Some(HeaderValue::from_static("u")),
+        }));
+        assert_eq!(e.side(), Side::Client);
+        let r = e.to_response();
+        assert_eq!(r.headers()[header::RANGE], "0-9");
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://reg.example/v2/a/blobs/uploads/u?_state=s2"
+        );
+        assert_eq!(r.headers()[UPLOAD_UUID_HEADER], "u");
+        let (status, json, _) = parts(e).await;
+        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+        let message = json["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("20-29") && message.contains("0-9"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

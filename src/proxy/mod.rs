@@ -26,6 +26,8 @@
 //!   protected tag.
 //! - `referrers`: the OCI 1.1 referrers API, answered by the gate, and the index it keeps
 //!   of each manifest's referrers (phases 6 and 7 for a manifest with a `subject`).
+//! - `tags`: the tag listing sorted and paged (`n`, `last`, `Link`) by the gate, in phase 6.
+//! - `uploads`: phase 6's check that an upload chunk starts where the upload stands.
 //! - `token_endpoint`: the `/token` endpoint of token mode (routed to by the front).
 //! - `access_log`: the access record, written when the response is done.
 //! - `error`: gate errors, their side, status and the registry JSON error body.
@@ -47,7 +49,9 @@ mod media_types;
 pub(crate) mod protect;
 pub(crate) mod referrers;
 pub mod registry;
+pub(crate) mod tags;
 pub mod token_endpoint;
+pub(crate) mod uploads;
 pub(crate) mod write_locks;
 
 use std::sync::Arc;
@@ -117,6 +121,12 @@ async fn phases<'u>(
     let referrer = referrers::change_of(ctx, &request, class, host).await?;
     let request_head = referrer.as_ref().map(|_| clone_head(&request));
     // 6. Forward, and hand a change the registry accepted to the activity ring and events.
+    // The gate answers itself where registry 2.8 falls short of the OCI spec: an upload
+    // chunk out of order (`uploads`), a tags listing (`tags`).
+    uploads::check_chunk(ctx, &request, class, &target, host).await?;
+    if let Some(listing) = tags::answer(ctx, &request, class, host).await? {
+        return Ok(listing);
+    }
     let mut forwarded = forward(ctx, request, class, caller, &target, host).await?;
     // The referrer's entry is written (under the write lock, which `[[protect]]` may hold
     // already) before the client hears that its push was accepted.

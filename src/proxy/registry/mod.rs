@@ -1,7 +1,8 @@
 //! The one client of the registry's API for the reads and writes the gate makes itself:
 //! catalog and tag listings (following `Link` pages, bounded), a manifest's `HEAD` and `GET`,
-//! image configs, and manifest deletes. Catalog filtering, `[[protect]]` and the registry
-//! browser all read the registry through it, with one `Link` parser and one set of limits.
+//! image configs, manifest deletes, and a blob upload's status. Catalog filtering, the tag
+//! listing, `[[protect]]`, the upload chunk check and the registry browser all read the
+//! registry through it, with one `Link` parser and one set of limits.
 //!
 //! Every body is read whole but capped and within the read timeout: manifests and configs
 //! are written by whoever pushed, and a gate must not hold a 1 GiB "manifest" in memory.
@@ -219,7 +220,7 @@ impl Registry {
         body: Bytes,
     ) -> Result<(), GateError> {
         let path = format!("/v2/{repository}/manifests/{reference}");
-        let mut headers = self.headers();
+        let mut headers = self.headers(false);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
         let response = self
             .upstream
@@ -270,6 +271,31 @@ impl Registry {
                 Err(answered(&Method::DELETE, &path, s))
             }
         }
+    }
+
+    /// The headers of a blob upload's status (`GET` on the upload's URL, `path_and_query` as
+    /// the client sends it, `_state` included: it is the registry's signed note of the
+    /// upload, and the only way to ask about it); `None` unless the registry answers 204, an
+    /// upload it knows.
+    pub async fn upload_status(
+        &self,
+        path_and_query: &str,
+    ) -> Result<Option<HeaderMap>, GateError> {
+        let mut headers = self.headers(false);
+        // As on a forwarded request: the registry writes its `Location` at the client's
+        // `Host` with this scheme, and the client must be able to follow it.
+        headers.insert(
+            http::HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        );
+        let response = self
+            .upstream
+            .lookup(Method::GET, path_and_query, headers)
+            .await?;
+        let (parts, body) = response.into_parts();
+        // Read (a 204 has nothing) so the pooled connection can be used again.
+        self.capped(body, MAX_BODY_BYTES).await?;
+        Ok((parts.status == StatusCode::NO_CONTENT).then_some(parts.headers))
     }
 
     /// Every page of a listing, up to `MAX_PAGES`; `None` when the registry does not know
@@ -356,19 +382,21 @@ impl Registry {
         path: &str,
         manifests: bool,
     ) -> Result<Response<Incoming>, GateError> {
-        let mut headers = self.headers();
-        if manifests {
-            headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT_MANIFESTS));
-        }
-        Ok(self.upstream.lookup(method, path, headers).await?)
+        Ok(self
+            .upstream
+            .lookup(method, path, self.headers(manifests))
+            .await?)
     }
 
-    /// `Host` and, where the registry checks them, the client's credentials.
-    fn headers(&self) -> HeaderMap {
+    /// The headers of every request the gate makes itself.
+    fn headers(&self, manifests: bool) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, self.host.clone());
         if let Some(authorization) = &self.authorization {
             headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
+        if manifests {
+            headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT_MANIFESTS));
         }
         headers
     }
