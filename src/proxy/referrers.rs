@@ -327,10 +327,20 @@ pub(super) async fn apply(
     }
     let _guard = match held {
         Some(guard) => guard,
-        None => match ctx.write_locks.lock(&change.repository, LOCK_WAIT).await {
-            Ok(guard) => guard,
-            Err(e) => {
+        // Bounded as a whole: the gate's own lock waits without end by itself.
+        None => match tokio::time::timeout(
+            LOCK_WAIT,
+            ctx.write_locks.lock(&change.repository, LOCK_WAIT),
+        )
+        .await
+        {
+            Ok(Ok(guard)) => guard,
+            Ok(Err(e)) => {
                 tracing::warn!(repository = %change.repository, subject = %change.subject, error = %e, "referrers index not updated: no write lock; the client keeps it itself");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(repository = %change.repository, subject = %change.subject, waited = ?LOCK_WAIT, "referrers index not updated: another write held the repository's lock too long; the client keeps it itself");
                 return;
             }
         },

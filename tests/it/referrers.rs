@@ -450,3 +450,61 @@ async fn oras_attaches_to_a_skopeo_image_and_both_are_listed() {
     );
     assert_eq!(index["manifests"][0]["artifactType"], SIGNATURE);
 }
+
+/// With every tag of the repository protected, a referrer pushed by a new tag passes (the
+/// tag is new), and the gate indexes it with the write lock `[[protect]]` already holds for
+/// that push, rather than waiting for it; its own index write is not refused either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_repository_still_gets_its_referrers_indexed() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[CI])
+            .extra_toml("\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"*\"]\n"),
+    );
+    let image = oci_image(&tmp.path().join("image"), 1, 1024);
+    let (sk, source) = (gate.host(), image.reference());
+    let pushed = tokio::task::spawn_blocking(move || {
+        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
+    })
+    .await
+    .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let api = Api {
+        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
+        gate,
+    };
+    let subject = image.manifest_digest.clone();
+    let (status, headers, body) = api
+        .call("POST", "/v2/team/app/blobs/uploads/", None, Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let location = header_text(&headers, "location").expect("an upload location");
+    let path = &location[location.find("/v2/").expect("a /v2/ location")..];
+    let (status, _, body) = api
+        .call(
+            "PUT",
+            &format!("{path}&digest={}", digest_of(b"{}")),
+            Some("application/octet-stream"),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let sbom = artifact(SBOM, &subject, "sbom");
+    let put = api.call(
+        "PUT",
+        "/v2/team/app/manifests/sbom",
+        Some(OCI_MANIFEST),
+        sbom.clone(),
+    );
+    let (status, headers, body) = tokio::time::timeout(std::time::Duration::from_secs(20), put)
+        .await
+        .expect("the push waited on its own write lock");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(header_text(&headers, "oci-subject"), Some(subject.as_str()));
+    let (_, index, _) = api.referrers(&subject, "").await;
+    assert_eq!(listed(&index), vec![digest_of(&sbom)], "{index}");
+}
