@@ -1,7 +1,8 @@
 //! Body types that stream between client and registry without buffering: each frame is passed
 //! on as it arrives, so memory stays flat whatever the size of a layer. The one exception is a
-//! manifest push `[[protect]]` must hash: `ClientBody::read_whole` reads it, capped, and hands
-//! the same bytes on.
+//! manifest push that `[[protect]]` or the referrers index must read: `ClientBody::read_whole`
+//! reads it, capped, within a budget all requests share (`MANIFEST_BUDGET`), and hands the
+//! same bytes on.
 //!
 //! The wrappers only count bytes, note activity for the idle timeout, and finish the access
 //! log record when the response is done (or dropped half-way, which is logged as aborted).
@@ -35,6 +36,18 @@ pub const DRAIN_LIMIT: u64 = 64 * 1024;
 /// has already sent it, or is stalling and gets the answer with `Connection: close`.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Manifest bodies held whole at once, all requests together, in KiB: `read_whole` is the
+/// one place a request body is buffered, and without a bound a crowd of pushers (each
+/// authenticated, each sending up to 4 MiB slowly) could hold any amount of memory. 64 MiB
+/// holds sixteen manifests at the registry's limit, or thousands of ordinary ones, which
+/// declare their few KiB and are counted at that.
+const MANIFEST_BUDGET_KIB: usize = 64 * 1024;
+static MANIFEST_BUDGET: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MANIFEST_BUDGET_KIB);
+/// The least a body read whole is counted at: a guess for one that declares no length is
+/// its limit, a declared one its length rounded up to this.
+const MANIFEST_MIN_KIB: usize = 64;
+
 /// The client's request body from the request's arrival until a step forwards it, reads it,
 /// or the gate answers without it. What is left of it when the answer is ready decides
 /// whether the connection can carry the client's next request (`settle`).
@@ -42,6 +55,8 @@ pub struct ClientBody {
     incoming: Option<Incoming>,
     /// The body once `read_whole` has read it, for `take` to forward.
     read: Option<Bytes>,
+    /// Its place in `MANIFEST_BUDGET`, kept until the request is over.
+    _budget: Option<tokio::sync::SemaphorePermit<'static>>,
     exchange: Arc<Exchange>,
     expects_continue: bool,
 }
@@ -55,6 +70,9 @@ pub enum ReadError {
     Failed,
     /// Nothing arrived for the idle limit.
     Stalled,
+    /// Other requests hold the whole budget for bodies read whole, for longer than the idle
+    /// limit.
+    Busy,
 }
 
 /// How the connection goes on after an answer.
@@ -72,6 +90,7 @@ impl ClientBody {
         ClientBody {
             incoming: Some(incoming),
             read: None,
+            _budget: None,
             exchange,
             expects_continue,
         }
@@ -105,6 +124,17 @@ impl ClientBody {
             self.incoming = Some(incoming);
             return Err(ReadError::TooLarge);
         }
+        let kib = budget_kib(incoming.size_hint().exact(), limit);
+        let permit =
+            match tokio::time::timeout(idle, MANIFEST_BUDGET.acquire_many(kib as u32)).await {
+                Ok(Ok(permit)) => permit,
+                // The semaphore is never closed; waiting out `idle` is the only way here.
+                Ok(Err(_)) | Err(_) => {
+                    self.incoming = Some(incoming);
+                    return Err(ReadError::Busy);
+                }
+            };
+        self._budget = Some(permit);
         let body =
             http_body_util::Limited::new(RequestBody::new(incoming, self.exchange.clone()), limit);
         let collected = tokio::select! {
@@ -333,5 +363,27 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// What a body read whole is counted at in `MANIFEST_BUDGET`: its declared length, else
+/// its limit; at least `MANIFEST_MIN_KIB`, and never more than the whole budget.
+fn budget_kib(declared: Option<u64>, limit: usize) -> usize {
+    let bytes = declared.map_or(limit as u64, |d| d.min(limit as u64));
+    (bytes.div_ceil(1024) as usize).clamp(MANIFEST_MIN_KIB, MANIFEST_BUDGET_KIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_read_whole_is_counted_at_its_declared_length_or_its_limit() {
+        assert_eq!(budget_kib(Some(3_000), 4 << 20), MANIFEST_MIN_KIB);
+        assert_eq!(budget_kib(Some(1 << 20), 4 << 20), 1024);
+        assert_eq!(budget_kib(None, 4 << 20), 4096);
+        assert_eq!(budget_kib(Some(u64::MAX), 4 << 20), 4096);
+        // Sixteen manifests at the registry's limit fill the budget.
+        assert_eq!(MANIFEST_BUDGET_KIB / budget_kib(None, 4 << 20), 16);
     }
 }

@@ -123,6 +123,10 @@ pub enum GateError {
     /// still asks for is refused, not forwarded.
     #[error("the connection cancelled {cancelled} requests and completed {answered}; it is being closed")]
     Condemned { answered: u64, cancelled: u64 },
+    /// The gate is at a limit of its own that protects its memory (the manifests read whole
+    /// at once); the same request succeeds shortly.
+    #[error("the gate is busy: {0}")]
+    Busy(&'static str),
     /// No connection to the registry could be made.
     #[error("the registry behind the gate is unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -213,6 +217,7 @@ impl GateError {
             | GateError::ManifestTooLarge(_)
             | GateError::ClientAborted
             | GateError::Condemned { .. }
+            | GateError::Busy(_)
             | GateError::NotFound
             | GateError::NoSession
             | GateError::CrossSiteForm
@@ -304,6 +309,7 @@ impl GateError {
             GateError::ClientAborted => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             // 503 with Retry-After: a client misjudged retries on a new connection.
             GateError::Condemned { .. } => (StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS"),
+            GateError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS"),
             GateError::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             GateError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             GateError::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
@@ -388,6 +394,7 @@ impl GateError {
             GateError::Condemned { .. } => {
                 "this connection cancelled more requests than it completed and is being closed; retry on a new connection".into()
             }
+            GateError::Busy(why) => format!("the gate is busy ({why}); retry shortly"),
             GateError::UpstreamUnreachable(_) => {
                 "the registry behind the gate is unreachable".into()
             }
@@ -438,7 +445,7 @@ impl GateError {
                     HeaderValue::from(wait.as_secs().max(1)),
                 );
             }
-            GateError::Condemned { .. } | GateError::LockUnavailable(_) => {
+            GateError::Condemned { .. } | GateError::LockUnavailable(_) | GateError::Busy(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GateError::ChunkOutOfOrder(chunk) => {
@@ -601,6 +608,7 @@ mod tests {
                 "UNSUPPORTED",
             ),
             (GateError::DigestInvalid("x".into()), 400, "DIGEST_INVALID"),
+            (GateError::Busy("x"), 503, "TOOMANYREQUESTS"),
             (
                 GateError::ChunkOutOfOrder(Box::new(ChunkOutOfOrder {
                     content_range: HeaderValue::from_static("5-9"),

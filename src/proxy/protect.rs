@@ -143,6 +143,15 @@ pub(super) async fn read_manifest(ctx: &mut RequestContext) -> Result<bytes::Byt
         Err(ReadError::TooLarge) => Err(GateError::ManifestTooLarge(MAX_BODY_BYTES)),
         Err(ReadError::Failed) => Err(GateError::ClientAborted),
         Err(ReadError::Stalled) => Err(GateError::BadRequest("the manifest stopped arriving")),
+        Err(ReadError::Busy) => {
+            tracing::warn!(
+                waited = ?idle,
+                "a manifest push refused with 503: manifests being read at once fill the gate's 64 MiB budget"
+            );
+            Err(GateError::Busy(
+                "too many manifest pushes are being read at once",
+            ))
+        }
     }
 }
 

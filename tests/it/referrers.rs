@@ -508,3 +508,107 @@ async fn a_protected_repository_still_gets_its_referrers_indexed() {
     let (_, index, _) = api.referrers(&subject, "").await;
     assert_eq!(listed(&index), vec![digest_of(&sbom)], "{index}");
 }
+
+/// A body that sends a space every 500 ms and never ends: a pusher trickling a manifest,
+/// never idle for long enough to be cut by the read timeout.
+struct Trickle {
+    next: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        if std::future::Future::poll(self.next.as_mut(), cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        let at = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        self.next.as_mut().reset(at);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b" ",
+        )))))
+    }
+}
+
+/// OCI manifests are read whole now, so their memory is bounded: sixteen pushes that never
+/// say their length and trickle hold the gate's whole 64 MiB budget; the next push waits
+/// for `read_timeout` and gets 503 with `Retry-After`, and once the trickling ones are
+/// dropped a push goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_read_whole_share_a_bounded_budget() {
+    use http_body_util::BodyExt;
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let mut config = GateConfig::new(&registry.url).basic_auth(&[CI]);
+    config.read_timeout = "2s".into();
+    let gate = Gate::start(tmp.path(), config);
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    let path = "/v2/team/app/manifests/stalled";
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let client = client.clone();
+        let request = request("PUT", &gate.url(path))
+            .header("Authorization", basic(CI))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(
+                Trickle {
+                    next: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+                }
+                .boxed(),
+            )
+            .expect("request");
+        stalled.push(tokio::spawn(async move { client.try_send(request).await }));
+    }
+    // Let the sixteen reach the gate and take their share.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for task in &stalled {
+        assert!(!task.is_finished(), "a stalled push was answered");
+    }
+    let api = Api {
+        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
+        gate,
+    };
+    let small = artifact(SBOM, &format!("sha256:{}", "1".repeat(64)), "x");
+    let started = std::time::Instant::now();
+    let (status, headers, body) = api
+        .call(
+            "PUT",
+            "/v2/team/app/manifests/small",
+            Some(OCI_MANIFEST),
+            small.clone(),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{body}\n{}",
+        api.gate.log()
+    );
+    assert_eq!(header_text(&headers, "retry-after"), Some("1"));
+    assert!(body.contains("busy"), "{body}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+    assert!(api.gate.log().contains("fill the gate's 64 MiB budget"));
+
+    // The trickling pushes' clients go away: the budget is free again.
+    for task in stalled {
+        task.abort();
+    }
+    let freed = util::wait_until_async(std::time::Duration::from_secs(10), || async {
+        let (status, _, _) = api
+            .call(
+                "PUT",
+                "/v2/team/app/manifests/small",
+                Some(OCI_MANIFEST),
+                small.clone(),
+            )
+            .await;
+        // The blobs it names are not there: the registry's 400, not the gate's 503.
+        status != StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(freed, "the budget was not given back");
+}
