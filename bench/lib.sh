@@ -34,6 +34,7 @@ wait_http() {
     return 1
 }
 
+# REGISTRY_ACCESS_LOG_OFF=false before it keeps the registry's access log in registry.log.
 # start_registry SECRET: docker-registry on a free port with filesystem storage in
 # $TMP/storage, quiet; sets REGISTRY_PORT, REGISTRY_URL and REGISTRY_PID, and returns once
 # it answers /v2/.
@@ -46,7 +47,7 @@ version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: ${REGISTRY_ACCESS_LOG_OFF:-true}
 storage:
   filesystem:
     rootdirectory: $TMP/storage
@@ -62,4 +63,47 @@ REGISTRY
     # shellcheck disable=SC2034 # read by the scripts that source this file
     REGISTRY_PID=$!
     wait_http "$REGISTRY_URL/v2/" || die "docker-registry did not answer on $REGISTRY_URL/v2/"
+}
+
+# start_basic_gate BIN USER PASS: the gate BIN on a free port in front of REGISTRY_URL, with
+# basic auth for USER (password PASS) allowed everything, its generated CA in
+# $TMP/certs/ca.pem; sets GATE_PID, GATE_PORT, GATE_URL and CA.
+start_basic_gate() {
+    local bin="$1" user="$2" pass="$3"
+    printf '%s\n' "$pass" | "$bin" htpasswd -f "$TMP/htpasswd" add "$user" --password-stdin >/dev/null
+    GATE_PORT="$(free_port)"
+    GATE_URL="https://127.0.0.1:$GATE_PORT"
+    CA="$TMP/certs/ca.pem"
+    cat >"$TMP/gate.toml" <<GATE
+[server]
+listen = "127.0.0.1:$GATE_PORT"
+shutdown_grace = "2s"
+
+[upstream]
+url = "$REGISTRY_URL"
+
+[tls]
+dir = "certs"
+
+[log]
+level = "warn"
+
+[auth]
+mode = "basic"
+htpasswd = ["htpasswd"]
+
+[[rules]]
+users = ["$user"]
+repositories = ["**"]
+actions = ["*"]
+GATE
+    log "starting the gate on $GATE_URL"
+    "$bin" run --config "$TMP/gate.toml" >"$TMP/gate.log" 2>&1 </dev/null &
+    GATE_PID=$!
+    for _ in $(seq 100); do
+        [ -s "$CA" ] && wait_http "$GATE_URL/v2/" --cacert "$CA" && break
+        kill -0 "$GATE_PID" 2>/dev/null || die "the gate exited at start-up"
+        sleep 0.1
+    done
+    [ -s "$CA" ] || die "the gate wrote no $CA"
 }

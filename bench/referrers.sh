@@ -71,55 +71,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # The registry with its access log on: one line per request it serves.
-REGISTRY_PORT="$(free_port)"
-REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
-mkdir -p "$TMP/storage"
-cat >"$TMP/registry.yml" <<REGISTRY
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $TMP/storage
-http:
-  addr: 127.0.0.1:$REGISTRY_PORT
-  secret: registry-gate-bench-referrers
-REGISTRY
-docker-registry serve "$TMP/registry.yml" >"$TMP/registry.log" 2>&1 </dev/null &
-REGISTRY_PID=$!
-wait_http "$REGISTRY_URL/v2/" || die "docker-registry did not answer on $REGISTRY_URL/v2/"
-
-printf '%s\n' "$BENCH_PASS" \
-    | "$GATE_BIN" htpasswd -f "$TMP/htpasswd" add "$BENCH_USER" --password-stdin >/dev/null
-GATE_PORT="$(free_port)"
-GATE_URL="https://127.0.0.1:$GATE_PORT"
-CA="$TMP/certs/ca.pem"
-cat >"$TMP/gate.toml" <<EOF
-[server]
-listen = "127.0.0.1:$GATE_PORT"
-shutdown_grace = "2s"
-[upstream]
-url = "$REGISTRY_URL"
-[tls]
-dir = "certs"
-[log]
-level = "warn"
-[auth]
-mode = "basic"
-htpasswd = ["htpasswd"]
-[[rules]]
-users = ["$BENCH_USER"]
-repositories = ["**"]
-actions = ["*"]
-EOF
-"$GATE_BIN" run --config "$TMP/gate.toml" >"$TMP/gate.log" 2>&1 </dev/null &
-GATE_PID=$!
-for _ in $(seq 100); do
-    [ -s "$CA" ] && wait_http "$GATE_URL/v2/" --cacert "$CA" && break
-    kill -0 "$GATE_PID" 2>/dev/null || die "the gate exited at start-up"
-    sleep 0.1
-done
-[ -s "$CA" ] || die "the gate wrote no $CA"
+REGISTRY_ACCESS_LOG_OFF=false start_registry registry-gate-bench-referrers
+start_basic_gate "$GATE_BIN" "$BENCH_USER" "$BENCH_PASS"
 
 log "$PUTS PUTs per case"
 python3 - "$GATE_URL" "$REGISTRY_URL" "$CA" "$BENCH_USER" "$BENCH_PASS" "$PUTS" "$TMP/registry.log" <<'PY'

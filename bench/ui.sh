@@ -93,43 +93,7 @@ start_registry registry-gate-bench-ui
 
 # The gate: basic auth, one user who may do everything (a rule is still evaluated for every
 # repository a page lists, as in production), the browser at its default /ui/.
-printf '%s\n' "$BENCH_PASS" \
-    | "$GATE_BIN" htpasswd -f "$TMP/htpasswd" add "$BENCH_USER" --password-stdin >/dev/null
-GATE_PORT="$(free_port)"
-GATE_URL="https://127.0.0.1:$GATE_PORT"
-CA="$TMP/certs/ca.pem"
-cat >"$TMP/gate.toml" <<EOF
-[server]
-listen = "127.0.0.1:$GATE_PORT"
-shutdown_grace = "2s"
-
-[upstream]
-url = "$REGISTRY_URL"
-
-[tls]
-dir = "certs"
-
-[log]
-level = "warn"
-
-[auth]
-mode = "basic"
-htpasswd = ["htpasswd"]
-
-[[rules]]
-users = ["$BENCH_USER"]
-repositories = ["**"]
-actions = ["*"]
-EOF
-log "starting the gate on $GATE_URL"
-"$GATE_BIN" run --config "$TMP/gate.toml" >"$TMP/gate.log" 2>&1 </dev/null &
-GATE_PID=$!
-for _ in $(seq 100); do
-    [ -s "$CA" ] && wait_http "$GATE_URL/v2/" --cacert "$CA" && break
-    kill -0 "$GATE_PID" 2>/dev/null || die "the gate exited at start-up"
-    sleep 0.1
-done
-[ -s "$CA" ] || die "the gate wrote no $CA"
+start_basic_gate "$GATE_BIN" "$BENCH_USER" "$BENCH_PASS"
 
 # The fill, through the gate over one keep-alive connection: a layer and config uploaded
 # once to the first repository, mounted into the others (the registry links, nothing is

@@ -5,8 +5,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use http::header::{self, HeaderValue};
+use http::Request;
+
 use super::access_log::AccessRecord;
 use super::body::ClientBody;
+use super::registry::Registry;
 use super::write_locks::WriteLocks;
 use crate::conn::ConnInfo;
 use crate::state::{Kit, Snapshot};
@@ -27,4 +31,19 @@ pub struct RequestContext {
     pub body: ClientBody,
     /// The request's `Origin` when it is one of `[ui] cors_origins` and the path is shared.
     pub cors_origin: Option<http::HeaderValue>,
+}
+
+impl RequestContext {
+    /// The registry as the gate itself asks it on behalf of `request` (public host `host`):
+    /// with `[auth] mode = "none"` the registry may check the client's own credentials, so
+    /// they go along; otherwise the gate checked them and they stay here.
+    pub fn registry(&self, request: &Request<()>, host: &HeaderValue) -> Registry {
+        Registry::new(self.snapshot.upstream.clone(), host.clone()).with_authorization(
+            self.snapshot
+                .auth
+                .is_none()
+                .then(|| request.headers().get(header::AUTHORIZATION).cloned())
+                .flatten(),
+        )
+    }
 }

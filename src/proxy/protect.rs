@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request};
 use sha2::{Digest, Sha256};
 
@@ -190,14 +190,7 @@ async fn decide(
     if (method == Method::PUT || method == Method::DELETE) && request.uri().query().is_some() {
         return Err(refuse(Refusal::Query));
     }
-    let registry = Registry::new(snapshot.upstream.clone(), host.clone()).with_authorization(
-        // The registry may check credentials itself when the gate does not.
-        snapshot
-            .auth
-            .is_none()
-            .then(|| request.headers().get(header::AUTHORIZATION).cloned())
-            .flatten(),
-    );
+    let registry = ctx.registry(request, host);
     // The tag grammar has no `:`; every digest has one.
     let by_digest = reference.contains(':');
     let refusal = if method == Method::PUT && !by_digest {

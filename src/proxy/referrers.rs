@@ -137,19 +137,6 @@ pub async fn referrers_of(
         .collect())
 }
 
-/// The registry as the gate asks it for this request; with `[auth] mode = "none"` the
-/// registry may check the client's own credentials.
-fn registry(ctx: &RequestContext, request: &Request<()>, host: &HeaderValue) -> Registry {
-    let snapshot = &ctx.snapshot;
-    Registry::new(snapshot.upstream.clone(), host.clone()).with_authorization(
-        snapshot
-            .auth
-            .is_none()
-            .then(|| request.headers().get(header::AUTHORIZATION).cloned())
-            .flatten(),
-    )
-}
-
 /// `GET /v2/<name>/referrers/<digest>[?artifactType=…]`: the subject's index, filtered, or
 /// an empty index when nothing refers to it. Pull permission was checked (phase 4).
 pub(super) async fn answer(
@@ -166,7 +153,8 @@ pub(super) async fn answer(
     }
     let filter = request.uri().query().and_then(artifact_type_filter);
     let tag = fallback_tag(digest).ok_or_else(|| GateError::DigestInvalid(digest.into()))?;
-    let stored = registry(ctx, request, host)
+    let stored = ctx
+        .registry(request, host)
         .manifest_bytes(repository, &tag)
         .await?;
     let mut manifests = stored.map(|(_, bytes)| listed(&bytes)).unwrap_or_default();
@@ -257,7 +245,8 @@ pub(super) async fn change_of(
     if request.method() == Method::DELETE && is_digest(reference) {
         // A manifest that cannot be read now is deleted without touching any index: the
         // registry answers the delete itself, and a stale entry is only a dangling one.
-        let stored = registry(ctx, request, host)
+        let stored = ctx
+            .registry(request, host)
             .manifest_bytes(repository, reference)
             .await
             .ok()
@@ -345,7 +334,7 @@ pub(super) async fn apply(
             }
         },
     };
-    let registry = registry(ctx, request, host);
+    let registry = ctx.registry(request, host);
     let (digest, added) = match change.kind {
         ChangeKind::Added {
             mut descriptor,

@@ -19,7 +19,6 @@ use serde::Serialize;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::context::RequestContext;
 use crate::proxy::error::GateError;
-use crate::proxy::registry::Registry;
 use crate::registry_path::{is_tag, percent_decode, Classified, Kind};
 
 /// What the client asked of the listing: at most `n` tags (all when `None`), only those
@@ -62,15 +61,7 @@ pub(crate) async fn answer(
         return Ok(None);
     };
     let asked = asked(request.uri().query())?;
-    let snapshot = &ctx.snapshot;
-    let registry = Registry::new(snapshot.upstream.clone(), host.clone()).with_authorization(
-        // The registry may check credentials itself when the gate does not.
-        snapshot
-            .auth
-            .is_none()
-            .then(|| request.headers().get(header::AUTHORIZATION).cloned())
-            .flatten(),
-    );
+    let registry = ctx.registry(request, host);
     let Some(listing) = registry.tags(repository).await? else {
         return Ok(None);
     };

@@ -17,7 +17,6 @@ use http::{Method, Request};
 use crate::proxy::context::RequestContext;
 use crate::proxy::error::{ChunkOutOfOrder, GateError, UPLOAD_UUID_HEADER};
 use crate::proxy::headers;
-use crate::proxy::registry::Registry;
 use crate::registry_path::{Classified, Kind};
 
 /// Refuses (`GateError::ChunkOutOfOrder`) a chunk of an upload (`PATCH` on
@@ -46,14 +45,7 @@ pub(crate) async fn check_chunk(
         return Ok(());
     };
     let snapshot = &ctx.snapshot;
-    let registry = Registry::new(snapshot.upstream.clone(), host.clone()).with_authorization(
-        // The registry may check credentials itself when the gate does not.
-        snapshot
-            .auth
-            .is_none()
-            .then(|| request.headers().get(header::AUTHORIZATION).cloned())
-            .flatten(),
-    );
+    let registry = ctx.registry(request, host);
     let Some(mut status) = registry.upload_status(target).await? else {
         return Ok(());
     };

@@ -50,6 +50,19 @@ fn artifact(artifact_type: &str, subject: &str, mark: &str) -> Vec<u8> {
     .expect("serialise")
 }
 
+/// An image pushed with skopeo through the gate as `team/app:v1`: the subject.
+async fn pushed_image(tmp: &std::path::Path, gate: &Gate) -> util::image::OciImage {
+    let image = oci_image(&tmp.join("image"), 1, 1024);
+    let (sk, source) = (gate.host(), image.reference());
+    let pushed = tokio::task::spawn_blocking(move || {
+        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
+    })
+    .await
+    .expect("skopeo thread");
+    assert!(pushed.status.success(), "{}", describe(&pushed));
+    image
+}
+
 struct Api {
     gate: Gate,
     client: HttpsClient,
@@ -105,6 +118,25 @@ impl Api {
             .await;
         assert_eq!(response.status(), StatusCode::OK, "GET {path}");
         text(response).await
+    }
+
+    /// The empty blob (`{}`) the artifacts use as config and layer, uploaded to team/app.
+    async fn push_empty_blob(&self) {
+        let (status, headers, body) = self
+            .call("POST", "/v2/team/app/blobs/uploads/", None, Vec::new())
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let location = header_text(&headers, "location").expect("an upload location");
+        let path = &location[location.find("/v2/").expect("a /v2/ location")..];
+        let (status, _, body) = self
+            .call(
+                "PUT",
+                &format!("{path}&digest={}", digest_of(b"{}")),
+                Some("application/octet-stream"),
+                b"{}".to_vec(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
     /// The referrers of `subject`, as (status, index, `OCI-Filters-Applied`).
@@ -163,14 +195,7 @@ async fn referrers_are_listed_filtered_attached_at_once_and_deleted() {
     let tmp = temp_dir();
     let registry = Registry::start(tmp.path());
     let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url).basic_auth(&[CI]));
-    let image = oci_image(&tmp.path().join("image"), 1, 1024);
-    let (sk, source) = (gate.host(), image.reference());
-    let pushed = tokio::task::spawn_blocking(move || {
-        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
-    })
-    .await
-    .expect("skopeo thread");
-    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let image = pushed_image(tmp.path(), &gate).await;
     let api = Api {
         client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
         gate,
@@ -190,22 +215,7 @@ async fn referrers_are_listed_filtered_attached_at_once_and_deleted() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("DIGEST_INVALID"), "{body}");
 
-    // The empty blob the artifacts use as config and layer.
-    let (status, headers, body) = api
-        .call("POST", "/v2/team/app/blobs/uploads/", None, Vec::new())
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let location = header_text(&headers, "location").expect("an upload location");
-    let path = &location[location.find("/v2/").expect("a /v2/ location")..];
-    let (status, _, body) = api
-        .call(
-            "PUT",
-            &format!("{path}&digest={}", digest_of(b"{}")),
-            Some("application/octet-stream"),
-            b"{}".to_vec(),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    api.push_empty_blob().await;
 
     // An older client attached one itself, straight to the registry, fallback tag and all.
     let old = artifact("application/vnd.example.old", &subject, "old");
@@ -357,14 +367,7 @@ async fn oras_attaches_to_a_skopeo_image_and_both_are_listed() {
     let tmp = temp_dir();
     let registry = Registry::start(tmp.path());
     let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url).basic_auth(&[CI]));
-    let image = oci_image(&tmp.path().join("image"), 1, 1024);
-    let (sk, source) = (gate.host(), image.reference());
-    let pushed = tokio::task::spawn_blocking(move || {
-        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
-    })
-    .await
-    .expect("skopeo thread");
-    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let image = pushed_image(tmp.path(), &gate).await;
     let manifest = std::fs::read(
         image
             .dir
@@ -464,34 +467,13 @@ async fn a_protected_repository_still_gets_its_referrers_indexed() {
             .basic_auth(&[CI])
             .extra_toml("\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"*\"]\n"),
     );
-    let image = oci_image(&tmp.path().join("image"), 1, 1024);
-    let (sk, source) = (gate.host(), image.reference());
-    let pushed = tokio::task::spawn_blocking(move || {
-        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
-    })
-    .await
-    .expect("skopeo thread");
-    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let image = pushed_image(tmp.path(), &gate).await;
     let api = Api {
         client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
         gate,
     };
     let subject = image.manifest_digest.clone();
-    let (status, headers, body) = api
-        .call("POST", "/v2/team/app/blobs/uploads/", None, Vec::new())
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let location = header_text(&headers, "location").expect("an upload location");
-    let path = &location[location.find("/v2/").expect("a /v2/ location")..];
-    let (status, _, body) = api
-        .call(
-            "PUT",
-            &format!("{path}&digest={}", digest_of(b"{}")),
-            Some("application/octet-stream"),
-            b"{}".to_vec(),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    api.push_empty_blob().await;
 
     let sbom = artifact(SBOM, &subject, "sbom");
     let put = api.call(
