@@ -90,14 +90,34 @@ pub fn fallback_tag(digest: &str) -> Option<String> {
     Some(format!("{}-{}", cut(algorithm, 32), cut(hex, 64)))
 }
 
-/// Whether `tag` is a fallback tag of the referrers tag schema for a SHA-256 subject, which
-/// the browser shows under its image rather than as a tag.
-pub fn is_fallback_tag(tag: &str) -> bool {
-    tag.strip_prefix("sha256-").is_some_and(|hex| {
-        hex.len() == 64
+/// Whether the gate keeps an index for the subject `digest`: SHA-256 or SHA-512 in the
+/// canonical lower-case form only. `is_digest` takes any algorithm name and 32 hex digits
+/// or more, and with those the fallback tag could be any tag a release uses (`sha-<git
+/// sha>`, `main-<hex>`): the gate would write over it past `[[protect]]`.
+fn indexable(digest: &str) -> bool {
+    let lower_hex = |hex: &str, len: usize| {
+        hex.len() == len
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match digest.split_once(':') {
+        Some(("sha256", hex)) => lower_hex(hex, 64),
+        Some(("sha512", hex)) => lower_hex(hex, 128),
+        _ => false,
+    }
+}
+
+/// Whether `tag` is a fallback tag the gate keeps (`sha256-` or `sha512-` and 64 lower-case
+/// hex digits), which the browser shows under its image rather than as a tag.
+pub fn is_fallback_tag(tag: &str) -> bool {
+    ["sha256-", "sha512-"].iter().any(|prefix| {
+        tag.strip_prefix(prefix).is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
     })
 }
 
@@ -274,7 +294,7 @@ fn descriptor_of(
 ) -> Option<(String, serde_json::Map<String, Value>)> {
     let parts: Parts = serde_json::from_slice(body).ok()?;
     let subject = parts.subject?.digest;
-    if !is_digest(&subject) {
+    if !indexable(&subject) {
         return None;
     }
     let media_type = parts
@@ -385,6 +405,14 @@ async fn update(
 ) -> Result<(), GateError> {
     let tag = fallback_tag(subject).ok_or_else(|| GateError::DigestInvalid(subject.into()))?;
     let stored = registry.manifest_bytes(repository, &tag).await?;
+    // Only an index is ever written over: an image someone pushed under this name stays.
+    if let Some((media_type, bytes)) = &stored {
+        if media_type != OCI_INDEX || !is_index(bytes) {
+            return Err(GateError::BadRequest(
+                "the subject's fallback tag holds something other than an OCI index",
+            ));
+        }
+    }
     let index = merged(stored.as_ref().map(|(_, b)| &b[..]), digest, added);
     let body = serde_json::to_vec(&index)
         .map_err(|_| GateError::Internal("serialising a referrers index failed"))?;
@@ -393,8 +421,15 @@ async fn update(
         .await
 }
 
+/// Whether `bytes` is JSON with a `manifests` array.
+fn is_index(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .is_some_and(|v| v.get("manifests").is_some_and(Value::is_array))
+}
+
 /// The index with `digest` dropped and `added` appended: entries others wrote and fields of
-/// the index itself (annotations) are kept; what is not an index is replaced.
+/// the index itself (annotations) are kept. `update` never hands it what is not an index.
 fn merged(
     stored: Option<&[u8]>,
     digest: &str,
@@ -422,6 +457,18 @@ mod tests {
     const S: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn only_canonical_sha256_and_sha512_subjects_are_indexed() {
+        assert!(indexable(S));
+        assert!(indexable(&format!("sha512:{}", "0".repeat(128))));
+        // Tags a release could use: the gate must never write those.
+        assert!(!indexable(&format!("sha:{}", "a".repeat(40))));
+        assert!(!indexable(&format!("main:{}", "a".repeat(64))));
+        assert!(!indexable(&format!("sha256:{}", "A".repeat(64))));
+        assert!(!indexable(&format!("sha256:{}", "a".repeat(65))));
+        assert!(!indexable(&format!("sha512:{}", "a".repeat(64))));
+    }
 
     #[test]
     fn fallback_tags_are_told_from_other_tags() {

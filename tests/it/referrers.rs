@@ -594,3 +594,68 @@ async fn manifests_read_whole_share_a_bounded_budget() {
     .await;
     assert!(freed, "the budget was not given back");
 }
+
+/// A subject is indexed only when it is a canonical SHA-256 (or SHA-512) digest, and only
+/// an index is ever written over: a crafted `subject` such as `sha:<git sha>` must not make
+/// the gate move the protected release tag `sha-<git sha>`, and an image someone pushed
+/// under the fallback name itself stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_subject_never_moves_a_tag() {
+    let tmp = temp_dir();
+    let registry = Registry::start(tmp.path());
+    let gate = Gate::start(
+        tmp.path(),
+        GateConfig::new(&registry.url)
+            .basic_auth(&[CI])
+            .extra_toml("\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"sha-*\"]\n"),
+    );
+    let image = pushed_image(tmp.path(), &gate).await;
+    let git_sha = "0123456789abcdef0123456789abcdef01234567";
+    let release = format!("sha-{git_sha}");
+    let fallback = format!(
+        "sha256-{}",
+        image.manifest_digest.trim_start_matches("sha256:")
+    );
+    for tag in [&release, &fallback] {
+        let pushed = gate.host().push(
+            &format!("{}:{}", CI.0, CI.1),
+            &image.reference(),
+            &format!("team/app:{tag}"),
+        );
+        assert!(pushed.status.success(), "{}", describe(&pushed));
+    }
+    let api = Api {
+        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
+        gate,
+    };
+    api.push_empty_blob().await;
+    for subject in [format!("sha:{git_sha}"), image.manifest_digest.clone()] {
+        let crafted = artifact(SBOM, &subject, "crafted");
+        let (status, headers, body) = api
+            .call(
+                "PUT",
+                &format!("/v2/team/app/manifests/{}", digest_of(&crafted)),
+                Some(OCI_MANIFEST),
+                crafted,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(header_text(&headers, "oci-subject"), None, "{subject}");
+    }
+    for tag in [&release, &fallback] {
+        let (status, headers, body) = api
+            .call(
+                "HEAD",
+                &format!("/v2/team/app/manifests/{tag}"),
+                None,
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            header_text(&headers, "docker-content-digest"),
+            Some(image.manifest_digest.as_str()),
+            "{tag} moved"
+        );
+    }
+}
