@@ -441,6 +441,7 @@ impl Shared {
             fleet: self
                 .cluster()
                 .map(|cluster| Arc::new(tls::acme::fleet::Fleet::new(cluster.clone()))),
+            ari_asked: std::sync::Mutex::default(),
         };
         let running = self.acme_running.clone();
         tokio::spawn(async move {

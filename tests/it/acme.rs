@@ -417,3 +417,53 @@ async fn a_fleet_orders_one_certificate_and_a_gate_that_did_not_order_answers_th
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pebble.orders(), 1, "a joining gate ordered");
 }
+
+/// A fleet backs off as one gate would: while the CA refuses the order, two gates sharing a
+/// Redis place the orders one gate would (1 s, then 2, 4, 8 s apart), not twice as many.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_backs_off_a_refused_order_as_one_gate() {
+    let tmp = temp_dir();
+    let redis = Redis::start(tmp.path());
+    let setup = PebbleSetup::new(&tmp.path().join("pebble"));
+    let listens: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let pebble = setup.start(
+        listens[0].port(),
+        free_port(),
+        PebbleOptions {
+            blocklist: vec!["localhost".into()],
+            ..PebbleOptions::default()
+        },
+    );
+    let cluster = format!("\n[cluster]\nredis = \"{}\"\n", redis.url());
+    let gates: Vec<Gate> = listens
+        .iter()
+        .enumerate()
+        .map(|(i, listen)| {
+            let dir = tmp.path().join(format!("g{i}"));
+            std::fs::create_dir_all(&dir).expect("mkdir gate dir");
+            Gate::start(
+                &dir,
+                GateConfig::new("http://127.0.0.1:9")
+                    .listen_on(*listen)
+                    .extra_toml(&format!("{}{cluster}", acme_toml(&setup, ""))),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let refused: usize = gates
+        .iter()
+        .map(|g| {
+            g.log()
+                .matches("the ACME server refused the order for localhost")
+                .count()
+        })
+        .sum();
+    // One gate alone: at 0, 1, 3 and 7 s (the next at 15 s); allow one for timing.
+    assert!(
+        (2..=5).contains(&refused),
+        "{refused} refused orders in 12 s from two gates; pebble:\n{}",
+        pebble.log()
+    );
+}

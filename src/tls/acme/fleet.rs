@@ -6,7 +6,9 @@
 //! - the account credentials, per CA, so every order comes from one account;
 //! - the challenge answers of the order under way, in one hash that expires on its own, so
 //!   the CA may reach any gate;
-//! - the leader lock (`cluster::lock`), held by the one gate that orders.
+//! - the leader lock (`cluster::lock`), held by the one gate that orders;
+//! - the backoff after a failed order, so the fleet as a whole waits before the next (the
+//!   CA counts failed validations per name, whichever gate asked).
 //!
 //! The key and the account are secrets: they are in Redis, so Redis must be reachable only by
 //! the gates (docs/fleet.md says so).
@@ -90,6 +92,67 @@ impl Fleet {
             Err(LockError::Busy { .. }) => Ok(None),
             Err(LockError::Unreachable(e)) => Err(e),
         }
+    }
+
+    fn backoff_key(&self, id: &str) -> String {
+        self.cluster.key(&["acme", id, "backoff"])
+    }
+
+    /// How long the fleet still waits after its last failed order for `id`, if it does.
+    pub async fn backoff_left(&self, id: &str) -> Result<Option<Duration>, ClusterError> {
+        let stored: Option<String> = self
+            .cluster
+            .query(redis::cmd("GET").arg(self.backoff_key(id)))
+            .await?;
+        let not_before = stored
+            .as_deref()
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(at, _)| at.parse::<u64>().ok());
+        Ok(not_before.and_then(|at| {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(at);
+            at.duration_since(std::time::SystemTime::now()).ok()
+        }))
+    }
+
+    /// Notes a failed order for `id`: the fleet waits `first` after the first failure, and
+    /// twice as long after each further one, up to `most`. Remembered for twice the wait, so
+    /// a failure soon after the wait ends doubles it again. Only the lock holder calls this.
+    pub async fn back_off(
+        &self,
+        id: &str,
+        first: Duration,
+        most: Duration,
+    ) -> Result<Duration, ClusterError> {
+        let key = self.backoff_key(id);
+        let stored: Option<String> = self.cluster.query(redis::cmd("GET").arg(&key)).await?;
+        let last = stored
+            .as_deref()
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(_, ms)| ms.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let wait = last.map_or(first, |d| (d * 2).min(most)).max(first);
+        let not_before = std::time::SystemTime::now() + wait;
+        let at = not_before
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let value = format!("{at} {}", wait.as_millis());
+        self.cluster
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg((wait * 2).as_millis() as u64),
+            )
+            .await?;
+        Ok(wait)
+    }
+
+    /// Forgets the backoff once an order succeeded.
+    pub async fn clear_backoff(&self, id: &str) -> Result<(), ClusterError> {
+        self.cluster
+            .query(redis::cmd("DEL").arg(self.backoff_key(id)))
+            .await
     }
 
     /// Publishes one answer for every gate: `kind` is `HTTP_01` (name: the token, value: the

@@ -304,6 +304,16 @@ pub struct Manager {
     pub current: Box<dyn Fn() -> Option<AcmeConfig> + Send + Sync>,
     /// With `[cluster]`: the fleet's store, through which one gate orders for all.
     pub fleet: Option<Arc<Fleet>>,
+    /// The last ARI answer: for which certificate, when, and the window. In a fleet the
+    /// schedule looks every minute; the CA is asked at most every `MAX_CHECK_INTERVAL`.
+    pub ari_asked: Mutex<Option<(String, std::time::Instant, Option<SystemTime>)>>,
+}
+
+/// What one round of the schedule did.
+enum Round {
+    Ordered(CertFacts),
+    /// Another gate orders, or the fleet backs off: look again after this.
+    Wait(Duration),
 }
 
 impl Manager {
@@ -339,11 +349,8 @@ impl Manager {
                 continue;
             }
             match self.order_once(&config).await {
-                Ok(None) => {
-                    retry = None;
-                    tokio::time::sleep(FLEET_FOLLOW).await;
-                }
-                Ok(Some(facts)) => {
+                Ok(Round::Wait(wait)) => tokio::time::sleep(wait).await,
+                Ok(Round::Ordered(facts)) => {
                     retry = None;
                     tracing::info!(
                         domains = ?config.domains,
@@ -374,28 +381,43 @@ impl Manager {
     }
 
     /// Orders a certificate and serves it; in a fleet only while holding the fleet's ACME
-    /// lock, and `None` when another gate holds it (or stored a certificate meanwhile).
-    async fn order_once(&self, config: &AcmeConfig) -> Result<Option<CertFacts>, AcmeError> {
+    /// lock and outside the fleet's backoff, else says how long to wait.
+    async fn order_once(&self, config: &AcmeConfig) -> Result<Round, AcmeError> {
         let Some(fleet) = &self.fleet else {
             tracing::info!(domains = ?config.domains, directory = %config.directory, "ordering a certificate");
-            return self.order(config).await.map(Some);
+            return self.order(config).await.map(Round::Ordered);
         };
         let id = certificate_id(config);
         let Some(_lead) = fleet.lead(&id).await? else {
             tracing::info!(domains = ?config.domains, "another gate of the fleet is ordering the certificate; waiting for it");
-            return Ok(None);
+            return Ok(Round::Wait(FLEET_FOLLOW));
         };
         // The gate that held the lock until now may have stored its certificate just before.
         if !self.next_order_in(config).await?.is_zero() {
-            return Ok(None);
+            return Ok(Round::Wait(FLEET_FOLLOW));
+        }
+        // A failed order backs off the whole fleet, not only the gate that placed it: the
+        // CA counts failed validations per name, whichever gate asked.
+        if let Some(left) = fleet.backoff_left(&id).await? {
+            tracing::info!(domains = ?config.domains, retry_in = %humantime::format_duration(left), "the fleet's last order failed; waiting before the next");
+            return Ok(Round::Wait(left.max(FLEET_FOLLOW)));
         }
         tracing::info!(domains = ?config.domains, directory = %config.directory, "ordering a certificate for the fleet");
-        let facts = self.order(config).await?;
+        let facts = match self.order(config).await {
+            Ok(facts) => facts,
+            Err(e) => {
+                if let Err(note) = fleet.back_off(&id, config.retry_interval, MAX_RETRY).await {
+                    tracing::warn!(error = %note, "the fleet's ACME backoff is not in Redis");
+                }
+                return Err(e);
+            }
+        };
+        let _ = fleet.clear_backoff(&id).await;
         // Failing here costs nothing lasting: the next round stores the newer local one.
         if let Err(e) = self.share_local(fleet, config).await {
             tracing::warn!(error = %e, "the new certificate is not in Redis yet; the other gates get it on the next try");
         }
-        Ok(Some(facts))
+        Ok(Round::Ordered(facts))
     }
 
     /// Stores the cached certificate in the fleet's Redis.
@@ -506,6 +528,27 @@ impl Manager {
     /// The start of the CA's suggested renewal window (RFC 9773), if it offers one.
     async fn ari_window(&self, config: &AcmeConfig, facts: &CertFacts) -> Option<SystemTime> {
         let id = facts.ari_id.as_ref()?;
+        let key = id.to_string();
+        if let Ok(asked) = self.ari_asked.lock() {
+            if let Some((for_key, at, window)) = &*asked {
+                if *for_key == key && at.elapsed() < MAX_CHECK_INTERVAL {
+                    return *window;
+                }
+            }
+        }
+        let window = self.ask_ari(config, id).await;
+        if let Ok(mut asked) = self.ari_asked.lock() {
+            *asked = Some((key, std::time::Instant::now(), window));
+        }
+        window
+    }
+
+    /// The CA's renewal window for `id`, asked now.
+    async fn ask_ari(
+        &self,
+        config: &AcmeConfig,
+        id: &CertificateIdentifier<'static>,
+    ) -> Option<SystemTime> {
         let account = self.account(config, false).await.ok()?;
         match account.renewal_info(id).await {
             Ok((info, _)) => {
@@ -917,6 +960,7 @@ mod tests {
             provider,
             current: Box::new(|| None),
             fleet: None,
+            ari_asked: Mutex::default(),
         };
         let mut acme = config(&["localhost"], &format!("https://127.0.0.1:{port}/dir"));
         acme.directory_ca = Some(root);
