@@ -12,6 +12,7 @@ use super::access_log::AccessRecord;
 use super::body::ClientBody;
 use super::registry::Registry;
 use super::write_locks::WriteLocks;
+use crate::conn::send_budget::Reservation;
 use crate::conn::ConnInfo;
 use crate::state::{Kit, Snapshot};
 
@@ -34,6 +35,18 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// Over HTTP/2, a GET's place in the send budget, taken before its answer is read or
+    /// made (waiting while its connection's share or the whole is spent): a client that
+    /// opens hundreds of streams and stops reading holds that, not the gate's memory. The
+    /// answer's body keeps it until it is sent or dropped.
+    pub async fn h2_send_reservation(&self, request: &Request<()>) -> Option<Reservation> {
+        if request.version() == http::Version::HTTP_2 && request.method() == http::Method::GET {
+            Some(self.kit.send_budget().reserve(&self.conn.send_share).await)
+        } else {
+            None
+        }
+    }
+
     /// The registry as the gate itself asks it on behalf of `request` (public host `host`):
     /// with `[auth] mode = "none"` the registry may check the client's own credentials, so
     /// they go along; otherwise the gate checked them and they stay here.

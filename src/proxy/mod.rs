@@ -239,11 +239,7 @@ async fn forward(
     // Over HTTP/2 an answer with a body first takes its stream's place in the send budget,
     // waiting while its connection's share or the whole is spent: a client that opens
     // hundreds of streams and stops reading holds that, not the gate's memory.
-    let reservation = if request.version() == Version::HTTP_2 && request.method() == Method::GET {
-        Some(ctx.kit.send_budget().reserve(&ctx.conn.send_share).await)
-    } else {
-        None
-    };
+    let reservation = ctx.h2_send_reservation(&request).await;
     let (mut parts, ()) = request.into_parts();
     parts.uri = snapshot.upstream.uri_for(target)?;
     // The registry speaks HTTP/1.1 whatever the client used.

@@ -37,6 +37,13 @@ use crate::registry_path::{is_digest, percent_decode, Classified, Kind};
 /// How long indexing a referrer waits for the repository's write lock: another write's
 /// `[[protect]]` check or index update is short.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Referrers one subject's index lists at most. Each push rewrites the whole index (and
+/// 2.8 checks every entry), so past this a referrer is stored but not indexed, and the log
+/// says so; a signature or two SBOMs per image is the common case.
+const MAX_REFERRERS: usize = 1000;
+/// The most of a referrer's annotations (as JSON) copied into its index entry: the index
+/// must stay far below the registry's 4 MiB manifest limit.
+const MAX_ANNOTATION_BYTES: usize = 8 * 1024;
 
 /// A referrer pushed or deleted, read before the request is forwarded; its subject's index
 /// changes once the registry has accepted the request.
@@ -173,6 +180,8 @@ pub(super) async fn answer(
     }
     let filter = request.uri().query().and_then(artifact_type_filter);
     let tag = fallback_tag(digest).ok_or_else(|| GateError::DigestInvalid(digest.into()))?;
+    // Taken before the index is read: the answer is held whole until it is sent.
+    let reservation = ctx.h2_send_reservation(request).await;
     let stored = ctx
         .registry(request, host)
         .manifest_bytes(repository, &tag)
@@ -187,7 +196,7 @@ pub(super) async fn answer(
         "manifests": manifests,
     }))
     .map_err(|_| GateError::Internal("serialising a referrers index failed"))?;
-    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)).holding(reservation));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));
     if filter.is_some() {
@@ -310,7 +319,11 @@ fn descriptor_of(
         descriptor.insert("artifactType".into(), Value::String(artifact_type));
     }
     if let Some(annotations) = parts.annotations.filter(|a| !a.is_empty()) {
-        descriptor.insert("annotations".into(), json!(annotations));
+        let annotations = json!(annotations);
+        // Larger annotations stay in the referrer itself, which clients fetch anyway.
+        if annotations.to_string().len() <= MAX_ANNOTATION_BYTES {
+            descriptor.insert("annotations".into(), annotations);
+        }
     }
     Some((subject, descriptor))
 }
@@ -335,6 +348,12 @@ pub(super) async fn apply(
         return;
     }
     let _guard = match held {
+        // In a fleet, a lease that lapsed during the `[[protect]]` check may be another
+        // gate's by now: no index write without it.
+        Some(guard) if !guard.held() => {
+            tracing::warn!(repository = %change.repository, subject = %change.subject, "referrers index not updated: the fleet's write lock lapsed; the client keeps it itself");
+            return;
+        }
         Some(guard) => guard,
         // Bounded as a whole: the gate's own lock waits without end by itself.
         None => match tokio::time::timeout(
@@ -414,6 +433,12 @@ async fn update(
         }
     }
     let index = merged(stored.as_ref().map(|(_, b)| &b[..]), digest, added);
+    let entries = index["manifests"].as_array().map_or(0, Vec::len);
+    if entries > MAX_REFERRERS {
+        return Err(GateError::BadRequest(
+            "the subject already has the most referrers the gate indexes (1000)",
+        ));
+    }
     let body = serde_json::to_vec(&index)
         .map_err(|_| GateError::Internal("serialising a referrers index failed"))?;
     registry
@@ -511,6 +536,13 @@ mod tests {
         assert_eq!(d["artifactType"], "application/vnd.dev.cosign");
         assert_eq!(d["mediaType"], OCI_MANIFEST);
         assert!(d.get("annotations").is_none());
+
+        let huge = format!(
+            r#"{{"mediaType":"{OCI_MANIFEST}","subject":{{"digest":"{S}"}},"annotations":{{"k":"{}"}}}}"#,
+            "x".repeat(MAX_ANNOTATION_BYTES)
+        );
+        let (_, d) = descriptor_of(huge.as_bytes(), None).expect("a referrer");
+        assert!(d.get("annotations").is_none(), "large annotations stay out");
 
         assert!(descriptor_of(br#"{"schemaVersion":2}"#, Some(OCI_MANIFEST)).is_none());
         let bad_subject = br#"{"subject":{"digest":"latest"},"mediaType":"x"}"#;

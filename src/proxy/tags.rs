@@ -61,6 +61,8 @@ pub(crate) async fn answer(
         return Ok(None);
     };
     let asked = asked(request.uri().query())?;
+    // Taken before the listing is read: the answer is held whole until it is sent.
+    let reservation = ctx.h2_send_reservation(request).await;
     let registry = ctx.registry(request, host);
     let Some(listing) = registry.tags(repository).await? else {
         return Ok(None);
@@ -78,7 +80,7 @@ pub(crate) async fn answer(
         tags: &cut.tags,
     })
     .map_err(|_| GateError::Internal("encoding a tags listing"))?;
-    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)).holding(reservation));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(
