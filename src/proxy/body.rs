@@ -44,6 +44,50 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const MANIFEST_BUDGET_KIB: usize = 64 * 1024;
 static MANIFEST_BUDGET: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(MANIFEST_BUDGET_KIB);
+/// The most of `MANIFEST_BUDGET` the requests of one client address hold at once: a
+/// quarter, so one pusher (sixteen streams of trickling 4 MiB manifests) cannot take it
+/// all. Ordinary manifests, counted at 64 KiB, fit 256 at once from one address.
+const MANIFEST_SHARE_KIB: usize = MANIFEST_BUDGET_KIB / 4;
+/// What each client address holds of `MANIFEST_BUDGET` now, in KiB.
+static MANIFEST_SHARES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// One address's part of `MANIFEST_SHARES`, given back when dropped.
+struct Share {
+    client: std::net::IpAddr,
+    kib: usize,
+}
+
+impl Share {
+    /// `kib` more for `client`, unless that would pass its share.
+    fn take(client: std::net::IpAddr, kib: usize) -> Option<Share> {
+        let mut shares = MANIFEST_SHARES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = shares.entry(client).or_insert(0);
+        if *held + kib > MANIFEST_SHARE_KIB {
+            return None;
+        }
+        *held += kib;
+        Some(Share { client, kib })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut shares = MANIFEST_SHARES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = shares.get_mut(&self.client) {
+            *held = held.saturating_sub(self.kib);
+            if *held == 0 {
+                shares.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// The least a body read whole is counted at: a guess for one that declares no length is
 /// its limit, a declared one its length rounded up to this.
 const MANIFEST_MIN_KIB: usize = 64;
@@ -55,8 +99,9 @@ pub struct ClientBody {
     incoming: Option<Incoming>,
     /// The body once `read_whole` has read it, for `take` to forward.
     read: Option<Bytes>,
-    /// Its place in `MANIFEST_BUDGET`, kept until the request is over.
-    _budget: Option<tokio::sync::SemaphorePermit<'static>>,
+    /// Its place in `MANIFEST_BUDGET` and in its address's share, kept until the request
+    /// is over.
+    _budget: Option<(Share, tokio::sync::SemaphorePermit<'static>)>,
     exchange: Arc<Exchange>,
     expects_continue: bool,
 }
@@ -73,6 +118,8 @@ pub enum ReadError {
     /// Other requests hold the whole budget for bodies read whole, for longer than the idle
     /// limit.
     Busy,
+    /// This client address already holds its share of that budget.
+    OverShare,
 }
 
 /// How the connection goes on after an answer.
@@ -112,7 +159,12 @@ impl ClientBody {
     /// Reads the whole body, at most `limit` bytes, and keeps it for `take`. A declared
     /// length over the limit is refused before a byte is read; `idle` bounds a stall as the
     /// upstream read timeout bounds a streamed one.
-    pub async fn read_whole(&mut self, limit: usize, idle: Duration) -> Result<Bytes, ReadError> {
+    pub async fn read_whole(
+        &mut self,
+        limit: usize,
+        idle: Duration,
+        client: std::net::IpAddr,
+    ) -> Result<Bytes, ReadError> {
         if let Some(bytes) = &self.read {
             return Ok(bytes.clone());
         }
@@ -125,6 +177,10 @@ impl ClientBody {
             return Err(ReadError::TooLarge);
         }
         let kib = budget_kib(incoming.size_hint().exact(), limit);
+        let Some(share) = Share::take(client, kib) else {
+            self.incoming = Some(incoming);
+            return Err(ReadError::OverShare);
+        };
         let permit =
             match tokio::time::timeout(idle, MANIFEST_BUDGET.acquire_many(kib as u32)).await {
                 Ok(Ok(permit)) => permit,
@@ -134,7 +190,7 @@ impl ClientBody {
                     return Err(ReadError::Busy);
                 }
             };
-        self._budget = Some(permit);
+        self._budget = Some((share, permit));
         let body =
             http_body_util::Limited::new(RequestBody::new(incoming, self.exchange.clone()), limit);
         let collected = tokio::select! {

@@ -138,11 +138,24 @@ fn still_held(guard: WriteGuard, repository: &str) -> Result<WriteGuard, GateErr
 /// The manifest being pushed, whole; kept for forwarding.
 pub(super) async fn read_manifest(ctx: &mut RequestContext) -> Result<bytes::Bytes, GateError> {
     let idle = ctx.snapshot.upstream.read_timeout();
-    match ctx.body.read_whole(MAX_BODY_BYTES, idle).await {
+    match ctx
+        .body
+        .read_whole(MAX_BODY_BYTES, idle, ctx.client_ip)
+        .await
+    {
         Ok(bytes) => Ok(bytes),
         Err(ReadError::TooLarge) => Err(GateError::ManifestTooLarge(MAX_BODY_BYTES)),
         Err(ReadError::Failed) => Err(GateError::ClientAborted),
         Err(ReadError::Stalled) => Err(GateError::BadRequest("the manifest stopped arriving")),
+        Err(ReadError::OverShare) => {
+            tracing::warn!(
+                client = %ctx.client_ip,
+                "a manifest push refused with 503: this address's manifests being read at once fill its 16 MiB share"
+            );
+            Err(GateError::Busy(
+                "this address has too many manifest pushes being read at once",
+            ))
+        }
         Err(ReadError::Busy) => {
             tracing::warn!(
                 waited = ?idle,

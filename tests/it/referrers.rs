@@ -516,10 +516,11 @@ impl http_body::Body for Trickle {
     }
 }
 
-/// OCI manifests are read whole now, so their memory is bounded: sixteen pushes that never
-/// say their length and trickle hold the gate's whole 64 MiB budget; the next push waits
-/// for `read_timeout` and gets 503 with `Retry-After`, and once the trickling ones are
-/// dropped a push goes through.
+/// OCI manifests are read whole now, so their memory is bounded, and one address cannot
+/// take it all. Four pushes that never say their length and keep trickling hold one
+/// address's 16 MiB share: its fifth push gets 503 at once. Four addresses doing that hold
+/// the whole 64 MiB: a push from a fifth waits `read_timeout` and gets 503 with
+/// `Retry-After`. Once the trickling pushes are gone, a push goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_read_whole_share_a_bounded_budget() {
     use http_body_util::BodyExt;
@@ -528,12 +529,10 @@ async fn manifests_read_whole_share_a_bounded_budget() {
     let mut config = GateConfig::new(&registry.url).basic_auth(&[CI]);
     config.read_timeout = "2s".into();
     let gate = Gate::start(tmp.path(), config);
-    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
-    let path = "/v2/team/app/manifests/stalled";
-    let mut stalled = Vec::new();
-    for _ in 0..16 {
+    let address = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+    let trickle = |client: &HttpsClient| {
         let client = client.clone();
-        let request = request("PUT", &gate.url(path))
+        let request = request("PUT", &gate.url("/v2/team/app/manifests/stalled"))
             .header("Authorization", basic(CI))
             .header("Content-Type", OCI_MANIFEST)
             .body(
@@ -543,51 +542,62 @@ async fn manifests_read_whole_share_a_bounded_budget() {
                 .boxed(),
             )
             .expect("request");
-        stalled.push(tokio::spawn(async move { client.try_send(request).await }));
-    }
-    // Let the sixteen reach the gate and take their share.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    for task in &stalled {
-        assert!(!task.is_finished(), "a stalled push was answered");
-    }
-    let api = Api {
-        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
-        gate,
+        tokio::spawn(async move { client.try_send(request).await })
     };
     let small = artifact(SBOM, &format!("sha256:{}", "1".repeat(64)), "x");
+    let put_small = |client: HttpsClient| {
+        let request = request("PUT", &gate.url("/v2/team/app/manifests/small"))
+            .header("Authorization", basic(CI))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(full(small.clone()))
+            .expect("request");
+        async move {
+            let response = client.send(request).await;
+            let (status, headers) = (response.status(), response.headers().clone());
+            (status, headers, text(response).await)
+        }
+    };
+
+    // One address: four hold its share, the fifth is refused at once.
+    let first = HttpsClient::from_address(&gate.pki.ca_pem, address(2));
+    let mut trickling: Vec<_> = (0..4).map(|_| trickle(&first)).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let started = std::time::Instant::now();
-    let (status, headers, body) = api
-        .call(
-            "PUT",
-            "/v2/team/app/manifests/small",
-            Some(OCI_MANIFEST),
-            small.clone(),
-        )
-        .await;
+    let (status, headers, body) = put_small(first.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(header_text(&headers, "retry-after"), Some("1"));
+    assert!(body.contains("this address"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+
+    // Three more addresses fill the whole budget: a fifth address waits, then 503.
+    for last in 3..=5 {
+        let client = HttpsClient::from_address(&gate.pki.ca_pem, address(last));
+        trickling.extend((0..4).map(|_| trickle(&client)));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for task in &trickling {
+        assert!(!task.is_finished(), "a trickling push was answered");
+    }
+    let started = std::time::Instant::now();
+    let other = HttpsClient::from_address(&gate.pki.ca_pem, address(6));
+    let (status, headers, body) = put_small(other.clone()).await;
     assert_eq!(
         status,
         StatusCode::SERVICE_UNAVAILABLE,
         "{body}\n{}",
-        api.gate.log()
+        gate.log()
     );
     assert_eq!(header_text(&headers, "retry-after"), Some("1"));
     assert!(body.contains("busy"), "{body}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
-    assert!(api.gate.log().contains("fill the gate's 64 MiB budget"));
+    assert!(gate.log().contains("fill the gate's 64 MiB budget"));
 
     // The trickling pushes' clients go away: the budget is free again.
-    for task in stalled {
+    for task in trickling {
         task.abort();
     }
     let freed = util::wait_until_async(std::time::Duration::from_secs(10), || async {
-        let (status, _, _) = api
-            .call(
-                "PUT",
-                "/v2/team/app/manifests/small",
-                Some(OCI_MANIFEST),
-                small.clone(),
-            )
-            .await;
+        let (status, _, _) = put_small(other.clone()).await;
         // The blobs it names are not there: the registry's 400, not the gate's 503.
         status != StatusCode::SERVICE_UNAVAILABLE
     })

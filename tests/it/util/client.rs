@@ -93,6 +93,22 @@ impl HttpsClient {
         }
     }
 
+    /// An HTTP/1.1 client whose connections come from `local` (another loopback address,
+    /// 127.0.0.2 and up, for a test that needs several client addresses).
+    pub fn from_address(ca_pem: &Path, local: std::net::IpAddr) -> HttpsClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_local_address(Some(local));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(ca_pem))
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        HttpsClient {
+            inner: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
     /// Sends `req`; the error is returned so tests can assert on failures.
     pub async fn try_send(
         &self,
