@@ -102,12 +102,6 @@ pub fn fallback_tag(digest: &str) -> Option<String> {
 /// or more, and with those the fallback tag could be any tag a release uses (`sha-<git
 /// sha>`, `main-<hex>`): the gate would write over it past `[[protect]]`.
 fn indexable(digest: &str) -> bool {
-    let lower_hex = |hex: &str, len: usize| {
-        hex.len() == len
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
     match digest.split_once(':') {
         Some(("sha256", hex)) => lower_hex(hex, 64),
         Some(("sha512", hex)) => lower_hex(hex, 128),
@@ -119,13 +113,17 @@ fn indexable(digest: &str) -> bool {
 /// hex digits), which the browser shows under its image rather than as a tag.
 pub fn is_fallback_tag(tag: &str) -> bool {
     ["sha256-", "sha512-"].iter().any(|prefix| {
-        tag.strip_prefix(prefix).is_some_and(|hex| {
-            hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
+        tag.strip_prefix(prefix)
+            .is_some_and(|hex| lower_hex(hex, 64))
     })
+}
+
+/// Exactly `len` lower-case hex digits: the canonical spelling, the one the tags use.
+fn lower_hex(hex: &str, len: usize) -> bool {
+    hex.len() == len
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// One manifest that refers to another, as its subject's index lists it.
@@ -142,13 +140,8 @@ pub async fn referrers_of(
     repository: &str,
     digest: &str,
 ) -> Result<Vec<Referrer>, GateError> {
-    let Some(tag) = fallback_tag(digest) else {
-        return Ok(Vec::new());
-    };
-    let stored = registry.manifest_bytes(repository, &tag).await?;
-    Ok(stored
-        .map(|(_, bytes)| listed(&bytes))
-        .unwrap_or_default()
+    Ok(listed(registry, repository, digest)
+        .await?
         .into_iter()
         .filter_map(|m| {
             Some(Referrer {
@@ -179,14 +172,9 @@ pub(super) async fn answer(
         return Err(GateError::DigestInvalid(digest.to_string()));
     }
     let filter = request.uri().query().and_then(artifact_type_filter);
-    let tag = fallback_tag(digest).ok_or_else(|| GateError::DigestInvalid(digest.into()))?;
     // Taken before the index is read: the answer is held whole until it is sent.
     let reservation = ctx.h2_send_reservation(request).await;
-    let stored = ctx
-        .registry(request, host)
-        .manifest_bytes(repository, &tag)
-        .await?;
-    let mut manifests = stored.map(|(_, bytes)| listed(&bytes)).unwrap_or_default();
+    let mut manifests = listed(&ctx.registry(request, host), repository, digest).await?;
     if let Some(wanted) = &filter {
         manifests.retain(|m| m.get("artifactType").and_then(Value::as_str) == Some(wanted));
     }
@@ -218,11 +206,29 @@ fn artifact_type_filter(query: &str) -> Option<String> {
         })
 }
 
+/// The descriptors the fallback tag of `digest` lists in `repository`: nothing when there
+/// is no such tag or it holds no index.
+async fn listed(
+    registry: &Registry,
+    repository: &str,
+    digest: &str,
+) -> Result<Vec<Value>, GateError> {
+    let Some(tag) = fallback_tag(digest) else {
+        return Ok(Vec::new());
+    };
+    let stored = registry.manifest_bytes(repository, &tag).await?;
+    Ok(stored.map(|(_, bytes)| entries(&bytes)).unwrap_or_default())
+}
+
 /// The descriptors an index lists; nothing for what is not an index.
-fn listed(bytes: &[u8]) -> Vec<Value> {
-    serde_json::from_slice::<Value>(bytes)
+fn entries(bytes: &[u8]) -> Vec<Value> {
+    let manifests = serde_json::from_slice::<Value>(bytes)
         .ok()
-        .and_then(|index| index.get("manifests").and_then(Value::as_array).cloned())
+        .and_then(|mut index| match index.get_mut("manifests")?.take() {
+            Value::Array(manifests) => Some(manifests),
+            _ => None,
+        });
+    manifests
         .unwrap_or_default()
         .into_iter()
         .filter(|m| {

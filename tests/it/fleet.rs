@@ -15,7 +15,7 @@ use http::StatusCode;
 use util::client::{full, request, text, HttpsClient, Proto};
 use util::gate::gate_command;
 use util::gate::{Gate, GateConfig};
-use util::image::{oci_image, put_manifests_at_once, OciImage, MANIFEST_MEDIA_TYPE};
+use util::image::{put_manifests_at_once, OciImage, MANIFEST_MEDIA_TYPE};
 use util::redis::Redis;
 use util::registry::Registry;
 use util::{describe, run, temp_dir};
@@ -89,15 +89,13 @@ fn basic((user, password): (&str, &str)) -> String {
 /// An image pushed with skopeo through the first gate to the unprotected `team/app:base`,
 /// so its blobs are in the repository for the manifests the tests push.
 async fn pushed_image(tmp: &std::path::Path, gate: &Gate) -> OciImage {
-    let image = oci_image(&tmp.join("image"), 1, 4 * 1024);
-    let (sk, source) = (gate.host(), image.reference());
-    let pushed = tokio::task::spawn_blocking(move || {
-        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:base")
-    })
+    gate.push_new_image(
+        &tmp.join("image"),
+        4 * 1024,
+        &format!("{}:{}", CI.0, CI.1),
+        "team/app:base",
+    )
     .await
-    .expect("skopeo thread");
-    assert!(pushed.status.success(), "{}", describe(&pushed));
-    image
 }
 
 /// The image's manifest with an annotation that makes it a different manifest.

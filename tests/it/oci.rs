@@ -28,14 +28,14 @@ async fn a_manifest_delete_by_tag_says_to_delete_by_digest() {
     let tmp = temp_dir();
     let registry = Registry::start(tmp.path());
     let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url).basic_auth(&[CI]));
-    let image = oci_image(&tmp.path().join("image"), 1, 1024);
-    let (sk, source) = (gate.host(), image.reference());
-    let pushed = tokio::task::spawn_blocking(move || {
-        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
-    })
-    .await
-    .expect("skopeo thread");
-    assert!(pushed.status.success(), "{}", describe(&pushed));
+    let image = gate
+        .push_new_image(
+            &tmp.path().join("image"),
+            1024,
+            &format!("{}:{}", CI.0, CI.1),
+            "team/app:v1",
+        )
+        .await;
 
     let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
     let delete = |path: String| {

@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use util::client::{full, request, text, HttpsClient, Proto};
 use util::gate::{Gate, GateConfig};
-use util::image::oci_image;
 use util::registry::Registry;
 use util::{describe, run, temp_dir};
 
@@ -52,15 +51,13 @@ fn artifact(artifact_type: &str, subject: &str, mark: &str) -> Vec<u8> {
 
 /// An image pushed with skopeo through the gate as `team/app:v1`: the subject.
 async fn pushed_image(tmp: &std::path::Path, gate: &Gate) -> util::image::OciImage {
-    let image = oci_image(&tmp.join("image"), 1, 1024);
-    let (sk, source) = (gate.host(), image.reference());
-    let pushed = tokio::task::spawn_blocking(move || {
-        sk.push(&format!("{}:{}", CI.0, CI.1), &source, "team/app:v1")
-    })
+    gate.push_new_image(
+        &tmp.join("image"),
+        1024,
+        &format!("{}:{}", CI.0, CI.1),
+        "team/app:v1",
+    )
     .await
-    .expect("skopeo thread");
-    assert!(pushed.status.success(), "{}", describe(&pushed));
-    image
 }
 
 struct Api {

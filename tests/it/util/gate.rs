@@ -373,6 +373,29 @@ impl Gate {
     }
 
     /// `RegistryHost::push_ok`: the push, which must succeed.
+    /// A new one-layer OCI image of `layer_size` bytes, written in `dir` and pushed with
+    /// skopeo through this gate as `target` (off the async runtime's threads).
+    pub async fn push_new_image(
+        &self,
+        dir: &Path,
+        layer_size: usize,
+        creds: &str,
+        target: &str,
+    ) -> super::image::OciImage {
+        let image = super::image::oci_image(dir, 1, layer_size);
+        let (host, source, creds, target) = (
+            self.host(),
+            image.reference(),
+            creds.to_string(),
+            target.to_string(),
+        );
+        let pushed = tokio::task::spawn_blocking(move || host.push(&creds, &source, &target))
+            .await
+            .expect("skopeo thread");
+        assert!(pushed.status.success(), "{}", super::describe(&pushed));
+        image
+    }
+
     pub fn push_ok(&self, creds: &str, source: &str, target: &str) {
         self.host().push_ok(creds, source, target);
     }
