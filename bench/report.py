@@ -37,7 +37,17 @@ METRICS = [
     ("s6_h2_rps", "S6 HTTP/2 manifest GET req/s (h2load)", True),
 ]
 
-COLUMNS = ["direct", "nginx", "nginx-tuned", "nginx-noauth", "gate", "gate-b", "gate-cluster"]
+COLUMNS = ["direct", "nginx", "nginx-tuned", "nginx-noauth", "caddy", "haproxy", "gate", "gate-b", "gate-cluster"]
+
+# Ratio columns: (heading, numerator, denominator), shown when both targets ran.
+RATIOS = [
+    ("gate/nginx tuned", "gate", "nginx-tuned"),
+    ("gate/caddy", "gate", "caddy"),
+    ("gate/haproxy", "gate", "haproxy"),
+    ("gate/direct", "gate", "direct"),
+    ("gate-b/gate", "gate-b", "gate"),
+    ("gate-cluster/gate", "gate-cluster", "gate"),
+]
 
 
 def load(path):
@@ -87,42 +97,37 @@ def main():
     present = [c for c in COLUMNS if any(c in data.get(m, {}) for m, _, _ in METRICS)]
     out = []
     p = out.append
-    p("## registry-gate vs nginx vs the registry directly")
+    others = [name for target, name in (("caddy", "Caddy"), ("haproxy", "HAProxy")) if target in present]
+    p("## registry-gate vs nginx" + "".join(f" vs {o}" for o in others) + " vs the registry directly")
     p("")
     p(f"- date: {env('RUN_DATE')}, gate commit {env('RUN_COMMIT')}, release build"
       + (" — **quick mode: sizes and durations too small for meaningful numbers**" if env("RUN_QUICK") == "1" else ""))
     p(f"- machine: {env('RUN_NPROC')} CPUs, {env('RUN_CPU')}, AES-NI: {env('RUN_AES')}, kernel {env('RUN_KERNEL')}; "
       f"loadavg at start {env('RUN_LOAD_START')}, at end {env('RUN_LOAD_END')}")
-    p(f"- versions: nginx {env('RUN_NGINX')}, docker-registry {env('RUN_REGISTRY')}, {env('RUN_RUSTC')}, {env('RUN_CURL')}")
+    p(f"- versions: nginx {env('RUN_NGINX')}, "
+      + "".join(f"{name} {env(var)}, " for name, var in (("caddy", "RUN_CADDY"), ("haproxy", "RUN_HAPROXY")) if env(var))
+      + f"docker-registry {env('RUN_REGISTRY')}, {env('RUN_RUSTC')}, {env('RUN_CURL')}")
     p(f"- {env('RUN_REPS')} repetition(s), targets interleaved (rotated order); S1/S2 blob {env('RUN_BLOB_MIB')} MiB "
       f"(PATCH chunks {env('RUN_CHUNK_MIB')} MiB), S4 16 × {env('RUN_PAR_MIB')} MiB, wrk/h2load runs {env('RUN_DURATION')} s, "
       f"S5 {env('RUN_IDLE')} idle connections, S3 manifest {env('RUN_MANIFEST')} bytes")
     p(f"- downloads (S1, S4) verified by size and sha256 {env('RUN_DIGEST')}")
+    if env("RUN_SUITES"):
+        p(f"- TLS suite each proxy picks for curl: {env('RUN_SUITES')}")
+    if "caddy" in present or "haproxy" in present:
+        p("- caddy and haproxy cannot check the APR1 user (Caddy: bcrypt only; HAProxy: crypt(3), no $apr1$): "
+          "their S3 APR1 cells are —, and they authenticate downloads, uploads and h2load as the bcrypt user "
+          "(Caddy caches a verified password, HAProxy checks bcrypt on every request)")
     p("- cells: median (min–max) over repetitions; ratios: per repetition, then the median")
     p("")
-    head = ["metric"] + present
-    if "gate" in present and "nginx-tuned" in present:
-        head.append("gate/nginx tuned")
-    if "gate" in present and "direct" in present:
-        head.append("gate/direct")
-    if "gate-b" in present and "gate" in present:
-        head.append("gate-b/gate")
-    if "gate-cluster" in present and "gate" in present:
-        head.append("gate-cluster/gate")
+    ratios = [(h, a, b) for h, a, b in RATIOS if a in present and b in present]
+    head = ["metric"] + present + [h for h, _, _ in ratios]
     p("| " + " | ".join(head) + " |")
     p("|---|" + "---:|" * (len(head) - 1))
     for metric, label, _ in METRICS:
         if metric not in data:
             continue
         row = [label] + [cell(data[metric].get(t)) for t in present]
-        if "gate/nginx tuned" in head:
-            row.append(fmt(ratio(data, metric, "gate", "nginx-tuned")))
-        if "gate/direct" in head:
-            row.append(fmt(ratio(data, metric, "gate", "direct")))
-        if "gate-b/gate" in head:
-            row.append(fmt(ratio(data, metric, "gate-b", "gate")))
-        if "gate-cluster/gate" in head:
-            row.append(fmt(ratio(data, metric, "gate-cluster", "gate")))
+        row += [fmt(ratio(data, metric, a, b)) for _, a, b in ratios]
         p("| " + " | ".join(row) + " |")
     p("")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: registry-gate against nginx (the distribution docs recipe) and
-# against the registry itself, all on loopback.
+# Side-by-side benchmark: registry-gate against nginx (the distribution docs recipe), Caddy,
+# HAProxy and the registry itself, all on loopback.
 #
 # Targets (all running at once, requests interleaved between them):
 #   direct       docker-registry serve, plain HTTP: the upper bound (no proxy, no TLS)
@@ -10,10 +10,16 @@
 #   nginx-tuned  the same plus proxy_buffer_size 64k
 #   nginx-noauth nginx-tuned without auth_basic, in S3 only: what the TLS proxy hop costs
 #                with no authentication at all, the floor for S3's "gate/direct" ratio
+#   caddy        Debian's caddy (2.6): reverse_proxy with flush_interval -1, upstream
+#                keepalive, basicauth (bcrypt only; it caches verified passwords), h1+h2
+#   haproxy      Debian's haproxy (2.6): mode http, keep-alive and http-reuse to the
+#                registry, alpn h2,http/1.1, a userlist (crypt(3): bcrypt on every request)
 #   gate         target/release/registry-gate ([auth] mode = "basic")
 #   gate-cluster the same gate with [cluster] on a redis-server started here: what the
 #                fleet's shared state costs one gate (a warm pull makes no Redis call)
-# All proxies use the same certificate (ECDSA P-256) and the same htpasswd file.
+# All proxies use the same certificate (ECDSA P-256) and the same htpasswd file. Caddy and
+# HAProxy cannot check the APR1 user: they authenticate every transfer as the bcrypt user,
+# and S3's APR1 pass skips them (their cells show "—").
 #
 # Scenarios:
 #   S1  one 1 GiB blob download (HTTP/1.1; and over HTTP/2 for the proxies): MB/s, proxy CPU s/GiB
@@ -32,8 +38,8 @@
 #   --reps N         repetitions (default 3); the report gives median (min-max)
 #   --write          also write the report to bench/results-run.md and every repetition's
 #                    raw value to bench/results-run.tsv (metric, target, repetition, value)
-#   --targets LIST   comma-separated subset of direct,nginx,nginx-tuned,nginx-noauth,gate,
-#                    gate-cluster (not in the default set)
+#   --targets LIST   comma-separated subset of direct,nginx,nginx-tuned,nginx-noauth,caddy,
+#                    haproxy,gate (the default set), gate-cluster (not in it)
 #   --scenarios LIST comma-separated subset of S1,S2,S3,S4,S5,S6
 #   --compare-gate PATH  add a target "gate-b" running another registry-gate binary (A/B tests)
 #   --hold           set everything up, print each target's URL, the blob paths and the client
@@ -48,12 +54,13 @@ QUICK=0
 WRITE=0
 DURATION=""
 IDLE_CONNS=""
-TARGETS_ARG="direct,nginx,nginx-tuned,nginx-noauth,gate"
+TARGETS_ARG="direct,nginx,nginx-tuned,nginx-noauth,caddy,haproxy,gate"
 SCENARIOS_ARG="S1,S2,S3,S4,S5,S6"
 COMPARE_GATE=""
 HOLD=0
 
-usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+# The header comment above, up to the first line that is not a comment.
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -86,10 +93,14 @@ done
 IFS=, read -r -a TARGETS <<<"$TARGETS_ARG"
 IFS=, read -r -a SCENARIOS <<<"$SCENARIOS_ARG"
 for t in "${TARGETS[@]}"; do
-    case "$t" in direct|nginx|nginx-tuned|nginx-noauth|gate|gate-cluster) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
+    case "$t" in direct|nginx|nginx-tuned|nginx-noauth|caddy|haproxy|gate|gate-cluster) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
 done
 [ -z "$COMPARE_GATE" ] || TARGETS+=(gate-b)
 want() { case ",$SCENARIOS_ARG," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+has_target() { case ",$TARGETS_ARG," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+# Caddy's basicauth takes bcrypt hashes only, HAProxy's userlist crypt(3), which has no
+# $apr1$: these targets authenticate as the bcrypt user and skip S3's APR1 pass.
+bcrypt_only() { case "$1" in caddy|haproxy) return 0 ;; *) return 1 ;; esac; }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MANIFEST_TYPE="application/vnd.oci.image.manifest.v1+json"
@@ -119,6 +130,9 @@ need python3 python3
 need sha256sum coreutils
 need openssl openssl
 need split coreutils
+# Only when asked for: installing Debian's caddy also enables its caddy.service (see below).
+has_target caddy && need caddy caddy
+has_target haproxy && need haproxy haproxy
 if [ -n "$missing" ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -130,6 +144,13 @@ if [ -n "$missing" ]; then
         || die "cannot install:$missing (apt-get install$missing)"
 fi
 command -v cargo >/dev/null 2>&1 || die "cargo is not installed (https://rustup.rs)"
+# Debian's postinst starts caddy.service (:80, admin on localhost:2019) and haproxy.service
+# (/etc/haproxy/haproxy.cfg: no listener). They cannot collide with the instances here (own
+# config, free ports, no admin endpoint, no :80), but they share the cores: say so.
+for svc in caddy haproxy; do
+    has_target "$svc" && command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null \
+        && log "note: $svc.service (Debian's) is running; the bench starts its own $svc, stop that one for a quiet machine (systemctl stop $svc)"
+done
 
 # Idle connections need file descriptors in the client and in the proxy (which inherits this).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -252,10 +273,13 @@ with_digest() { case "$1" in *\?*) echo "$1&digest=$2" ;; *) echo "$1?digest=$2"
 declare -A BASE=()
 BASE[direct]="$REGISTRY_URL"
 curl_args() {
-    case "$1" in
-        direct) echo "" ;;
-        *) echo "--cacert $CA -u $USER_APR1:$PASS" ;;
-    esac
+    if [ "$1" = direct ]; then
+        echo ""
+    elif bcrypt_only "$1"; then
+        echo "--cacert $CA -u $USER_BCRYPT:$PASS"
+    else
+        echo "--cacert $CA -u $USER_APR1:$PASS"
+    fi
 }
 
 # upload_monolithic TARGET REPO FILE DIGEST: POST, then one PUT ?digest= with the whole file.
@@ -439,6 +463,118 @@ EOF
     wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
 }
 
+# Caddy as packaged by Debian (2.6), in production form: the documented reverse_proxy with
+# streaming both ways (flush_interval -1: every read from the registry is flushed to the
+# client; request_buffers/response_buffers unset, so no buffering, 2.6's default), upstream
+# keep-alive (the default transport, up to 64 idle connections like nginx's keepalive 64),
+# basicauth with the bcrypt hash (base64 in 2.6's Caddyfile; the Caddyfile turns on its
+# cache of verified passwords), TLS 1.2+1.3 with the same certificate, HTTP/1.1 and HTTP/2
+# (2.6 would add HTTP/3 on UDP: off, no other target has it), no access log (Caddy's
+# default, like access_log off). No admin endpoint (the default is localhost:2019, which
+# Debian's caddy.service and each instance here would share), no automatic HTTPS (no :80
+# listener, no certificate management), and its autosave and storage under $TMP, not $HOME.
+start_caddy() {
+    local name="$1" port dir="$TMP/$1" hash
+    port="$(free_port)"
+    mkdir -p "$dir"
+    hash="$(sed -n "s/^$USER_BCRYPT://p" "$TMP/htpasswd" | tr -d '\n' | base64 -w0)"
+    [ -n "$hash" ] || die "no $USER_BCRYPT in $TMP/htpasswd"
+    cat >"$dir/Caddyfile" <<EOF
+{
+	admin off
+	auto_https off
+	servers {
+		protocols h1 h2
+	}
+}
+https://:$port {
+	bind 127.0.0.1
+	tls $CERT $KEY {
+		protocols tls1.2 tls1.3
+	}
+	basicauth bcrypt "Registry realm" {
+		$USER_BCRYPT $hash
+	}
+	# On every answer, the 401s included (nginx: add_header ... always); the registry's own
+	# copy is dropped so it is not sent twice.
+	header Docker-Distribution-Api-Version registry/2.0
+	reverse_proxy 127.0.0.1:$REGISTRY_PORT {
+		flush_interval -1
+		header_down -Docker-Distribution-Api-Version
+		transport http {
+			keepalive 2m
+			keepalive_idle_conns_per_host 64
+		}
+	}
+}
+EOF
+    XDG_CONFIG_HOME="$dir/config" XDG_DATA_HOME="$dir/data" \
+        caddy validate --config "$dir/Caddyfile" --adapter caddyfile >"$dir.test.log" 2>&1 \
+        || die "caddy validate ($name): $(tail -n 5 "$dir.test.log")"
+    XDG_CONFIG_HOME="$dir/config" XDG_DATA_HOME="$dir/data" \
+        caddy run --config "$dir/Caddyfile" --adapter caddyfile >"$TMP/$name.log" 2>&1 </dev/null &
+    PID[$name]=$!
+    BASE[$name]="https://127.0.0.1:$port"
+    wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
+}
+
+# HAProxy as packaged by Debian (2.6), in production form: mode http with keep-alive on both
+# sides (the default http-keep-alive, not http-server-close) and idle registry connections
+# shared between clients (http-reuse always: nginx's upstream keepalive pool does the same;
+# the registry is one well-behaved server on loopback), no request buffering (no option
+# http-buffer-request, the default), one thread per core (the default, like nginx's
+# worker_processes auto), TLS 1.2+1.3 (ssl-default-bind-options ssl-min-ver TLSv1.2, as
+# nginx's ssl_protocols) with the same certificate and key in one PEM, alpn h2,http/1.1,
+# nginx's timeouts (proxy_read_timeout 900, keepalive_timeout 75s, client_header_timeout
+# 60s), the forwarded headers, no logging (like access_log off). The userlist holds the
+# bcrypt user; HAProxy checks it with crypt(3) (libxcrypt reads $2y$) on every request.
+# maxconn is raised for S5's idle connections, as the gate's max_connections is.
+start_haproxy() {
+    local name="$1" port dir="$TMP/$1" hash
+    port="$(free_port)"
+    mkdir -p "$dir"
+    hash="$(sed -n "s/^$USER_BCRYPT://p" "$TMP/htpasswd")"
+    [ -n "$hash" ] || die "no $USER_BCRYPT in $TMP/htpasswd"
+    cat "$CERT" "$KEY" >"$dir/cert.pem"
+    chmod 600 "$dir/cert.pem"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    maxconn $((IDLE_CONNS + 1000))
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    maxconn $((IDLE_CONNS + 1000))
+    option forwardfor
+    timeout connect 5s
+    timeout client 900s
+    timeout server 900s
+    timeout http-request 60s
+    timeout http-keep-alive 75s
+
+userlist registry_users
+    user $USER_BCRYPT password $hash
+
+frontend registry
+    bind 127.0.0.1:$port ssl crt $dir/cert.pem alpn h2,http/1.1
+    http-request auth realm "Registry realm" unless { http_auth(registry_users) }
+    http-request set-header X-Forwarded-Proto https
+    # On every answer, the 401s included (nginx: add_header ... always).
+    http-after-response set-header Docker-Distribution-Api-Version registry/2.0
+    default_backend registry
+
+backend registry
+    http-reuse always
+    server registry 127.0.0.1:$REGISTRY_PORT
+EOF
+    haproxy -c -q -f "$dir/haproxy.cfg" >"$dir.test.log" 2>&1 || die "haproxy -c ($name): $(cat "$dir.test.log")"
+    # -db: in the foreground, one process (its threads), no master.
+    haproxy -db -f "$dir/haproxy.cfg" >"$TMP/$name.log" 2>&1 </dev/null &
+    PID[$name]=$!
+    BASE[$name]="https://127.0.0.1:$port"
+    wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
+}
+
 # proxy_buffers and proxy_busy_buffers_size only so nginx accepts the larger
 # proxy_buffer_size; with proxy_buffering off they are not used.
 NGINX_TUNED="proxy_buffer_size 64k; proxy_buffers 4 64k; proxy_busy_buffers_size 128k;"
@@ -448,6 +584,8 @@ start_target() {
         nginx) start_nginx nginx "" ;;
         nginx-tuned) start_nginx nginx-tuned "$NGINX_TUNED" ;;
         nginx-noauth) start_nginx nginx-noauth "$NGINX_TUNED" off ;;
+        caddy) start_caddy caddy ;;
+        haproxy) start_haproxy haproxy ;;
         gate) start_gate gate "$GATE_BIN" ;;
         gate-b) start_gate gate-b "$COMPARE_GATE" ;;
         gate-cluster)
@@ -465,7 +603,10 @@ for t in "${TARGETS[@]}"; do start_target "$t"; done
 # The registry is a "target" only as direct; pids_of registry is the registry.
 log "targets: ${TARGETS[*]}"
 
-# Sanity: the manifest through every target, with each user; auth really on.
+# Sanity: the manifest through every target, with each user; auth really on. And the TLS
+# 1.3 suite each proxy picks for curl (OpenSSL, like wrk, h2load and the idle client, offers
+# AES-256-GCM first; Go's crypto/tls, hence Caddy, prefers AES-128-GCM where AES-NI is).
+SUITES=""
 for t in "${TARGETS[@]}"; do
     if [ "$t" = direct ]; then
         code="$(curl -sS -o "$TMP/m" -w '%{http_code}' -H "Accept: $MANIFEST_TYPE" "$REGISTRY_URL/v2/$REPO/manifests/latest")"
@@ -478,7 +619,16 @@ for t in "${TARGETS[@]}"; do
         continue
     fi
     [ "$code" = 401 ] || die "$t: manifest GET without credentials answered $code, not 401"
-    for h in "$AUTH_BCRYPT" "$AUTH_APR1"; do
+    suite="$(curl -sv -o /dev/null --cacert "$CA" "${BASE[$t]}/v2/" 2>&1 | sed -n 's/^\* SSL connection using //p' | head -n1)"
+    SUITES="$SUITES${SUITES:+; }$t ${suite:-?}"
+    users=("$AUTH_BCRYPT" "$AUTH_APR1")
+    if bcrypt_only "$t"; then
+        users=("$AUTH_BCRYPT")
+        code="$(curl -sS -o /dev/null -w '%{http_code}' --cacert "$CA" -H "$AUTH_APR1" -H "Accept: $MANIFEST_TYPE" \
+            "${BASE[$t]}/v2/$REPO/manifests/latest")"
+        [ "$code" = 401 ] || log "$t: the APR1 user answered $code, not 401: $t reads \$apr1\$ now? S3's APR1 pass still skips it"
+    fi
+    for h in "${users[@]}"; do
         code="$(curl -sS -o "$TMP/m" -w '%{http_code}' --cacert "$CA" -H "$h" -H "Accept: $MANIFEST_TYPE" \
             "${BASE[$t]}/v2/$REPO/manifests/latest")"
         [ "$code" = 200 ] && cmp -s "$TMP/m" "$TMP/manifest.json" || die "$t: manifest GET answered $code or other bytes"
@@ -610,6 +760,16 @@ parse_wrk() {
     '
 }
 
+# warm_auth TARGET HEADERS…: one request with the run's credentials before the timed run,
+# as a docker login comes before a pull, so a proxy that caches verified passwords (the gate,
+# Caddy) starts the run warm. Caddy's cache has no single flight: against a cold cache every
+# one of h2load's 640 concurrent first requests ran bcrypt (~100 ms of CPU each), and h2load
+# completed none in 3 s.
+warm_auth() {
+    local t="$1"; shift
+    curl -sS -o /dev/null --cacert "$CA" "$@" "${BASE[$t]}/v2/$REPO/manifests/latest" || true
+}
+
 s3() {
     local t="$1" rep="$2" kind="$3" url c0 c1
     local -a headers=(-H "Accept: $MANIFEST_TYPE")
@@ -617,6 +777,11 @@ s3() {
     if [ "$t" != direct ]; then
         if [ "$kind" = bcrypt ]; then headers+=(-H "$AUTH_BCRYPT"); else headers+=(-H "$AUTH_APR1"); fi
     fi
+    if [ "$kind" = apr1 ] && bcrypt_only "$t"; then
+        log "  ($t cannot check APR1 passwords: skipped, its S3 APR1 cells stay empty)"
+        return 0
+    fi
+    warm_auth "$t" "${headers[@]}"
     wrk -t2 -c64 -d2s --timeout 10s "${headers[@]}" "$url" >/dev/null 2>&1 || true
     c0="$(cpu_ticks "$t")"
     wrk -t2 -c64 -d"${DURATION}s" --timeout 10s --latency "${headers[@]}" "$url" >"$TMP/wrk.out" 2>&1 \
@@ -628,7 +793,8 @@ s3() {
     [ "$non2xx" -eq 0 ] || die "$t: S3 $kind: $non2xx non-2xx answers: $(cat "$TMP/wrk.out")"
     [ "$sockerr" -eq 0 ] || log "$t: S3 $kind: $sockerr socket errors (timeouts count here)"
     record "s3_${kind}_rps" "$t" "$rep" "$rps"
-    # nginx checks bcrypt on every request in its event loop: it may complete none at all.
+    # nginx checks bcrypt on every request in its event loop (HAProxy in its threads): it may
+    # complete none at all.
     if [ "$reqs" -eq 0 ]; then
         log "$t: S3 $kind: no request completed in ${DURATION}s"
         settle "$t"
@@ -640,8 +806,9 @@ s3() {
     settle "$t"
 }
 
-# settle TARGET: wait until the target stops using CPU (nginx may still be checking bcrypt
-# passwords of requests wrk gave up on), so it does not slow the next target down.
+# settle TARGET: wait until the target stops using CPU (nginx and HAProxy may still be
+# checking bcrypt passwords of requests wrk gave up on), so it does not slow the next target
+# down.
 settle() {
     local a b
     a="$(cpu_ticks "$1")"
@@ -723,15 +890,19 @@ s6_handshakes() {
 }
 
 s6_h2() {
-    local t="$1" rep="$2" rps ok
+    local t="$1" rep="$2" rps ok auth="$AUTH_APR1"
     [ "$t" = direct ] && return 0
-    h2load -c64 -m10 -t2 -D "$DURATION" --warm-up-time=1 -H "$AUTH_APR1" -H "Accept: $MANIFEST_TYPE" \
+    # Caddy and HAProxy as the bcrypt user: HAProxy checks bcrypt on every request here.
+    bcrypt_only "$t" && auth="$AUTH_BCRYPT"
+    warm_auth "$t" -H "$auth" -H "Accept: $MANIFEST_TYPE"
+    h2load -c64 -m10 -t2 -D "$DURATION" --warm-up-time=1 -H "$auth" -H "Accept: $MANIFEST_TYPE" \
         "${BASE[$t]}/v2/$REPO/manifests/latest" >"$TMP/h2.out" 2>&1 || die "$t: h2load failed: $(cat "$TMP/h2.out")"
     grep -q 'Application protocol: h2' "$TMP/h2.out" || die "$t: h2load did not negotiate h2: $(cat "$TMP/h2.out")"
     rps="$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$TMP/h2.out")"
     ok="$(awk '/^status codes:/ { print ($5 + $7 + $9 == 0) }' "$TMP/h2.out")"
     [ -n "$rps" ] && [ "$ok" = 1 ] || die "$t: h2load: $(cat "$TMP/h2.out")"
     record s6_h2_rps "$t" "$rep" "$rps"
+    settle "$t"   # HAProxy may still be checking the passwords of streams h2load left behind
 }
 
 # Targets in a rotated order each repetition, so no target always goes first.
@@ -790,6 +961,10 @@ COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 export RUN_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" RUN_COMMIT="$COMMIT" RUN_REPS="$REPS" RUN_QUICK="$QUICK"
 export RUN_CPU="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)" RUN_NPROC="$(nproc)"
 export RUN_AES="$(grep -qw aes /proc/cpuinfo && echo yes || echo no)" RUN_KERNEL="$(uname -r)"
+RUN_CADDY=""; RUN_HAPROXY=""
+has_target caddy && RUN_CADDY="$(caddy version | awk '{ print $1 }')"
+has_target haproxy && RUN_HAPROXY="$(haproxy -v | awk 'NR == 1 { print $3 }')"
+export RUN_CADDY RUN_HAPROXY RUN_SUITES="$SUITES"
 export RUN_NGINX="$(nginx -v 2>&1 | sed 's/^nginx version: //')" RUN_REGISTRY="$(docker-registry --version | awk '{ print $3 }')"
 export RUN_RUSTC="$(rustc --version)" RUN_CURL="$(curl --version | head -n1 | cut -d' ' -f1-2)"
 export RUN_LOAD_START="$LOAD_START" RUN_LOAD_END="$LOAD_END" RUN_BLOB_MIB="$BLOB_MIB" RUN_PAR_MIB="$PAR_MIB"
