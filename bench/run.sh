@@ -528,7 +528,10 @@ EOF
 # nginx's timeouts (proxy_read_timeout 900, keepalive_timeout 75s, client_header_timeout
 # 60s), the forwarded headers, no logging (like access_log off). The userlist holds the
 # bcrypt user; HAProxy checks it with crypt(3) (libxcrypt reads $2y$) on every request.
-# maxconn is raised for S5's idle connections, as the gate's max_connections is.
+# maxconn is raised for S5's idle connections, as the gate's max_connections is. HAProxy
+# wants two descriptors per connection it may take (one to the server), more than a 20,000
+# hard limit allows for 11,000; S5's idle connections need one each, so "no strict-limits"
+# lets it start on the descriptors there are (it warns).
 start_haproxy() {
     local name="$1" port dir="$TMP/$1" hash
     port="$(free_port)"
@@ -540,6 +543,7 @@ start_haproxy() {
     cat >"$dir/haproxy.cfg" <<EOF
 global
     maxconn $((IDLE_CONNS + 1000))
+    no strict-limits
     ssl-default-bind-options ssl-min-ver TLSv1.2
 
 defaults
