@@ -278,17 +278,8 @@ pub(super) async fn change_of(
         }));
     }
     if request.method() == Method::DELETE && is_digest(reference) {
-        // A manifest that cannot be read now is deleted without touching any index: the
-        // registry answers the delete itself, and a stale entry is only a dangling one.
-        let stored = ctx
-            .registry(request, host)
-            .manifest_bytes(repository, reference)
-            .await
-            .ok()
-            .flatten();
-        let subject = stored.and_then(|(media_type, bytes)| {
-            descriptor_of(&bytes, Some(&media_type)).map(|(subject, _)| subject)
-        });
+        let registry = ctx.registry(request, host);
+        let subject = subject_of_stored(&registry, repository, reference).await;
         return Ok(subject.map(|subject| Change {
             repository: repository.to_string(),
             subject,
@@ -298,6 +289,40 @@ pub(super) async fn change_of(
         }));
     }
     Ok(None)
+}
+
+/// Before a delete: the subject the stored manifest `digest` refers to, one registry round
+/// trip. A manifest that cannot be read now is deleted without touching any index: the
+/// registry answers the delete itself, and a stale entry is only a dangling one.
+pub(crate) async fn subject_of_stored(
+    registry: &Registry,
+    repository: &str,
+    digest: &str,
+) -> Option<String> {
+    let (media_type, bytes) = registry
+        .manifest_bytes(repository, digest)
+        .await
+        .ok()
+        .flatten()?;
+    descriptor_of(&bytes, Some(&media_type)).map(|(subject, _)| subject)
+}
+
+/// After a delete the registry accepted (the browser's, which knows no `Change`): the
+/// entry of `digest` taken out of its subject's index, under `held` or the write lock.
+pub(crate) async fn forget(
+    ctx: &RequestContext,
+    registry: &Registry,
+    repository: &str,
+    subject: &str,
+    digest: &str,
+    held: Option<WriteGuard>,
+) {
+    let Some(_guard) = index_lock(ctx, repository, subject, held).await else {
+        return;
+    };
+    if let Err(e) = update(registry, repository, subject, digest, None).await {
+        tracing::warn!(repository = %repository, subject = %subject, error = %e, "referrers index not updated after a delete; the entry dangles");
+    }
 }
 
 /// The subject of a manifest and the descriptor (without the digest) its subject's index
@@ -353,31 +378,8 @@ pub(super) async fn apply(
     if !accepted {
         return;
     }
-    let _guard = match held {
-        // In a fleet, a lease that lapsed during the `[[protect]]` check may be another
-        // gate's by now: no index write without it.
-        Some(guard) if !guard.held() => {
-            tracing::warn!(repository = %change.repository, subject = %change.subject, "referrers index not updated: the fleet's write lock lapsed; the client keeps it itself");
-            return;
-        }
-        Some(guard) => guard,
-        // Bounded as a whole: the gate's own lock waits without end by itself.
-        None => match tokio::time::timeout(
-            LOCK_WAIT,
-            ctx.write_locks.lock(&change.repository, LOCK_WAIT),
-        )
-        .await
-        {
-            Ok(Ok(guard)) => guard,
-            Ok(Err(e)) => {
-                tracing::warn!(repository = %change.repository, subject = %change.subject, error = %e, "referrers index not updated: no write lock; the client keeps it itself");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(repository = %change.repository, subject = %change.subject, waited = ?LOCK_WAIT, "referrers index not updated: another write held the repository's lock too long; the client keeps it itself");
-                return;
-            }
-        },
+    let Some(_guard) = index_lock(ctx, &change.repository, &change.subject, held).await else {
+        return;
     };
     let registry = ctx.registry(request, host);
     let (digest, added) = match change.kind {
@@ -417,6 +419,40 @@ pub(super) async fn apply(
         Err(e) => {
             tracing::warn!(repository = %change.repository, subject = %change.subject, error = %e, "referrers index not updated; the client keeps it itself");
         }
+    }
+}
+
+/// The repository's write lock for an index update: `held` when `[[protect]]` already took
+/// it for this write (and it has not lapsed), else taken here within `LOCK_WAIT`. `None`
+/// (logged) means no update: the client keeps the index itself.
+async fn index_lock(
+    ctx: &RequestContext,
+    repository: &str,
+    subject: &str,
+    held: Option<WriteGuard>,
+) -> Option<WriteGuard> {
+    match held {
+        // In a fleet, a lease that lapsed during the `[[protect]]` check may be another
+        // gate's by now: no index write without it.
+        Some(guard) if !guard.held() => {
+            tracing::warn!(repository = %repository, subject = %subject, "referrers index not updated: the fleet's write lock lapsed; the client keeps it itself");
+            None
+        }
+        Some(guard) => Some(guard),
+        // Bounded as a whole: the gate's own lock waits without end by itself.
+        None => match tokio::time::timeout(LOCK_WAIT, ctx.write_locks.lock(repository, LOCK_WAIT))
+            .await
+        {
+            Ok(Ok(guard)) => Some(guard),
+            Ok(Err(e)) => {
+                tracing::warn!(repository = %repository, subject = %subject, error = %e, "referrers index not updated: no write lock; the client keeps it itself");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(repository = %repository, subject = %subject, waited = ?LOCK_WAIT, "referrers index not updated: another write held the repository's lock too long; the client keeps it itself");
+                None
+            }
+        },
     }
 }
 

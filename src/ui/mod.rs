@@ -870,7 +870,7 @@ impl Browser {
         }
         // The registry deletes by digest, taking every tag that points there: a protected
         // one must stop it, as it would a DELETE through the API.
-        let _write_lock = match crate::proxy::protect::check_manifest_delete(
+        let write_lock = match crate::proxy::protect::check_manifest_delete(
             ctx,
             &self.caller.protect_subject(),
             name,
@@ -887,8 +887,23 @@ impl Browser {
             }
         };
         ctx.record.decision = Verdict::Allow;
+        // A tagged referrer deleted here leaves its subject's index as one deleted through
+        // the API does.
+        let subject =
+            crate::proxy::referrers::subject_of_stored(&self.registry, name, &digest).await;
         match self.registry.delete_manifest(name, &digest).await? {
             Deleted::Done => {
+                if let Some(subject) = subject {
+                    crate::proxy::referrers::forget(
+                        ctx,
+                        &self.registry,
+                        name,
+                        &subject,
+                        &digest,
+                        write_lock,
+                    )
+                    .await;
+                }
                 tracing::info!(user = %self.caller.identity.name(), repository = %name, tag = %tag, digest = %digest, peer = %ctx.client_ip, "deleted from the browser");
                 // A delete made here is as much the gate's history as one through the API.
                 crate::proxy::note_change(

@@ -87,13 +87,23 @@ impl Api {
         (status, headers, text(response).await)
     }
 
-    async fn call_form(&self, path: &str, form: &str) -> (StatusCode, http::HeaderMap, String) {
+    /// A browser form posted from the gate's own origin, with the session `cookie` if any.
+    async fn call_form(
+        &self,
+        path: &str,
+        form: &str,
+        cookie: Option<&str>,
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let mut builder = request("POST", &self.gate.url(path))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Origin", format!("https://{}", self.gate.authority()));
+        if let Some(cookie) = cookie {
+            builder = builder.header("Cookie", cookie);
+        }
         let response = self
             .client
             .send(
-                request("POST", &self.gate.url(path))
-                    .header("Content-Type", "application/x-www-form-urlencoded")
-                    .header("Origin", format!("https://{}", self.gate.authority()))
+                builder
                     .body(full(form.as_bytes().to_vec()))
                     .expect("request"),
             )
@@ -336,7 +346,11 @@ async fn referrers_are_listed_filtered_attached_at_once_and_deleted() {
 
     // The browser lists the image's referrers on its page, not the fallback tag as a tag.
     let (status, headers, body) = api
-        .call_form("/ui/login", &format!("user={}&password={}", CI.0, CI.1))
+        .call_form(
+            "/ui/login",
+            &format!("user={}&password={}", CI.0, CI.1),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
     let cookie = header_text(&headers, "set-cookie")
@@ -350,6 +364,40 @@ async fn referrers_are_listed_filtered_attached_at_once_and_deleted() {
     let image_page = api.browse("/ui/repo/team/app/-/tag/v1", &cookie).await;
     assert!(image_page.contains("id=\"referrers\""), "{image_page}");
     assert!(image_page.contains(SBOM), "{image_page}");
+
+    // A referrer pushed under a tag and deleted from the browser leaves the index as well.
+    let tagged = artifact(SIGNATURE, &subject, "tagged");
+    let tagged_digest = digest_of(&tagged);
+    let (status, _, body) = api
+        .call(
+            "PUT",
+            "/v2/team/app/manifests/signed",
+            Some(OCI_MANIFEST),
+            tagged,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, index, _) = api.referrers(&subject, "").await;
+    assert!(listed(&index).contains(&tagged_digest), "{index}");
+    let confirm = api
+        .browse("/ui/repo/team/app/-/delete/signed", &cookie)
+        .await;
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = confirm.find(&marker).expect(name) + marker.len();
+        confirm[start..].split('"').next().expect(name).to_string()
+    };
+    assert_eq!(field("digest"), tagged_digest);
+    let (status, _, body) = api
+        .call_form(
+            "/ui/repo/team/app/-/delete/signed",
+            &format!("csrf={}&digest={tagged_digest}", field("csrf")),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let (_, index, _) = api.referrers(&subject, "").await;
+    assert_eq!(listed(&index), left, "{index}");
 }
 
 fn header_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
