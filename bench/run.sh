@@ -418,15 +418,21 @@ http {
 EOF
 }
 
+# The target just started in the background ($!): its pid, its URL, and a wait until it
+# answers on /v2/.
+started() {
+    PID[$1]=$!
+    BASE[$1]="https://127.0.0.1:$2"
+    wait_http "${BASE[$1]}/v2/" --cacert "$CA" || die "$1 did not answer on ${BASE[$1]}/v2/"
+}
+
 start_nginx() {
     local name="$1" extra="$2" auth="${3:-on}" port dir="$TMP/$1"
     port="$(free_port)"
     write_nginx_conf "$dir" "$port" "$extra" "$auth"
     nginx -t -p "$dir" -c "$dir/nginx.conf" >"$dir.test.log" 2>&1 || die "nginx -t ($name): $(cat "$dir.test.log")"
     nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' >"$TMP/$name.log" 2>&1 </dev/null &
-    PID[$name]=$!
-    BASE[$name]="https://127.0.0.1:$port"
-    wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
+    started "$name" "$port"
 }
 
 start_gate() {
@@ -458,9 +464,7 @@ htpasswd = ["$TMP/htpasswd"]
 $extra
 EOF
     "$bin" run --config "$TMP/$name/gate.toml" >"$TMP/$name.log" 2>&1 </dev/null &
-    PID[$name]=$!
-    BASE[$name]="https://127.0.0.1:$port"
-    wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
+    started "$name" "$port"
 }
 
 # Caddy as packaged by Debian (2.6), in production form: the documented reverse_proxy with
@@ -513,9 +517,7 @@ EOF
         || die "caddy validate ($name): $(tail -n 5 "$dir.test.log")"
     XDG_CONFIG_HOME="$dir/config" XDG_DATA_HOME="$dir/data" \
         caddy run --config "$dir/Caddyfile" --adapter caddyfile >"$TMP/$name.log" 2>&1 </dev/null &
-    PID[$name]=$!
-    BASE[$name]="https://127.0.0.1:$port"
-    wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
+    started "$name" "$port"
 }
 
 # HAProxy as packaged by Debian (2.6), in production form: mode http with keep-alive on both
@@ -574,9 +576,7 @@ EOF
     haproxy -c -q -f "$dir/haproxy.cfg" >"$dir.test.log" 2>&1 || die "haproxy -c ($name): $(cat "$dir.test.log")"
     # -db: in the foreground, one process (its threads), no master.
     haproxy -db -f "$dir/haproxy.cfg" >"$TMP/$name.log" 2>&1 </dev/null &
-    PID[$name]=$!
-    BASE[$name]="https://127.0.0.1:$port"
-    wait_http "${BASE[$name]}/v2/" --cacert "$CA" || die "$name did not answer on ${BASE[$name]}/v2/"
+    started "$name" "$port"
 }
 
 # proxy_buffers and proxy_busy_buffers_size only so nginx accepts the larger
