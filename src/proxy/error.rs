@@ -89,6 +89,13 @@ pub enum GateError {
         challenge: Challenge,
         reason: &'static str,
     },
+    /// With `[auth] mode = "none"`, the registry refused the client's credentials (or their
+    /// absence) to a read the gate made on the client's behalf; its challenge goes along.
+    #[error("the registry refused the client's credentials ({status})")]
+    RegistryRefused {
+        status: StatusCode,
+        challenge: Option<HeaderValue>,
+    },
     /// Too many failed logins from this address.
     #[error("too many failed logins; retry after {0:?}")]
     Throttled(Duration),
@@ -210,6 +217,7 @@ impl GateError {
             | GateError::Filtered(_)
             | GateError::Unclassified(_)
             | GateError::Unauthorized { .. }
+            | GateError::RegistryRefused { .. }
             | GateError::Throttled(_)
             | GateError::Denied { .. }
             | GateError::ReadOnly
@@ -295,6 +303,10 @@ impl GateError {
                 registry_path::Refusal::NotRegistryApi | registry_path::Refusal::UnknownEndpoint,
             ) => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             GateError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            GateError::RegistryRefused { status, .. } if *status == StatusCode::UNAUTHORIZED => {
+                (StatusCode::UNAUTHORIZED, "UNAUTHORIZED")
+            }
+            GateError::RegistryRefused { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             GateError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             GateError::Denied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             GateError::ReadOnly => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
@@ -348,6 +360,9 @@ impl GateError {
             }
             GateError::Unclassified(r) => r.to_string(),
             GateError::Unauthorized { .. } => "authentication required".into(),
+            GateError::RegistryRefused { .. } => {
+                "the registry refused these credentials for this repository".into()
+            }
             GateError::Throttled(_) => {
                 "too many failed logins from your address; try again later".into()
             }
@@ -438,6 +453,12 @@ impl GateError {
                 if let Ok(v) = HeaderValue::from_str(&challenge.header_value()) {
                     headers.insert(header::WWW_AUTHENTICATE, v);
                 }
+            }
+            GateError::RegistryRefused {
+                challenge: Some(challenge),
+                ..
+            } => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
             }
             GateError::Throttled(wait) => {
                 headers.insert(

@@ -714,3 +714,60 @@ async fn a_crafted_subject_never_moves_a_tag() {
         );
     }
 }
+
+/// With `[auth] mode = "none"` in front of a registry that checks credentials itself, the
+/// answers the gate makes for the client (the tag list, the referrers) pass on the
+/// registry's 401 and its challenge, so the client can log in there, not a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_checks_credentials_itself_challenges_through_the_gate() {
+    let tmp = temp_dir();
+    let registry = Registry::start_with_htpasswd(tmp.path(), &[CI]);
+    let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url));
+    let client = HttpsClient::new(&gate.pki.ca_pem, Proto::Http1);
+    let subject = format!("sha256:{}", "0".repeat(64));
+    for path in [
+        "/v2/team/app/tags/list".to_string(),
+        format!("/v2/team/app/referrers/{subject}"),
+    ] {
+        for (authorization, expected) in [
+            (None, StatusCode::UNAUTHORIZED),
+            (Some(basic((CI.0, "wrong"))), StatusCode::UNAUTHORIZED),
+        ] {
+            let mut builder = request("GET", &gate.url(&path));
+            if let Some(authorization) = &authorization {
+                builder = builder.header("Authorization", authorization);
+            }
+            let response = client
+                .send(builder.body(full(Vec::new())).expect("request"))
+                .await;
+            let status = response.status();
+            let challenge = header_text(response.headers(), "www-authenticate").map(str::to_string);
+            let body = text(response).await;
+            assert_eq!(status, expected, "{path} ({authorization:?}): {body}");
+            assert_eq!(
+                challenge.as_deref(),
+                Some("Basic realm=\"registry-realm\""),
+                "{path}: the registry's challenge"
+            );
+        }
+    }
+    // With the registry's credentials the gate's own answers are given as before.
+    let response = client
+        .send(
+            request(
+                "GET",
+                &gate.url(&format!("/v2/team/app/referrers/{subject}")),
+            )
+            .header("Authorization", basic(CI))
+            .body(full(Vec::new()))
+            .expect("request"),
+        )
+        .await;
+    let status = response.status();
+    let body = text(response).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        listed(&serde_json::from_str(&body).expect("an index")),
+        Vec::<String>::new()
+    );
+}

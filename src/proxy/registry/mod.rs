@@ -45,6 +45,9 @@ pub struct Registry {
     /// The client's own credentials, for a registry that checks them itself (the gate in
     /// `[auth] mode = "none"`).
     authorization: Option<HeaderValue>,
+    /// Asking for the client (`with_authorization`): the registry's 401 or 403 is the
+    /// client's to answer, not the gate's failure.
+    for_client: bool,
 }
 
 /// A listing read in full, or cut at `MAX_PAGES`.
@@ -118,12 +121,14 @@ impl Registry {
             upstream,
             host,
             authorization: None,
+            for_client: false,
         }
     }
 
     /// Asks with the client's credentials, for a registry that checks them itself.
     pub fn with_authorization(mut self, authorization: Option<HeaderValue>) -> Registry {
         self.authorization = authorization;
+        self.for_client = true;
         self
     }
 
@@ -163,7 +168,7 @@ impl Registry {
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
-            status => return Err(answered(&Method::HEAD, &path, status)),
+            status => return Err(self.answered(&Method::HEAD, &path, status, response.headers())),
         }
         let text = |name| {
             response
@@ -189,7 +194,7 @@ impl Registry {
         match status {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
-            status => return Err(answered(&Method::GET, &path, status)),
+            status => return Err(self.answered(&Method::GET, &path, status, &headers)),
         }
         let content_type = Some(media_type(&headers)).filter(|t| !t.is_empty());
         parse_manifest(&body, content_type, headers.get("docker-content-digest")).map(Some)
@@ -207,7 +212,7 @@ impl Registry {
         match status {
             StatusCode::OK => Ok(Some((media_type(&headers), body))),
             StatusCode::NOT_FOUND => Ok(None),
-            status => Err(answered(&Method::GET, &path, status)),
+            status => Err(self.answered(&Method::GET, &path, status, &headers)),
         }
     }
 
@@ -227,13 +232,13 @@ impl Registry {
             .write(Method::PUT, &path, headers, body)
             .await?;
         let status = response.status();
-        let (_, answer) = response.into_parts();
+        let (parts, answer) = response.into_parts();
         if status.is_success() {
             return Ok(());
         }
         let text = self.capped(answer, 4096).await.unwrap_or_default();
         tracing::warn!(status = %status, body = %String::from_utf8_lossy(&text), path, "the registry refused a manifest the gate wrote");
-        Err(answered(&Method::PUT, &path, status))
+        Err(self.answered(&Method::PUT, &path, status, &parts.headers))
     }
 
     /// The image config blob `digest` of `repository`, or `None` if it cannot be read.
@@ -261,14 +266,14 @@ impl Registry {
         digest: &str,
     ) -> Result<Deleted, GateError> {
         let path = format!("/v2/{repository}/manifests/{digest}");
-        let (status, _, body) = self.read(Method::DELETE, &path, false).await?;
+        let (status, headers, body) = self.read(Method::DELETE, &path, false).await?;
         match status {
             s if s.is_success() => Ok(Deleted::Done),
             StatusCode::NOT_FOUND => Ok(Deleted::NotFound),
             StatusCode::METHOD_NOT_ALLOWED => Ok(Deleted::Disabled),
             s => {
                 tracing::warn!(status = %s, body = %String::from_utf8_lossy(&body[..body.len().min(512)]), "the registry refused a delete the gate asked for");
-                Err(answered(&Method::DELETE, &path, s))
+                Err(self.answered(&Method::DELETE, &path, s, &headers))
             }
         }
     }
@@ -342,7 +347,7 @@ impl Registry {
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
-            status => return Err(answered(&Method::GET, &path, status)),
+            status => return Err(self.answered(&Method::GET, &path, status, response.headers())),
         }
         let (parts, body) = response.into_parts();
         self.page_of(listed, &parts.headers, body).await.map(Some)
@@ -474,8 +479,25 @@ fn media_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-fn answered(method: &Method, path: &str, status: StatusCode) -> GateError {
-    GateError::UpstreamFailed(format!("the registry answered {status} to {method} {path}"))
+impl Registry {
+    /// An answer the gate cannot use. Asking for the client, the registry's 401 or 403 is
+    /// the client's (with the registry's challenge, so it can log in there); otherwise the
+    /// registry failed the gate.
+    fn answered(
+        &self,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> GateError {
+        if self.for_client && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return GateError::RegistryRefused {
+                status,
+                challenge: headers.get(header::WWW_AUTHENTICATE).cloned(),
+            };
+        }
+        GateError::UpstreamFailed(format!("the registry answered {status} to {method} {path}"))
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl Registry {
         let mut attempts = 0;
         loop {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            match Registry::spawn(tmp, Listen::Tcp(addr)) {
+            match Registry::spawn(tmp, Listen::Tcp(addr), None) {
                 Ok(registry) => return registry,
                 Err(log) if attempts < 5 && log.contains("address already in use") => {
                     attempts += 1;
@@ -48,6 +48,20 @@ impl Registry {
                 Err(log) => panic!("docker-registry on {addr} did not start:\n{log}"),
             }
         }
+    }
+
+    /// A registry on 127.0.0.1 that checks credentials itself: distribution's own htpasswd
+    /// auth (realm `registry-realm`) with these users, for a gate in `[auth] mode = "none"`.
+    pub fn start_with_htpasswd(tmp: &Path, users: &[(&str, &str)]) -> Registry {
+        let htpasswd = tmp.join("registry-htpasswd");
+        let users: Vec<(String, String)> = users
+            .iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
+        super::gate::write_htpasswd(&htpasswd, &users);
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Registry::spawn(tmp, Listen::Tcp(addr), Some(&htpasswd))
+            .unwrap_or_else(|log| panic!("docker-registry on {addr} did not start:\n{log}"))
     }
 
     /// A registry listening on `<tmp>/registry.sock`.
@@ -58,12 +72,12 @@ impl Registry {
             "unix socket path too long: {}",
             socket.display()
         );
-        Registry::spawn(tmp, Listen::Unix(socket))
+        Registry::spawn(tmp, Listen::Unix(socket), None)
             .unwrap_or_else(|log| panic!("docker-registry did not start:\n{log}"))
     }
 
     /// The running registry, or its log when it exited or never answered.
-    fn spawn(tmp: &Path, listen: Listen) -> Result<Registry, String> {
+    fn spawn(tmp: &Path, listen: Listen, htpasswd: Option<&Path>) -> Result<Registry, String> {
         require_tool("docker-registry", "docker-registry");
         let dir = tmp.join("registry");
         std::fs::create_dir_all(dir.join("storage")).expect("mkdir registry storage");
@@ -80,8 +94,12 @@ impl Registry {
                  log:\n  level: warn\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
                  \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  net: {net}\n  addr: {addr}\n  secret: registry-gate-tests\n",
+                 http:\n  net: {net}\n  addr: {addr}\n  secret: registry-gate-tests\n{auth}",
                 storage = dir.join("storage").display(),
+                auth = htpasswd.map_or(String::new(), |path| format!(
+                    "auth:\n  htpasswd:\n    realm: registry-realm\n    path: {}\n",
+                    path.display()
+                )),
             ),
         );
 
@@ -122,7 +140,8 @@ impl Registry {
         Ok(registry)
     }
 
-    /// True when `GET /v2/` answers 200, over TCP or the socket.
+    /// True when `GET /v2/` answers, over TCP or the socket: 200, or 401 when the registry
+    /// checks credentials itself.
     pub fn ping(&self) -> bool {
         let request = b"GET /v2/ HTTP/1.0\r\nHost: registry\r\n\r\n";
         let response = match (&self.addr, &self.socket) {
@@ -137,7 +156,9 @@ impl Registry {
             }),
             (None, None) => unreachable!("a registry listens somewhere"),
         };
-        matches!(response, Ok(text) if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"))
+        matches!(response, Ok(text) if ["HTTP/1.1 200", "HTTP/1.0 200", "HTTP/1.1 401", "HTTP/1.0 401"]
+            .iter()
+            .any(|status| text.starts_with(status)))
     }
 
     /// The blob files the registry stored: `sha256:<hex>` for every blob in its storage.
