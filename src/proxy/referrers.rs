@@ -30,6 +30,7 @@ use super::body::ResponseBody;
 use super::context::RequestContext;
 use super::error::GateError;
 use super::media_types::{OCI_INDEX, OCI_MANIFEST};
+use super::registry::manifest::Manifest;
 use super::registry::Registry;
 use super::write_locks::WriteGuard;
 use crate::registry_path::{is_digest, percent_decode, Classified, Kind};
@@ -294,17 +295,17 @@ pub(super) async fn change_of(
 /// Before a delete: the subject the stored manifest `digest` refers to, one registry round
 /// trip. A manifest that cannot be read now is deleted without touching any index: the
 /// registry answers the delete itself, and a stale entry is only a dangling one.
-pub(crate) async fn subject_of_stored(
-    registry: &Registry,
-    repository: &str,
-    digest: &str,
-) -> Option<String> {
-    let (media_type, bytes) = registry
-        .manifest_bytes(repository, digest)
-        .await
-        .ok()
-        .flatten()?;
-    descriptor_of(&bytes, Some(&media_type)).map(|(subject, _)| subject)
+async fn subject_of_stored(registry: &Registry, repository: &str, digest: &str) -> Option<String> {
+    let manifest = registry.manifest(repository, digest).await.ok().flatten()?;
+    indexed_subject(&manifest)
+}
+
+/// The subject whose index lists `manifest`, if it has one the gate indexes.
+pub(crate) fn indexed_subject(manifest: &Manifest) -> Option<String> {
+    manifest
+        .subject
+        .clone()
+        .filter(|subject| indexable(subject))
 }
 
 /// After a delete the registry accepted (the browser's, which knows no `Change`): the

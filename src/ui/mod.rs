@@ -889,8 +889,7 @@ impl Browser {
         ctx.record.decision = Verdict::Allow;
         // A tagged referrer deleted here leaves its subject's index as one deleted through
         // the API does.
-        let subject =
-            crate::proxy::referrers::subject_of_stored(&self.registry, name, &digest).await;
+        let subject = crate::proxy::referrers::indexed_subject(&current);
         match self.registry.delete_manifest(name, &digest).await? {
             Deleted::Done => {
                 if let Some(subject) = subject {

@@ -680,6 +680,7 @@ mod tests {
                 layers: vec![],
             },
             listed: vec![],
+            subject: None,
         };
         let page = layout(
             &chrome(),

@@ -60,12 +60,36 @@ async fn pushed_image(tmp: &std::path::Path, gate: &Gate) -> util::image::OciIma
     .await
 }
 
+/// A registry, a gate in front of it for `CI` with `extra` configuration, and the image
+/// `team/app:v1` pushed through it with skopeo.
+async fn gate_with_image(
+    tmp: &std::path::Path,
+    extra: &str,
+) -> (Registry, Gate, util::image::OciImage) {
+    let registry = Registry::start(tmp);
+    let gate = Gate::start(
+        tmp,
+        GateConfig::new(&registry.url)
+            .basic_auth(&[CI])
+            .extra_toml(extra),
+    );
+    let image = pushed_image(tmp, &gate).await;
+    (registry, gate, image)
+}
+
 struct Api {
     gate: Gate,
     client: HttpsClient,
 }
 
 impl Api {
+    fn new(gate: Gate) -> Api {
+        Api {
+            client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
+            gate,
+        }
+    }
+
     async fn call(
         &self,
         method: &str,
@@ -200,13 +224,8 @@ fn put_directly(registry: &Registry, path: &str, content_type: &str, body: &[u8]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referrers_are_listed_filtered_attached_at_once_and_deleted() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url).basic_auth(&[CI]));
-    let image = pushed_image(tmp.path(), &gate).await;
-    let api = Api {
-        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
-        gate,
-    };
+    let (registry, gate, image) = gate_with_image(tmp.path(), "").await;
+    let api = Api::new(gate);
     let subject = image.manifest_digest.clone();
 
     // Nothing refers to it yet: an empty index, never 404; a malformed digest is 400.
@@ -410,9 +429,7 @@ fn header_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> 
 async fn oras_attaches_to_a_skopeo_image_and_both_are_listed() {
     util::require_tool("python3", "python3");
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(tmp.path(), GateConfig::new(&registry.url).basic_auth(&[CI]));
-    let image = pushed_image(tmp.path(), &gate).await;
+    let (_registry, gate, image) = gate_with_image(tmp.path(), "").await;
     let manifest = std::fs::read(
         image
             .dir
@@ -465,10 +482,7 @@ async fn oras_attaches_to_a_skopeo_image_and_both_are_listed() {
         );
     }
 
-    let api = Api {
-        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
-        gate,
-    };
+    let api = Api::new(gate);
     let (status, index, _) = api.referrers(&image.manifest_digest, "").await;
     assert_eq!(status, StatusCode::OK);
     let types: Vec<&str> = index["manifests"]
@@ -505,18 +519,12 @@ async fn oras_attaches_to_a_skopeo_image_and_both_are_listed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protected_repository_still_gets_its_referrers_indexed() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(
+    let (_registry, gate, image) = gate_with_image(
         tmp.path(),
-        GateConfig::new(&registry.url)
-            .basic_auth(&[CI])
-            .extra_toml("\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"*\"]\n"),
-    );
-    let image = pushed_image(tmp.path(), &gate).await;
-    let api = Api {
-        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
-        gate,
-    };
+        "\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"*\"]\n",
+    )
+    .await;
+    let api = Api::new(gate);
     let subject = image.manifest_digest.clone();
     api.push_empty_blob().await;
 
@@ -657,14 +665,11 @@ async fn manifests_read_whole_share_a_bounded_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crafted_subject_never_moves_a_tag() {
     let tmp = temp_dir();
-    let registry = Registry::start(tmp.path());
-    let gate = Gate::start(
+    let (_registry, gate, image) = gate_with_image(
         tmp.path(),
-        GateConfig::new(&registry.url)
-            .basic_auth(&[CI])
-            .extra_toml("\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"sha-*\"]\n"),
-    );
-    let image = pushed_image(tmp.path(), &gate).await;
+        "\n[[protect]]\nrepositories = [\"team/*\"]\ntags = [\"sha-*\"]\n",
+    )
+    .await;
     let git_sha = "0123456789abcdef0123456789abcdef01234567";
     let release = format!("sha-{git_sha}");
     let fallback = format!(
@@ -679,10 +684,7 @@ async fn a_crafted_subject_never_moves_a_tag() {
         );
         assert!(pushed.status.success(), "{}", describe(&pushed));
     }
-    let api = Api {
-        client: HttpsClient::new(&gate.pki.ca_pem, Proto::Http1),
-        gate,
-    };
+    let api = Api::new(gate);
     api.push_empty_blob().await;
     for subject in [format!("sha:{git_sha}"), image.manifest_digest.clone()] {
         let crafted = artifact(SBOM, &subject, "crafted");

@@ -21,6 +21,8 @@ pub struct Manifest {
     /// Every manifest its `manifests` names, whatever its kind: `[[protect]]` reads anything
     /// that is not known to be a single image as a possible index.
     pub listed: Vec<Descriptor>,
+    /// The digest its `subject` names (OCI 1.1), as written.
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +106,8 @@ struct RawManifest {
     layers: Option<Vec<Descriptor>>,
     #[serde(default)]
     manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    subject: Option<Descriptor>,
 }
 
 /// The parts of an image config the pages show; every value as the pusher wrote it.
@@ -161,6 +165,7 @@ pub(super) fn parse_manifest(
         media_type,
         kind,
         listed,
+        subject: raw.subject.map(|s| s.digest),
     })
 }
 
