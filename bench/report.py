@@ -31,6 +31,8 @@ METRICS = [
     ("s4_mbps", "S4 16 parallel downloads, aggregate MB/s", True),
     ("s4_cpu", "S4 proxy CPU s/GiB", False),
     ("s5_peak_mib", "S5 peak RSS over S1–S4, MiB", False),
+    ("s5_peak_anon_mib", "S5 peak anonymous memory (RssAnon) over S1–S4, MiB", False),
+    ("s5_peak_file_mib", "S5 peak mapped files (RssFile + RssShmem: binary, libraries) over S1–S4, MiB", False),
     ("s5_idle_kib", "S5 memory per idle TLS connection, KiB", False),
     ("s6_conn_per_s", "S6 new TLS connections/s (1 request each)", True),
     ("s6_cpu_us", "S6 proxy CPU µs per connection", False),

@@ -26,7 +26,8 @@
 #   S2  1 GiB upload, monolithic PUT and chunked PATCH: MB/s, proxy CPU s/GiB
 #   S3  manifest GET, wrk -c64 with Basic auth, bcrypt and APR1 user: req/s, p50, p99, CPU/req
 #   S4  16 parallel 256 MiB downloads: aggregate MB/s, proxy CPU s/GiB
-#   S5  peak RSS over S1-S4 (VmHWM), memory per idle TLS connection (N held open)
+#   S5  peak RSS over S1-S4 (VmHWM, and the peaks of its anonymous and file-backed parts),
+#       memory per idle TLS connection (N held open)
 #   S6  new TLS connections/s (wrk, Connection: close), HTTP/2 small requests (h2load)
 # Every download is checked for size and sha256; every upload ends with PUT ?digest=, which
 # the registry only answers 201 after verifying the digest.
@@ -920,6 +921,14 @@ rotated_main() { rotated "$1" | grep -vx nginx-noauth || true; }
 sink_setup
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "$REPS repetition(s): ${BLOB_MIB} MiB blob, $PARALLEL x ${PAR_MIB} MiB, ${DURATION}s runs, $IDLE_CONNS idle connections"
+# Peak RssAnon and RssFile of each proxy over S1-S4, beside VmHWM (see bench/rss_peak.py).
+sampled=()
+for t in "${TARGETS[@]}"; do
+    [ "$t" = direct ] || sampled+=("$t=$(pids_of "$t" | paste -sd, -)")
+done
+python3 "$ROOT/bench/rss_peak.py" "$TMP/rss_peak.tsv" "${sampled[@]}" &
+RSS_SAMPLER=$!
+PIDS_EXTRA+=("$RSS_SAMPLER")
 for rep in $(seq "$REPS"); do
     mapfile -t order < <(rotated "$rep")
     log "repetition $rep/$REPS (order: ${order[*]}; loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -942,8 +951,15 @@ for rep in $(seq "$REPS"); do
     fi
 done
 # Peak RSS over S1-S4 (before the idle connections of S5).
+kill -TERM "$RSS_SAMPLER"
+wait "$RSS_SAMPLER" || die "the RSS sampler failed"
+PIDS_EXTRA=()
 for t in $(rotated_main 0); do
-    [ "$t" = direct ] || record s5_peak_mib "$t" 1 "$(awk -v k="$(status_kib "$t" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
+    [ "$t" = direct ] && continue
+    record s5_peak_mib "$t" 1 "$(awk -v k="$(status_kib "$t" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
+    read -r anon file < <(awk -F'\t' -v t="$t" '$1 == t { print $2, $3 }' "$TMP/rss_peak.tsv")
+    record s5_peak_anon_mib "$t" 1 "$(awk -v k="${anon:-0}" 'BEGIN { printf "%.1f", k / 1024 }')"
+    record s5_peak_file_mib "$t" 1 "$(awk -v k="${file:-0}" 'BEGIN { printf "%.1f", k / 1024 }')"
 done
 for rep in $(seq "$REPS"); do
     mapfile -t main < <(rotated_main "$rep")
