@@ -30,6 +30,8 @@ METRICS = [
     ("s3_apr1_cpu_us", "S3 APR1 CPU µs/req", False),
     ("s4_mbps", "S4 16 parallel downloads, aggregate MB/s", True),
     ("s4_cpu", "S4 proxy CPU s/GiB", False),
+    ("s4_h2_mbps", "S4 16 parallel downloads, HTTP/2, one connection, aggregate MB/s", True),
+    ("s4_h2_cpu", "S4 HTTP/2 proxy CPU s/GiB", False),
     ("s5_peak_mib", "S5 peak RSS over S1–S4, MiB", False),
     ("s5_peak_anon_mib", "S5 peak anonymous memory (RssAnon) over S1–S4, MiB", False),
     ("s5_peak_file_mib", "S5 peak mapped files (RssFile + RssShmem: binary, libraries) over S1–S4, MiB", False),
@@ -145,6 +147,9 @@ def main():
     for s, m in (("S1", "s1"), ("S4", "s4")):
         goal(f"{s} MB/s ≥ 1.1 × nginx tuned", ratio(data, f"{m}_mbps", "gate", "nginx-tuned"), lambda v: v >= 1.1)
         goal(f"{s} CPU s/GiB ≤ 0.9 × nginx tuned", ratio(data, f"{m}_cpu", "gate", "nginx-tuned"), lambda v: v <= 0.9)
+    for s, h1, h2 in (("S1", "s1_mbps", "s1_h2_mbps"), ("S4", "s4_mbps", "s4_h2_mbps")):
+        a, b = median(data, h2, "gate"), median(data, h1, "gate")
+        goal(f"{s} HTTP/2 MB/s ≥ HTTP/1.1 (gate)", a / b if a is not None and b else None, lambda v: v >= 1.0)
     goal("S2 PUT MB/s ≥ 0.95 × direct", ratio(data, "s2_put_mbps", "gate", "direct"), lambda v: v >= 0.95)
     goal("S2 PATCH MB/s ≥ 0.95 × direct", ratio(data, "s2_patch_mbps", "gate", "direct"), lambda v: v >= 0.95)
     goal("S3 bcrypt req/s ≥ 0.8 × direct", ratio(data, "s3_bcrypt_rps", "gate", "direct"), lambda v: v >= 0.8)

@@ -25,7 +25,8 @@
 #   S1  one 1 GiB blob download (HTTP/1.1; and over HTTP/2 for the proxies): MB/s, proxy CPU s/GiB
 #   S2  1 GiB upload, monolithic PUT and chunked PATCH: MB/s, proxy CPU s/GiB
 #   S3  manifest GET, wrk -c64 with Basic auth, bcrypt and APR1 user: req/s, p50, p99, CPU/req
-#   S4  16 parallel 256 MiB downloads: aggregate MB/s, proxy CPU s/GiB
+#   S4  16 parallel 256 MiB downloads: aggregate MB/s, proxy CPU s/GiB; over HTTP/1.1 (16
+#       connections), then over HTTP/2 (16 streams of one connection)
 #   S5  peak RSS over S1-S4 (VmHWM, and the peaks of its anonymous and file-backed parts),
 #       memory per idle TLS connection (N held open)
 #   S6  new TLS connections/s (wrk, Connection: close), HTTP/2 small requests (h2load)
@@ -846,6 +847,35 @@ s4() {
     record s4_cpu "$t" "$rep" "$(cpu_per_gib $((c1 - c0)) $((PAR_SIZE * PARALLEL)))"
 }
 
+# S4 over HTTP/2: the same 16 downloads as streams of one connection (one curl, -Z). curl's
+# -o truncates each file, so curl allocates its pages while it writes (every target alike);
+# the proxy's CPU per GiB is what compares with S4. The registry speaks HTTP/1.1 only.
+s4_h2() {
+    local t="$1" rep="$2" t0 t1 c0 c1 i dir="${SINK:-$TMP}" conns sizes
+    local -a outs=()
+    [ "$t" = direct ] && return 0
+    for i in $(seq "$PARALLEL"); do
+        outs+=(-o "$dir/s4-$i" "${BASE[$t]}/v2/$REPO/blobs/sha256:$PAR_SHA")
+    done
+    c0="$(cpu_ticks "$t")"; t0="$(now)"
+    # shellcheck disable=SC2046
+    curl -sS --no-progress-meter --fail -Z --parallel-max "$PARALLEL" --http2 $(curl_args "$t") \
+        -w '%{num_connects} %{size_download} %{http_version}\n' "${outs[@]}" >"$TMP/s4h2.out" 2>"$TMP/s4h2.err" \
+        || die "$t: S4 (h2) download failed: $(head -c 300 "$TMP/s4h2.err")"
+    t1="$(now)"; c1="$(cpu_ticks "$t")"
+    # One connection for all: the connects of every transfer add up to 1, each is HTTP/2.
+    conns="$(awk 'NF == 3 { n += $1 } END { print n + 0 }' "$TMP/s4h2.out")"
+    sizes="$(awk -v s="$PAR_SIZE" 'NF == 3 && $2 == s && $3 == 2 { n++ } END { print n + 0 }' "$TMP/s4h2.out")"
+    [ "$conns" = 1 ] && [ "$sizes" = "$PARALLEL" ] \
+        || die "$t: S4 (h2): $sizes of $PARALLEL complete HTTP/2 downloads over $conns connection(s): $(head -c 300 "$TMP/s4h2.out") $(head -c 300 "$TMP/s4h2.err")"
+    for i in $(seq "$PARALLEL"); do
+        [ "$(openssl dgst -sha256 -r "$dir/s4-$i" | cut -d' ' -f1)" = "$PAR_SHA" ] \
+            || die "$t: S4 (h2): download $i has another sha256"
+    done
+    record s4_h2_mbps "$t" "$rep" "$(mbps $((PAR_SIZE * PARALLEL)) "$t0" "$t1")"
+    record s4_h2_cpu "$t" "$rep" "$(cpu_per_gib $((c1 - c0)) $((PAR_SIZE * PARALLEL)))"
+}
+
 s5_idle() {
     local t="$1" rep="$2" before after port line
     [ "$t" = direct ] && return 0
@@ -948,6 +978,7 @@ for rep in $(seq "$REPS"); do
     fi
     if want S4; then
         for t in "${main[@]}"; do log "  S4 $t"; s4 "$t" "$rep"; done
+        for t in "${main[@]}"; do [ "$t" = direct ] || { log "  S4 h2 $t"; s4_h2 "$t" "$rep"; }; done
     fi
 done
 # Peak RSS over S1-S4 (before the idle connections of S5).
