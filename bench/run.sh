@@ -222,6 +222,8 @@ status_kib() {
     done
     echo "$total"
 }
+# mib KIB: KiB as MiB with one decimal.
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
@@ -849,11 +851,11 @@ s4() {
 
 # S4 over HTTP/2: the same 16 downloads as streams of one connection (one curl, -Z). curl's
 # -o truncates each file, so curl allocates its pages while it writes (every target alike);
-# the proxy's CPU per GiB is what compares with S4. The registry speaks HTTP/1.1 only.
+# the proxy's CPU per GiB is what compares with S4. Proxies only: the registry speaks
+# HTTP/1.1 only.
 s4_h2() {
     local t="$1" rep="$2" t0 t1 c0 c1 i dir="${SINK:-$TMP}" conns sizes
     local -a outs=()
-    [ "$t" = direct ] && return 0
     for i in $(seq "$PARALLEL"); do
         outs+=(-o "$dir/s4-$i" "${BASE[$t]}/v2/$REPO/blobs/sha256:$PAR_SHA")
     done
@@ -987,10 +989,10 @@ wait "$RSS_SAMPLER" || die "the RSS sampler failed"
 PIDS_EXTRA=()
 for t in $(rotated_main 0); do
     [ "$t" = direct ] && continue
-    record s5_peak_mib "$t" 1 "$(awk -v k="$(status_kib "$t" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
     read -r anon file < <(awk -F'\t' -v t="$t" '$1 == t { print $2, $3 }' "$TMP/rss_peak.tsv")
-    record s5_peak_anon_mib "$t" 1 "$(awk -v k="${anon:-0}" 'BEGIN { printf "%.1f", k / 1024 }')"
-    record s5_peak_file_mib "$t" 1 "$(awk -v k="${file:-0}" 'BEGIN { printf "%.1f", k / 1024 }')"
+    record s5_peak_mib "$t" 1 "$(mib "$(status_kib "$t" VmHWM)")"
+    record s5_peak_anon_mib "$t" 1 "$(mib "${anon:-0}")"
+    record s5_peak_file_mib "$t" 1 "$(mib "${file:-0}")"
 done
 for rep in $(seq "$REPS"); do
     mapfile -t main < <(rotated_main "$rep")
